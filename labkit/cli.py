@@ -1,0 +1,178 @@
+"""The ``labkit`` command: run the lab's notebooks and its quick paths from a shell.
+
+    labkit notebooks                                 list the notebooks and their parameters
+    labkit run attention_explorer -p k 5 -p num_frames 8
+    labkit attention VIDEO --out DIR                 RGB head maps, masks, segments, animation
+    labkit demo                                      the main job on the default video
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "parse_value"]
+
+
+def parse_value(text: str) -> Any:
+    """Turn a command-line value into a Python literal the way YAML reads it.
+
+    ``5`` -> 5, ``0.1`` -> 0.1, ``true`` -> True, ``[0,1,2]`` -> [0, 1, 2]; anything else stays a
+    string (paths, model names). An empty string stays ``""``.
+    """
+    import yaml
+
+    if text == "":
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if value is None else value
+
+
+def _parse_params(pairs: Sequence[Sequence[str]] | None) -> dict[str, Any]:
+    return {name: parse_value(value) for name, value in (pairs or [])}
+
+
+def _cmd_notebooks(args: argparse.Namespace) -> int:
+    from labkit.notebooks import list_notebooks, notebook_dir, notebook_parameters
+
+    print(f"notebooks in {notebook_dir()}:")
+    for name in list_notebooks():
+        params = notebook_parameters(name)
+        print(f"  {name}")
+        for key, value in params.items():
+            print(f"      {key} = {value!r}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from labkit.notebooks import NotebookError, find_notebook, run_notebook
+
+    params = _parse_params(args.param)
+    source = find_notebook(args.notebook)
+    out_dir = Path(args.out or Path("runs") / source.stem).resolve()
+    params.setdefault("out_dir", str(out_dir))
+    print(f"[labkit] running {source.name} -> {out_dir}", flush=True)
+    try:
+        run = run_notebook(source, out_dir, params, progress=not args.quiet, log_output=args.log)
+    except NotebookError as err:
+        print(f"[labkit] error: {err}", file=sys.stderr)
+        return 1
+    print(f"[labkit] done in {run.seconds:.0f} s")
+    print(f"[labkit] executed notebook: {run.output}")
+    if run.html:
+        print(f"[labkit] HTML: {run.html}")
+    return 0
+
+
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from labkit.explore import ExploreConfig, explore, save_exploration
+
+    cfg = ExploreConfig(
+        video_path=args.video,
+        model=args.model,
+        checkpoint=args.checkpoint or "",
+        pretrained=args.pretrained,
+        layer=args.layer,
+        heads=tuple(args.heads),
+        num_frames=args.num_frames,
+        start_frame=args.start_frame,
+        frame_step=args.frame_step,
+        img_size=args.img_size,
+        k=args.k,
+        device=args.device,
+        out_dir=args.out,
+    )
+    start = time.perf_counter()
+    exp = explore(cfg, progress=True)
+    written = save_exploration(exp, args.out)
+    print(f"[labkit] {len(exp.indices)} frames in {time.perf_counter() - start:.1f} s")
+    for name, path in written.items():
+        print(f"[labkit] {name}: {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from labkit.notebooks import NotebookError, run_notebook
+
+    out_dir = Path(args.out).resolve()
+    start = time.perf_counter()
+    print(f"[labkit] demo: attention explorer on the default video -> {out_dir}", flush=True)
+    try:
+        run = run_notebook("attention_explorer", out_dir, {"out_dir": str(out_dir)}, progress=True)
+    except NotebookError as err:
+        print(f"[labkit] error: {err}", file=sys.stderr)
+        return 1
+    print(f"[labkit] demo finished in {time.perf_counter() - start:.0f} s")
+    print(f"[labkit] executed notebook: {run.output}")
+    print(f"[labkit] open in a browser: {run.html}")
+    print(f"[labkit] figures, animation and metrics.json: {out_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labkit",
+        description="A lab for seeing how self-supervised ViTs discover and track objects in video.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("notebooks", help="list the lab's notebooks and their parameters")
+    p.set_defaults(func=_cmd_notebooks)
+
+    p = sub.add_parser("run", help="execute a notebook with papermill")
+    p.add_argument("notebook", help="notebook name (e.g. attention_explorer) or .ipynb path")
+    p.add_argument(
+        "-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+        help="set a parameter; values are read as YAML literals (5, 0.1, true, [0,1,2])",
+    )
+    p.add_argument("--out", help="run folder (default: runs/<notebook>)")
+    p.add_argument("--log", action="store_true", help="stream the notebook's output here")
+    p.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "attention",
+        help="write per-head RGB maps, masks, segments and an animation for a video (no notebook)",
+    )
+    p.add_argument("video", nargs="?", default="", help="mp4 or frame folder (default: the synthetic video)")
+    p.add_argument("--out", default="runs/attention", help="output folder")
+    p.add_argument("--model", default="vit_small_patch16_224", help="timm model name")
+    p.add_argument("--checkpoint", help="local checkpoint file (timm, DINO or DoRA format)")
+    p.add_argument("--pretrained", action="store_true", help="timm's download of pretrained weights")
+    p.add_argument("--layer", type=int, default=-1, help="block index; -1 is the last")
+    p.add_argument("--heads", type=int, nargs=3, default=[0, 1, 2], help="three heads shown as R G B")
+    p.add_argument("--num-frames", type=int, default=16)
+    p.add_argument("--start-frame", type=int, default=0)
+    p.add_argument("--frame-step", type=int, default=4, help="0 spreads the frames over the whole video")
+    p.add_argument("--img-size", type=int, default=224, help="shorter side fed to the model")
+    p.add_argument("--k", type=int, default=5, help="k-means segments")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_attention)
+
+    p = sub.add_parser("demo", help="the main job on the built-in default video")
+    p.add_argument("--out", default="runs/demo", help="run folder")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``labkit`` console command."""
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quiet ipykernel under papermill
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"labkit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""The attention-explorer workflow: per-head [CLS] maps, masks and k-means segments of one clip.
+
+This is what ``notebooks/attention_explorer.ipynb`` and ``labkit attention VIDEO`` run: read a clip,
+one forward pass per batch of frames for the [CLS] attention of every head and the patch features,
+then render. Compute (:func:`explore`) is separate from rendering (:class:`Exploration` methods
+return arrays and Figures) and from writing files (:func:`save_exploration`).
+
+Notation: T frames, h heads, gh x gw patch grid, D feature channels, H x W frame pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["ExploreConfig", "Exploration", "explore", "save_exploration", "clip_indices_for"]
+
+
+@dataclass(frozen=True)
+class ExploreConfig:
+    """Parameters of the attention explorer; the notebook's parameters cell uses the same names."""
+
+    video_path: str = ""  # mp4 or frame folder; empty means the lab's default synthetic video
+    model: str = "vit_small_patch16_224"  # timm name; "vit_small_patch16_224.dino" with pretrained=True for DINO
+    checkpoint: str = ""  # local checkpoint (timm, DINO or DoRA format); empty: none
+    pretrained: bool = False  # timm download (needs the internet); off here: random or checkpoint weights
+    layer: int = -1  # block whose [CLS] attention is shown; negative counts from the end
+    heads: tuple[int, int, int] = (0, 1, 2)  # the three heads drawn as R, G, B
+    num_frames: int = 16  # frames in the clip
+    start_frame: int = 0
+    frame_step: int = 4  # clip stride in frames; 0 spreads num_frames evenly over the whole video
+    img_size: int = 224  # shorter side of the frames fed to the model (aspect ratio kept)
+    k: int = 5  # k-means segments
+    keep: float = 0.6  # attention mass kept by the thresholded masks (DINO uses 0.6)
+    batch_size: int = 8  # frames per forward pass
+    device: str = "cpu"
+    seed: int = 0
+    out_dir: str = "runs/attention_explorer"
+
+    def __post_init__(self) -> None:
+        heads = tuple(int(h) for h in self.heads)
+        object.__setattr__(self, "heads", heads)
+        if len(heads) != 3:
+            raise ValueError(f"heads must name exactly three heads (R, G, B), got {self.heads!r}")
+        if any(h < 0 for h in heads):
+            raise ValueError(f"heads must be non-negative head indices, got {self.heads!r}")
+        for name in ("num_frames", "img_size", "k", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.k < 2:
+            raise ValueError(f"k must be >= 2 segments, got {self.k}")
+        if self.start_frame < 0 or self.frame_step < 0:
+            raise ValueError(
+                f"start_frame and frame_step must be >= 0, got {self.start_frame}, {self.frame_step}"
+            )
+        if not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+        if self.video_path and not Path(self.video_path).exists():
+            raise ValueError(f"video_path {self.video_path!r} does not exist")
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            raise ValueError(f"checkpoint {self.checkpoint!r} is not a file")
+        if not str(self.device).startswith(("cpu", "cuda", "mps")):
+            raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'mps', got {self.device!r}")
+
+
+def clip_indices_for(num_video_frames: int, num_frames: int, start: int, step: int) -> np.ndarray:
+    """Frame indices of the explored clip.
+
+    Args:
+        num_video_frames: frames in the video.
+        num_frames: frames wanted; capped at what the video has.
+        start: first frame.
+        step: stride; 0 spreads ``num_frames`` evenly over the whole video.
+
+    Returns:
+        int64 array (T,) of valid, increasing frame indices.
+    """
+    if num_video_frames < 1:
+        raise ValueError("the video has no frames")
+    if start >= num_video_frames:
+        raise ValueError(f"start_frame {start} is past the video's last frame ({num_video_frames - 1})")
+    if step == 0:
+        count = min(num_frames, num_video_frames)
+        return np.unique(np.linspace(0, num_video_frames - 1, count).round().astype(np.int64))
+    count = min(num_frames, (num_video_frames - 1 - start) // step + 1)
+    return start + step * np.arange(count, dtype=np.int64)
+
+
+@dataclass
+class Exploration:
+    """Everything computed for one clip; methods render it.
+
+    Attributes:
+        config: the parameters used.
+        indices: int64 (T,) frame indices in the video.
+        frames: uint8 (T, H, W, 3) RGB frames as fed to the model (before the patch crop).
+        attention: float32 (T, h, gh, gw) [CLS] attention of each head over the patches.
+        features: float32 (T, gh, gw, D) patch tokens of the same block.
+        masks: bool (T, h, gh, gw) smallest patch sets holding ``keep`` of each head's mass.
+        segments_frame: int64 (T, gh, gw) per-frame k-means, labels aligned over time.
+        segments_clip: int64 (T, gh, gw) one k-means over the whole clip.
+        patch_size: the model's patch size in pixels.
+        model: the backbone used (for the interactive explorer's other layers).
+        seconds: wall time of each step.
+    """
+
+    config: ExploreConfig
+    indices: np.ndarray
+    frames: np.ndarray
+    attention: torch.Tensor
+    features: torch.Tensor
+    masks: torch.Tensor
+    segments_frame: torch.Tensor
+    segments_clip: torch.Tensor
+    patch_size: int
+    model: torch.nn.Module | None = field(default=None, repr=False)
+    video_info: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+    # ---- render: arrays -------------------------------------------------------------------
+    def rgb_maps(self, heads: tuple[int, int, int] | None = None, mode: str = "nearest") -> np.ndarray:
+        """Three heads as R, G, B at frame resolution: uint8 (T, H, W, 3)."""
+        from labkit.viz import heads_to_rgb
+
+        heads = heads or self.config.heads
+        return np.stack(
+            [
+                heads_to_rgb(a, heads, size=self.size, mode=mode, patch_size=self.patch_size)
+                for a in self.attention
+            ]
+        )
+
+    def mask_overlays(self, head: int | None = None) -> np.ndarray:
+        """Thresholded masks drawn over the frames: uint8 (T, H, W, 3).
+
+        Args:
+            head: one head's mask, or None for the union over the three chosen heads.
+        """
+        from labkit.viz import mask_overlay
+
+        heads = list(self.config.heads) if head is None else [head]
+        out = []
+        for frame, mask in zip(self.frames, self.masks):
+            m = mask[heads].any(dim=0).numpy()
+            out.append(mask_overlay(frame, m, patch_size=self.patch_size))
+        return np.stack(out)
+
+    def segment_overlays(self, mode: str = "frame", alpha: float = 0.55) -> np.ndarray:
+        """k-means segments over the frames: uint8 (T, H, W, 3); ``mode`` 'frame' or 'clip'."""
+        from labkit.viz import segment_overlay
+
+        labels = self.segments_frame if mode == "frame" else self.segments_clip
+        return np.stack(
+            [
+                segment_overlay(f, lab.numpy(), alpha=alpha, patch_size=self.patch_size)
+                for f, lab in zip(self.frames, labels)
+            ]
+        )
+
+    def pca_maps(self) -> np.ndarray:
+        """Patch features as RGB through a PCA shared by all frames: uint8 (T, gh, gw, 3)."""
+        from labkit.viz import features_to_rgb
+
+        return features_to_rgb(self.features)
+
+    def animation_frames(self) -> np.ndarray:
+        """Frame | heads as RGB | k-means (clip) side by side: uint8 (T, H, 3 W, 3)."""
+        return np.concatenate(
+            [self.frames, self.rgb_maps(), self.segment_overlays("clip")], axis=2
+        )
+
+    # ---- plot: Figures --------------------------------------------------------------------
+    def _titles(self) -> list[str]:
+        return [f"frame {i}" for i in self.indices]
+
+    def _strip_columns(self, max_columns: int) -> np.ndarray:
+        t = len(self.indices)
+        return np.unique(np.linspace(0, t - 1, min(t, max_columns)).round().astype(int))
+
+    def figure_heads(self, max_columns: int = 8) -> Figure:
+        """Frames, the three heads as RGB, and the RGB map over the frame."""
+        from labkit.viz import overlay, plot_grid
+
+        cols = self._strip_columns(max_columns)
+        rgb = self.rgb_maps()
+        rows = [
+            [self.frames[c] for c in cols],
+            [rgb[c] for c in cols],
+            [overlay(self.frames[c], rgb[c], alpha=0.6) for c in cols],
+        ]
+        h = self.config.heads
+        return plot_grid(
+            rows,
+            row_titles=["frame", f"heads {h[0]},{h[1]},{h[2]} as RGB", "over the frame"],
+            col_titles=[self._titles()[c] for c in cols],
+        )
+
+    def figure_all_heads(self, frame: int = 0) -> Figure:
+        """Every head's map for one frame of the clip (its position in the clip)."""
+        from labkit.viz import overlay, plot_grid, upsample_map
+
+        attn = self.attention[frame]
+        images = []
+        for a in attn:
+            a = a / a.max().clamp_min(1e-12)
+            heat = upsample_map(a, self.size, self.patch_size, mode="nearest")
+            images.append(overlay(self.frames[frame], heat, alpha=0.7))
+        return plot_grid(
+            [images], col_titles=[f"head {i}" for i in range(len(images))],
+            row_titles=[f"frame {self.indices[frame]}"],
+        )
+
+    def figure_masks(self, max_columns: int = 8) -> Figure:
+        """Per head R, G, B masks keeping ``keep`` of the attention mass, over the frames."""
+        from labkit.viz import plot_grid
+
+        cols = self._strip_columns(max_columns)
+        rows = [[self.mask_overlays(head)[c] for c in cols] for head in self.config.heads]
+        return plot_grid(
+            rows,
+            row_titles=[f"head {h}, {self.config.keep:.0%} mass" for h in self.config.heads],
+            col_titles=[self._titles()[c] for c in cols],
+        )
+
+    def figure_segments(self, max_columns: int = 8) -> Figure:
+        """k-means per frame (labels matched over time) and over the whole clip, plus PCA RGB."""
+        from labkit.viz import features_to_rgb, plot_grid
+
+        cols = self._strip_columns(max_columns)
+        per_frame = self.segment_overlays("frame")
+        per_clip = self.segment_overlays("clip")
+        pca = features_to_rgb(self.features, size=self.size, patch_size=self.patch_size)
+        pca_full = [pca[c] for c in cols]
+        k = self.config.k
+        return plot_grid(
+            [[per_frame[c] for c in cols], [per_clip[c] for c in cols], pca_full],
+            row_titles=[f"k-means per frame (k={k})", f"k-means per clip (k={k})", "PCA of features"],
+            col_titles=[self._titles()[c] for c in cols],
+        )
+
+    # ---- numbers --------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        """Plain numbers describing the clip's attention and segments (JSON-serialisable)."""
+        attn = self.attention.flatten(2)  # (T, h, P)
+        p = attn / attn.sum(-1, keepdim=True).clamp_min(1e-12)
+        entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (T, h) nats
+        seg = self.segments_frame
+        persistence = (seg[1:] == seg[:-1]).float().mean().item() if len(seg) > 1 else 1.0
+        seg_c = self.segments_clip
+        persistence_clip = (seg_c[1:] == seg_c[:-1]).float().mean().item() if len(seg_c) > 1 else 1.0
+        cfg = self.config
+        return {
+            "model": cfg.model,
+            "checkpoint": cfg.checkpoint or None,
+            "video": self.video_info,
+            "frames": [int(i) for i in self.indices],
+            "num_frames": int(len(self.indices)),
+            "frame_size": list(self.size),
+            "grid": [int(self.attention.shape[-2]), int(self.attention.shape[-1])],
+            "num_heads": int(self.attention.shape[1]),
+            "layer": cfg.layer,
+            "heads": list(cfg.heads),
+            "k": cfg.k,
+            "attention_entropy_nats": float(entropy.mean()),
+            "attention_entropy_uniform_nats": float(np.log(attn.shape[-1])),
+            "mask_patch_fraction": float(self.masks.float().mean()),
+            "segment_persistence_frame": persistence,
+            "segment_persistence_clip": persistence_clip,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "frames_per_second": float(len(self.indices) / max(self.seconds.get("extract", 0.0), 1e-9)),
+        }
+
+
+def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
+    """Read the clip, extract attention and features, threshold and cluster them.
+
+    Args:
+        cfg: the explorer's parameters.
+        progress: show progress bars while frames go through the model.
+
+    Returns:
+        An :class:`Exploration` holding tensors on the CPU.
+    """
+    from labkit.attention import extract, mass_threshold
+    from labkit.clustering import kmeans_segments
+    from labkit.data import default_video
+    from labkit.models import load_backbone, patch_size, prepare_images
+    from labkit.video import open_video
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    path = Path(cfg.video_path) if cfg.video_path else default_video()
+    model = load_backbone(
+        cfg.model, checkpoint=cfg.checkpoint or None, pretrained=cfg.pretrained, device=cfg.device
+    )
+    num_heads = model.blocks[0].attn.num_heads
+    if max(cfg.heads) >= num_heads:
+        raise ValueError(f"heads {cfg.heads} out of range: {cfg.model} has {num_heads} heads")
+    depth = len(model.blocks)
+    if not -depth <= cfg.layer < depth:
+        raise ValueError(f"layer {cfg.layer} out of range: {cfg.model} has {depth} blocks")
+    seconds["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with open_video(path, size=cfg.img_size) as video:
+        indices = clip_indices_for(len(video), cfg.num_frames, cfg.start_frame, cfg.frame_step)
+        frames = video.get(indices)
+        info = {"path": str(path), "backend": video.backend, "fps": float(video.fps),
+                "length": len(video), "source_size": list(video.source_size)}
+    seconds["read"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    attn_parts, feat_parts = [], []
+    batches = range(0, len(frames), cfg.batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="attention", unit="batch")
+    for s in batches:
+        images = prepare_images(frames[s : s + cfg.batch_size], model, device=cfg.device)
+        out = extract(model, images, layer=cfg.layer, attention=True, kinds=("tokens",))
+        attn_parts.append(out.attention.float().cpu())
+        feat_parts.append(out.features["tokens"].float().cpu())
+    attention = torch.cat(attn_parts)
+    features = torch.cat(feat_parts)
+    seconds["extract"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    masks = mass_threshold(attention, keep=cfg.keep)
+    seg_frame = kmeans_segments(features, cfg.k, mode="frame", seed=cfg.seed).labels
+    seg_clip = kmeans_segments(features, cfg.k, mode="clip", seed=cfg.seed).labels
+    seconds["cluster"] = time.perf_counter() - t0
+
+    return Exploration(
+        config=cfg,
+        indices=indices,
+        frames=frames,
+        attention=attention,
+        features=features,
+        masks=masks,
+        segments_frame=seg_frame,
+        segments_clip=seg_clip,
+        patch_size=patch_size(model),
+        model=model,
+        video_info=info,
+        seconds=seconds,
+    )
+
+
+def save_exploration(
+    exp: Exploration, out_dir: str | Path, *, figures: bool = True, fps: float = 6.0
+) -> dict[str, Path]:
+    """Write the figures (PNG), the animation (GIF and MP4) and ``metrics.json`` into ``out_dir``.
+
+    Returns:
+        Mapping of what was written to its path.
+    """
+    from labkit.viz import write_animation
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if figures:
+        for name, fig in (
+            ("heads", exp.figure_heads()),
+            ("all_heads", exp.figure_all_heads()),
+            ("masks", exp.figure_masks()),
+            ("segments", exp.figure_segments()),
+        ):
+            path = out / f"{name}.png"
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+            written[name] = path
+    anim = exp.animation_frames()
+    written["animation_gif"] = write_animation(anim, out / "attention.gif", fps=fps)
+    written["animation_mp4"] = write_animation(anim, out / "attention.mp4", fps=fps)
+    metrics = exp.metrics()
+    metrics["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(exp.config).items()}
+    path = out / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2))
+    written["metrics"] = path
+    return written

@@ -1,0 +1,184 @@
+"""Run the lab's notebooks with papermill: find them, execute them with parameters, export HTML.
+
+Each notebook in ``notebooks/`` has one cell tagged ``parameters`` whose names equal the fields of
+the workflow's config dataclass, so ``labkit run attention_explorer -p k 5`` maps one to one.
+Executed copies go to a run folder (git-ignored ``runs/`` by default), never back into
+``notebooks/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "NotebookError",
+    "NotebookRun",
+    "notebook_dir",
+    "list_notebooks",
+    "find_notebook",
+    "notebook_parameters",
+    "run_notebook",
+    "export_html",
+]
+
+
+class NotebookError(RuntimeError):
+    """A notebook failed: names the notebook, the cell and the error it raised."""
+
+    def __init__(self, notebook: Path, cell_index: int | None, ename: str, evalue: str, output: Path):
+        self.notebook = notebook
+        self.cell_index = cell_index
+        self.ename = ename
+        self.evalue = evalue
+        self.output = output
+        where = f"cell {cell_index}" if cell_index is not None else "before any cell ran"
+        super().__init__(
+            f"notebook {notebook.name} failed in {where}: {ename}: {evalue}\n"
+            f"  the partly executed notebook is at {output}"
+        )
+
+
+@dataclass(frozen=True)
+class NotebookRun:
+    """Where an executed notebook and its HTML export were written, and how long it took."""
+
+    notebook: Path
+    output: Path
+    html: Path | None
+    seconds: float
+
+
+def notebook_dir() -> Path:
+    """The folder with the lab's notebooks: ``$LABKIT_NOTEBOOKS`` or ``notebooks/`` of the checkout."""
+    env = os.environ.get("LABKIT_NOTEBOOKS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def list_notebooks() -> list[str]:
+    """Names (without ``.ipynb``) of the notebooks in :func:`notebook_dir`."""
+    return sorted(p.stem for p in notebook_dir().glob("*.ipynb"))
+
+
+def find_notebook(name: str | os.PathLike) -> Path:
+    """Resolve a notebook name (``attention_explorer``) or path to an existing ``.ipynb`` file."""
+    path = Path(name)
+    if path.suffix == ".ipynb" and path.is_file():
+        return path
+    candidate = notebook_dir() / f"{path.stem}.ipynb"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(list_notebooks()) or "none"
+    raise FileNotFoundError(f"no notebook named {str(name)!r}; the lab has: {known}")
+
+
+def notebook_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
+    """The defaults of a notebook's ``parameters`` cell, as papermill infers them.
+
+    Returns:
+        Mapping of parameter name to its default value (plain Python literals).
+    """
+    import ast
+
+    nb = json.loads(find_notebook(notebook).read_text())
+    for cell in nb["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell["source"])
+            params: dict[str, Any] = {}
+            for node in ast.parse(source).body:
+                if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                    target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+                    if isinstance(target, ast.Name) and node.value is not None:
+                        params[target.id] = ast.literal_eval(node.value)
+            return params
+    raise ValueError(f"{notebook}: no cell tagged 'parameters'")
+
+
+def _check_parameters(notebook: Path, parameters: Mapping[str, Any]) -> None:
+    known = notebook_parameters(notebook)
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{notebook.name} has no parameter(s) {', '.join(unknown)}; "
+            f"its parameters are: {', '.join(known)}"
+        )
+
+
+def export_html(executed: Path, html: Path | None = None) -> Path:
+    """Export an executed notebook to a self-contained HTML file beside it (nbconvert)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    html = html or executed.with_suffix(".html")
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    html.write_text(body, encoding="utf-8")
+    return html
+
+
+def run_notebook(
+    notebook: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    html: bool = True,
+    progress: bool = True,
+    log_output: bool = False,
+    timeout: float | None = None,
+) -> NotebookRun:
+    """Execute a notebook with papermill into ``out_dir``.
+
+    Args:
+        notebook: name in :func:`notebook_dir` or a path to an ``.ipynb``.
+        out_dir: folder for the executed copy (``<name>.ipynb``) and its HTML export.
+        parameters: values for the ``parameters`` cell; unknown names fail before anything runs.
+        html: also write ``<name>.html`` with nbconvert.
+        progress: papermill's per-cell progress bar.
+        log_output: stream the notebook's own output (prints, tqdm) to this process's stderr.
+        timeout: seconds allowed per cell (None: no limit).
+
+    Returns:
+        A :class:`NotebookRun` with the paths written.
+
+    Raises:
+        NotebookError: a cell raised; the partly executed notebook is kept in ``out_dir``.
+    """
+    import papermill as pm
+
+    source = find_notebook(notebook)
+    parameters = dict(parameters or {})
+    _check_parameters(source, parameters)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / source.name
+    start = time.perf_counter()
+    # The kernel inherits this process's environment: widgets then render static figures.
+    previous = os.environ.get("LABKIT_HEADLESS")
+    os.environ["LABKIT_HEADLESS"] = "1"
+    try:
+        pm.execute_notebook(
+            str(source),
+            str(output),
+            parameters=parameters,
+            kernel_name="python3",
+            progress_bar=progress,
+            log_output=log_output,
+            stderr_file=sys.stderr if log_output else None,
+            execution_timeout=timeout,
+        )
+    except pm.PapermillExecutionError as err:
+        raise NotebookError(source, err.cell_index, err.ename, err.evalue, output) from None
+    finally:
+        if previous is None:
+            os.environ.pop("LABKIT_HEADLESS", None)
+        else:
+            os.environ["LABKIT_HEADLESS"] = previous
+    seconds = time.perf_counter() - start
+    html_path = export_html(output) if html else None
+    return NotebookRun(notebook=source, output=output, html=html_path, seconds=seconds)
