@@ -33,6 +33,7 @@ class ExploreConfig:
     model: str = "vit_small_patch16_224"  # timm name; "vit_small_patch16_224.dino" with pretrained=True for DINO
     checkpoint: str = ""  # local checkpoint (timm, DINO or DoRA format); empty: none
     pretrained: bool = False  # timm download (needs the internet); off here: random or checkpoint weights
+    model_kwargs: dict = field(default_factory=dict)  # extra timm arguments, e.g. {"depth": 2} for tests
     layer: int = -1  # block whose [CLS] attention is shown; negative counts from the end
     heads: tuple[int, int, int] = (0, 1, 2)  # the three heads drawn as R, G, B
     num_frames: int = 16  # frames in the clip
@@ -304,7 +305,8 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
     t0 = time.perf_counter()
     path = Path(cfg.video_path) if cfg.video_path else default_video()
     model = load_backbone(
-        cfg.model, checkpoint=cfg.checkpoint or None, pretrained=cfg.pretrained, device=cfg.device
+        cfg.model, checkpoint=cfg.checkpoint or None, pretrained=cfg.pretrained, device=cfg.device,
+        **cfg.model_kwargs,
     )
     num_heads = model.blocks[0].attn.num_heads
     if max(cfg.heads) >= num_heads:

@@ -192,7 +192,7 @@ class AttentionExplorer:
         """The current state as a static matplotlib Figure."""
         from labkit.viz.plot import plot_strip
 
-        return plot_strip([self.render()], suptitle=self.title(), panel_size=(12.0, 3.5))
+        return plot_strip([self.render()], suptitle=self.title(), panel_size=3.5)
 
     # ---- widgets --------------------------------------------------------------------------
     def _png(self) -> bytes:
