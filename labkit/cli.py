@@ -39,6 +39,13 @@ def _parse_params(pairs: Sequence[Sequence[str]] | None) -> dict[str, Any]:
     return {name: parse_value(value) for name, value in (pairs or [])}
 
 
+def _model_kwargs(text: str | None) -> dict[str, Any]:
+    value = parse_value(text) if text else {}
+    if not isinstance(value, dict):
+        raise ValueError(f"--model-kwargs must be a mapping such as '{{depth: 2}}', got {text!r}")
+    return value
+
+
 def _cmd_notebooks(args: argparse.Namespace) -> int:
     from labkit.notebooks import list_notebooks, notebook_dir, notebook_parameters
 
@@ -79,6 +86,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
         model=args.model,
         checkpoint=args.checkpoint or "",
         pretrained=args.pretrained,
+        model_kwargs=_model_kwargs(args.model_kwargs),
         layer=args.layer,
         heads=tuple(args.heads),
         num_frames=args.num_frames,
@@ -146,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="vit_small_patch16_224", help="timm model name")
     p.add_argument("--checkpoint", help="local checkpoint file (timm, DINO or DoRA format)")
     p.add_argument("--pretrained", action="store_true", help="timm's download of pretrained weights")
+    p.add_argument("--model-kwargs", help="extra timm arguments as YAML, e.g. '{depth: 2}'")
     p.add_argument("--layer", type=int, default=-1, help="block index; -1 is the last")
     p.add_argument("--heads", type=int, nargs=3, default=[0, 1, 2], help="three heads shown as R G B")
     p.add_argument("--num-frames", type=int, default=16)

@@ -1,0 +1,161 @@
+"""The attention-explorer workflow, its CLI path and its notebook under papermill."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from labkit.explore import ExploreConfig, Exploration, clip_indices_for, explore, save_exploration
+
+TINY = {"depth": 2, "embed_dim": 96, "num_heads": 3}
+
+
+@pytest.fixture(scope="module")
+def small_video(tmp_path_factory) -> Path:
+    from labkit.data.synthetic import generate_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    return generate_synthetic(out, num_frames=16, size=(96, 160), seed=3).video
+
+
+@pytest.fixture(scope="module")
+def exploration(small_video: Path) -> Exploration:
+    cfg = ExploreConfig(
+        video_path=str(small_video), model_kwargs=TINY, num_frames=6, frame_step=2, img_size=64, k=3,
+        heads=(2, 0, 1),
+    )
+    return explore(cfg, progress=False)
+
+
+def test_clip_indices() -> None:
+    assert clip_indices_for(100, 5, 10, 3).tolist() == [10, 13, 16, 19, 22]
+    assert clip_indices_for(10, 5, 4, 2).tolist() == [4, 6, 8]  # capped at the video's end
+    spread = clip_indices_for(101, 5, 0, 0)
+    assert spread.tolist() == [0, 25, 50, 75, 100]
+    with pytest.raises(ValueError, match="past the video"):
+        clip_indices_for(10, 5, 10, 1)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"heads": (0, 1)}, "exactly three heads"),
+        ({"k": 1}, "k must be"),
+        ({"num_frames": 0}, "num_frames"),
+        ({"keep": 1.5}, "keep"),
+        ({"video_path": "/no/such/video.mp4"}, "does not exist"),
+        ({"checkpoint": "/no/such.pth"}, "not a file"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_config_validation(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ExploreConfig(**changes)
+
+
+def test_explore_shapes_and_consistency(exploration: Exploration) -> None:
+    exp = exploration
+    t = len(exp.indices)
+    assert exp.indices.tolist() == [0, 2, 4, 6, 8, 10]
+    assert exp.frames.shape == (t, 64, 106, 3) and exp.frames.dtype == np.uint8
+    # 64 x 106 frames, patch 16: grid 4 x 6 (the 10-pixel strip at the right is cropped)
+    assert exp.attention.shape == (t, 3, 4, 6)
+    assert exp.features.shape == (t, 4, 6, 96)
+    sums = exp.attention.flatten(2).sum(-1)
+    assert torch.all(sums <= 1 + 1e-5) and torch.all(sums > 0)
+    assert exp.masks.dtype == torch.bool and exp.masks.shape == exp.attention.shape
+    for seg in (exp.segments_frame, exp.segments_clip):
+        assert seg.shape == (t, 4, 6) and int(seg.min()) >= 0 and int(seg.max()) < 3
+
+
+def test_renders(exploration: Exploration) -> None:
+    exp = exploration
+    rgb = exp.rgb_maps()
+    assert rgb.shape == exp.frames.shape and rgb.dtype == np.uint8
+    # heads (2, 0, 1) as R, G, B: swapping the order swaps the channels
+    swapped = exp.rgb_maps(heads=(0, 2, 1))
+    np.testing.assert_array_equal(rgb[..., 0], swapped[..., 1])
+    np.testing.assert_array_equal(rgb[..., 1], swapped[..., 0])
+    anim = exp.animation_frames()
+    assert anim.shape == (len(exp.indices), 64, 3 * 106, 3)
+    np.testing.assert_array_equal(anim[:, :, :106], exp.frames)
+    assert exp.segment_overlays("clip").shape == exp.frames.shape
+    assert exp.mask_overlays().shape == exp.frames.shape
+
+
+def test_save_exploration(exploration: Exploration, tmp_path: Path) -> None:
+    written = save_exploration(exploration, tmp_path)
+    for key in ("heads", "masks", "segments", "animation_gif", "animation_mp4", "metrics"):
+        assert written[key].is_file() and written[key].stat().st_size > 0
+    metrics = json.loads(written["metrics"].read_text())
+    assert metrics["num_frames"] == 6 and metrics["grid"] == [4, 6] and metrics["num_heads"] == 3
+    assert 0 < metrics["attention_entropy_nats"] <= metrics["attention_entropy_uniform_nats"] + 1e-6
+    assert 0 <= metrics["segment_persistence_clip"] <= 1
+    assert metrics["config"]["heads"] == [2, 0, 1]
+
+
+def test_explore_is_deterministic(small_video: Path) -> None:
+    cfg = ExploreConfig(video_path=str(small_video), model_kwargs=TINY, num_frames=3, img_size=64, k=3)
+    torch.manual_seed(1)
+    a = explore(cfg, progress=False)
+    torch.manual_seed(1)
+    b = explore(cfg, progress=False)
+    torch.testing.assert_close(a.attention, b.attention)
+    assert torch.equal(a.segments_clip, b.segments_clip)
+
+
+def test_bad_heads_and_layer(small_video: Path) -> None:
+    with pytest.raises(ValueError, match="heads .* out of range"):
+        explore(ExploreConfig(video_path=str(small_video), model_kwargs=TINY, heads=(0, 1, 5)), progress=False)
+    with pytest.raises(ValueError, match="layer 4 out of range"):
+        explore(ExploreConfig(video_path=str(small_video), model_kwargs=TINY, layer=4), progress=False)
+
+
+def test_cli_attention_on_real_footage(tour_video: Path, tmp_path: Path) -> None:
+    """The quick CLI path on the shared DAVIS tour video: real frames, right sizes, files written."""
+    from labkit import cli
+
+    out = tmp_path / "attn"
+    code = cli.main([
+        "attention", str(tour_video), "--out", str(out), "--num-frames", "3", "--start-frame", "80",
+        "--frame-step", "10", "--img-size", "96", "--k", "3", "--model-kwargs", "{depth: 2, embed_dim: 96, num_heads: 3}",
+    ])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["frames"] == [80, 90, 100]  # breakdance starts at frame 80 of the tour
+    assert metrics["video"]["source_size"] == [480, 854]
+    assert metrics["frame_size"] == [96, 170]
+    assert (out / "attention.gif").stat().st_size > 0
+
+
+def test_cli_reports_bad_input(tmp_path: Path, capsys) -> None:
+    from labkit import cli
+
+    code = cli.main(["attention", str(tmp_path / "missing.mp4"), "--out", str(tmp_path)])
+    assert code == 2
+    assert "missing.mp4" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_notebook_under_papermill(small_video: Path, tmp_path: Path) -> None:
+    from labkit.notebooks import run_notebook
+
+    out = tmp_path / "run"
+    run = run_notebook(
+        "attention_explorer", out,
+        {"video_path": str(small_video), "model_kwargs": TINY, "num_frames": 4, "img_size": 64,
+         "k": 3, "out_dir": str(out)},
+        progress=False,
+    )
+    assert run.output.is_file() and run.html.is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_frames"] == 4 and metrics["k"] == 3 and metrics["grid"] == [4, 6]
+    for name in ("heads.png", "masks.png", "segments.png", "attention.gif", "attention.mp4"):
+        assert (out / name).stat().st_size > 0
+    nb = json.loads(run.output.read_text())
+    images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    assert images >= 5  # every figure cell and the explorer's static picture rendered
