@@ -4,6 +4,7 @@
     labkit run attention_explorer -p k 5 -p num_frames 8
     labkit attention VIDEO --out DIR                 RGB head maps, masks, segments, animation
     labkit demo                                      the main job on the default video
+    labkit train --config run.yaml -o steps=500      DoRA / DINO training (torchrun for DDP)
 """
 
 from __future__ import annotations
@@ -124,6 +125,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from labkit.train import load_config
+    from labkit.train.trainer import TrainingDiverged, train
+
+    config = load_config(args.config, args.override or ())
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        print(f"[labkit] training {config.method} on {config.video_path or 'the synthetic video'} "
+              f"for {config.steps} steps -> {config.out_dir}", flush=True)
+    try:
+        result = train(config, until=args.until, progress=not args.quiet)
+    except TrainingDiverged as err:
+        print(f"[labkit] error: {err}", file=sys.stderr)
+        return 3
+    if rank == 0:
+        print(f"[labkit] checkpoint: {result.checkpoint}")
+        print(f"[labkit] metrics: {json.dumps(result.metrics)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labkit",
@@ -164,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="k-means segments")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_attention)
+
+    p = sub.add_parser(
+        "train",
+        help="train a ViT with DoRA or DINO on videos (torchrun --nproc_per_node N -m labkit.cli train ...)",
+        description="Train with a TrainConfig read from YAML; -o overrides single fields.",
+    )
+    p.add_argument("--config", help="YAML file of TrainConfig fields (default: all defaults)")
+    p.add_argument(
+        "-o", "--override", action="append", metavar="KEY=VALUE",
+        help="set a field, value read as a YAML literal (steps=500, heads=[0,2,5], model_kwargs.depth=4)",
+    )
+    p.add_argument("--until", type=int, help="stop after this many steps in all (resume later)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="the main job on the built-in default video")
     p.add_argument("--out", default="runs/demo", help="run folder")

@@ -1,0 +1,330 @@
+"""The training run's configuration: one frozen dataclass, read from YAML with ``key=value`` overrides.
+
+The same :class:`TrainConfig` drives the notebook (its parameters cell uses the field names), the
+``labkit train --config run.yaml -o lr=1e-4`` command and ``torchrun`` jobs. Every field is a plain
+YAML value (numbers, strings, booleans, lists, one dict), so a config round-trips through YAML and
+is stored in every checkpoint.
+
+Vocabulary:
+
+* A **step** is one optimiser update on one global batch (``batch_size`` clips per process times
+  the number of processes). Schedules (learning rate, weight decay, teacher momentum) run over
+  ``steps``.
+* An **epoch** has no natural meaning for a long video: clips overlap, and any frame can start
+  one. Here it is a fixed number of steps, ``steps_per_epoch``; 0 picks one pass over the
+  non-overlapping clips of the data (every frame seen about once per epoch). Epochs only set
+  DINO's epoch-based knobs: ``warmup_epochs``, ``freeze_last_layer`` and
+  ``warmup_teacher_temp_epochs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["TrainConfig", "load_config", "parse_overrides", "ARCHITECTURE_FIELDS"]
+
+# Fields that fix the networks' shapes: a checkpoint resumes only under the same values.
+ARCHITECTURE_FIELDS = (
+    "method", "model", "model_kwargs", "img_size", "out_dim", "hidden_dim", "bottleneck_dim",
+    "norm_last_layer",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a DoRA or DINO training run needs; validated on construction.
+
+    Defaults follow DINO / DoRA where those are sensible on one long video; a CPU run wants a
+    smaller model, ``img_size``, ``num_frames`` and ``out_dim`` (see the notebook's parameters).
+    """
+
+    # -- data ---------------------------------------------------------------------------------
+    video_path: str | tuple[str, ...] = ""  # mp4 / frame folder, or a list; "": synthetic video
+    num_frames: int = 8  # T, frames per clip (DoRA: 8)
+    frame_step: int = 10  # frames between the clip's frames in the video (DoRA: 30 at 30 fps)
+    decode_size: int = 0  # shorter side frames are decoded at; 0: 1.5 x img_size (4K videos!)
+    video_backend: Literal["auto", "decord", "pyav"] = "auto"
+    img_size: int = 224  # side of the global crops (teacher and object views)
+    local_size: int = 96  # side of the local crops
+    num_local: int = 4  # n, local crops per frame (DINO and DoRA use 8 or 10 on GPUs)
+    global_scale: tuple[float, float] = (0.4, 1.0)  # area range of the global crop
+    local_scale: tuple[float, float] = (0.05, 0.4)  # area range of a local crop
+    # -- method -------------------------------------------------------------------------------
+    method: Literal["dora", "dino"] = "dora"  # dino: frames as independent images, no tracking
+    k: int = 3  # objects discovered per clip (heads used)
+    heads: str | tuple[int, ...] = "random"  # "random" per step (seeded), or k fixed head indices
+    sinkhorn: bool = True  # refine the prototypes with Sinkhorn-Knopp (False: row softmax)
+    epsilon: float = 0.05  # temperature of the transport plan
+    sinkhorn_iterations: int = 30
+    threshold: str | float = "mean"  # mask rule: "mean", "batch_mean" (official) or keep-mass
+    # -- model --------------------------------------------------------------------------------
+    model: str = "vit_small_patch16_224"  # timm ViT architecture
+    model_kwargs: dict = field(default_factory=dict)  # extra timm arguments (depth, embed_dim ...)
+    pretrained: bool = False  # start from timm's weights (needs the internet)
+    checkpoint: str = ""  # start from a local checkpoint's backbone (timm, DINO, DoRA, labkit)
+    drop_path_rate: float = 0.1  # stochastic depth of the student
+    out_dim: int = 65536  # K, output dimension of the DINO head
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = True  # freeze the head's weight-norm scale (stabler, DINO)
+    # -- optimisation -------------------------------------------------------------------------
+    steps: int = 1000  # optimiser steps of the whole run
+    steps_per_epoch: int = 0  # 0: one pass over the non-overlapping clips (see module doc)
+    batch_size: int = 16  # clips per process and step
+    lr: float = 5e-4  # peak learning rate, for a global batch of 256 clips if scale_lr
+    scale_lr: bool = True  # DINO's linear rule: lr * global batch / 256
+    min_lr: float = 1e-6  # learning rate at the end of the cosine
+    warmup_epochs: float = 1.0  # linear learning-rate warm-up
+    weight_decay: float = 0.04  # start of the cosine weight-decay schedule
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # max global gradient norm; 0 disables
+    freeze_last_layer: int = 1  # epochs during which the head's last layer stays fixed
+    momentum_teacher: float = 0.996  # EMA momentum at step 0, cosine to 1 at the end
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    # -- run ----------------------------------------------------------------------------------
+    device: str = "cpu"  # "cuda" under torchrun means cuda:LOCAL_RANK
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on cuda only
+    compile: bool = False  # torch.compile the student
+    num_workers: int = 0  # DataLoader workers per process (each opens its own video readers)
+    seed: int = 0
+    out_dir: str = "runs/train"  # checkpoint.pth, log.jsonl, log.csv, metrics.json
+    checkpoint_every: int = 100  # steps between checkpoints (and one at the end); 0: end only
+    resume: bool = False  # continue from out_dir/checkpoint.pth when it exists
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        # normalise YAML's lists into tuples (hashable, immutable) and check types
+        paths = self.video_path
+        if isinstance(paths, (list, tuple)):
+            if not all(isinstance(p, (str, Path)) for p in paths):
+                raise ValueError(f"video_path must be a path or a list of paths, got {paths!r}")
+            paths = tuple(str(p) for p in paths)
+            if len(paths) == 1:
+                paths = paths[0]
+        elif isinstance(paths, Path):
+            paths = str(paths)
+        elif not isinstance(paths, str):
+            raise ValueError(f"video_path must be a path or a list of paths, got {paths!r}")
+        set_("video_path", paths)
+        for p in paths if isinstance(paths, tuple) else ([paths] if paths else []):
+            if not Path(p).expanduser().exists():
+                raise ValueError(f"video_path: {p!r} does not exist")
+
+        ints = {
+            "num_frames": 1, "frame_step": 1, "decode_size": 0, "img_size": 8, "local_size": 8,
+            "num_local": 0, "k": 1, "sinkhorn_iterations": 1, "out_dim": 1, "hidden_dim": 1,
+            "bottleneck_dim": 1, "steps": 1, "steps_per_epoch": 0, "batch_size": 1,
+            "freeze_last_layer": 0, "warmup_teacher_temp_epochs": 0, "num_workers": 0,
+            "checkpoint_every": 0, "seed": 0,
+        }  # fmt: skip
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        floats = {
+            "epsilon": (0.0, None), "drop_path_rate": (None, 1.0), "lr": (0.0, None),
+            "min_lr": (None, None), "warmup_epochs": (None, None), "weight_decay": (None, None),
+            "weight_decay_end": (None, None), "clip_grad": (None, None),
+            "momentum_teacher": (None, 1.0), "teacher_temp": (0.0, None),
+            "warmup_teacher_temp": (0.0, None), "student_temp": (0.0, None),
+            "center_momentum": (None, 1.0),
+        }  # fmt: skip
+        for name, (positive_above, at_most) in floats.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            value = float(value)
+            set_(name, value)
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+            if positive_above is not None and not value > positive_above:
+                raise ValueError(f"{name} must be > {positive_above}, got {value}")
+            if positive_above is None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+            if at_most is not None and value > at_most:
+                raise ValueError(f"{name} must be <= {at_most}, got {value}")
+        for name in ("sinkhorn", "norm_last_layer", "pretrained", "scale_lr", "compile", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+        for name in ("global_scale", "local_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise ValueError(f"{name} must be two numbers (low, high), got {value!r}")
+            low, high = (float(v) for v in value)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {value!r}")
+            set_(name, (low, high))
+
+        choices = {
+            "method": ("dora", "dino"),
+            "precision": ("auto", "fp32", "bf16"),
+            "video_backend": ("auto", "decord", "pyav"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+        heads = self.heads
+        if isinstance(heads, str):
+            if heads != "random":
+                raise ValueError(f"heads must be 'random' or a list of k head indices, got {heads!r}")
+        else:
+            if not isinstance(heads, (list, tuple)) or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in heads
+            ):
+                raise ValueError(f"heads must be 'random' or a list of head indices >= 0, got {heads!r}")
+            if len(heads) != self.k:
+                raise ValueError(f"heads lists {len(heads)} heads but k is {self.k}")
+            if len(set(heads)) != len(heads):
+                raise ValueError(f"heads must be distinct, got {list(heads)}")
+            set_("heads", tuple(heads))
+
+        threshold = self.threshold
+        if isinstance(threshold, str):
+            if threshold not in ("mean", "batch_mean"):
+                raise ValueError(f"threshold must be 'mean', 'batch_mean' or a number in (0, 1], got {threshold!r}")
+        elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be 'mean', 'batch_mean' or a number in (0, 1], got {threshold!r}")
+
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a timm architecture name, got {self.model!r}")
+        if not isinstance(self.model_kwargs, Mapping) or not all(isinstance(k, str) for k in self.model_kwargs):
+            raise ValueError(f"model_kwargs must be a mapping of timm argument names, got {self.model_kwargs!r}")
+        reserved = sorted({"img_size", "num_classes", "drop_path_rate", "dynamic_img_size"} & set(self.model_kwargs))
+        if reserved:
+            raise ValueError(
+                f"model_kwargs must not set {reserved}: img_size and drop_path_rate are fields of "
+                "their own, num_classes and dynamic_img_size are fixed by labkit"
+            )
+        set_("model_kwargs", dict(self.model_kwargs))
+        if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
+            raise ValueError(f"checkpoint: {self.checkpoint!r} is not a file")
+        if self.checkpoint and self.pretrained:
+            raise ValueError("checkpoint and pretrained both set; choose one source of initial weights")
+        if not isinstance(self.device, str) or not self.device.startswith(("cpu", "cuda", "mps")):
+            raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'mps', got {self.device!r}")
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise ValueError(f"out_dir must be a folder path, got {self.out_dir!r}")
+
+    # -- conversions ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON types only (tuples become lists): what checkpoints and logs store."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else (
+                dict(value) if isinstance(value, Mapping) else value
+            )
+        return out
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        _check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def video_paths(self) -> tuple[str, ...]:
+        """``video_path`` as a tuple (empty for the default synthetic video)."""
+        if isinstance(self.video_path, tuple):
+            return self.video_path
+        return (self.video_path,) if self.video_path else ()
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _check_names(values: Mapping[str, Any], source: str = "") -> None:
+    names = _field_names()
+    for key in values:
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            where = f" in {source}" if source else ""
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ValueError(f"unknown config key {key!r}{where}{suggestion} (TrainConfig has: {', '.join(names)})")
+
+
+def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Turn ``["lr=1e-4", "model_kwargs.depth=2"]`` into ``{"lr": 1e-4, "model_kwargs.depth": 2}``.
+
+    Values are read as YAML literals by :func:`labkit.cli.parse_value` (``5``, ``0.1``, ``true``,
+    ``[0,1,2]``, ``{depth: 2}``); anything else stays a string.
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty key.
+    """
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    from labkit.cli import parse_value
+
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must read key=value")
+        out[key] = parse_value(text.strip())
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> TrainConfig:
+    """Read a :class:`TrainConfig` from a YAML mapping, then apply overrides.
+
+    Args:
+        path: YAML file whose top level maps field names to values; None starts from defaults.
+        overrides: ``key=value`` strings (or a mapping) applied on top; ``model_kwargs.depth=2``
+            sets one entry of the ``model_kwargs`` dict.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ValueError: the file is missing or not a mapping, a key is unknown (the message names it
+            and the nearest valid one), or a value is invalid (named by ``TrainConfig``).
+    """
+    import yaml
+
+    values: dict[str, Any] = {}
+    source = ""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path} is not valid YAML: {err}") from err
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"config file {path} must hold a mapping of TrainConfig fields, got {type(loaded).__name__}")
+        source = str(path)
+        _check_names(loaded, source)
+        values.update(loaded)
+    for key, value in parse_overrides(overrides).items():
+        head, dot, sub = key.partition(".")
+        if dot:
+            if head != "model_kwargs" or not sub:
+                raise ValueError(f"override {key!r}: only model_kwargs.<name> takes a dotted key")
+            values["model_kwargs"] = {**dict(values.get("model_kwargs") or {}), sub: value}
+        else:
+            _check_names({key: value}, "the overrides")
+            values[key] = value
+    return TrainConfig(**values)

@@ -1,0 +1,294 @@
+"""Looking at a training run: a clip's discovered and tracked objects, the log, a live loss plot.
+
+Compute (:func:`clip_objects`, tensors), render (:func:`objects_to_rgb`, :func:`masked_frames`,
+uint8 arrays) and plot (:func:`plot_objects`, :func:`plot_log`, Figures) are separate; nothing
+here saves a file. :class:`LiveLossPlot` is a :meth:`labkit.train.Trainer.fit` callback.
+
+Notation: T frames, k objects, h heads, gh x gw patch grid, N = gh * gw, D channels,
+H x W frame pixels, p patch size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "ClipObjects",
+    "clip_objects",
+    "objects_to_rgb",
+    "masked_frames",
+    "plot_objects",
+    "plot_log",
+    "LiveLossPlot",
+]
+
+PLANS = ("softmax", "sinkhorn")  # without / with Sinkhorn-Knopp
+_RGB = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
+
+
+@dataclass
+class ClipObjects:
+    """DoRA's objects in one clip, discovered on its first frame with and without Sinkhorn-Knopp.
+
+    Attributes:
+        frames: uint8 (T, H, W, 3), cropped to a multiple of the patch size (top-left kept).
+        indices: int64 (T,) frame numbers in the video, or None.
+        heads: the k attention heads behind the objects.
+        maps: plan name (``"softmax"``, ``"sinkhorn"``) -> (T, k, gh, gw) float tracking maps,
+            each summing to 1 over the patches.
+        masks: plan name -> (T, k, gh, gw) bool masks.
+        assignment: plan name -> (gh, gw, k) transport plan on the first frame (rows sum to 1).
+        patch_size: p.
+    """
+
+    frames: np.ndarray
+    indices: np.ndarray | None
+    heads: tuple[int, ...]
+    maps: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    assignment: dict[str, torch.Tensor]
+    patch_size: int
+
+    @property
+    def k(self) -> int:
+        return int(self.maps["sinkhorn"].shape[1])
+
+    def object_sizes(self, plan: str = "sinkhorn") -> np.ndarray:
+        """Fraction of the frame each object's mask covers, float (T, k) in [0, 1]."""
+        return self.masks[plan].flatten(2).float().mean(-1).numpy()
+
+
+def clip_objects(
+    backbone: torch.nn.Module,
+    frames: np.ndarray | torch.Tensor,
+    *,
+    k: int = 3,
+    heads: Sequence[int] | None = None,
+    epsilon: float = 0.05,
+    iterations: int = 30,
+    threshold: Literal["mean", "batch_mean"] | float = "mean",
+    indices: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> ClipObjects:
+    """Discover k objects on a clip's first frame and track them through the clip, both plans.
+
+    One batched pass of the backbone over the T frames (:func:`labkit.attention.extract`), then
+    :func:`labkit.tracking.discover_objects` with ``sinkhorn=False`` and ``True`` on the same
+    heads, and :func:`labkit.tracking.track_objects`.
+
+    Args:
+        backbone: a timm ViT (e.g. ``trainer.teacher.backbone`` or :func:`labkit.train.load_trained`).
+        frames: uint8 (T, H, W, 3) RGB frames.
+        k: objects.
+        heads: k head indices; None: heads ``0 .. k-1`` (the same before and after training).
+        epsilon, iterations, threshold: as in training.
+        indices: frame numbers, for titles.
+        device: where the backbone runs (it is not moved).
+
+    Returns:
+        :class:`ClipObjects`, tensors on the CPU.
+    """
+    from labkit.attention import extract
+    from labkit.models import patch_size, prepare_images
+    from labkit.tracking import discover_objects, track_objects
+
+    frames = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    p = patch_size(backbone)
+    images = prepare_images(frames, backbone, device=device)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        out = extract(backbone, images, kinds=("tokens", "keys", "queries"))
+    finally:
+        backbone.train(was_training)
+    attention = out.attention.float()  # (T, h, gh, gw)
+    tokens, keys, queries = (out.features[n].float().clone() for n in ("tokens", "keys", "queries"))
+    grid = tuple(attention.shape[-2:])
+    chosen = tuple(range(k)) if heads is None else tuple(int(h) for h in heads)
+    maps, masks, plans = {}, {}, {}
+    for name in PLANS:
+        found = discover_objects(
+            attention[:1].clone(), queries[:1], tokens[:1], k=k, heads=chosen,
+            sinkhorn=name == "sinkhorn", epsilon=epsilon, iterations=iterations,
+        )  # fmt: skip
+        tracks = track_objects(found.prototypes, keys[None], threshold=threshold)
+        maps[name] = tracks.maps[0].cpu()  # (T, k, gh, gw)
+        masks[name] = tracks.masks[0].cpu()
+        plans[name] = found.assignment[0].reshape(*grid, k).cpu()  # (gh, gw, k)
+    cropped = frames[:, : grid[0] * p, : grid[1] * p]
+    return ClipObjects(np.ascontiguousarray(cropped), indices, chosen, maps, masks, plans, p)
+
+
+def _colours(k: int) -> np.ndarray:
+    from labkit.viz import palette
+
+    return _RGB[:k] if k <= 3 else palette(k)
+
+
+def objects_to_rgb(maps: torch.Tensor | np.ndarray, size: tuple[int, int], patch_size: int) -> np.ndarray:
+    """k object maps as one colour image per frame (k = 3: red, green, blue, as heads_to_rgb).
+
+    Each map is min-max normalised per frame and tinted with its object's colour; colours add
+    (k = 3 is exactly :func:`labkit.viz.heads_to_rgb`).
+
+    Args:
+        maps: (T, k, gh, gw) maps.
+        size: (H, W) frame size.
+        patch_size: p.
+
+    Returns:
+        uint8 (T, H, W, 3).
+    """
+    from labkit.viz import heads_to_rgb, upsample_map
+
+    maps = maps.numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+    k = maps.shape[1]
+    if k == 3:
+        return heads_to_rgb(maps, (0, 1, 2), size=size, patch_size=patch_size)
+    lo = maps.min(axis=(2, 3), keepdims=True)
+    span = maps.max(axis=(2, 3), keepdims=True) - lo
+    unit = np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1.0), 0.0)  # (T, k, gh, gw)
+    colours = _colours(k).astype(np.float32) / 255.0  # (k, 3)
+    mixed = np.einsum("tkhw,kc->tchw", unit, colours).clip(0, 1)  # (T, 3, gh, gw)
+    up = np.stack([upsample_map(m, size, patch_size) for m in mixed])  # (T, H, W, 3)
+    return np.rint(up * 255).clip(0, 255).astype(np.uint8)
+
+
+def masked_frames(objects: ClipObjects, plan: str = "sinkhorn") -> np.ndarray:
+    """What the student sees: every frame times each object's mask, in pixels.
+
+    Returns:
+        uint8 (k, T, H, W, 3), black outside the mask.
+    """
+    from labkit.tracking import masks_to_frames
+
+    frames = objects.frames
+    size = frames.shape[1:3]
+    pixel = masks_to_frames(objects.masks[plan], objects.patch_size, size).numpy()  # (T, k, H, W)
+    return (frames[None] * pixel.transpose(1, 0, 2, 3)[..., None]).astype(np.uint8)
+
+
+def plot_objects(objects: ClipObjects, title: str | None = None, max_frames: int = 8) -> Figure:
+    """The objects of a clip as a grid: frames; maps without and with Sinkhorn-Knopp; masks; views.
+
+    Rows: the frames; the k tracking maps as colours with the row-softmax plan and with the
+    Sinkhorn-Knopp plan; the Sinkhorn masks drawn over the frames; then one row per object with
+    the masked view the student is trained on. Columns: up to ``max_frames`` frames of the clip.
+
+    Returns:
+        ``matplotlib.figure.Figure``.
+    """
+    from labkit.viz import mask_overlay, plot_grid
+
+    total = len(objects.frames)
+    cols = np.unique(np.linspace(0, total - 1, min(max_frames, total)).round().astype(int))
+    frames = objects.frames[cols]
+    size = frames.shape[1:3]
+    p = objects.patch_size
+    rows = [list(frames)]
+    names = ["frames"]
+    for plan in PLANS:
+        rows.append(list(objects_to_rgb(objects.maps[plan][cols], size, p)))
+        names.append("maps, no SK" if plan == "softmax" else "maps, SK")
+    masks = objects.masks["sinkhorn"][cols].numpy()  # (t, k, gh, gw)
+    rows.append(list(mask_overlay(frames, masks, _colours(objects.k), 0.4, patch_size=p)))
+    names.append("masks, SK")
+    views = masked_frames(objects)[:, cols]  # (k, t, H, W, 3)
+    for j in range(objects.k):
+        rows.append(list(views[j]))
+        names.append(f"object {j} (head {objects.heads[j]})")
+    col_titles = [f"frame {int(objects.indices[c])}" if objects.indices is not None else f"t={c}" for c in cols]
+    return plot_grid(rows, row_titles=names, col_titles=col_titles, panel_size=1.8, suptitle=title)
+
+
+def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) -> Figure:
+    """Training curves: loss; teacher entropy and KL to uniform; learning rate (and weight decay).
+
+    Args:
+        log: records (``TrainResult.log``), a ``log.jsonl`` or a run folder.
+        title: figure title.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with three panels side by side.
+    """
+    from matplotlib.figure import Figure
+
+    if isinstance(log, (str, os.PathLike, Path)):
+        from labkit.train.trainer import read_log
+
+        log = read_log(log)
+    records = list(log)
+    fig = Figure(figsize=(13, 3.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    if not records:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no steps yet", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    steps = np.array([r["step"] for r in records])
+    loss = np.array([r["loss"] for r in records])
+    axes[0].plot(steps, loss, lw=0.8, alpha=0.5, label="loss")
+    if len(loss) >= 10:
+        width = max(len(loss) // 20, 5)
+        smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
+        axes[0].plot(steps[width - 1 :], smooth, lw=1.5, label=f"mean of {width}")
+    axes[0].set(xlabel="step", ylabel="loss", title="DINO loss")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(steps, [r["teacher_entropy"] for r in records], label="entropy H(q)")
+    axes[1].plot(steps, [r["teacher_kl_uniform"] for r in records], label="KL(mean q || uniform)")
+    axes[1].set(xlabel="step", ylabel="nats", title="teacher collapse signals")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(steps, [r["lr"] for r in records], label="lr", color="C2")
+    axes[2].set(xlabel="step", ylabel="learning rate", title="schedules")
+    twin = axes[2].twinx()
+    twin.plot(steps, [r["wd"] for r in records], label="weight decay", color="C3", ls="--")
+    twin.set_ylabel("weight decay")
+    axes[2].legend(handles=axes[2].lines + twin.lines, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+class LiveLossPlot:
+    """A ``fit`` callback redrawing :func:`plot_log` every ``every`` steps in a live notebook.
+
+    Under papermill, in scripts, or with ``LABKIT_HEADLESS=1`` it does nothing (the progress bar
+    reports); show ``plot_log(result.log)`` after training there.
+
+    Args:
+        every: steps between redraws.
+    """
+
+    def __init__(self, every: int = 10) -> None:
+        if every < 1:
+            raise ValueError(f"LiveLossPlot: every must be >= 1, got {every}")
+        self.every = every
+        self._handle: Any = None
+        self.draws = 0
+
+    @property
+    def active(self) -> bool:
+        from labkit.viz.explorer import is_headless
+
+        return not is_headless()
+
+    def __call__(self, record: dict, trainer: Any) -> None:
+        if record["step"] % self.every or not self.active:
+            return
+        from IPython.display import display
+
+        fig = plot_log(trainer.log, title=f"step {record['step']} / {trainer.config.steps}")
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+        self.draws += 1

@@ -1,0 +1,641 @@
+"""The training loop: optimiser and schedules, EMA teacher, checkpoints and resume, DDP, logging.
+
+One :class:`Trainer` per process. ``Trainer(config).fit()`` (or :func:`train`) runs
+``config.steps`` steps of :func:`labkit.train.step.dora_step` or ``dino_step``:
+
+* **Optimiser**: AdamW with DINO's parameter groups (weight decay on weight matrices only, none
+  on biases and norm parameters). Per step: learning rate with a linear warm-up then a cosine to
+  ``min_lr``, weight decay on a cosine from ``weight_decay`` to ``weight_decay_end``, teacher
+  momentum on a cosine from ``momentum_teacher`` to 1 (:func:`cosine_schedule`). Gradients are
+  clipped to a global norm of ``clip_grad``; the head's last layer gets no update during the
+  first ``freeze_last_layer`` epochs. bf16 autocast on GPU (``precision``); ``compile`` wraps the
+  student in ``torch.compile``.
+* **Determinism**: step ``s``'s data (clips and augmentations), attention heads and the global
+  torch RNG (stochastic depth) are all seeded from ``(seed, s[, rank])``, so a run resumed from a
+  checkpoint repeats the losses of an uninterrupted one (on CPU: to the last bit). The user's
+  global RNG state is left as it was (``torch.random.fork_rng``).
+* **Checkpoints** (``out_dir/checkpoint.pth``, every ``checkpoint_every`` steps and at the end)
+  are written to a temporary file in the same folder, synced, then ``os.replace``-d over the old
+  one: a crash mid-write leaves the previous checkpoint intact. Layout::
+
+      {"student": {"backbone.*", "head.*"}, "teacher": same, "optimizer", "dino_loss": {"center"},
+       "step", "epoch", "config": TrainConfig.to_dict(), "rng": {"torch", "cuda", "numpy",
+       "python", "data"}, "labkit_version"}
+
+  Only tensors and plain containers, so ``torch.load(weights_only=True)`` reads it and
+  ``labkit.models.load_backbone(name, checkpoint=path)`` loads the teacher's backbone;
+  :func:`load_trained` rebuilds the architecture from the stored config.
+* **Divergence**: a NaN or infinite loss raises :class:`TrainingDiverged` before the update,
+  naming the step and the last good checkpoint, which is left untouched.
+* **Distributed**: under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised from
+  the environment (gloo on CPU, nccl on GPU); the student is wrapped in DDP, each process takes
+  its slice of the step's global batch, the loss's center is all-reduced, and only rank 0 writes.
+* **Logging**: one JSON line per step in ``out_dir/log.jsonl`` (and ``log.csv``): step, epoch,
+  loss, teacher entropy and KL to uniform (collapse signals), lr, wd, momentum, teacher
+  temperature, gradient norm, images per second; ``metrics.json`` at the end of ``fit``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from labkit.train.config import ARCHITECTURE_FIELDS, TrainConfig
+from labkit.train.data import ClipDataset, StepBatchSampler, preview_clip, step_seed
+from labkit.train.step import build_networks, dino_step, dora_step, teacher_statistics, update_teacher
+
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "TrainingDiverged",
+    "train",
+    "load_trained",
+    "cosine_schedule",
+    "param_groups",
+    "read_log",
+]
+
+CHECKPOINT_NAME = "checkpoint.pth"
+LOG_COLUMNS = (
+    "step", "epoch", "loss", "teacher_entropy", "teacher_kl_uniform", "lr", "wd", "momentum",
+    "teacher_temp", "grad_norm", "images_per_s", "seconds",
+)  # fmt: skip
+_HEADS_TAG = 0x68656164  # "head": keeps the heads' random stream apart from the data's
+
+Callback = Callable[[dict, "Trainer"], Any]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; training stopped before the update.
+
+    Attributes:
+        step: the step (0-based) whose loss was not finite.
+        checkpoint: the last good checkpoint, or None if none was written.
+    """
+
+    def __init__(self, step: int, loss: float, checkpoint: Path | None) -> None:
+        self.step, self.loss, self.checkpoint = step, loss, checkpoint
+        where = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written yet"
+        super().__init__(
+            f"loss is {loss} at step {step}; training stopped before updating the weights "
+            f"({where}). Lower lr, raise warmup_epochs or clip_grad, or check the data."
+        )
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns: the per-step log, the checkpoint, summary metrics."""
+
+    out_dir: Path
+    log: list[dict]
+    checkpoint: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def cosine_schedule(
+    step: int, total: int, base: float, final: float, warmup: int = 0, warmup_start: float = 0.0
+) -> float:
+    """Value at ``step`` of a linear warm-up followed by a half cosine.
+
+    Steps ``0 .. warmup - 1`` go linearly from ``warmup_start`` towards ``base``; from ``warmup``
+    to ``total - 1`` the value follows ``final + (base - final) * (1 + cos(pi * i / n)) / 2``
+    with ``i = step - warmup`` and ``n = total - warmup`` (DINO's schedules, as a function).
+
+    Returns:
+        The value, a float.
+    """
+    if step < warmup:
+        return warmup_start + (base - warmup_start) * step / warmup
+    span = max(total - warmup, 1)
+    progress = min(step - warmup, span) / span
+    return final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """DINO's AdamW groups: ``[regularised weights, biases and norm parameters (no weight decay)]``."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name.endswith(".bias") or param.ndim == 1 else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """Records of a ``log.jsonl`` (a run folder or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "log.jsonl"
+    if not path.is_file():
+        raise ValueError(f"read_log: no training log at {path}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _distributed(device: str) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call initialised the process group)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    started = False
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        started = True
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    target = torch.device(device)
+    if target.type == "cuda":
+        if target.index is None and world > 1:
+            target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(target)
+    return rank, world, target, started
+
+
+def _rng_state() -> dict[str, Any]:
+    """Global RNG states as tensors and plain containers (loadable with ``weights_only``)."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class Trainer:
+    """A DoRA / DINO training run in this process (one rank of a DDP job under ``torchrun``).
+
+    Args:
+        config: the run's :class:`TrainConfig`.
+        progress: show a tqdm bar (rank 0 only; plain text under papermill).
+
+    Attributes:
+        student, teacher: the :class:`labkit.train.step.MultiCropNetwork` s (not DDP-wrapped).
+        loss_fn: the :class:`labkit.losses.DINOLoss` (holds the center).
+        optimizer: AdamW.
+        dataset: the :class:`labkit.train.data.ClipDataset`.
+        step: optimiser steps done so far.
+        steps_per_epoch: the epoch length in steps.
+        log: the per-step records of this run (including those before a resume).
+    """
+
+    def __init__(self, config: TrainConfig, *, progress: bool = True) -> None:
+        from labkit.losses import DINOLoss
+        from labkit.models import normalization
+
+        self.config = config
+        self.progress = progress
+        self.rank, self.world_size, self.device, self._started_group = _distributed(config.device)
+        self.out_dir = Path(config.out_dir)
+        self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+        self.last_checkpoint: Path | None = None
+        with torch.random.fork_rng(devices=[]):  # same initial weights on every rank, no side effect
+            torch.manual_seed(config.seed)
+            self.student, self.teacher = build_networks(config)
+        self.student.to(self.device)
+        self.teacher.to(self.device)
+        self.loss_fn = DINOLoss(
+            config.out_dim,
+            warmup_teacher_temp=config.warmup_teacher_temp,
+            teacher_temp=config.teacher_temp,
+            warmup_teacher_temp_epochs=config.warmup_teacher_temp_epochs,
+            student_temp=config.student_temp,
+            center_momentum=config.center_momentum,
+        ).to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=0.0)
+
+        mean, std = normalization(self.student.backbone)
+        decode = config.decode_size or 2 * round(0.75 * config.img_size)  # 1.5 x img_size, even
+        self.video_paths = [str(p) for p in config.video_paths] or [str(_default_video())]
+        self.dataset = ClipDataset(
+            self.video_paths, num_frames=config.num_frames, frame_step=config.frame_step,
+            mode=config.method, img_size=config.img_size, local_size=config.local_size,
+            num_local=config.num_local, global_scale=config.global_scale,
+            local_scale=config.local_scale, decode_size=decode, backend=config.video_backend,
+            mean=mean, std=std,
+        )  # fmt: skip
+        self.global_batch = config.batch_size * self.world_size
+        self.steps_per_epoch = config.steps_per_epoch or max(
+            1, self.dataset.num_disjoint_clips() // self.global_batch
+        )
+        self.step = 0
+        self.log: list[dict] = []
+        if config.resume and self.checkpoint_path.is_file():
+            self.load_checkpoint(self.checkpoint_path)
+        else:
+            self._truncate_logs(0)  # a fresh run does not append to an old run's log
+
+        if config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda"):
+            self.autocast_dtype: torch.dtype | None = torch.bfloat16
+        else:
+            self.autocast_dtype = None
+        self._student_run: torch.nn.Module = self.student
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._student_run = DistributedDataParallel(self.student, device_ids=ids)
+        if config.compile:
+            self._student_run = torch.compile(self._student_run)
+        self._last_time: float | None = None
+
+    # -- schedules ---------------------------------------------------------------------------
+
+    def epoch_of(self, step: int) -> int:
+        """The epoch a step falls in."""
+        return step // self.steps_per_epoch
+
+    def schedules(self, step: int) -> dict[str, float]:
+        """Learning rate, weight decay, teacher momentum and temperature at ``step``."""
+        cfg = self.config
+        total = cfg.steps
+        peak = cfg.lr * self.global_batch / 256.0 if cfg.scale_lr else cfg.lr
+        warmup = min(int(round(cfg.warmup_epochs * self.steps_per_epoch)), total)
+        epoch = self.epoch_of(step)
+        return {
+            "lr": cosine_schedule(step, total, peak, cfg.min_lr, warmup),
+            "wd": cosine_schedule(step, total, cfg.weight_decay, cfg.weight_decay_end),
+            "momentum": cosine_schedule(step, total, cfg.momentum_teacher, 1.0),
+            "teacher_temp": self.loss_fn.teacher_temperature(epoch),
+        }
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Forward, loss, backward, update and EMA for one batch; returns the step's record.
+
+        The step's random sources are seeded from ``(seed, step)``; call inside
+        ``torch.random.fork_rng`` to keep the caller's global RNG (``fit`` does).
+
+        Raises:
+            TrainingDiverged: the loss is NaN or infinite (nothing is updated).
+        """
+        cfg = self.config
+        step, epoch = self.step, self.epoch_of(self.step)
+        values = self.schedules(step)
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = values["lr"]
+            if i == 0:  # only the first group is regularised
+                group["weight_decay"] = values["wd"]
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        torch.manual_seed(step_seed(cfg.seed, step, self.rank))  # stochastic depth of this step
+        start = self._last_time if self._last_time is not None else time.perf_counter()
+        if cfg.method == "dora":
+            generator = torch.Generator().manual_seed(step_seed(cfg.seed, step, _HEADS_TAG))
+            out = dora_step(
+                self._student_run, self.teacher, self.loss_fn, batch, epoch=epoch, k=cfg.k,
+                heads=cfg.heads, sinkhorn=cfg.sinkhorn, epsilon=cfg.epsilon,
+                iterations=cfg.sinkhorn_iterations, threshold=cfg.threshold, generator=generator,
+                autocast_dtype=self.autocast_dtype,
+            )  # fmt: skip
+        else:
+            out = dino_step(
+                self._student_run, self.teacher, self.loss_fn, batch, epoch=epoch,
+                autocast_dtype=self.autocast_dtype,
+            )
+        loss_value = out.loss.detach().float().clone()
+        if self.world_size > 1:  # every rank takes the same decision below
+            dist.all_reduce(loss_value)
+            loss_value /= self.world_size
+        loss = float(loss_value)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(step, loss, self.last_checkpoint)
+
+        from labkit.losses import cancel_last_layer_gradients
+
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        max_norm = cfg.clip_grad if cfg.clip_grad > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), max_norm))
+        cancel_last_layer_gradients(self.student, epoch, cfg.freeze_last_layer)
+        self.optimizer.step()
+        update_teacher(self.teacher, self.student, values["momentum"])
+        self.step += 1
+
+        now = time.perf_counter()
+        seconds = now - start
+        self._last_time = now
+        record = {
+            "step": self.step,
+            "epoch": epoch,
+            "loss": loss,
+            **teacher_statistics(out.teacher_logits, out.center, values["teacher_temp"]),
+            **values,
+            "grad_norm": grad_norm,
+            "images_per_s": out.images * self.world_size / max(seconds, 1e-9),
+            "seconds": seconds,
+        }
+        return record
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def loader(self, start: int, stop: int) -> torch.utils.data.DataLoader:
+        """Batches of steps ``start .. stop - 1`` for this rank."""
+        sampler = StepBatchSampler(
+            len(self.dataset), self.config.batch_size, seed=self.config.seed, start=start,
+            stop=stop, rank=self.rank, world_size=self.world_size,
+        )  # fmt: skip
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(step_seed(self.config.seed, start)),
+            persistent_workers=False,
+        )
+
+    def fit(self, until: int | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
+        """Train up to step ``until`` (default: ``config.steps``), checkpointing on the way.
+
+        Args:
+            until: stop after this many steps in all (a later ``fit`` or a resumed run goes on).
+            callbacks: called as ``callback(record, trainer)`` after every step (rank 0 only).
+
+        Returns:
+            :class:`TrainResult`; ``metrics.json`` and the final checkpoint are in ``out_dir``.
+
+        Raises:
+            TrainingDiverged: on a NaN or infinite loss.
+        """
+        stop = self.config.steps if until is None else min(int(until), self.config.steps)
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        first = self.step
+        wall = time.perf_counter()
+        self._last_time = None
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        bar = self._progress_bar(first, stop)
+        self.student.train()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for batch in self.loader(first, stop):
+                    record = self.train_step(batch)
+                    self.log.append(record)
+                    if self.rank == 0:
+                        self._append_log(record)
+                        for callback in callbacks:
+                            callback(record, self)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+                    every = self.config.checkpoint_every
+                    if every and self.step % every == 0 and self.step < stop:
+                        self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.step > first or self.last_checkpoint is None:
+            self.save_checkpoint()
+        metrics = self.summary(time.perf_counter() - wall, first)
+        if self.rank == 0:
+            _write_atomic(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+        return TrainResult(self.out_dir, list(self.log), self.last_checkpoint, metrics)
+
+    def summary(self, seconds: float, first: int) -> dict[str, Any]:
+        """Summary metrics of the run so far (what ``metrics.json`` holds)."""
+        import resource
+
+        recent = [r for r in self.log if r["step"] > first]
+        speed = [r["images_per_s"] for r in recent[1:]] or [r["images_per_s"] for r in recent]
+        last = self.log[-1] if self.log else {}
+        return {
+            "method": self.config.method,
+            "steps": self.step,
+            "steps_this_run": len(recent),
+            "epochs": self.step / self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "final_loss": last.get("loss"),
+            "first_loss": self.log[0]["loss"] if self.log else None,
+            "teacher_entropy": last.get("teacher_entropy"),
+            "teacher_kl_uniform": last.get("teacher_kl_uniform"),
+            "images_per_second": float(np.mean(speed)) if speed else None,
+            "images_per_step": self.global_batch * self.config.num_frames,
+            "seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "world_size": self.world_size,
+            "device": str(self.device),
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "out_dir": str(self.out_dir),
+        }
+
+    def _progress_bar(self, first: int, stop: int) -> Any:
+        if not self.progress or self.rank != 0 or stop <= first:
+            return None
+        from labkit.viz.explorer import is_headless
+
+        if is_headless():  # papermill / scripts: a plain bar that prints rarely
+            from tqdm import tqdm
+
+            return tqdm(total=stop, initial=first, desc=self.config.method, unit="step", mininterval=10.0)
+        from tqdm.auto import tqdm
+
+        return tqdm(total=stop, initial=first, desc=self.config.method, unit="step")
+
+    # -- logs --------------------------------------------------------------------------------
+
+    def _append_log(self, record: dict) -> None:
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        csv_path = self.out_dir / "log.csv"
+        new = not csv_path.is_file()
+        with open(csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(record)
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drop log lines past ``step`` (written after the checkpoint a resume starts from)."""
+        path = self.out_dir / "log.jsonl"
+        self.log = [r for r in read_log(path) if r["step"] <= step] if path.is_file() else []
+        if self.rank != 0 or not path.is_file():
+            return
+        _write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.log).encode())
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.log)
+        _write_atomic(self.out_dir / "log.csv", text.getvalue().encode())
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint dict (see the module docstring)."""
+        from labkit import __version__
+
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "dino_loss": self.loss_fn.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch_of(self.step),
+            "config": self.config.to_dict(),
+            "rng": {**_rng_state(), "data": {"seed": self.config.seed, "next_step": self.step}},
+            "labkit_version": __version__,
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the checkpoint atomically (rank 0; the others wait). Returns its path."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if self.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            buffer = io.BytesIO()
+            torch.save(self.state(), buffer)
+            _write_atomic(path, buffer.getvalue())
+        if self.world_size > 1:
+            dist.barrier()
+        self.last_checkpoint = path
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore networks, optimiser, center, step and RNG states from a checkpoint.
+
+        Raises:
+            ValueError: the checkpoint was trained with another architecture (the fields in
+                ``ARCHITECTURE_FIELDS`` differ), or it is not a labkit training checkpoint.
+        """
+        path = Path(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [k for k in ("student", "teacher", "optimizer", "dino_loss", "step", "config") if k not in state]
+        if missing:
+            raise ValueError(f"{path} is not a labkit training checkpoint (no {missing})")
+        ours = self.config.to_dict()
+        changed = [k for k in ARCHITECTURE_FIELDS if state["config"].get(k) != ours[k]]
+        if changed:
+            detail = ", ".join(f"{k}: {state['config'].get(k)!r} -> {ours[k]!r}" for k in changed)
+            raise ValueError(f"cannot resume from {path}: the architecture changed ({detail})")
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss_fn.load_state_dict(state["dino_loss"])
+        self.step = int(state["step"])
+        if "rng" in state:
+            _set_rng_state(state["rng"])
+        self.last_checkpoint = path
+        self._truncate_logs(self.step)
+
+    # -- looking at the model ------------------------------------------------------------------
+
+    def preview_clip(self, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """An un-augmented clip of the first video at ``img_size`` (shorter side) for figures.
+
+        Returns:
+            ``(indices int64 (T,), frames uint8 (T, H, W, 3))``.
+        """
+        cfg = self.config
+        return preview_clip(
+            self.video_paths[0], num_frames=cfg.num_frames, frame_step=cfg.frame_step,
+            size=cfg.img_size, start=start, backend=cfg.video_backend,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        """Release video readers and the process group this trainer started."""
+        self.dataset.close()
+        if self._started_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._started_group = False
+
+
+def _default_video() -> Path:
+    from labkit.data import default_video
+
+    return default_video()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def train(
+    config: TrainConfig,
+    *,
+    until: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Build a :class:`Trainer`, run :meth:`Trainer.fit`, release its resources."""
+    trainer = Trainer(config, progress=progress)
+    try:
+        return trainer.fit(until=until, callbacks=callbacks)
+    finally:
+        trainer.close()
+
+
+def load_trained(
+    path: str | os.PathLike,
+    which: str = "teacher",
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """The backbone of a labkit training checkpoint, its architecture rebuilt from the stored config.
+
+    Args:
+        path: ``checkpoint.pth`` or the run folder holding it.
+        which: ``"teacher"`` (what DINO and DoRA evaluate) or ``"student"``.
+        device: where the model goes.
+
+    Returns:
+        A timm VisionTransformer in eval mode (as :func:`labkit.models.load_backbone` returns).
+
+    Raises:
+        ValueError: the file is not a labkit checkpoint (no stored config).
+    """
+    from labkit.models import load_backbone
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ValueError(f"load_trained: no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(config, dict) or "model" not in config:
+        raise ValueError(f"load_trained: {path} has no labkit config; use labkit.models.load_backbone")
+    return load_backbone(
+        config["model"], checkpoint=path, which=which, device=device,
+        img_size=config["img_size"], **config.get("model_kwargs", {}),
+    )  # fmt: skip
