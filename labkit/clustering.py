@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -33,6 +34,8 @@ __all__ = [
     "hungarian",
     "align_labels",
     "kmeans_segments",
+    "fit_video_kmeans",
+    "assign",
     "pca",
 ]
 
@@ -378,6 +381,112 @@ def kmeans_segments(
     else:
         raise ValueError(f"kmeans_segments: mode must be 'frame' or 'clip', got {mode!r}")
     return Segments(labels.reshape(T, gh, gw), cents)
+
+
+def fit_video_kmeans(
+    features: torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.ndarray],
+    k: int,
+    *,
+    seed: int = 0,
+    iters: int = 100,
+    n_init: int = 1,
+    normalize: bool = False,
+    max_points: int | None = None,
+) -> torch.Tensor:
+    """Centroids of one k-means over the patches of many frames (a whole clip, or a sample of a video).
+
+    The fitting half of whole-video segmentation: fit here on the features of a sample of frames,
+    then label every frame with :func:`assign`, batch by batch, so that a segment has the same id
+    (and colour) in every frame of the video. Fitting on all frames of a clip and assigning them
+    gives the labels of ``kmeans_segments(features, k, mode="clip")`` (same seed, same order).
+
+    Args:
+        features: Patch features ``(..., D)`` (e.g. ``(S, gh, gw, D)`` of S sampled frames), or an
+            iterable of such tensors (e.g. batches of frames), all with the same ``D``; they are
+            concatenated, so the sample must fit in memory.
+        k: Number of segments, ``1 <= k <=`` number of points.
+        seed: k-means seed (also the seed of the ``max_points`` subsample).
+        iters: Maximum Lloyd iterations.
+        n_init: k-means initialisations (best kept).
+        normalize: L2-normalise each feature vector first (pass the same to :func:`assign`).
+        max_points: If set and there are more points, fit on this many drawn uniformly without
+            replacement (bounds the cost of the fit).
+
+    Returns:
+        ``(k, D)`` float centroids on the features' device, ordered by cluster size in the fit,
+        largest first (segment 0 is usually the background).
+    """
+    if isinstance(features, (torch.Tensor, np.ndarray)):
+        parts = [_as_float_tensor(features, "fit_video_kmeans: features")]
+    else:
+        parts = [_as_float_tensor(f, "fit_video_kmeans: features") for f in features]
+    if not parts:
+        raise ValueError("fit_video_kmeans: no features given")
+    dims = {p.shape[-1] if p.ndim else None for p in parts}
+    if len(dims) != 1 or None in dims:
+        raise ValueError(
+            "fit_video_kmeans: every feature tensor must be (..., D) with the same D, got shapes "
+            f"{[tuple(p.shape) for p in parts]}"
+        )
+    D = parts[0].shape[-1]
+    device = parts[0].device
+    x = torch.cat([p.to(device).reshape(-1, D) for p in parts])  # (n, D)
+    if normalize:
+        x = F.normalize(x, dim=-1)
+    if max_points is not None:
+        if max_points < 1:
+            raise ValueError(f"fit_video_kmeans: max_points must be >= 1, got {max_points}")
+        if x.shape[0] > max_points:
+            gen = torch.Generator(device=x.device)
+            gen.manual_seed(int(seed))
+            keep = torch.randperm(x.shape[0], generator=gen, device=x.device)[:max_points]
+            x = x[keep.sort().values]  # (max_points, D), original order kept
+    km = kmeans(x, k, seed=seed, iters=iters, n_init=n_init)
+    order = _size_order(km.labels, k)  # old id -> new id
+    return km.centroids[torch.argsort(order)]  # (k, D), row j = segment j
+
+
+def assign(
+    features: torch.Tensor | np.ndarray,
+    centroids: torch.Tensor | np.ndarray,
+    *,
+    normalize: bool = False,
+    chunk_size: int = 65536,
+) -> torch.Tensor:
+    """Label each feature vector with its nearest centroid (squared Euclidean distance).
+
+    The assigning half of whole-video segmentation (see :func:`fit_video_kmeans`). Points are
+    processed in chunks of ``chunk_size`` (memory ``chunk_size * k`` distances). On ties the lower
+    id wins.
+
+    Args:
+        features: ``(..., D)`` points, e.g. ``(n, gh, gw, D)`` for a batch of frames.
+        centroids: ``(k, D)``.
+        normalize: L2-normalise the points first (use the value the centroids were fitted with).
+        chunk_size: Points per distance computation.
+
+    Returns:
+        int64 labels of shape ``features.shape[:-1]`` in ``[0, k)``, on the features' device.
+    """
+    x = _as_float_tensor(features, "assign: features")
+    c = _as_float_tensor(centroids, "assign: centroids")
+    if c.ndim != 2 or x.ndim < 1 or x.shape[-1] != c.shape[1] or c.shape[0] < 1:
+        raise ValueError(
+            f"assign: need features (..., D) and centroids (k, D) with the same D, got "
+            f"{tuple(x.shape)} and {tuple(c.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"assign: chunk_size must be >= 1, got {chunk_size}")
+    flat = x.reshape(-1, x.shape[-1])  # (n, D)
+    if normalize:
+        flat = F.normalize(flat, dim=-1)
+    c = c.to(device=flat.device, dtype=flat.dtype)[None]  # (1, k, D)
+    c2 = _sqnorm(c)  # (1, k)
+    labels = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
+    for start in range(0, flat.shape[0], chunk_size):
+        part = flat[start : start + chunk_size][None]  # (1, m, D)
+        labels[start : start + part.shape[1]] = _sqdist(part, c, b2=c2)[0].argmin(-1)  # (m,)
+    return labels.reshape(x.shape[:-1])
 
 
 def pca(x: torch.Tensor | np.ndarray, n_components: int = 3) -> torch.Tensor:

@@ -58,6 +58,7 @@ __all__ = [
     "PropagatedFrame",
     "LabelPropagator",
     "propagation_step",
+    "propagate_soft_labels",
     "labels_from_soft",
     "iter_propagate_labels",
     "propagate_labels",
@@ -394,6 +395,80 @@ def _frames(features: FeatureSource, num_frames: int | None) -> Iterator[torch.T
     if num_frames is None:
         return it
     return (f for _, f in zip(range(num_frames), it))
+
+
+def propagate_soft_labels(
+    features: torch.Tensor,
+    first_soft: torch.Tensor,
+    *,
+    n_last: int = 7,
+    topk: int = 5,
+    temperature: float = 0.1,
+    radius: int | None = 12,
+    max_elements: int = 2**24,
+) -> torch.Tensor:
+    """Soft labels in, soft labels out: the propagation loop at patch level, without any resizing.
+
+    The same context rule as :class:`LabelPropagator` (the first frame plus the ``n_last`` most
+    recent frames with their predicted soft labels, each step :func:`propagation_step`), but the
+    first frame's labels are a given ``(gh, gw, K)`` distribution per patch instead of an integer
+    mask, and the output stays at the patch grid (no upsampling, no arg-max). TimeTuning's feature
+    forwarder (:func:`labkit.timetuning.forward_assignments`) carries Sinkhorn cluster assignments
+    through a clip with it.
+
+    The output is linear in ``first_soft`` for fixed features. Autograd flows through it (to
+    ``first_soft`` and ``features``) where it is enabled; the choice of the top-k neighbours is
+    piecewise constant. Wrap the call in ``torch.no_grad()`` to use the result as a target.
+
+    Args:
+        features: ``(T, gh, gw, D)`` patch features of the frames, frame 0 first (any float dtype;
+            computed in float32 on ``features``' device).
+        first_soft: ``(gh, gw, K)`` label distribution of frame 0's patches (non-negative; rows
+            summing to 1 give rows summing to 1).
+        n_last: Recent frames in the context besides the first (DINO: 7; ``0``: the first only).
+        topk: Voting context patches per target patch, ties included (DINO: 5).
+        temperature: Affinity temperature (DINO: 0.1).
+        radius: Neighbourhood radius in patches (square window); ``None``/``0`` disables it.
+        max_elements: Memory bound of :func:`propagation_step`.
+
+    Returns:
+        ``(T, gh, gw, K)`` float32 soft labels on ``features``' device; frame 0 is ``first_soft``.
+    """
+    if not isinstance(features, torch.Tensor) or features.ndim != 4:
+        shape = tuple(features.shape) if hasattr(features, "shape") else type(features).__name__
+        raise ValueError(f"propagate_soft_labels: features must be (T, gh, gw, D), got {shape}")
+    if not isinstance(first_soft, torch.Tensor) or first_soft.ndim != 3:
+        shape = tuple(first_soft.shape) if hasattr(first_soft, "shape") else type(first_soft).__name__
+        raise ValueError(f"propagate_soft_labels: first_soft must be (gh, gw, K), got {shape}")
+    T, gh, gw, _ = features.shape
+    if T < 1 or tuple(first_soft.shape[:2]) != (gh, gw) or first_soft.shape[2] < 1:
+        raise ValueError(
+            f"propagate_soft_labels: features {tuple(features.shape)} and first_soft "
+            f"{tuple(first_soft.shape)} must share the grid (gh, gw), with T >= 1 and K >= 1"
+        )
+    if n_last < 0:
+        raise ValueError(f"propagate_soft_labels: n_last must be >= 0, got {n_last}")
+    P = gh * gw
+    flat = features.reshape(T, P, -1)  # (T, P, D)
+    first = (flat[0], first_soft.to(features.device).float().reshape(P, -1))  # (P, D), (P, K)
+    recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=n_last)
+    out = [first[1]]
+    for t in range(1, T):
+        context = [first, *recent]
+        soft = propagation_step(
+            flat[t],
+            torch.stack([c[0] for c in context]),  # (C, P, D)
+            torch.stack([c[1] for c in context]),  # (C, P, K)
+            grid=(gh, gw),
+            topk=topk,
+            temperature=temperature,
+            radius=radius,
+            max_elements=max_elements,
+        )  # (P, K)
+        if n_last:
+            recent.append((flat[t], soft))
+        out.append(soft)
+    return torch.stack(out).reshape(T, gh, gw, -1)  # (T, gh, gw, K)
 
 
 def iter_propagate_labels(
