@@ -397,3 +397,23 @@ def test_step_takes_a_clip_dataset_batch_and_autocast():
     assert model.head.prototypes.grad is not None
     with pytest.raises(ValueError, match="global"):
         model({"local": x})
+
+
+@pytest.mark.gpu
+def test_cuda_step_matches_cpu():
+    import copy
+
+    cfg = TimeTuningConfig(
+        num_prototypes=10, head_dims=(64, 32), trainable_blocks=1, hard_targets=False
+    )
+    cpu = TimeTuningModel(tiny_backbone(), cfg)
+    gpu = copy.deepcopy(cpu).to("cuda")
+    x = clips(4)
+    a, b = cpu(x), gpu(x.cuda())
+    assert b.loss.is_cuda and b.targets.is_cuda
+    torch.testing.assert_close(b.first_assignments.cpu(), a.first_assignments, atol=5e-3, rtol=0)
+    torch.testing.assert_close(b.targets.cpu(), a.targets, atol=5e-3, rtol=0)
+    torch.testing.assert_close(b.loss.cpu(), a.loss, atol=5e-3, rtol=1e-3)
+    loss, metrics = gpu.step(x.cuda(), autocast_dtype=torch.bfloat16)
+    loss.backward()
+    assert torch.isfinite(loss) and gpu.head.prototypes.grad is not None
