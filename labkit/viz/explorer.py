@@ -1,21 +1,43 @@
-"""An ipywidgets explorer over one clip: scrub frames, switch layer, heads and k.
+"""An ipywidgets explorer over one clip: scrub frames, switch layer, heads, Sinkhorn-Knopp and k.
 
-Computation is cached: each layer's [CLS] attention and patch features are extracted once for the
-whole clip (one batched pass, progress bar while it fills), and each (layer, k) clip-level k-means
-once. Moving the frame slider over cached data only renders arrays.
+Four panels per frame, side by side::
+
+    frame | three [CLS] heads as R, G, B | DoRA's three objects as R, G, B | k-means segments
+
+DoRA's objects (:mod:`labkit.tracking`): the three heads shown as R, G, B seed three object
+prototypes on the clip's *first* frame (``discover_objects``, Sinkhorn-Knopp on or off), which
+are tracked through the clip (``track_objects``); each object's map is drawn in the colour of
+the head that seeded it, min-max scaled over the whole clip (not per frame, so an object that
+leaves the picture fades). Everything uses the chosen block's attention, queries, keys and tokens (DoRA
+itself uses the last block, ``layer=-1``).
+
+Caching, so that scrubbing is instant:
+
+* per layer, one batched pass over the clip extracts [CLS] attention, tokens and keys for every
+  frame (progress bar while it fills); per (layer, k) one clip-level k-means; per (layer, heads,
+  Sinkhorn) one discovery and tracking, and the colour grids of every frame at once;
+* per panel and state key (frame and the controls that panel depends on), the rendered panel's
+  encoded bytes (JPEG by default, Pillow), in an LRU bounded by ``cache_mb``. Moving the frame
+  slider over computed layers costs one nearest-neighbour upsample and blend per panel, or a
+  dictionary look-up once the frame was shown; no matplotlib in that path
+  (``bench/explorer.py`` measures it).
 
 Outside a live JupyterLab front end (papermill, nbconvert, ``LABKIT_HEADLESS=1``) :meth:`show`
 renders the current state as a static figure, so an executed notebook shows something useful.
 
-Notation: T frames, h heads, gh x gw patch grid, D channels, H x W frame pixels.
+Notation: T frames, h heads, gh x gw patch grid, D channels, H x W frame pixels, p patch size.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +45,17 @@ import torch
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["AttentionExplorer", "ExplorerState", "is_headless"]
+    from labkit.viz.embedding import EmbeddingView
+
+__all__ = ["AttentionExplorer", "ExplorerState", "LayerData", "PANELS", "is_headless"]
+
+PANELS: tuple[str, ...] = ("frame", "heads", "objects", "segments")
+_TITLES = {
+    "frame": "frame",
+    "heads": "[CLS] heads as R, G, B",
+    "objects": "DoRA objects as R, G, B",
+    "segments": "k-means segments",
+}
 
 
 def is_headless() -> bool:
@@ -40,203 +72,610 @@ def is_headless() -> bool:
 
 @dataclass(frozen=True)
 class ExplorerState:
-    """What the explorer shows: frame position in the clip, block, the R/G/B heads, k, opacity."""
+    """What the explorer shows."""
 
-    frame: int = 0
-    layer: int = -1
-    heads: tuple[int, int, int] = (0, 1, 2)
-    k: int = 5
-    alpha: float = 0.5
+    frame: int = 0  # position in the clip (not the video's frame number)
+    layer: int = -1  # block; normalised to 0..depth-1 by the explorer
+    heads: tuple[int, int, int] = (0, 1, 2)  # heads drawn as R, G, B; they also seed DoRA's objects
+    k: int = 5  # k-means segments
+    alpha: float = 0.5  # opacity of the maps over the frame (1: the maps alone)
+    sinkhorn: bool = True  # DoRA's discovery refined with Sinkhorn-Knopp (else a row softmax)
+
+
+class LayerData(NamedTuple):
+    """What one block gives for the whole clip (CPU)."""
+
+    attention: torch.Tensor  # (T, h, gh, gw) float32 [CLS] attention over the patches
+    tokens: torch.Tensor  # (T, gh, gw, D) float32 output tokens (final norm applied)
+    keys: torch.Tensor | None  # (T, gh, gw, D) float32 keys, heads concatenated; None until needed
+    queries: torch.Tensor | None  # (gh, gw, D) float32 queries of the clip's first frame
+
+
+class _BytesLRU:
+    """Encoded panels by state key, least recently used dropped past ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.items: OrderedDict[tuple, bytes] = OrderedDict()
+
+    def get(self, key: tuple) -> bytes | None:
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, value: bytes) -> None:
+        if key in self.items:
+            self.size -= len(self.items.pop(key))
+        self.items[key] = value
+        self.size += len(value)
+        while self.size > self.limit and len(self.items) > 1:
+            _, old = self.items.popitem(last=False)
+            self.size -= len(old)
+
+
+def encode_image(image: np.ndarray, fmt: Literal["jpeg", "png"] = "jpeg", quality: int = 90) -> bytes:
+    """uint8 (H, W, 3) -> JPEG (no chroma subsampling) or PNG (fastest zlib level) bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0)
+    elif fmt == "png":
+        Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    else:
+        raise ValueError(f"encode_image: fmt must be 'jpeg' or 'png', got {fmt!r}")
+    return buf.getvalue()
+
+
+def _load_clip(
+    video: Any, indices: Sequence[int] | None, start_frame: int, num_frames: int, frame_step: int,
+    img_size: int | tuple[int, int] | None,
+) -> tuple[np.ndarray, list[int], str]:
+    """Frames (T, H, W, 3) uint8, their numbers in the video, and a name for titles."""
+    from labkit.explore import clip_indices_for
+    from labkit.video import Video, open_video
+
+    if isinstance(video, np.ndarray):
+        frames = video
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        numbers = list(range(len(frames))) if indices is None else [int(i) for i in indices]
+        if len(numbers) != len(frames):
+            raise ValueError(f"indices: {len(numbers)} numbers for {len(frames)} frames")
+        return frames, numbers, "frames"
+
+    def read(v: Video) -> tuple[np.ndarray, list[int]]:
+        idx = (np.asarray(indices, dtype=np.int64) if indices is not None
+               else clip_indices_for(len(v), num_frames, start_frame, frame_step))
+        return v.get(idx), [int(i) for i in idx]
+
+    if isinstance(video, Video):
+        frames, numbers = read(video)
+        return frames, numbers, Path(video.path).name
+    if video is None or str(video) == "":
+        from labkit.data import default_video
+
+        video = default_video()
+    path = Path(video)
+    if not path.exists():
+        raise ValueError(f"video {str(video)!r} does not exist")
+    with open_video(path, size=img_size) as v:
+        frames, numbers = read(v)
+    return frames, numbers, path.name
 
 
 class AttentionExplorer:
-    """Interactive per-head attention and k-means segments of one clip.
+    """Interactive per-head attention, DoRA objects and k-means segments of one clip.
 
     Args:
-        frames: uint8 (T, H, W, 3) RGB frames (already at the size fed to the model).
-        model: a backbone from :func:`labkit.models.load_backbone`.
-        indices: frame numbers in the video, for titles (default 0..T-1).
-        layer, heads, k, alpha: the initial state.
+        video: a :class:`labkit.video.Video`, a path to an mp4 or frame folder (``""``/None: the
+            lab's synthetic default video), or uint8 frames (T, H, W, 3) already at model size.
+        model: a backbone from :func:`labkit.models.load_backbone`, or a timm name to load.
+        start_frame, num_frames, frame_step: the clip, as in :func:`labkit.explore.clip_indices_for`
+            (``frame_step=0`` spreads the frames over the whole video); ignored for frames.
+        indices: explicit frame numbers of the clip in the video (overrides the three above); for
+            frames given as an array, their numbers for titles (default 0..T-1).
+        img_size: shorter side of the frames read from a path (aspect kept); a Video is read at
+            its own size.
+        checkpoint, model_kwargs: passed to ``load_backbone`` when ``model`` is a name.
+        layer, heads, k, alpha, sinkhorn: the initial state (see :class:`ExplorerState`).
         device: where the model runs.
-        batch_size: frames per forward pass while filling the cache.
-        seed: k-means seed.
-        progress: show a progress bar while a layer is extracted.
+        batch_size: frames per forward pass while the cache fills.
+        seed: k-means and embedding seed.
+        progress: a progress bar while a layer is extracted (tqdm outside the app).
+        image_format: how the app sends panels to the browser, ``"jpeg"`` (smaller, faster) or
+            ``"png"`` (lossless).
+        cache_mb: memory for encoded panels.
+        panel_width: width in screen pixels of one panel in the app (default: the frame's width,
+            at least 256).
     """
 
     def __init__(
         self,
-        frames: np.ndarray,
-        model: torch.nn.Module,
+        video: Any,
+        model: torch.nn.Module | str,
         *,
+        start_frame: int = 0,
+        num_frames: int = 100,
+        frame_step: int = 1,
         indices: Sequence[int] | None = None,
+        img_size: int | tuple[int, int] | None = 224,
+        checkpoint: str | Path | None = None,
+        model_kwargs: dict[str, Any] | None = None,
         layer: int = -1,
         heads: Sequence[int] = (0, 1, 2),
         k: int = 5,
         alpha: float = 0.5,
+        sinkhorn: bool = True,
         device: str | torch.device = "cpu",
         batch_size: int = 8,
         seed: int = 0,
         progress: bool = True,
+        image_format: Literal["jpeg", "png"] = "jpeg",
+        cache_mb: float = 256.0,
+        panel_width: int | None = None,
     ) -> None:
-        from labkit.models import patch_size
+        from labkit.models import load_backbone, patch_size
 
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-        self.frames = frames
+        if isinstance(model, str):
+            model = load_backbone(model, checkpoint=checkpoint or None, device=device, **(model_kwargs or {}))
+        if not hasattr(model, "blocks"):
+            raise ValueError(f"model must be a timm ViT (from labkit.models.load_backbone), got {type(model).__name__}")
+        if image_format not in ("jpeg", "png"):
+            raise ValueError(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
+        frames, numbers, name = _load_clip(video, indices, start_frame, num_frames, frame_step, img_size)
+        if len(frames) < 1:
+            raise ValueError("the clip has no frames")
+        self.frames = np.ascontiguousarray(frames)
+        self.indices = numbers
+        self.name = name
         self.model = model
-        self.indices = list(range(len(frames))) if indices is None else [int(i) for i in indices]
         self.depth = len(model.blocks)
-        self.num_heads = model.blocks[0].attn.num_heads
+        self.num_heads = int(model.blocks[0].attn.num_heads)
         self.patch_size = patch_size(model)
+        height, width = self.frames.shape[1:3]
+        if height < self.patch_size or width < self.patch_size:
+            raise ValueError(f"frames {height}x{width} are smaller than one {self.patch_size}-pixel patch")
+        self.grid = (height // self.patch_size, width // self.patch_size)
         self.device = device
-        self.batch_size = batch_size
-        self.seed = seed
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
         self.progress = progress
-        self._layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._segments: dict[tuple[int, int], torch.Tensor] = {}
-        self._widget: Any = None
+        self.image_format = image_format
+        self.panel_width = int(panel_width) if panel_width else max(width, 256)
+        self._layers: dict[int, LayerData] = {}
+        self._segments: dict[tuple[int, int], np.ndarray] = {}
+        self._head_rgb: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+        self._objects: dict[tuple[int, tuple[int, ...], bool], np.ndarray] = {}
+        self._object_rgb: dict[tuple[int, tuple[int, ...], bool], np.ndarray] = {}
+        self._encoded = _BytesLRU(int(cache_mb * 2**20))
+        self._on_progress: Callable[[int, int, str], None] | None = None
+        self._ui: dict[str, Any] = {}
+        self._views: list[EmbeddingView] = []
+        self.last_update_ms: float | None = None
         self.state = self._validated(
-            ExplorerState(frame=0, layer=layer, heads=tuple(heads), k=k, alpha=alpha)
+            ExplorerState(frame=0, layer=layer, heads=tuple(heads), k=k, alpha=alpha, sinkhorn=bool(sinkhorn))
         )
 
     @classmethod
     def from_exploration(cls, exp: Any, **kwargs: Any) -> AttentionExplorer:
-        """Reuse the model and what :func:`labkit.explore.explore` computed for its layer."""
+        """Reuse the frames, model and what :func:`labkit.explore.explore` computed for its layer."""
         cfg = exp.config
         explorer = cls(
-            exp.frames, exp.model, indices=exp.indices, layer=cfg.layer, heads=cfg.heads, k=cfg.k,
+            exp.frames, exp.model, indices=list(exp.indices), layer=cfg.layer, heads=cfg.heads, k=cfg.k,
             device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed, **kwargs,
         )
         layer = explorer.state.layer
-        explorer._layers[layer] = (exp.attention, exp.features)
-        explorer._segments[(layer, cfg.k)] = exp.segments_clip
+        explorer._layers[layer] = LayerData(exp.attention.float(), exp.features.float(), None, None)
+        explorer._segments[(layer, cfg.k)] = np.asarray(exp.segments_clip, dtype=np.int64)
         return explorer
 
     # ---- state ----------------------------------------------------------------------------
     def _validated(self, state: ExplorerState) -> ExplorerState:
-        layer = state.layer % self.depth if -self.depth <= state.layer < self.depth else None
-        if layer is None:
+        if not -self.depth <= state.layer < self.depth:
             raise ValueError(f"layer {state.layer} out of range: the model has {self.depth} blocks")
-        if len(state.heads) != 3 or not all(0 <= h < self.num_heads for h in state.heads):
+        heads = tuple(int(h) for h in state.heads)
+        if len(heads) != 3 or not all(0 <= h < self.num_heads for h in heads):
             raise ValueError(f"heads must be three indices in 0..{self.num_heads - 1}, got {state.heads}")
         if not 0 <= state.frame < len(self.frames):
             raise ValueError(f"frame {state.frame} out of range: the clip has {len(self.frames)} frames")
-        if state.k < 2:
-            raise ValueError(f"k must be >= 2, got {state.k}")
+        patches = len(self.frames) * self.grid[0] * self.grid[1]
+        if not 2 <= state.k <= patches:
+            raise ValueError(f"k must be in 2..{patches} (patches of the clip), got {state.k}")
         if not 0.0 <= state.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {state.alpha}")
-        return ExplorerState(state.frame, layer, tuple(int(h) for h in state.heads), int(state.k),
-                             float(state.alpha))
+        return ExplorerState(int(state.frame), state.layer % self.depth, heads, int(state.k),
+                             float(state.alpha), bool(state.sinkhorn))
 
     def set(self, **changes: Any) -> ExplorerState:
-        """Change the state (``frame``, ``layer``, ``heads``, ``k``, ``alpha``) and return it."""
-        from dataclasses import replace
+        """Change the state (``frame``, ``layer``, ``heads``, ``k``, ``alpha``, ``sinkhorn``).
 
+        Also moves the app's controls when it is built, so that it shows the new state.
+
+        Returns:
+            The new, validated state.
+        """
         self.state = self._validated(replace(self.state, **changes))
+        if self._ui:
+            self._sync_controls()
+            self._refresh()
         return self.state
 
     # ---- cached compute -------------------------------------------------------------------
-    def layer_data(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention (T, h, gh, gw) and patch tokens (T, gh, gw, D) of one block, cached."""
+    def _report(self, done: int, total: int, what: str) -> None:
+        if self._on_progress is not None:
+            self._on_progress(done, total, what)
+
+    def _extract(self, layer: int, kinds: tuple[str, ...], attention: bool) -> dict[str, torch.Tensor]:
+        """One batched pass over the clip: {"attention"?, kind...} stacked on the CPU."""
+        from labkit.attention import extract
+        from labkit.models import prepare_images
+
+        parts: dict[str, list[torch.Tensor]] = {}
+        starts = list(range(0, len(self.frames), self.batch_size))
+        bar = None
+        if self.progress and self._on_progress is None:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(self.frames), desc=f"layer {layer}", unit="frame", leave=False)
+        what = f"extracting layer {layer}"
+        self._report(0, len(self.frames), what)
+        for s in starts:
+            chunk = self.frames[s : s + self.batch_size]
+            images = prepare_images(chunk, self.model, device=self.device)
+            out = extract(self.model, images, layer=layer, attention=attention, kinds=kinds)
+            if attention:
+                parts.setdefault("attention", []).append(out.attention.float().cpu())
+            for kind in kinds:
+                parts.setdefault(kind, []).append(out.features[kind].float().cpu())
+            if bar is not None:
+                bar.update(len(chunk))
+            self._report(min(s + self.batch_size, len(self.frames)), len(self.frames), what)
+        if bar is not None:
+            bar.close()
+        return {name: torch.cat(p) for name, p in parts.items()}
+
+    def layer_data(self, layer: int, *, keys: bool = True) -> LayerData:
+        """Attention, tokens, keys (and the first frame's queries) of one block, cached.
+
+        Args:
+            layer: block index (negative counts from the end).
+            keys: also make sure keys and queries are there (DoRA needs them).
+
+        Returns:
+            :class:`LayerData` for the whole clip.
+        """
         layer = layer % self.depth
-        if layer not in self._layers:
-            from labkit.attention import extract
-            from labkit.models import prepare_images
+        data = self._layers.get(layer)
+        if data is None:
+            kinds = ("tokens", "keys", "queries") if keys else ("tokens",)
+            out = self._extract(layer, kinds, attention=True)
+            queries = out["queries"][0].clone() if keys else None
+            data = LayerData(out["attention"], out["tokens"], out.get("keys"), queries)
+            self._layers[layer] = data
+        elif keys and data.keys is None:  # seeded by from_exploration without keys
+            out = self._extract(layer, ("keys", "queries"), attention=False)
+            data = data._replace(keys=out["keys"], queries=out["queries"][0].clone())
+            self._layers[layer] = data
+        return data
 
-            attn, feats = [], []
-            starts = range(0, len(self.frames), self.batch_size)
-            if self.progress:
-                from tqdm.auto import tqdm
-
-                starts = tqdm(starts, desc=f"layer {layer}", unit="batch", leave=False)
-            for s in starts:
-                images = prepare_images(self.frames[s : s + self.batch_size], self.model, device=self.device)
-                out = extract(self.model, images, layer=layer, attention=True, kinds=("tokens",))
-                attn.append(out.attention.float().cpu())
-                feats.append(out.features["tokens"].float().cpu())
-            self._layers[layer] = (torch.cat(attn), torch.cat(feats))
-        return self._layers[layer]
-
-    def segments(self, layer: int, k: int) -> torch.Tensor:
+    def segments(self, layer: int, k: int) -> np.ndarray:
         """One k-means over the whole clip's patch tokens: int64 (T, gh, gw), cached."""
         layer = layer % self.depth
-        key = (layer, k)
+        key = (layer, int(k))
         if key not in self._segments:
             from labkit.clustering import kmeans_segments
 
-            _, feats = self.layer_data(layer)
-            self._segments[key] = kmeans_segments(feats, k, mode="clip", seed=self.seed).labels
+            tokens = self.layer_data(layer, keys=False).tokens
+            self._report(0, 1, f"k-means k={k}")
+            labels = kmeans_segments(tokens, int(k), mode="clip", seed=self.seed).labels
+            self._segments[key] = labels.numpy().astype(np.int64)
+            self._report(1, 1, f"k-means k={k}")
         return self._segments[key]
 
+    def objects(self, layer: int, heads: Sequence[int], sinkhorn: bool) -> np.ndarray:
+        """DoRA's three objects: discovered on the first frame, tracked over the clip, cached.
+
+        Args:
+            layer: block whose attention, queries, tokens and keys are used.
+            heads: the three heads whose [CLS] attention seeds the objects.
+            sinkhorn: refine the discovery with Sinkhorn-Knopp (else a row softmax).
+
+        Returns:
+            float32 (T, 3, gh, gw) maps, each a softmax over the patches of its frame.
+        """
+        from labkit.tracking import discover_objects, track_objects
+
+        layer = layer % self.depth
+        key = (layer, tuple(int(h) for h in heads), bool(sinkhorn))
+        if key not in self._objects:
+            data = self.layer_data(layer, keys=True)
+            found = discover_objects(
+                data.attention[:1], data.queries[None], data.tokens[:1], k=3, heads=list(key[1]),
+                sinkhorn=key[2],
+            )  # reference: the clip's first frame
+            tracks = track_objects(found.prototypes, data.keys[None])  # maps (1, T, 3, gh, gw)
+            self._objects[key] = tracks.maps[0].numpy().astype(np.float32)
+        return self._objects[key]
+
+    def _heads_grid(self, layer: int, heads: tuple[int, ...]) -> np.ndarray:
+        """uint8 (T, gh, gw, 3): each head min-max scaled per frame (DINO's picture)."""
+        key = (layer, heads)
+        if key not in self._head_rgb:
+            from labkit.viz.render import heads_to_rgb
+
+            attn = self.layer_data(layer, keys=False).attention
+            self._head_rgb[key] = heads_to_rgb(attn, heads, norm="frame")
+        return self._head_rgb[key]
+
+    def _objects_grid(self, layer: int, heads: tuple[int, ...], sinkhorn: bool) -> np.ndarray:
+        """uint8 (T, gh, gw, 3): each object's map min-max scaled over the whole clip."""
+        key = (layer, heads, sinkhorn)
+        if key not in self._object_rgb:
+            maps = self.objects(layer, heads, sinkhorn)  # (T, 3, gh, gw)
+            lo = maps.min(axis=(0, 2, 3), keepdims=True)  # (1, 3, 1, 1)
+            span = maps.max(axis=(0, 2, 3), keepdims=True) - lo
+            unit = (maps - lo) / np.where(span > 0, span, 1.0)
+            self._object_rgb[key] = np.clip(np.rint(unit.transpose(0, 2, 3, 1) * 255), 0, 255).astype(np.uint8)
+        return self._object_rgb[key]
+
+    def compute(self, state: ExplorerState | None = None) -> None:
+        """Fill every cache the state needs (layer pass, k-means, DoRA), without rendering."""
+        s = self.state if state is None else self._validated(state)
+        self.layer_data(s.layer, keys=True)
+        self.segments(s.layer, s.k)
+        self._heads_grid(s.layer, s.heads)
+        self._objects_grid(s.layer, s.heads, s.sinkhorn)
+
     # ---- render ---------------------------------------------------------------------------
-    def render(self, state: ExplorerState | None = None) -> np.ndarray:
-        """The view of a state: RGB heads over the frame | heads as RGB | segments. uint8 (H, 3W, 3)."""
-        from labkit.viz.render import heads_to_rgb, overlay, segment_overlay
+    def _key(self, name: str, s: ExplorerState) -> tuple:
+        if name == "frame":
+            return ("frame", s.frame)
+        if name == "heads":
+            return ("heads", s.frame, s.layer, s.heads, s.alpha)
+        if name == "objects":
+            return ("objects", s.frame, s.layer, s.heads, s.sinkhorn, s.alpha)
+        if name == "segments":
+            return ("segments", s.frame, s.layer, s.k, s.alpha)
+        raise ValueError(f"panel must be one of {PANELS}, got {name!r}")
+
+    def panel(self, name: str, state: ExplorerState | None = None) -> np.ndarray:
+        """One panel of a state (default: the current one).
+
+        Args:
+            name: ``"frame"``, ``"heads"``, ``"objects"`` or ``"segments"``.
+            state: what to show.
+
+        Returns:
+            uint8 (H, W, 3).
+        """
+        from labkit.viz.render import overlay, segment_overlay
 
         s = self.state if state is None else self._validated(state)
-        attn, _ = self.layer_data(s.layer)
         frame = self.frames[s.frame]
-        size = frame.shape[:2]
-        rgb = heads_to_rgb(attn[s.frame], s.heads, size=size, patch_size=self.patch_size)
-        seg = segment_overlay(frame, self.segments(s.layer, s.k)[s.frame], alpha=s.alpha,
-                              patch_size=self.patch_size)
-        return np.concatenate([overlay(frame, rgb, alpha=s.alpha), rgb, seg], axis=1)
+        p = self.patch_size
+        if name == "frame":
+            return frame.copy()
+        if name == "heads":
+            grid = self._heads_grid(s.layer, s.heads)[s.frame]
+            return overlay(frame, grid, alpha=s.alpha, patch_size=p, mode="nearest")
+        if name == "objects":
+            grid = self._objects_grid(s.layer, s.heads, s.sinkhorn)[s.frame]
+            return overlay(frame, grid, alpha=s.alpha, patch_size=p, mode="nearest")
+        if name == "segments":
+            labels = self.segments(s.layer, s.k)[s.frame]
+            return segment_overlay(frame, labels, alpha=s.alpha, patch_size=p)
+        raise ValueError(f"panel must be one of {PANELS}, got {name!r}")
+
+    def render(self, state: ExplorerState | None = None) -> np.ndarray:
+        """The four panels of a state side by side: uint8 (H, 4 W, 3), in the order of PANELS."""
+        s = self.state if state is None else self._validated(state)
+        return np.concatenate([self.panel(name, s) for name in PANELS], axis=1)
+
+    def encoded(self, name: str, state: ExplorerState | None = None) -> bytes:
+        """A panel as the app sends it (``image_format`` bytes), from the LRU cache when there."""
+        s = self.state if state is None else self._validated(state)
+        key = self._key(name, s)
+        data = self._encoded.get(key)
+        if data is None:
+            data = encode_image(self.panel(name, s), self.image_format)
+            self._encoded.put(key, data)
+        return data
+
+    def prerender(self, frames: Sequence[int] | None = None, state: ExplorerState | None = None) -> None:
+        """Render and encode every panel of the given frames (default all) for a state, ahead."""
+        s = self.state if state is None else self._validated(state)
+        self.compute(s)
+        todo = range(len(self.frames)) if frames is None else frames
+        for n, t in enumerate(todo):
+            for name in PANELS:
+                self.encoded(name, replace(s, frame=int(t)))
+            self._report(n + 1, len(todo), "rendering")
 
     def title(self, state: ExplorerState | None = None) -> str:
+        """One line saying what a state shows."""
         s = self.state if state is None else state
-        return (f"frame {self.indices[s.frame]} | layer {s.layer} | heads {s.heads} as R,G,B | "
-                f"k-means k={s.k}")
+        return (f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | "
+                f"layer {s.layer} | heads {s.heads} as R,G,B | DoRA objects, Sinkhorn-Knopp "
+                f"{'on' if s.sinkhorn else 'off'} | k-means k={s.k} | opacity {s.alpha:.2f}")
 
-    def figure(self) -> Figure:
-        """The current state as a static matplotlib Figure."""
+    def figure(self, state: ExplorerState | None = None) -> Figure:
+        """A state (default: the current one) as a static matplotlib Figure, one panel per view."""
         from labkit.viz.plot import plot_strip
 
-        return plot_strip([self.render()], suptitle=self.title(), panel_size=3.5)
+        s = self.state if state is None else self._validated(state)
+        titles = [_TITLES[n] if n != "segments" else f"k-means k={s.k}" for n in PANELS]
+        if not s.sinkhorn:
+            titles[2] = "DoRA objects (no Sinkhorn-Knopp)"
+        return plot_strip([self.panel(n, s) for n in PANELS], titles=titles, suptitle=self.title(s),
+                          panel_size=3.0)
 
-    # ---- widgets --------------------------------------------------------------------------
-    def _png(self) -> bytes:
+    def save_png(self, path: str | Path, state: ExplorerState | None = None) -> Path:
+        """Write the four panels of a state (:meth:`render`) as one PNG; returns the path."""
         from PIL import Image
 
-        buf = io.BytesIO()
-        Image.fromarray(self.render()).save(buf, format="PNG", compress_level=1)
-        return buf.getvalue()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(self.render(state)).save(path)
+        return path
 
+    # ---- embeddings -----------------------------------------------------------------------
+    def embedding_view(
+        self,
+        method: Literal["pca", "umap"] = "pca",
+        *,
+        max_points: int = 3000,
+        color_by: Literal["segment", "frame"] = "segment",
+        layer: int | None = None,
+    ) -> EmbeddingView:
+        """A 2-D embedding of the clip's patch tokens, linked to this explorer.
+
+        The view's frame follows the explorer's frame slider (both ways) and its segment colours
+        follow k while the explorer stays on the view's layer.
+
+        Args:
+            method: ``"pca"`` or ``"umap"`` (computed in the background in the live app).
+            max_points: most points shown (rule: :func:`labkit.embedding.sample_patches`).
+            color_by: ``"segment"`` (the k-means colours of the segment panel) or ``"frame"``.
+            layer: block of the features (default: the current one).
+
+        Returns:
+            :class:`labkit.viz.embedding.EmbeddingView`.
+        """
+        from labkit.viz.embedding import EmbeddingView
+
+        layer = self.state.layer if layer is None else layer % self.depth
+        view = EmbeddingView(
+            self.frames, self.layer_data(layer, keys=False).tokens, self.segments(layer, self.state.k),
+            patch_size=self.patch_size, indices=self.indices, method=method, max_points=max_points,
+            color_by=color_by, seed=self.seed, frame=self.state.frame, name=f"{self.name}, layer {layer}",
+        )
+        view.layer = layer
+        view.explorer = self
+        self._views.append(view)
+        return view
+
+    # ---- widgets --------------------------------------------------------------------------
     def widget(self) -> Any:
-        """The ipywidgets app (built once): frame slider with play, layer, heads, k, opacity."""
-        if self._widget is not None:
-            return self._widget
+        """The ipywidgets app (built once): frame slider with play, layer, heads, Sinkhorn-Knopp,
+        k, opacity, a progress bar and the four panels. Call :meth:`show` to display it and fill
+        its cache with the progress bar visible."""
+        if self._ui:
+            return self._ui["app"]
         import ipywidgets as w
 
         s = self.state
         last = len(self.frames) - 1
-        frame = w.IntSlider(value=s.frame, min=0, max=last, description="frame", continuous_update=True)
-        play = w.Play(value=s.frame, min=0, max=last, interval=150, description="play")
-        w.jslink((play, "value"), (frame, "value"))
-        layer = w.Dropdown(options=list(range(self.depth)), value=s.layer, description="layer")
-        heads = [
-            w.Dropdown(options=list(range(self.num_heads)), value=h, description=c, layout=w.Layout(width="150px"))
+        ui = self._ui
+        ui["frame"] = w.IntSlider(value=s.frame, min=0, max=last, description="frame", continuous_update=True,
+                                  layout=w.Layout(width="420px"))
+        ui["play"] = w.Play(value=s.frame, min=0, max=last, interval=100, description="play")
+        w.jslink((ui["play"], "value"), (ui["frame"], "value"))
+        ui["layer"] = w.Dropdown(options=list(range(self.depth)), value=s.layer, description="layer",
+                                 layout=w.Layout(width="160px"))
+        ui["heads"] = [
+            w.Dropdown(options=list(range(self.num_heads)), value=h, description=c, layout=w.Layout(width="120px"),
+                       style={"description_width": "20px"})
             for h, c in zip(s.heads, ("R", "G", "B"))
         ]
-        k = w.IntSlider(value=s.k, min=2, max=20, description="k", continuous_update=False)
-        alpha = w.FloatSlider(value=s.alpha, min=0.0, max=1.0, step=0.05, description="opacity")
-        image = w.Image(value=self._png(), format="png")
-        label = w.Label(self.title())
+        ui["sinkhorn"] = w.Checkbox(value=s.sinkhorn, description="Sinkhorn-Knopp", indent=False,
+                                    layout=w.Layout(width="140px"))
+        ui["k"] = w.IntSlider(value=s.k, min=2, max=20, description="k", continuous_update=False,
+                              layout=w.Layout(width="260px"))
+        ui["alpha"] = w.FloatSlider(value=s.alpha, min=0.0, max=1.0, step=0.05, description="opacity",
+                                    layout=w.Layout(width="280px"))
+        ui["progress"] = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="300px"))
+        ui["busy"] = w.Label("")
+        ui["status"] = w.Label(self.title())
+        ui["images"] = {}
+        cells = []
+        for name in PANELS:
+            image = w.Image(format=self.image_format, layout=w.Layout(width=f"{self.panel_width}px"))
+            image.add_class(f"labkit-panel-{name}")
+            ui["images"][name] = image
+            cells.append(w.VBox([w.HTML(f"<b>{_TITLES[name]}</b>"), image]))
+        ui["panels"] = w.GridBox(cells, layout=w.Layout(grid_template_columns="repeat(2, max-content)",
+                                                         grid_gap="4px 8px"))
+        ui["syncing"] = False
 
-        def update(_: Any = None) -> None:
-            self.set(frame=frame.value, layer=layer.value, heads=tuple(h.value for h in heads),
-                     k=k.value, alpha=alpha.value)
-            image.value = self._png()
-            label.value = self.title()
+        def on_change(_: Any = None) -> None:
+            if ui["syncing"]:
+                return
+            self.state = self._validated(ExplorerState(
+                frame=ui["frame"].value, layer=ui["layer"].value, heads=tuple(h.value for h in ui["heads"]),
+                k=ui["k"].value, alpha=ui["alpha"].value, sinkhorn=ui["sinkhorn"].value,
+            ))
+            self._refresh()
 
-        for control in (frame, layer, k, alpha, *heads):
-            control.observe(update, names="value")
-        self._widget = w.VBox([w.HBox([play, frame, layer]), w.HBox([*heads, k, alpha]), label, image])
-        return self._widget
+        for control in (ui["frame"], ui["layer"], ui["k"], ui["alpha"], ui["sinkhorn"], *ui["heads"]):
+            control.observe(on_change, names="value")
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar = ui["progress"]
+            bar.max = max(int(total), 1)
+            bar.value = int(done)
+            bar.description = ""
+            ui["busy"].value = f"{what}: {done}/{total}" if done < total else ""
+            bar.layout.visibility = "visible" if done < total else "hidden"
+
+        ui["on_progress"] = progress
+        ui["progress"].layout.visibility = "hidden"
+        ui["app"] = w.VBox([
+            w.HBox([ui["play"], ui["frame"], ui["layer"]]),
+            w.HBox([*ui["heads"], ui["sinkhorn"], ui["k"], ui["alpha"]]),
+            w.HBox([ui["progress"], ui["busy"]]),
+            ui["status"],
+            ui["panels"],
+        ])
+        ui["app"].add_class("labkit-explorer")
+        return ui["app"]
+
+    def _sync_controls(self) -> None:
+        """Move the app's controls to ``self.state`` without triggering their callbacks."""
+        ui, s = self._ui, self.state
+        ui["syncing"] = True
+        try:
+            ui["frame"].value = s.frame
+            ui["layer"].value = s.layer
+            for control, h in zip(ui["heads"], s.heads):
+                control.value = h
+            ui["k"].value = s.k
+            ui["alpha"].value = s.alpha
+            ui["sinkhorn"].value = s.sinkhorn
+        finally:
+            ui["syncing"] = False
+
+    def _refresh(self) -> None:
+        """Compute what is missing (progress bar), then swap in the panels of the current state."""
+        ui, s = self._ui, self.state
+        start = time.perf_counter()
+        self._on_progress = ui["on_progress"]
+        try:
+            self.compute(s)
+            for name in PANELS:
+                data = self.encoded(name, s)
+                if ui["images"][name].value != data:
+                    ui["images"][name].value = data
+        finally:
+            self._on_progress = None
+        self.last_update_ms = (time.perf_counter() - start) * 1e3
+        ui["status"].value = self.title(s)
+        for view in self._views:
+            view._follow_explorer(s)
 
     def show(self, static: bool | None = None) -> None:
-        """Display the live widget, or a static figure when headless (``static=None``: detect)."""
+        """Display the live app, or a static figure when headless (``static=None``: detect).
+
+        The live app is displayed first and then fills its cache, so its progress bar shows.
+        """
         from IPython.display import display
 
         static = is_headless() if static is None else static
-        display(self.figure() if static else self.widget())
+        if static:
+            display(self.figure())
+            return
+        app = self.widget()
+        display(app)
+        self._refresh()

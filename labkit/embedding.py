@@ -1,0 +1,240 @@
+"""2-D embeddings of a clip's patch features (PCA, UMAP) and the exact map from points to patches.
+
+Notation::
+
+    T   frames of the clip;  gh, gw  patch grid;  P = gh * gw patches per frame
+    D   feature channels;  n  points embedded (n <= max_points)
+    (t, i, j)  a patch: frame t (position in the clip), row i, column j
+
+Subsampling rule (:func:`sample_patches`), so that long clips stay responsive: a clip has T * P
+patches. If that is at most ``max_points`` every patch is kept. Otherwise every frame gets an
+equal share, ``max_points // T`` patches (the first ``max_points % T`` frames one more), drawn
+uniformly without replacement inside the frame by one ``torch.Generator`` seeded with ``seed``;
+if the clip has more frames than ``max_points``, frames are first thinned to ``max_points`` at a
+uniform stride (``linspace`` rounded) and each keeps one random patch. Points are in
+(frame, row, column) order, and point ``q`` is patch ``index[q]``, exactly: that is how a lasso
+or box selection in the embedding goes back to the frames.
+
+UMAP (umap-learn) runs on the first ``pca_dims`` principal components of the sampled features
+(the usual denoising step; it also makes the neighbour search cheaper). Its first call in a
+process compiles numba code, which takes tens of seconds on a laptop CPU;
+:func:`umap_warmed_up` says whether that has been paid in this process, and the interactive view
+(:mod:`labkit.viz.embedding`) runs UMAP in the background with a note while it does.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PatchEmbedding",
+    "sample_patches",
+    "embed_patches",
+    "umap_2d",
+    "umap_warmed_up",
+]
+
+Method = Literal["pca", "umap"]
+
+_umap_lock = threading.Lock()  # numba compilation is not meant to run twice at once
+_umap_runs = 0  # UMAP fits finished in this process (0: the next one pays the numba compile)
+
+
+def sample_patches(
+    num_frames: int, grid: tuple[int, int], max_points: int, seed: int = 0
+) -> np.ndarray:
+    """The patches a clip's embedding shows, by the rule in the module docstring.
+
+    Args:
+        num_frames: T, frames in the clip.
+        grid: (gh, gw) patch grid.
+        max_points: the most points to keep, >= 1.
+        seed: seed of the random choice inside each frame.
+
+    Returns:
+        int64 (n, 3) rows (t, i, j), sorted, unique; n = min(T * P, max_points).
+    """
+    gh, gw = (int(g) for g in grid)
+    if num_frames < 1 or gh < 1 or gw < 1:
+        raise ValueError(f"sample_patches: need T >= 1 and a grid >= 1x1, got {num_frames}, {grid}")
+    if max_points < 1:
+        raise ValueError(f"sample_patches: max_points must be >= 1, got {max_points}")
+    per_frame = gh * gw
+    total = num_frames * per_frame
+    if total <= max_points:
+        flat = np.arange(total, dtype=np.int64)
+    else:
+        frames = np.arange(num_frames)
+        if num_frames > max_points:
+            frames = np.unique(np.linspace(0, num_frames - 1, max_points).round().astype(np.int64))
+        quota = np.full(len(frames), max_points // len(frames), dtype=np.int64)
+        quota[: max_points % len(frames)] += 1
+        gen = torch.Generator().manual_seed(int(seed))
+        parts = []
+        for t, q in zip(frames, quota):
+            chosen = torch.randperm(per_frame, generator=gen)[: int(q)].numpy()
+            parts.append(int(t) * per_frame + np.sort(chosen))
+        flat = np.concatenate(parts).astype(np.int64)
+    t, rest = np.divmod(flat, per_frame)
+    i, j = np.divmod(rest, gw)
+    return np.stack([t, i, j], axis=1)  # (n, 3)
+
+
+@dataclass(frozen=True)
+class PatchEmbedding:
+    """Points in 2-D, each one patch of the clip.
+
+    Attributes:
+        coords: float32 (n, 2) embedding coordinates.
+        index: int64 (n, 3) the patch (t, i, j) of each point, sorted.
+        grid: (gh, gw) of the clip.
+        num_frames: T of the clip.
+        method: "pca" or "umap".
+        seconds: wall time of the embedding.
+    """
+
+    coords: np.ndarray
+    index: np.ndarray
+    grid: tuple[int, int]
+    num_frames: int
+    method: str
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def total_patches(self) -> int:
+        """T * P: the patches of the clip, of which ``len(self)`` are shown."""
+        return self.num_frames * self.grid[0] * self.grid[1]
+
+    def _flat(self) -> np.ndarray:
+        gh, gw = self.grid
+        return (self.index[:, 0] * gh + self.index[:, 1]) * gw + self.index[:, 2]  # (n,) sorted
+
+    def patches(self, points: np.ndarray | list[int]) -> np.ndarray:
+        """Selected point indices -> their patches: int64 (m, 3) rows (t, i, j), in the given order."""
+        pts = np.asarray(points, dtype=np.int64).reshape(-1)
+        if len(pts) and (pts.min() < 0 or pts.max() >= len(self)):
+            raise ValueError(f"patches: point indices must be in [0, {len(self)}), got {pts.min()}..{pts.max()}")
+        return self.index[pts]
+
+    def point_of(self, t: int, i: int, j: int) -> int | None:
+        """The point showing patch (t, i, j), or None where the subsample left it out."""
+        gh, gw = self.grid
+        if not (0 <= t < self.num_frames and 0 <= i < gh and 0 <= j < gw):
+            raise ValueError(f"point_of: patch {(t, i, j)} outside a {self.num_frames}x{gh}x{gw} clip")
+        flat = self._flat()
+        key = (t * gh + i) * gw + j
+        q = int(np.searchsorted(flat, key))
+        return q if q < len(flat) and flat[q] == key else None
+
+    def frame_masks(self, points: np.ndarray | list[int]) -> np.ndarray:
+        """Selected points as patch masks: bool (T, gh, gw), True at the selected patches."""
+        masks = np.zeros((self.num_frames, *self.grid), dtype=bool)
+        sel = self.patches(points)
+        masks[sel[:, 0], sel[:, 1], sel[:, 2]] = True
+        return masks
+
+
+def umap_warmed_up() -> bool:
+    """True once a UMAP fit has finished in this process (numba's compile is then paid)."""
+    return _umap_runs > 0
+
+
+def umap_2d(
+    x: np.ndarray | torch.Tensor,
+    *,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int = 0,
+    pca_dims: int = 50,
+) -> np.ndarray:
+    """UMAP of points to 2-D, on their first ``pca_dims`` principal components.
+
+    Args:
+        x: (n, D) points, n >= 4.
+        n_neighbors: UMAP's neighbourhood size (capped at n - 1).
+        min_dist: UMAP's minimum distance in the embedding.
+        seed: UMAP's ``random_state`` (deterministic, single-threaded layout).
+        pca_dims: principal components kept before UMAP (all if D is smaller).
+
+    Returns:
+        float32 (n, 2).
+    """
+    global _umap_runs
+    import warnings
+
+    from labkit.clustering import pca
+
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+    if x.ndim != 2 or len(x) < 4:
+        raise ValueError(f"umap_2d: need (n, D) points with n >= 4, got {tuple(x.shape)}")
+    dims = min(pca_dims, x.shape[1], len(x))
+    z = pca(x, dims).numpy().astype(np.float32)  # (n, dims)
+    with _umap_lock:
+        import umap
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            reducer = umap.UMAP(
+                n_components=2, n_neighbors=max(2, min(n_neighbors, len(x) - 1)), min_dist=min_dist,
+                random_state=seed, init="pca" if len(x) > 3 else "random",
+            )
+            out = reducer.fit_transform(z)
+        _umap_runs += 1
+    return np.asarray(out, dtype=np.float32)
+
+
+def embed_patches(
+    features: torch.Tensor | np.ndarray,
+    method: Method = "pca",
+    *,
+    max_points: int = 3000,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    pca_dims: int = 50,
+) -> PatchEmbedding:
+    """Embed a clip's patch features in 2-D.
+
+    Args:
+        features: (T, gh, gw, D) patch features (e.g. tokens from :func:`labkit.attention.extract`).
+        method: ``"pca"`` (first two principal components, exact and instant) or ``"umap"``.
+        max_points: the most patches embedded; longer clips are subsampled by
+            :func:`sample_patches`.
+        seed: subsample and UMAP seed.
+        n_neighbors, min_dist, pca_dims: UMAP parameters, see :func:`umap_2d`.
+
+    Returns:
+        :class:`PatchEmbedding` with coords float32 (n, 2) and index int64 (n, 3).
+    """
+    import time
+
+    from labkit.clustering import pca
+
+    feats = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    if feats.ndim != 4:
+        raise ValueError(f"embed_patches: features must be (T, gh, gw, D), got {tuple(feats.shape)}")
+    if method not in ("pca", "umap"):
+        raise ValueError(f"embed_patches: method must be 'pca' or 'umap', got {method!r}")
+    T, gh, gw, D = feats.shape
+    index = sample_patches(T, (gh, gw), max_points, seed)
+    x = feats[index[:, 0], index[:, 1], index[:, 2]].float()  # (n, D)
+    start = time.perf_counter()
+    if method == "pca":
+        if len(x) < 2 or D < 2:
+            raise ValueError(f"embed_patches: PCA to 2-D needs >= 2 points and channels, got {tuple(x.shape)}")
+        coords = pca(x, 2).numpy().astype(np.float32)
+    else:
+        coords = umap_2d(x, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed, pca_dims=pca_dims)
+    return PatchEmbedding(
+        coords=coords, index=index, grid=(int(gh), int(gw)), num_frames=int(T), method=method,
+        seconds=time.perf_counter() - start,
+    )
