@@ -1,0 +1,305 @@
+"""Tables, figures and files of an evaluation run (render and plot layers of the evaluation lab).
+
+Tables are lists of flat dicts (one row per model or per sequence) formatted as HTML (for
+``IPython.display.HTML`` in the notebook) or Markdown (for the README and the CLI); no pandas.
+Figures are ``matplotlib.figure.Figure`` built without pyplot. Only :func:`write_metrics` and
+:func:`save_report` write files.
+
+Notation::
+
+    n  example frames    h, w  model input size    gh, gw  patch grid    K  objects
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from labkit.eval.results import EvalResult, ModelResult, SequenceResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "summary_rows",
+    "sequence_rows",
+    "html_table",
+    "markdown_table",
+    "run_description",
+    "example_panels",
+    "plot_sequence_bars",
+    "plot_examples",
+    "write_metrics",
+    "save_report",
+]
+
+# columns shown by default in tables (others stay in metrics.json)
+SUMMARY_COLUMNS = (
+    "model", "J&F", "J", "F", "attn best head J", "attn head avg J", "attn mean heads J",
+    "attn stability", "DoRA best object J", "DoRA stability", "k-means frame_hungarian mIoU",
+    "k-means clip_hungarian mIoU", "k-means dataset_hungarian mIoU",
+    "k-means frame_overcluster mIoU", "k-means clip_overcluster mIoU",
+    "k-means dataset_overcluster mIoU", "k-NN top-1", "k-NN top-5", "seconds",
+)
+
+
+def summary_rows(result: EvalResult, columns: Sequence[str] | None = SUMMARY_COLUMNS) -> list[dict]:
+    """One row of headline numbers per model (columns absent from every row are dropped)."""
+    return _select(result.summary_rows(), columns)
+
+
+def sequence_rows(model: ModelResult, columns: Sequence[str] | None = None) -> list[dict]:
+    """One row per sequence for one model, plus a final ``mean`` row (the model's summary)."""
+    rows = [s.row() for s in model.sequences]
+    if rows:
+        summary = model.summary()
+        mean = {"sequence": "mean", "frames": sum(r["frames"] for r in rows), "objects": ""}
+        mean.update({k: summary.get(k) for k in rows[0] if k not in mean and k in summary})
+        rows.append(mean)
+    return _select(rows, columns)
+
+
+def _select(rows: list[dict], columns: Sequence[str] | None) -> list[dict]:
+    if columns is None:
+        return rows
+    present = [c for c in columns if any(c in r for r in rows)]
+    return [{c: r.get(c) for c in present} for r in rows]
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "nan" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def html_table(rows: Sequence[dict], *, digits: int = 3, caption: str = "") -> str:
+    """An HTML ``<table>`` of rows of flat dicts (columns from the first row)."""
+    if not rows:
+        return "<p>(no rows)</p>"
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c), digits))}</td>" for c in cols) + "</tr>"
+        for r in rows
+    )
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown_table(rows: Sequence[dict], *, digits: int = 3) -> str:
+    """A GitHub Markdown table of rows of flat dicts (columns from the first row)."""
+    if not rows:
+        return "(no rows)\n"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(str(c) for c in cols) + " |",
+             "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(c), digits) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_description(result: EvalResult) -> str:
+    """One line saying what was run where: data, sequences, resolution, date, machine."""
+    cfg, env = result.config, result.environment
+    frames = sum(s.num_frames for s in result.models[0].sequences) if result.models else 0
+    sizes = sorted({tuple(s.input_size) for m in result.models for s in m.sequences})
+    size_text = ", ".join(f"{w}x{h}" for h, w in sizes) or "-"  # W x H
+    return (
+        f"{len(result.sequences)} sequences ({frames} frames) of {result.data_root or '-'}; "
+        f"resolution {cfg['resolution']} (model input WxH {size_text}); "
+        f"{env['date']}; {env['machine']} ({env['processor']}, {env['cpu_count']} CPUs, "
+        f"device {env['device']}{', ' + env['device_name'] if 'device_name' in env else ''}); "
+        f"torch {env['torch']}; {result.seconds:.0f} s"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def plot_sequence_bars(
+    result: EvalResult, metric: str = "J&F", *, sequences: Sequence[str] | None = None
+) -> Figure:
+    """Grouped bars: one group per sequence, one bar per model, for one per-sequence metric.
+
+    Args:
+        result: The run.
+        metric: A column of :meth:`SequenceResult.row` (``"J&F"``, ``"J"``, ``"attn best head J"``,
+            ``"DoRA best object J"``, ``"k-means clip_hungarian mIoU"`` ...).
+        sequences: Sequences to show; default all.
+
+    Returns:
+        ``matplotlib.figure.Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    from labkit.viz import palette
+
+    names = list(sequences) if sequences is not None else list(result.sequences)
+    models = result.models
+    values = np.full((len(models), len(names)), np.nan)
+    for i, m in enumerate(models):
+        rows = {s.name: s.row() for s in m.sequences}
+        for j, n in enumerate(names):
+            v = rows.get(n, {}).get(metric)
+            values[i, j] = np.nan if v is None else float(v)
+    if np.isnan(values).all():
+        raise ValueError(f"plot_sequence_bars: no model has per-sequence values of {metric!r}")
+    colours = palette(max(1, len(models))) / 255.0
+    width = 0.8 / max(1, len(models))
+    fig = Figure(figsize=(max(6.0, 0.55 * len(names) * max(1, len(models)) + 2), 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(names))
+    for i, m in enumerate(models):
+        mean = np.nanmean(values[i]) if np.isfinite(values[i]).any() else np.nan
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, values[i], width, color=colours[i],
+               label=f"{m.label} (mean {mean:.3f})")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, max(1.0, float(np.nanmax(values)) * 1.05))
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(f"{metric} per sequence")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def example_panels(
+    seq: SequenceResult, *, head: int | None = None, obj: int | None = None
+) -> dict[str, np.ndarray]:
+    """Overlays of the kept example frames of one sequence (the render layer of the figure).
+
+    Args:
+        seq: A sequence result with ``examples``.
+        head: Attention head drawn; default the sequence's best head.
+        obj: DoRA object drawn; default the sequence's best object.
+
+    Returns:
+        Mapping of panel name to uint8 ``(n, h, w, 3)``: ``"ground truth"``, ``"propagated"``,
+        ``"attention head <i>"``, ``"head average"``, ``"DoRA object <j>"`` (those evaluated).
+    """
+    from labkit.viz import mask_overlay
+
+    ex = seq.examples
+    if ex is None:
+        raise ValueError(f"example_panels: sequence {seq.name!r} kept no example frames")
+    p = ex.frames.shape[1] // seq.grid[0]
+    K = max(seq.num_objects, 1)
+
+    def labels_overlay(labels: np.ndarray) -> np.ndarray:
+        masks = np.stack([labels == k for k in range(1, K + 1)], axis=1)  # (n, K, h, w)
+        return np.stack([mask_overlay(f, m, alpha=0.45) for f, m in zip(ex.frames, masks)])
+
+    out = {"ground truth": labels_overlay(ex.gt)}
+    if ex.propagated is not None:
+        out["propagated"] = labels_overlay(ex.propagated)
+    if ex.head_masks is not None:
+        h = seq.attention["best_head"] if head is None else head
+        out[f"attention head {h}"] = np.stack(
+            [mask_overlay(f, m[h].numpy(), alpha=0.45, patch_size=p)
+             for f, m in zip(ex.frames, ex.head_masks)]
+        )
+    if ex.average_mask is not None:
+        out["head average"] = np.stack(
+            [mask_overlay(f, m.numpy(), alpha=0.45, patch_size=p)
+             for f, m in zip(ex.frames, ex.average_mask)]
+        )
+    if ex.object_masks is not None:
+        j = seq.tracking["best_head"] if obj is None else obj
+        out[f"DoRA object {j}"] = np.stack(
+            [mask_overlay(f, m[j].numpy(), alpha=0.45, patch_size=p)
+             for f, m in zip(ex.frames, ex.object_masks)]
+        )
+    return out
+
+
+def plot_examples(
+    model: ModelResult, sequences: Sequence[str] | None = None, *, max_sequences: int = 2
+) -> Figure:
+    """A few frames per sequence: ground truth, propagated masks, the best attention head's mask,
+    the head-average mask and DoRA's best object, drawn over the frames.
+
+    Args:
+        model: One model's result.
+        sequences: Sequence names; default the first ``max_sequences``.
+        max_sequences: Sequences shown when ``sequences`` is None.
+
+    Returns:
+        ``matplotlib.figure.Figure``: one row per panel kind and sequence, one column per frame.
+    """
+    from labkit.viz import plot_grid
+
+    by_name = {s.name: s for s in model.sequences}
+    names = list(sequences) if sequences is not None else list(by_name)[:max_sequences]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"plot_examples: no sequences {unknown} in {model.label!r}")
+    rows, row_titles, col_titles = [], [], []
+    for n in names:
+        seq = by_name[n]
+        for kind, images in example_panels(seq).items():
+            rows.append(list(images))
+            row_titles.append(f"{n}\n{kind}")
+            col_titles.append([f"frame {i}" for i in seq.examples.indices])
+    if not rows:
+        raise ValueError(f"plot_examples: {model.label!r} has no sequences")
+    return plot_grid(rows, row_titles=row_titles, col_titles=col_titles, panel_size=1.8,
+                     suptitle=model.label)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def write_metrics(result: EvalResult, path: str | Path) -> Path:
+    """Write every number of the run as JSON (NaN written as ``null``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False))
+    return path
+
+
+def save_report(result: EvalResult, out_dir: str | Path, *, figures: bool = True) -> dict[str, Path]:
+    """Write ``metrics.json``, ``summary.md`` (tables) and, with ``figures``, PNGs of the bars and
+    the examples into ``out_dir``.
+
+    Returns:
+        Mapping of what was written to its path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"metrics": write_metrics(result, out / "metrics.json")}
+    text = [f"# Evaluation\n\n{run_description(result)}\n\n", markdown_table(summary_rows(result))]
+    for m in result.models:
+        if m.sequences:
+            text += [f"\n## {m.label} per sequence\n\n", markdown_table(sequence_rows(m))]
+    written["summary"] = out / "summary.md"
+    written["summary"].write_text("".join(text))
+    if figures and result.sequences:
+        for metric in ("J&F", "attn best head J", "DoRA best object J", "k-means clip_hungarian mIoU"):
+            if not any(metric in s.row() for m in result.models for s in m.sequences):
+                continue
+            fig = plot_sequence_bars(result, metric)
+            name = "bars_" + "".join(c if c.isalnum() else "_" for c in metric).strip("_")
+            written[name] = out / f"{name}.png"
+            fig.savefig(written[name], dpi=110, bbox_inches="tight")
+        for i, m in enumerate(result.models):
+            if m.sequences and m.sequences[0].examples is not None:
+                fig = plot_examples(m)
+                written[f"examples_{i}"] = out / f"examples_{i}.png"
+                fig.savefig(written[f"examples_{i}"], dpi=90, bbox_inches="tight")
+    return written
