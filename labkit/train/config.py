@@ -143,6 +143,11 @@ class TrainConfig:
         }  # fmt: skip
         for name, (positive_above, at_most) in floats.items():
             value = getattr(self, name)
+            if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
             value = float(value)

@@ -286,7 +286,8 @@ def dora_step(
         autocast_dtype: run the networks under autocast in this dtype (bf16 on GPU), or None.
 
     Returns:
-        :class:`StepOutput` with the discovery and the tracks.
+        :class:`StepOutput` with the discovery and the tracks; if the teacher's outputs are not
+        finite (a diverged run) the loss is NaN and there are no objects.
     """
     frames_in = batch["global"]
     if frames_in.ndim != 6 or frames_in.shape[1] != 1:
@@ -298,6 +299,13 @@ def dora_step(
     p = model_patch_size(teacher.backbone)
     with _autocast(frames.device, autocast_dtype):
         teacher_out = teacher_forward(teacher, frames.flatten(0, 1))  # rows (B*T), clip-major
+    out_dim = teacher_out.logits.shape[-1]
+    teacher_logits = teacher_out.logits.float().reshape(clips, num_frames, out_dim).transpose(0, 1)  # (T, B, K)
+    center = loss_fn.center.detach().clone()
+    if not all(torch.isfinite(t).all() for t in (teacher_out.logits, teacher_out.queries, teacher_out.tokens)):
+        # a diverged teacher: nothing to discover; a NaN loss lets the caller stop cleanly
+        nan = teacher_out.logits.new_full((), float("nan"))
+        return StepOutput(nan, teacher_logits.reshape(-1, out_dim), center, None, None, clips * num_frames)
     discovery, tracks = discover_and_track(
         teacher_out, clips, k=k, heads=heads, sinkhorn=sinkhorn, epsilon=epsilon,
         iterations=iterations, threshold=threshold, generator=generator,
@@ -309,11 +317,8 @@ def dora_step(
         inputs.append(local.permute(1, 2, 0, 3, 4, 5).flatten(0, 2))  # (n*T*B, 3, s, s), (n, T, B)
     with _autocast(frames.device, autocast_dtype):
         outputs = student(inputs)
-    out_dim = outputs[0].shape[-1]
     student_objects = outputs[0].float().reshape(k, num_frames, clips, out_dim)  # (k, T, B, K)
     student_local = outputs[1].float().reshape(num_local, num_frames, clips, out_dim) if num_local else None
-    teacher_logits = teacher_out.logits.float().reshape(clips, num_frames, out_dim).transpose(0, 1)  # (T, B, K)
-    center = loss_fn.center.detach().clone()
     loss = loss_fn.forward_dora(student_objects, student_local, teacher_logits, epoch)
     return StepOutput(loss, teacher_logits.reshape(-1, out_dim), center, discovery, tracks, clips * num_frames)
 

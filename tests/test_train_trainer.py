@@ -1,0 +1,175 @@
+"""The trainer: exact resume, NaN stop, checkpoint layout and loading, logs, frozen last layer, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from labkit.losses import DINOLoss
+from labkit.models import load_backbone, load_checkpoint_state
+from labkit.train import TrainConfig, Trainer, TrainingDiverged, load_trained, read_log, train
+from labkit.train.trainer import LOG_COLUMNS, cosine_schedule
+
+TINY = dict(
+    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4), img_size=64, local_size=32, out_dim=256,
+    hidden_dim=128, bottleneck_dim=32, num_frames=2, frame_step=3, num_local=1, batch_size=2,
+    lr=0.02, warmup_epochs=0.0, steps_per_epoch=2, checkpoint_every=0,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (5x slower on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(out_dir, **kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, "out_dir": str(out_dir), **kw})
+
+
+def losses(log):
+    return [r["loss"] for r in log]
+
+
+def test_resume_repeats_an_uninterrupted_run(tmp_path):
+    straight = train(config(tmp_path / "a", steps=6), progress=False)
+    first = train(config(tmp_path / "b", steps=6), until=3, progress=False)
+    assert first.metrics["steps"] == 3 and len(first.log) == 3
+    resumed = train(config(tmp_path / "b", steps=6, resume=True), progress=False)
+    assert [r["step"] for r in resumed.log] == list(range(1, 7))
+    assert losses(resumed.log) == pytest.approx(losses(straight.log), abs=1e-6)
+    assert losses(resumed.log)[3:] == losses(straight.log)[3:]  # bit for bit on the CPU
+    a = torch.load(straight.checkpoint, weights_only=True)
+    b = torch.load(resumed.checkpoint, weights_only=True)
+    for name in ("student", "teacher"):
+        for key, value in a[name].items():
+            assert torch.equal(value, b[name][key]), (name, key)
+    assert torch.equal(a["dino_loss"]["center"], b["dino_loss"]["center"])
+    assert len(read_log(tmp_path / "b")) == 6  # the log continues, no duplicates
+
+
+def test_resume_rejects_another_architecture(tmp_path):
+    train(config(tmp_path, steps=1), progress=False)
+    with pytest.raises(ValueError, match="out_dim"):
+        Trainer(config(tmp_path, steps=2, out_dim=128, resume=True), progress=False)
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = DINOLoss.forward_dora
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(DINOLoss, "forward_dora", poisoned)
+    cfg = config(tmp_path, steps=6, checkpoint_every=1)
+    trainer = Trainer(cfg, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"step 3.*checkpoint\.pth") as info:
+        trainer.fit()
+    assert info.value.step == 3 and info.value.checkpoint == tmp_path / "checkpoint.pth"
+    good = torch.load(info.value.checkpoint, weights_only=True)
+    assert good["step"] == 3 and trainer.step == 3
+    for key, value in good["student"].items():  # the failing step updated nothing
+        assert torch.equal(value, trainer.student.state_dict()[key])
+    assert all(torch.isfinite(v).all() for v in good["teacher"].values())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files
+
+
+def test_a_huge_learning_rate_is_stopped(tmp_path):
+    with pytest.raises(TrainingDiverged, match="loss is (nan|inf)"):
+        train(config(tmp_path, steps=8, lr=1e30, clip_grad=0.0, scale_lr=False), progress=False)
+
+
+def test_checkpoint_layout_and_loading(tmp_path):
+    result = train(config(tmp_path, steps=2, seed=3), progress=False)
+    state = torch.load(result.checkpoint, weights_only=True)  # plain tensors and containers
+    assert set(state) >= {"student", "teacher", "optimizer", "dino_loss", "step", "epoch", "config", "rng", "labkit_version"}
+    assert state["step"] == 2 and state["epoch"] == 1 and state["config"]["model_kwargs"]["depth"] == 2
+    assert all(k.startswith(("backbone.", "head.")) for k in state["teacher"])
+    assert set(state["rng"]) >= {"torch", "numpy", "python", "data"}
+    assert TrainConfig(**state["config"]) == config(tmp_path, steps=2, seed=3)
+
+    images = torch.randn(2, 3, 64, 64)
+    trainer = Trainer(config(tmp_path, steps=2, seed=3, resume=True), progress=False)
+    with torch.no_grad():
+        expected = trainer.teacher.backbone.eval()(images)
+        # labkit.models reads the teacher by default (architecture given by the caller) ...
+        arch = dict(depth=2, embed_dim=64, num_heads=4)
+        model = load_backbone("vit_small_patch16_224", checkpoint=result.checkpoint, img_size=64, **arch)
+        torch.testing.assert_close(model(images), expected)
+        # at timm's default img_size the position embedding is resampled (4x4 -> 14x14 -> 4x4)
+        resampled = load_backbone("vit_small_patch16_224", checkpoint=result.checkpoint, **arch)
+        torch.testing.assert_close(resampled(images), expected, atol=0.05, rtol=0.05)
+        # ... and load_trained rebuilds it from the stored config
+        rebuilt = load_trained(tmp_path)
+        torch.testing.assert_close(rebuilt(images), expected)
+        student = load_trained(result.checkpoint, which="student")
+        torch.testing.assert_close(student(images), trainer.student.backbone.eval()(images))
+        assert not torch.allclose(student(images), expected)  # teacher and student really differ
+    assert set(load_checkpoint_state(result.checkpoint)) == set(model.state_dict())
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_trained(tmp_path / "nowhere")
+
+
+def test_logs_schedules_and_metrics(tmp_path):
+    from labkit.train.report import plot_log
+
+    cfg = config(tmp_path, steps=3, warmup_epochs=1.0, lr=1e-3, scale_lr=False)
+    result = train(cfg, progress=False)
+    log = read_log(tmp_path / "log.jsonl")
+    assert log == result.log and [r["step"] for r in log] == [1, 2, 3]
+    assert set(LOG_COLUMNS) <= set(log[0])
+    assert [r["lr"] for r in log] == pytest.approx([cosine_schedule(s, 3, 1e-3, 1e-6, 2) for s in range(3)])
+    assert [r["momentum"] for r in log] == pytest.approx([cosine_schedule(s, 3, 0.996, 1.0) for s in range(3)])
+    assert all(r["images_per_s"] > 0 and r["teacher_entropy"] >= 0 for r in log)
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(LOG_COLUMNS) and len(rows) == 4
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["final_loss"] == pytest.approx(log[-1]["loss"])
+    assert metrics["images_per_second"] > 0 and metrics["checkpoint"].endswith("checkpoint.pth")
+    fig = plot_log(tmp_path)
+    assert len(fig.axes) == 4  # loss, collapse signals, lr (+ weight-decay twin)
+    # a fresh run in the same folder starts a new log
+    train(config(tmp_path, steps=1), progress=False)
+    assert len(read_log(tmp_path)) == 1
+
+
+def test_last_layer_frozen_for_the_first_epoch(tmp_path):
+    trainer = Trainer(config(tmp_path, steps=4, steps_per_epoch=2, freeze_last_layer=1), progress=False)
+    last = lambda: trainer.student.head.last_layer.parametrizations.weight.original1.detach().clone()  # noqa: E731
+    other = lambda: trainer.student.head.mlp[0].weight.detach().clone()  # noqa: E731
+    start, start_other = last(), other()
+    trainer.fit(until=2)
+    assert torch.equal(last(), start) and not torch.equal(other(), start_other)
+    trainer.fit(until=3)
+    assert not torch.equal(last(), start)
+
+
+def test_dino_method_trains(tmp_path):
+    result = train(config(tmp_path, steps=2, method="dino"), progress=False)
+    assert result.metrics["method"] == "dino" and len(result.log) == 2
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.log)
+
+
+def test_cli_train(tmp_path, capsys):
+    from labkit.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**config(tmp_path / "run", steps=5).to_dict(), "num_local": 0}))
+    assert main(["train", "--config", str(path), "-o", "steps=2", "-o", "k=2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint:" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 2
+    state = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert state["config"]["k"] == 2 and state["config"]["num_local"] == 0
+    assert main(["train", "--config", str(path), "-o", "k=0"]) == 2
+    assert "k must be >= 1" in capsys.readouterr().err
