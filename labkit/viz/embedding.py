@@ -214,12 +214,14 @@ class EmbeddingView:
         return q
 
     def click_pixel(self, x: float, y: float) -> int | None:
-        """A click at pixel (x, y) of the current frame (column, row): :meth:`click_patch`."""
-        p = self.patch_size
-        gh, gw = self.grid
-        i, j = int(y) // p, int(x) // p
-        if not (0 <= i < gh and 0 <= j < gw):
-            return None  # the strip right or below the patch grid belongs to no patch
+        """A click at pixel (x, y) of the current frame (column, row): :meth:`click_patch` of
+        patch (y // p, x // p); None outside the frame."""
+        height, width = self.frames.shape[1:3]
+        if not (0 <= x < width and 0 <= y < height):
+            return None
+        # the strip (< p pixels) right of and below the grid shows the edge patch, as everywhere in labkit.viz
+        i = min(int(y) // self.patch_size, self.grid[0] - 1)
+        j = min(int(x) // self.patch_size, self.grid[1] - 1)
         return self.click_patch(self.frame, i, j)
 
     def click_point(self, q: int) -> tuple[int, int, int]:

@@ -129,6 +129,24 @@ def encode_image(image: np.ndarray, fmt: Literal["jpeg", "png"] = "jpeg", qualit
     return buf.getvalue()
 
 
+def _blend_grid(frame: np.ndarray, grid: np.ndarray, alpha: float, p: int) -> np.ndarray:
+    """Blend a uint8 (gh, gw, 3) colour grid over a uint8 (H, W, 3) frame: uint8 (H, W, 3).
+
+    Patch (i, j) covers pixels [i*p:(i+1)*p, j*p:(j+1)*p]; the strip right and below the grid
+    repeats the edge colours, and the blend is render.overlay's: rint((1 - a) f + a c) in float32.
+    """
+    height, width = frame.shape[:2]
+    colour = np.repeat(np.repeat(grid, p, axis=0), p, axis=1)  # (gh*p, gw*p, 3)
+    pad = ((0, height - colour.shape[0]), (0, width - colour.shape[1]), (0, 0))
+    if pad[0][1] or pad[1][1]:
+        colour = np.pad(colour, pad, mode="edge")
+    out = frame.astype(np.float32)
+    out *= np.float32(1.0 - alpha)
+    out += np.float32(alpha) * colour.astype(np.float32)
+    np.rint(out, out=out)
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)
+
+
 def _load_clip(
     video: Any, indices: Sequence[int] | None, start_frame: int, num_frames: int, frame_step: int,
     img_size: int | tuple[int, int] | None,
@@ -342,18 +360,17 @@ class AttentionExplorer:
 
         Args:
             layer: block index (negative counts from the end).
-            keys: also make sure keys and queries are there (DoRA needs them).
+            keys: make sure keys and queries are there (DoRA needs them) when the layer was
+                seeded without them (:meth:`from_exploration`); a fresh layer always has them.
 
         Returns:
             :class:`LayerData` for the whole clip.
         """
         layer = layer % self.depth
         data = self._layers.get(layer)
-        if data is None:
-            kinds = ("tokens", "keys", "queries") if keys else ("tokens",)
-            out = self._extract(layer, kinds, attention=True)
-            queries = out["queries"][0].clone() if keys else None
-            data = LayerData(out["attention"], out["tokens"], out.get("keys"), queries)
+        if data is None:  # one pass gives everything the panels need
+            out = self._extract(layer, ("tokens", "keys", "queries"), attention=True)
+            data = LayerData(out["attention"], out["tokens"], out["keys"], out["queries"][0].clone())
             self._layers[layer] = data
         elif keys and data.keys is None:  # seeded by from_exploration without keys
             out = self._extract(layer, ("keys", "queries"), attention=False)
@@ -444,6 +461,10 @@ class AttentionExplorer:
     def panel(self, name: str, state: ExplorerState | None = None) -> np.ndarray:
         """One panel of a state (default: the current one).
 
+        The same pixels as :func:`labkit.viz.render.overlay` (heads, objects: their colour grids
+        over the frame, nearest upsampling) and :func:`labkit.viz.render.segment_overlay`
+        (segments), by a faster path: the uint8 grid is upsampled by repetition, then blended.
+
         Args:
             name: ``"frame"``, ``"heads"``, ``"objects"`` or ``"segments"``.
             state: what to show.
@@ -451,23 +472,26 @@ class AttentionExplorer:
         Returns:
             uint8 (H, W, 3).
         """
-        from labkit.viz.render import overlay, segment_overlay
-
         s = self.state if state is None else self._validated(state)
         frame = self.frames[s.frame]
-        p = self.patch_size
         if name == "frame":
             return frame.copy()
         if name == "heads":
-            grid = self._heads_grid(s.layer, s.heads)[s.frame]
-            return overlay(frame, grid, alpha=s.alpha, patch_size=p, mode="nearest")
-        if name == "objects":
+            grid = self._heads_grid(s.layer, s.heads)[s.frame]  # (gh, gw, 3)
+        elif name == "objects":
             grid = self._objects_grid(s.layer, s.heads, s.sinkhorn)[s.frame]
-            return overlay(frame, grid, alpha=s.alpha, patch_size=p, mode="nearest")
-        if name == "segments":
-            labels = self.segments(s.layer, s.k)[s.frame]
-            return segment_overlay(frame, labels, alpha=s.alpha, patch_size=p)
-        raise ValueError(f"panel must be one of {PANELS}, got {name!r}")
+        elif name == "segments":
+            grid = self._segment_grid(s.layer, s.k)[s.frame]
+        else:
+            raise ValueError(f"panel must be one of {PANELS}, got {name!r}")
+        return _blend_grid(frame, grid, s.alpha, self.patch_size)
+
+    def _segment_grid(self, layer: int, k: int) -> np.ndarray:
+        """uint8 (T, gh, gw, 3): the segment colours (labkit.viz.render.palette) of every patch."""
+        from labkit.viz.render import palette
+
+        labels = self.segments(layer, k)
+        return palette(int(labels.max()) + 1)[labels]
 
     def render(self, state: ExplorerState | None = None) -> np.ndarray:
         """The four panels of a state side by side: uint8 (H, 4 W, 3), in the order of PANELS."""
