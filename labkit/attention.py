@@ -1,0 +1,376 @@
+"""Attention maps and patch features of a timm ViT, without ever forming an N x N attention matrix.
+
+Notation::
+
+    B  images in a batch           h  attention heads        d  channels per head
+    N  tokens = R + P              R  prefix tokens ([CLS] and registers)
+    P  patches = gh * gw           gh, gw  patch grid (rows, columns)
+    D  embedding dimension = h * d for the ViTs labkit loads
+    L  the chosen block (``layer``; negative counts from the end as in Python)
+
+How one extraction runs (:func:`extract`): the patch embedding and blocks ``0 .. L-1`` run as the
+model's own modules, each keeping its fused attention (``F.scaled_dot_product_attention``, which
+on CPU and GPU works block-wise and never stores the N x N matrix). For block ``L``:
+
+* the [CLS] query's attention row is ``softmax(q_cls k^T * d^-0.5)`` over all N keys, computed from
+  the block's own ``norm1 -> qkv -> q_norm/k_norm``: an (h, N) row per image, not an (h, N, N) matrix;
+* if only attention, keys or queries are asked for, the rest of block ``L`` (the value path, the
+  projection, the MLP) and the blocks after it are not run; the qkv projection computes just the
+  keys and, unless queries are asked for, the [CLS] query;
+* ``"tokens"`` runs block ``L`` whole (reading q and k off its qkv projection with a hook) and
+  applies the model's final norm.
+
+Feature kinds (each (B, gh, gw, D), patch tokens only, prefix tokens dropped):
+
+* ``"tokens"``: output of block ``L`` passed through the model's final ``norm``, for every ``L``
+  (the convention of DINO's ``get_intermediate_layers``, which its video segmentation uses for the
+  last block);
+* ``"keys"`` / ``"queries"``: block ``L``'s keys / queries as its attention uses them (after
+  ``k_norm``/``q_norm`` where the model has qk-norm, before the ``d^-0.5`` scale), heads
+  concatenated head-major: channel ``i * d + j`` is channel ``j`` of head ``i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from labkit.models import patch_size, prepare_images
+
+FeatureKind = Literal["tokens", "keys", "queries"]
+FEATURE_KINDS: tuple[str, ...] = ("tokens", "keys", "queries")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What one pass through a ViT gave.
+
+    Attributes:
+        attention: (B, h, gh, gw) float32 [CLS] attention over the patches, or None if not asked.
+        features: feature kind -> (B, gh, gw, D) tensor.
+        indices: frame indices the rows belong to (set by :func:`extract_video`), else None.
+    """
+
+    attention: torch.Tensor | None
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    indices: np.ndarray | None = None
+
+
+def cls_attention(model: torch.nn.Module, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """Per-head attention of the [CLS] query over the patches at one block.
+
+    The softmax runs over all N tokens as in the block itself (so a head's map over the patches
+    sums to at most 1: the rest went to [CLS] and the registers). Numerically the same as row 0 of
+    the block's attention matrix, without forming that matrix.
+
+    Args:
+        model: a timm VisionTransformer with a class token (see :func:`labkit.models.load_backbone`).
+        images: (B, 3, H, W) normalised batch, H and W multiples of the patch size
+            (:func:`labkit.models.prepare_images` crops and normalises frames).
+        layer: block index, negative counts from the end (-1: the last block).
+
+    Returns:
+        Tensor (B, h, gh, gw), float32, values in [0, 1], on the images' device.
+    """
+    return extract(model, images, layer, attention=True, kinds=()).attention
+
+
+def patch_features(
+    model: torch.nn.Module, images: torch.Tensor, layer: int = -1, kind: FeatureKind = "tokens"
+) -> torch.Tensor:
+    """Patch features of one block for clustering and embeddings (kinds: see the module docstring).
+
+    Args:
+        model: a timm VisionTransformer.
+        images: (B, 3, H, W) normalised batch, H and W multiples of the patch size.
+        layer: block index, negative counts from the end.
+        kind: ``"tokens"`` (block output after the final norm), ``"keys"`` or ``"queries"``.
+
+    Returns:
+        Tensor (B, gh, gw, D) in the model's dtype on the images' device.
+    """
+    return extract(model, images, layer, attention=False, kinds=(kind,)).features[kind]
+
+
+def extract(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    layer: int = -1,
+    *,
+    attention: bool = True,
+    kinds: Sequence[FeatureKind] = ("tokens",),
+) -> Extraction:
+    """[CLS] attention and patch features of one block from a single forward pass.
+
+    Runs under ``torch.inference_mode`` (results are inference tensors: no autograd through them);
+    blocks keep their fused attention, nothing N x N is formed, and no block after ``layer`` runs
+    (nor the rest of block ``layer`` unless ``"tokens"`` is asked). Results are on the images'
+    device; features in the images' dtype, attention always float32.
+
+    Args:
+        model: a timm VisionTransformer (class token needed for the attention).
+        images: (B, 3, H, W) normalised batch, H and W multiples of the patch size.
+        layer: block index, negative counts from the end.
+        attention: compute the [CLS] attention maps.
+        kinds: feature kinds to return, any of ``"tokens"``, ``"keys"``, ``"queries"``.
+
+    Returns:
+        :class:`Extraction` with ``attention`` (B, h, gh, gw) float32 or None and ``features``
+        {kind: (B, gh, gw, D)}.
+    """
+    kinds = tuple(dict.fromkeys(kinds))  # unique, order kept
+    bad = [k for k in kinds if k not in FEATURE_KINDS]
+    if bad:
+        raise ValueError(f"extract: unknown feature kind(s) {bad}; choose from {FEATURE_KINDS}")
+    if not attention and not kinds:
+        raise ValueError("extract: nothing to compute (attention=False and no feature kinds)")
+    blocks = _check_model(model, attention)
+    index = _block_index(layer, len(blocks))
+    grid = _grid(model, images)
+
+    with torch.inference_mode():
+        x = _tokens_before(model, images, index)  # (B, N, D)
+        block = blocks[index]
+        if "tokens" in kinds:
+            out, qkv = _run_block_keeping_qkv(block, x)
+            q, k = _split_qkv(block.attn, qkv, "queries" in kinds or attention)
+            tokens = model.norm(out)  # (B, N, D)
+        else:
+            q, k = _project_qk(block, x, all_queries="queries" in kinds)
+            tokens = None
+
+        num_prefix = model.num_prefix_tokens
+        result: dict[str, torch.Tensor] = {}
+        for kind in kinds:
+            src = {"tokens": tokens, "keys": k, "queries": q}[kind]  # (B, N, D) or (B, N, h, d)
+            patches = src[:, num_prefix:]
+            result[kind] = patches.reshape(patches.shape[0], *grid, -1).contiguous()  # (B, gh, gw, D)
+        maps = _cls_row(block.attn, q, k, num_prefix, grid) if attention else None
+    return Extraction(attention=maps, features=result)
+
+
+def _check_model(model: torch.nn.Module, attention: bool) -> torch.nn.ModuleList:
+    """The model's blocks, after checking it is a ViT this module can read."""
+    from timm.layers import Attention
+
+    blocks = getattr(model, "blocks", None)
+    needed = ("patch_embed", "_pos_embed", "norm_pre", "norm", "num_prefix_tokens")
+    if blocks is None or any(not hasattr(model, a) for a in needed):
+        raise ValueError(
+            f"{type(model).__name__} is not a timm VisionTransformer (needs blocks, patch_embed, "
+            "_pos_embed, norm); build one with labkit.models.load_backbone"
+        )
+    for i, block in enumerate(blocks):
+        if not isinstance(getattr(block, "attn", None), Attention) or not hasattr(block, "norm1"):
+            raise ValueError(
+                f"block {i} of {type(model).__name__} is a {type(block).__name__} without a timm "
+                "Attention after norm1; labkit reads q and k from timm's standard ViT block only"
+            )
+    if attention and getattr(model, "cls_token", None) is None:
+        raise ValueError(f"{type(model).__name__} has no [CLS] token, so it has no [CLS] attention")
+    return blocks
+
+
+def _block_index(layer: int, depth: int) -> int:
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer {layer} out of range for a model with {depth} blocks")
+    return layer % depth
+
+
+def _grid(model: torch.nn.Module, images: torch.Tensor) -> tuple[int, int]:
+    """(gh, gw) of a batch, after checking its shape."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be a normalised float batch, got {images.dtype}; "
+            "use labkit.models.prepare_images on uint8 frames"
+        )
+    p = patch_size(model)
+    height, width = images.shape[-2:]
+    if height % p or width % p:
+        raise ValueError(
+            f"images of {height}x{width} are not multiples of the patch size {p}; "
+            "labkit.models.prepare_images crops them (top-left kept)"
+        )
+    return height // p, width // p
+
+
+def _tokens_before(model: Any, images: torch.Tensor, index: int) -> torch.Tensor:
+    """Tokens entering block ``index``: embedding, position embedding, blocks ``0 .. index-1``."""
+    x = model.patch_embed(images)  # (B, gh, gw, D) with dynamic_img_size, else (B, P, D)
+    x = model._pos_embed(x)  # (B, N, D): prefix tokens prepended, position embedding resampled
+    x = model.patch_drop(x)
+    x = model.norm_pre(x)
+    for block in model.blocks[:index]:
+        x = block(x)
+    return x
+
+
+def _run_block_keeping_qkv(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``block`` as it is and return its output and its qkv projection (B, N, 3 * h * d)."""
+    captured: list[torch.Tensor] = []
+    handle = block.attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        out = block(x)
+    finally:
+        handle.remove()
+    return out, captured[0]
+
+
+def _split_qkv(attn: Any, qkv: torch.Tensor, need_q: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """q and k, each (B, N, h, d) after q_norm/k_norm, from a qkv projection (B, N, 3 * h * d)."""
+    batch, num_tokens, _ = qkv.shape
+    qkv = qkv.view(batch, num_tokens, 3, attn.num_heads, attn.head_dim)  # (B, N, 3, h, d)
+    k = attn.k_norm(qkv[:, :, 1])
+    q = attn.q_norm(qkv[:, :, 0]) if need_q else None
+    return q, k
+
+
+def _project_qk(block: Any, x: torch.Tensor, all_queries: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys of all tokens and queries of all tokens (or of [CLS] only), each (B, N or 1, h, d).
+
+    Uses the q and k rows of the block's qkv weight, so the values are never projected.
+    """
+    attn = block.attn
+    y = block.norm1(x)  # (B, N, D)
+    width = attn.num_heads * attn.head_dim
+    weight, bias = attn.qkv.weight, attn.qkv.bias  # (3 * h * d, D), rows ordered (q, k, v)
+    q_bias = bias[:width] if bias is not None else None
+    k_bias = bias[width : 2 * width] if bias is not None else None
+    batch = y.shape[0]
+    k = F.linear(y, weight[width : 2 * width], k_bias)  # (B, N, h * d)
+    q = F.linear(y if all_queries else y[:, :1], weight[:width], q_bias)  # (B, N or 1, h * d)
+    k = attn.k_norm(k.view(batch, -1, attn.num_heads, attn.head_dim))  # (B, N, h, d)
+    q = attn.q_norm(q.view(batch, -1, attn.num_heads, attn.head_dim))  # (B, N or 1, h, d)
+    return q, k
+
+
+def _cls_row(
+    attn: Any, q: torch.Tensor, k: torch.Tensor, num_prefix: int, grid: tuple[int, int]
+) -> torch.Tensor:
+    """softmax(q_cls k^T * scale) over all tokens, patch columns only: (B, h, gh, gw) float32."""
+    q_cls = q[:, 0] * attn.scale  # (B, h, d); scaled before the product, as timm's block does
+    logits = torch.einsum("bhd,bnhd->bhn", q_cls, k)  # (B, h, N)
+    weights = logits.float().softmax(dim=-1)[..., num_prefix:]  # (B, h, P)
+    return weights.reshape(*weights.shape[:2], *grid).contiguous()  # (B, h, gh, gw)
+
+
+def extract_video(
+    model: torch.nn.Module,
+    video: Any,
+    indices: Sequence[int] | np.ndarray | None = None,
+    *,
+    layer: int = -1,
+    attention: bool = True,
+    kinds: Sequence[FeatureKind] = (),
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> Extraction:
+    """Stream frames of a video through the model in batches and stack the results on the CPU.
+
+    Frames are decoded batch by batch (``video.batches`` where the video has it, else
+    ``video.get``), cropped and normalised with :func:`labkit.models.prepare_images`, then passed to
+    :func:`extract`. Only one batch of frames is held at a time.
+
+    Args:
+        model: a timm VisionTransformer on ``device``.
+        video: a :class:`labkit.video.Video`, or anything with ``__len__`` and ``get(indices)``
+            returning uint8 (n, H, W, 3).
+        indices: frames to process, in this order; None for all frames.
+        layer, attention, kinds: as in :func:`extract`.
+        batch_size: frames per forward pass.
+        device: where the model runs.
+        dtype: floating dtype of the images fed to the model.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        :class:`Extraction` with ``attention`` (T, h, gh, gw) float32, ``features`` {kind:
+        (T, gh, gw, D)} on the CPU and ``indices`` (T,) int64, T = number of frames.
+    """
+    if batch_size < 1:
+        raise ValueError(f"extract_video: batch_size must be >= 1, got {batch_size}")
+    indices = np.arange(len(video)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size == 0:
+        raise ValueError("extract_video: no frame indices to process")
+    if indices.min() < 0 or indices.max() >= len(video):
+        raise ValueError(f"extract_video: indices out of range for a video of {len(video)} frames")
+    param = next(model.parameters(), None)
+    if param is not None and param.device != torch.device(device):
+        raise ValueError(f"extract_video: the model is on {param.device}, device is {device}")
+
+    from tqdm.auto import tqdm
+
+    maps: list[torch.Tensor] = []
+    feats: dict[str, list[torch.Tensor]] = {k: [] for k in dict.fromkeys(kinds)}
+    with tqdm(total=len(indices), unit="frame", disable=not progress, desc="extract") as bar:
+        for _, frames in _frame_batches(video, indices, batch_size):
+            images = prepare_images(frames, model, device=device, dtype=dtype)
+            out = extract(model, images, layer, attention=attention, kinds=tuple(feats))
+            if attention:
+                maps.append(out.attention.cpu())
+            for kind, value in out.features.items():
+                feats[kind].append(value.cpu())
+            bar.update(len(frames))
+    return Extraction(
+        attention=torch.cat(maps) if attention else None,
+        features={kind: torch.cat(values) for kind, values in feats.items()},
+        indices=indices,
+    )
+
+
+def _frame_batches(video: Any, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, Any]]:
+    if hasattr(video, "batches"):
+        yield from video.batches(indices, batch_size)
+        return
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        yield chunk, video.get(chunk)
+
+
+def mass_threshold(attn: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
+    """DINO's attention mask: the smallest set of patches holding a fraction ``keep`` of the mass.
+
+    Each map (the last two dims) is first divided by its sum, so maps summing to less than 1 (as
+    :func:`cls_attention` returns, the rest going to the prefix tokens) are treated by their
+    shape alone. Patches are taken from the largest down until their mass reaches ``keep``
+    (up to 1e-9, so ``keep=1`` keeps every patch with non-zero mass despite rounding). Ties at
+    the boundary are all kept, so the mask does not depend on sort order (a constant map keeps
+    every patch); patches with zero mass are never kept and an all-zero map keeps nothing.
+
+    References:
+        Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021
+        (the masks of the attention figures, ``threshold=0.6``).
+
+    Args:
+        attn: (..., gh, gw) non-negative maps, e.g. (B, h, gh, gw) from :func:`cls_attention`.
+        keep: fraction of each map's mass to keep, in (0, 1].
+
+    Returns:
+        Bool tensor of ``attn``'s shape, True on kept patches.
+    """
+    if not 0 < keep <= 1:
+        raise ValueError(f"mass_threshold: keep must be in (0, 1], got {keep}")
+    if not isinstance(attn, torch.Tensor) or attn.ndim < 2:
+        raise ValueError("mass_threshold: attn must be a tensor with at least 2 dims (..., gh, gw)")
+    if attn.numel() == 0:
+        return torch.zeros(attn.shape, dtype=torch.bool, device=attn.device)
+    flat = attn.reshape(-1, attn.shape[-2] * attn.shape[-1]).double()  # (M, P), M maps
+    if torch.isnan(flat).any() or (flat < 0).any():
+        raise ValueError("mass_threshold: attention maps must be non-negative and free of NaN")
+    total = flat.sum(dim=-1, keepdim=True)  # (M, 1)
+    mass = flat / total.clamp_min(torch.finfo(torch.float64).tiny)  # (M, P), each row sums to 1
+    ordered = mass.sort(dim=-1, descending=True).values  # (M, P)
+    cumulative = ordered.cumsum(dim=-1)  # mass of the top 1, 2, ... patches
+    last = (cumulative < keep - 1e-9).sum(dim=-1, keepdim=True).clamp_max(flat.shape[-1] - 1)
+    cutoff = ordered.gather(-1, last)  # (M, 1) smallest mass that is kept
+    kept = (mass >= cutoff) & (mass > 0) & (total > 0)
+    return kept.reshape(attn.shape)
