@@ -167,6 +167,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         evaluations=tuple(args.evaluations),
         knn_root=args.knn_root or "",
+        max_frames=args.max_frames,
         batch_size=args.batch_size,
         device=args.device,
         seed=args.seed,
@@ -248,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "random=vit_small_patch16_224 or dino=vit_small_patch16_224:dino_deitsmall16_pretrain.pth "
         "(no weights: seeded random init). Writes metrics.json, summary.md and figures to --out.",
     )
-    p.add_argument("--models", nargs="+", default=["random=vit_small_patch16_224"],
+    p.add_argument("--models", nargs="+", default=["vit_small_patch16_224"],
                    metavar="SPEC", help="model specs (see above)")
     p.add_argument("--data", default="", help="DAVIS-layout root (default: the synthetic video)")
     p.add_argument("--sequences", nargs="*", help="sequence names (default: sequences.txt or all)")
@@ -263,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["propagation", "attention", "tracking", "segmentation", "knn"])
     p.add_argument("--knn-root", help="labelled image folder (<class>/*.jpg or train|val/<class>/)")
     p.add_argument("--model-kwargs", help="extra timm arguments for every model, e.g. '{depth: 2}'")
+    p.add_argument("--max-frames", type=int, default=0,
+                   help="only the first N frames of each sequence, for a quick look (0: all)")
     p.add_argument("--batch-size", type=int, default=8, help="frames per forward pass")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="random weights, k-means, samples")

@@ -32,6 +32,7 @@ __all__ = [
     "html_table",
     "markdown_table",
     "run_description",
+    "bar_metrics",
     "example_panels",
     "plot_sequence_bars",
     "plot_examples",
@@ -127,6 +128,15 @@ def run_description(result: EvalResult) -> str:
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
+
+
+BAR_METRICS = ("J&F", "attn best head J", "DoRA best object J", "k-means clip_hungarian mIoU")
+
+
+def bar_metrics(result: EvalResult, candidates: Sequence[str] = BAR_METRICS) -> list[str]:
+    """The per-sequence metrics among ``candidates`` that this run measured."""
+    rows = [s.row() for m in result.models for s in m.sequences]
+    return [c for c in candidates if any(c in r for r in rows)]
 
 
 def plot_sequence_bars(
@@ -290,16 +300,13 @@ def save_report(result: EvalResult, out_dir: str | Path, *, figures: bool = True
     written["summary"] = out / "summary.md"
     written["summary"].write_text("".join(text))
     if figures and result.sequences:
-        for metric in ("J&F", "attn best head J", "DoRA best object J", "k-means clip_hungarian mIoU"):
-            if not any(metric in s.row() for m in result.models for s in m.sequences):
-                continue
-            fig = plot_sequence_bars(result, metric)
+        for metric in bar_metrics(result):
             name = "bars_" + "".join(c if c.isalnum() else "_" for c in metric).strip("_")
             written[name] = out / f"{name}.png"
-            fig.savefig(written[name], dpi=110, bbox_inches="tight")
-        for i, m in enumerate(result.models):
+            plot_sequence_bars(result, metric).savefig(written[name], dpi=110, bbox_inches="tight")
+        for m in result.models:
             if m.sequences and m.sequences[0].examples is not None:
-                fig = plot_examples(m)
-                written[f"examples_{i}"] = out / f"examples_{i}.png"
-                fig.savefig(written[f"examples_{i}"], dpi=90, bbox_inches="tight")
+                name = "examples_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in m.label)
+                written[name] = out / f"{name}.png"
+                plot_examples(m).savefig(written[name], dpi=90, bbox_inches="tight")
     return written

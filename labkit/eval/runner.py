@@ -77,7 +77,7 @@ EVALUATIONS = (*VIDEO_EVALUATIONS, "knn")
 class EvalConfig:
     """Parameters of an evaluation; ``notebooks/evaluate.ipynb`` and ``labkit eval`` use these names."""
 
-    models: tuple[str, ...] = ("random=vit_small_patch16_224",)  # specs, see labkit.eval.specs
+    models: tuple[str, ...] = ("vit_small_patch16_224",)  # specs (labkit.eval.specs): random ViT-S/16
     model_kwargs: dict = field(default_factory=dict)  # timm arguments for every model, e.g. depth
     data_root: str = ""  # DAVIS-layout root; empty: the lab's synthetic video as a dataset
     sequences: tuple[str, ...] = ()  # empty: sequences.txt, else every sequence folder
@@ -102,6 +102,7 @@ class EvalConfig:
     knn_temperature: float = 0.07  # DINO: 0.07
     knn_resolution: int = 224  # centre crop fed to the model (after a resize to 256/224 of it)
     example_frames: int = 3  # frames per sequence kept for figures
+    max_frames: int = 0  # only the first N frames of each sequence (quick looks, tests); 0: all
     batch_size: int = 8  # frames per forward pass
     device: str = "cpu"
     seed: int = 0  # k-means, random weights, the dataset sample
@@ -142,7 +143,7 @@ class EvalConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("n_last", "radius", "example_frames"):
+        for name in ("n_last", "radius", "example_frames", "max_frames"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.overclusters < 2:
@@ -300,24 +301,25 @@ def evaluate_sequence(
     t0 = time.perf_counter()
     device = torch.device(cfg.device)
     p = get_patch_size(model)
-    masks = load_masks(seq.masks[0].parent)  # (T, H, W) uint8 labels
+    T = seq.num_frames if cfg.max_frames == 0 else min(cfg.max_frames, seq.num_frames)
+    masks = load_masks(seq.masks[0].parent)  # (T_all, H, W) uint8 labels
     if masks.shape != (seq.num_frames, *seq.size):
         raise DatasetError(
             f"sequence {seq.name!r}: masks read as {masks.shape}, expected "
             f"{(seq.num_frames, *seq.size)}"
         )
-    gt = torch.from_numpy(masks)  # (T, H, W) uint8 on the CPU
+    gt = torch.from_numpy(masks[:T])  # (T, H, W) uint8 on the CPU
     gt = torch.where(gt == 255, 0, gt)  # DAVIS reads 255 (void) as background
     K = int(gt[0].max())
-    T, (H, W) = seq.num_frames, seq.size
+    H, W = seq.size
     size = model_input_size(seq.size, cfg.resolution, p, cfg.size_multiple)
     grid = (size[0] // p, size[1] // p)
     P = grid[0] * grid[1]
     video = open_frames(seq.frames[0].parent, size=size)
-    if len(video) != T:
+    if len(video) != seq.num_frames:
         raise DatasetError(
-            f"sequence {seq.name!r}: {len(video)} images in {seq.frames[0].parent} but {T} "
-            "frames were listed; keep only the frames in that folder"
+            f"sequence {seq.name!r}: {len(video)} images in {seq.frames[0].parent} but "
+            f"{seq.num_frames} frames were listed; keep only the frames in that folder"
         )
     index_map = patch_index_map(grid, (H, W), patch_size=p, alignment="resize", device=device)
     area = torch.bincount(index_map.reshape(-1), minlength=P)  # (P,) pixels under each patch
@@ -340,7 +342,7 @@ def evaluate_sequence(
     prototypes = None
     bar = tqdm(total=T, desc=seq.name, unit="frame", leave=False, disable=not progress)
     t0 = time.perf_counter()
-    for idx, frames in video.batches(None, cfg.batch_size):
+    for idx, frames in video.batches(np.arange(T), cfg.batch_size):
         seconds["read"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         images = prepare_images(frames, model, device=device)  # (n, 3, h, w)
@@ -601,7 +603,8 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
         root = Path("")
     sequences = davis_sequences(root, cfg.sequences, folder=cfg.davis_folder) if video_on else []
     if cfg.runs("propagation"):
-        short = [s.name for s in sequences if s.num_frames < 3]
+        short = [s.name for s in sequences
+                 if min(s.num_frames, cfg.max_frames or s.num_frames) < 3]
         if short:
             raise DatasetError(f"sequences {short}: label propagation scores frames 1..T-2, "
                                "so it needs at least 3 frames")
