@@ -1,0 +1,78 @@
+"""Distributed training: two CPU processes under torchrun (gloo) stay in sync and equal one process
+with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from labkit.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(
+    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4), img_size=64, local_size=32, out_dim=256,
+    hidden_dim=128, bottleneck_dim=32, num_frames=2, frame_step=3, num_local=1, lr=0.02,
+    warmup_epochs=0.0, steps_per_epoch=2, steps=3, drop_path_rate=0.0, checkpoint_every=0,
+)  # fmt: skip
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys, torch
+    from labkit.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(**json.loads(sys.argv[1]))
+    trainer = Trainer(cfg, progress=False)
+    result = trainer.fit()
+    torch.save(
+        {
+            "rank": trainer.rank,
+            "world_size": trainer.world_size,
+            "student": trainer.student.state_dict(),
+            "teacher": trainer.teacher.state_dict(),
+            "center": trainer.loss_fn.center.clone(),
+            "losses": [r["loss"] for r in result.log],
+            "clips": trainer.loader(0, 1).batch_sampler.batch(0),
+        },
+        f"{sys.argv[2]}/rank{trainer.rank}.pt",
+    )
+    trainer.close()
+    """
+)
+
+
+def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cfg = TrainConfig(**TINY, batch_size=2, out_dir=str(tmp_path / "ddp"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LABKIT_HEADLESS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(script), json.dumps(cfg.to_dict()), str(tmp_path),
+    ]  # fmt: skip
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [s["rank"] for s in ranks] == [0, 1] and ranks[0]["world_size"] == 2
+    assert ranks[0]["clips"] != ranks[1]["clips"]  # each rank trains on its own clips ...
+    for name in ("student", "teacher"):  # ... and yet the networks are identical
+        for key, value in ranks[0][name].items():
+            assert torch.equal(value, ranks[1][name][key]), (name, key)
+    assert torch.equal(ranks[0]["center"], ranks[1]["center"])
+    assert ranks[0]["losses"] == ranks[1]["losses"]  # the logged loss is the mean over ranks
+    assert (tmp_path / "ddp" / "checkpoint.pth").is_file()  # written once, by rank 0
+
+    # one process with the same global batch (4 clips) takes the same steps
+    torch.set_num_threads(1)
+    single = train(TrainConfig(**TINY, batch_size=4, out_dir=str(tmp_path / "single")), progress=False)
+    assert [r["loss"] for r in single.log] == pytest.approx(ranks[0]["losses"], abs=1e-5)
+    state = torch.load(single.checkpoint, weights_only=True)
+    for key, value in state["teacher"].items():
+        torch.testing.assert_close(value, ranks[0]["teacher"][key], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state["dino_loss"]["center"], ranks[0]["center"], rtol=1e-4, atol=1e-6)
