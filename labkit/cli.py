@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=["propagation", "attention", "tracking", "segmentation"],
                    choices=["propagation", "attention", "tracking", "segmentation", "knn"])
     p.add_argument("--knn-root", help="labelled image folder (<class>/*.jpg or train|val/<class>/)")
-    p.add_argument("--model-kwargs", help="extra timm arguments for every model, e.g. '{depth: 2}'")
+    p.add_argument("--model-kwargs", help="extra timm arguments for every model, e.g. '{depth: 2}', "
+                   "or per model label, e.g. '{tiny: {depth: 2}}'")
     p.add_argument("--max-frames", type=int, default=0,
                    help="only the first N frames of each sequence, for a quick look (0: all)")
     p.add_argument("--batch-size", type=int, default=8, help="frames per forward pass")

@@ -116,6 +116,12 @@ def test_config_errors(synthetic_root) -> None:
             tiny_config(synthetic_root, **kw)
     cfg = tiny_config(synthetic_root, sequences=["synthetic"], evaluations=["attention"])
     assert cfg.sequences == ("synthetic",) and cfg.evaluations == ("attention",)
+    assert cfg.kwargs_for("tiny") == TINY
+    cfg = tiny_config(synthetic_root, models=(SPEC, "vit_small_patch16_224"),
+                      model_kwargs={"tiny": TINY})
+    assert cfg.kwargs_for("tiny") == TINY and cfg.kwargs_for("random-vit_small_patch16_224") == {}
+    with pytest.raises(ValueError, match=r"no models labelled \['tinny'\]"):
+        tiny_config(synthetic_root, model_kwargs={"tiny": TINY, "tinny": TINY})
 
 
 @pytest.mark.parametrize("alignment", ["resize", "crop"])
