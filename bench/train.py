@@ -43,8 +43,12 @@ METHODS = ("labkit", "teacher-loop", "official-loops")
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="vit_small_patch16_224", help="timm ViT (random weights)")
-    parser.add_argument("--model-kwargs", default="{}", help="JSON of extra timm arguments, e.g. '{\"depth\": 6}'")
+    parser.add_argument(
+        "--model", default="vit_small_patch16_224", help="timm ViT (random weights)"
+    )
+    parser.add_argument(
+        "--model-kwargs", default="{}", help="JSON of extra timm arguments, e.g. '{\"depth\": 6}'"
+    )
     parser.add_argument("--img-size", type=int, default=128, help="global crop side")
     parser.add_argument("--local-size", type=int, default=64)
     parser.add_argument("--num-local", type=int, default=2, help="local crops per frame")
@@ -54,9 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out-dim", type=int, default=65536)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0: torch's default")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads; 0: torch's default"
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype"
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out", type=Path, default=Path("bench/results/train.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -132,7 +140,9 @@ def _step(method, student, teacher, loss_fn, batch, k_obj, autocast):
     heads = list(range(k_obj))
     if method == "labkit":
         with autocast():
-            out = dora_step(student, teacher, loss_fn, batch, epoch=0, k=k_obj, heads=heads, autocast_dtype=None)
+            out = dora_step(
+                student, teacher, loss_fn, batch, epoch=0, k=k_obj, heads=heads, autocast_dtype=None
+            )
         out.loss.backward()
         return float(out.loss)
     frames, local = batch["global"][:, 0], batch["local"]  # (B, T, 3, S, S), (B, n, T, 3, s, s)
@@ -141,7 +151,9 @@ def _step(method, student, teacher, loss_fn, batch, k_obj, autocast):
     grid = (frames.shape[-2] // p, frames.shape[-1] // p)
     with autocast():
         logits, attns, queries, keys, tokens = _loop_teacher(teacher, frames, teacher._kept)
-    attns, queries, keys, tokens = ([x.float() for x in xs] for xs in (attns, queries, keys, tokens))
+    attns, queries, keys, tokens = (
+        [x.float() for x in xs] for xs in (attns, queries, keys, tokens)
+    )
     masks = _loop_objects(attns, queries, keys, tokens, k_obj, heads, grid)  # (B, T, k, gh, gw)
     teacher_out = torch.stack(logits).float()  # (T, B, K)
     views = masked_views(frames, masks, p)  # (k, B, T, 3, S, S)
@@ -153,9 +165,19 @@ def _step(method, student, teacher, loss_fn, batch, k_obj, autocast):
             objects = outs[0].reshape(k_obj, num_frames, clips, -1)
             local_out = outs[1].reshape(local.shape[1], num_frames, clips, -1)
         else:  # official-loops: per object, per frame; local crops per frame
-            objects = torch.stack([torch.stack([student(views[j, :, t]) for t in range(num_frames)]) for j in range(k_obj)])
+            objects = torch.stack(
+                [
+                    torch.stack([student(views[j, :, t]) for t in range(num_frames)])
+                    for j in range(k_obj)
+                ]
+            )
             local_out = torch.stack(
-                [student(local[:, :, t].transpose(0, 1).flatten(0, 1)).reshape(local.shape[1], clips, -1) for t in range(num_frames)],
+                [
+                    student(local[:, :, t].transpose(0, 1).flatten(0, 1)).reshape(
+                        local.shape[1], clips, -1
+                    )
+                    for t in range(num_frames)
+                ],
                 dim=1,
             )  # (n, T, B, K)
     loss = loss_fn.forward_dora(objects.float(), local_out.float(), teacher_out, 0)
@@ -189,16 +211,22 @@ def worker(cfg: dict) -> None:
     torch.manual_seed(0)
     student, teacher = build_networks(train_cfg)
     student, teacher = student.to(device), teacher.to(device)
-    teacher._kept, *hooks = _explicit_attention(teacher.backbone) if cfg["method"] != "labkit" else ([], None)
+    teacher._kept, *hooks = (
+        _explicit_attention(teacher.backbone) if cfg["method"] != "labkit" else ([], None)
+    )
     loss_fn = DINOLoss(cfg["out_dim"]).to(device)
     g = torch.Generator().manual_seed(1)
     b, t, n = cfg["batch_size"], cfg["num_frames"], cfg["num_local"]
     batch = {
         "global": torch.randn(b, 1, t, 3, cfg["img_size"], cfg["img_size"], generator=g).to(device),
-        "local": torch.randn(b, n, t, 3, cfg["local_size"], cfg["local_size"], generator=g).to(device),
+        "local": torch.randn(b, n, t, 3, cfg["local_size"], cfg["local_size"], generator=g).to(
+            device
+        ),
     }
     dtype = torch.bfloat16 if cfg["precision"] == "bf16" else None
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times, losses = [], []
     for i in range(cfg["warmup"] + cfg["steps"]):
@@ -217,7 +245,9 @@ def worker(cfg: dict) -> None:
         "step_times": times,
         "images_per_second": b * t / median,
         "peak_rss_mb": _peak_rss_mb(),
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "peak_cuda_mb": (
+            torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+        ),
         "loss": losses[0],
         "threads": torch.get_num_threads(),
     }
@@ -240,31 +270,49 @@ def main(argv=None) -> int:
         for method in args.methods:
             cfg = {**base, "method": method, "result": f"{tmp}/{method}.json"}
             start = time.perf_counter()
-            run = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True)
+            run = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(cfg)],
+                capture_output=True,
+                text=True,
+            )
             if run.returncode:
                 print(run.stdout[-2000:], run.stderr[-4000:], file=sys.stderr)
                 return run.returncode
             results.append(json.loads(Path(cfg["result"]).read_text()))
-            print(f"[bench] {method}: {results[-1]['seconds_per_step']:.2f} s/step "
-                  f"({time.perf_counter() - start:.0f} s with start-up)", file=sys.stderr, flush=True)
+            print(
+                f"[bench] {method}: {results[-1]['seconds_per_step']:.2f} s/step "
+                f"({time.perf_counter() - start:.0f} s with start-up)",
+                file=sys.stderr,
+                flush=True,
+            )
     losses = [r["loss"] for r in results]
     same = max(losses) - min(losses) <= 1e-3 * max(abs(x) for x in losses)
     labkit = next((r for r in results if r["method"] == "labkit"), None)
-    print(f"\nDoRA step, {args.model} {args.model_kwargs} at {args.img_size} px, T={args.num_frames}, "
-          f"B={args.batch_size}, k={args.k}, n={args.num_local} local at {args.local_size} px, "
-          f"K={args.out_dim}, {args.device} {args.precision}, threads={results[0]['threads']}")
+    print(
+        f"\nDoRA step, {args.model} {args.model_kwargs} at {args.img_size} px, T={args.num_frames}, "
+        f"B={args.batch_size}, k={args.k}, n={args.num_local} local at {args.local_size} px, "
+        f"K={args.out_dim}, {args.device} {args.precision}, threads={results[0]['threads']}"
+    )
     print(f"same loss in all methods: {same} ({', '.join(f'{x:.5f}' for x in losses)})\n")
     print("| method | s / step | images / s | speed-up of labkit | peak RSS (MB) |")
     print("|---|---|---|---|---|")
     for r in results:
         ratio = r["seconds_per_step"] / labkit["seconds_per_step"] if labkit else float("nan")
-        print(f"| {r['method']} | {r['seconds_per_step']:.2f} | {r['images_per_second']:.2f} | "
-              f"{ratio:.2f}x | {r['peak_rss_mb']:.0f} |")
+        print(
+            f"| {r['method']} | {r['seconds_per_step']:.2f} | {r['images_per_second']:.2f} | "
+            f"{ratio:.2f}x | {r['peak_rss_mb']:.0f} |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "args": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"
+        },
         "same_loss": same,
         "results": results,
     }

@@ -51,8 +51,12 @@ def test_lists_become_tuples_and_fixed_heads_must_match_k():
 
 def test_yaml_with_overrides(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("method: dino\nsteps: 7\nmodel_kwargs: {depth: 2, embed_dim: 64}\nheads: [0, 1, 2]\n")
-    cfg = load_config(path, ["steps=11", "lr=1e-4", "model_kwargs.depth=4", "sinkhorn=false", "out_dir=runs/x"])
+    path.write_text(
+        "method: dino\nsteps: 7\nmodel_kwargs: {depth: 2, embed_dim: 64}\nheads: [0, 1, 2]\n"
+    )
+    cfg = load_config(
+        path, ["steps=11", "lr=1e-4", "model_kwargs.depth=4", "sinkhorn=false", "out_dir=runs/x"]
+    )
     assert cfg.method == "dino" and cfg.steps == 11 and cfg.lr == pytest.approx(1e-4)
     assert cfg.model_kwargs == {"depth": 4, "embed_dim": 64}
     assert cfg.sinkhorn is False and cfg.out_dir == "runs/x" and cfg.heads == (0, 1, 2)
@@ -60,7 +64,9 @@ def test_yaml_with_overrides(tmp_path):
     cfg = load_config(None, ["model_kwargs={depth: 3}", "global_scale=[0.2, 0.9]"])
     assert cfg.model_kwargs == {"depth": 3} and cfg.global_scale == (0.2, 0.9)
     assert parse_overrides(["threshold=0.6", "heads=random", "video_path="]) == {
-        "threshold": 0.6, "heads": "random", "video_path": ""
+        "threshold": 0.6,
+        "heads": "random",
+        "video_path": "",
     }
 
 
@@ -97,14 +103,20 @@ def test_cosine_schedule_matches_dino_after_warmup():
     ref = _dino_cosine_array(1e-3, 1e-6, total, warmup)
     np.testing.assert_allclose(ours[warmup:], ref[warmup:], rtol=1e-12)
     # warm-up: linear from 0, increasing, below the peak, reaching it at the first cosine step
-    assert ours[0] == 0 and np.all(np.diff(ours[:warmup + 1]) > 0) and ours[warmup] == pytest.approx(1e-3)
+    assert (
+        ours[0] == 0
+        and np.all(np.diff(ours[: warmup + 1]) > 0)
+        and ours[warmup] == pytest.approx(1e-3)
+    )
     no_warmup = [cosine_schedule(s, 20, 0.996, 1.0) for s in range(20)]
     np.testing.assert_allclose(no_warmup, _dino_cosine_array(0.996, 1.0, 20, 0), rtol=1e-12)
     assert math.isclose(cosine_schedule(0, 20, 0.04, 0.4), 0.04)
 
 
 def test_param_groups_skip_biases_and_norms():
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2, bias=False))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2, bias=False)
+    )
     model[2].weight.requires_grad_(False)
     decay, no_decay = param_groups(model)
     assert [p.shape for p in decay["params"]] == [(4, 4)]

@@ -82,7 +82,9 @@ def test_item_shapes_and_normalisation():
     assert item["global"].shape == (1, 3, 3, 32, 32) and item["global"].dtype == torch.float32
     assert item["local"].shape == (2, 3, 3, 16, 16)
     assert item["indices"].tolist() == ds.locate(7)[1].tolist() and item["video"] == 0
-    assert -3 < float(item["global"].min()) < 0 < float(item["global"].max()) < 3  # ImageNet-normalised
+    assert (
+        -3 < float(item["global"].min()) < 0 < float(item["global"].max()) < 3
+    )  # ImageNet-normalised
     dino = small(default_video(), decode_size=48, mode="dino", num_local=0)[(7, 3)]
     assert dino["global"].shape == (2, 3, 3, 32, 32) and dino["local"].shape == (0, 3, 3, 16, 16)
 
@@ -150,7 +152,10 @@ def test_step_sampler_is_a_function_of_seed_and_step():
     assert resumed == full[3:]
     assert list(StepBatchSampler(100, 4, seed=8, start=0, stop=1)) != full[:1]
     # ranks take disjoint slices of one global batch
-    ranks = [StepBatchSampler(100, 4, seed=7, start=0, stop=1, rank=r, world_size=2).batch(0) for r in range(2)]
+    ranks = [
+        StepBatchSampler(100, 4, seed=7, start=0, stop=1, rank=r, world_size=2).batch(0)
+        for r in range(2)
+    ]
     clips = [c for r in ranks for c, _ in r]
     assert len(set(clips)) == 8
     assert ranks[0] != ranks[1]
@@ -163,3 +168,12 @@ def test_preview_clip_is_unaugmented():
     assert indices.tolist() == [10, 14, 18]
     video = open_video(default_video(), size=64)
     np.testing.assert_array_equal(frames, video.get(indices))
+
+
+def test_decode_size_shrinks_large_videos_only():
+    ds = small(default_video(), decode_size=96)  # the synthetic video is 360 x 640
+    assert ds.sizes == [96]
+    _, _, frames = ds.read_clip(0)
+    assert frames.shape[1:] == (96, 170, 3)
+    whole = small(default_video(), decode_size=1000)  # never upscaled
+    assert whole.sizes == [None] and whole.read_clip(0)[2].shape[1:] == (360, 640, 3)

@@ -22,8 +22,7 @@ TINY = dict(
     warmup_epochs=0.0, steps_per_epoch=2, steps=3, drop_path_rate=0.0, checkpoint_every=0,
 )  # fmt: skip
 
-WORKER = textwrap.dedent(
-    """
+WORKER = textwrap.dedent("""
     import json, sys, torch
     from labkit.train import TrainConfig, Trainer
 
@@ -43,8 +42,7 @@ WORKER = textwrap.dedent(
         f"{sys.argv[2]}/rank{trainer.rank}.pt",
     )
     trainer.close()
-    """
-)
+    """)
 
 
 def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
@@ -70,9 +68,13 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
 
     # one process with the same global batch (4 clips) takes the same steps
     torch.set_num_threads(1)
-    single = train(TrainConfig(**TINY, batch_size=4, out_dir=str(tmp_path / "single")), progress=False)
+    single = train(
+        TrainConfig(**TINY, batch_size=4, out_dir=str(tmp_path / "single")), progress=False
+    )
     assert [r["loss"] for r in single.log] == pytest.approx(ranks[0]["losses"], abs=1e-5)
     state = torch.load(single.checkpoint, weights_only=True)
     for key, value in state["teacher"].items():
         torch.testing.assert_close(value, ranks[0]["teacher"][key], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(state["dino_loss"]["center"], ranks[0]["center"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        state["dino_loss"]["center"], ranks[0]["center"], rtol=1e-4, atol=1e-6
+    )

@@ -37,7 +37,9 @@ def test_parameters_are_train_config_fields():
 
 
 def test_notebook_trains_and_writes_metrics(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch: tiny tensors, no thread contention
+    monkeypatch.setenv(
+        "OMP_NUM_THREADS", "1"
+    )  # the kernel's torch: tiny tensors, no thread contention
     out = tmp_path / "run"
     run = run_notebook("train_dora", out, {**TINY, "out_dir": str(out)}, html=False, progress=False)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -45,7 +47,11 @@ def test_notebook_trains_and_writes_metrics(tmp_path, monkeypatch):
     assert math.isfinite(metrics["final_loss"]) and metrics["images_per_second"] > 0
     assert (out / "checkpoint.pth").is_file() and (out / "log.jsonl").is_file()
     nb = json.loads(run.output.read_text())
-    images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    images = sum(
+        "image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", [])
+    )
     assert images >= 3  # objects before, training curves, objects after
-    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors

@@ -102,25 +102,35 @@ def test_dora_step_equals_a_frame_by_frame_loop(nets):
             ref.features["tokens"][:1].clone(), k=K_OBJ, heads=[2, 0, 3],
         )  # fmt: skip
         tracks = track_objects(found.prototypes, ref.features["keys"][None].clone())
-        torch.testing.assert_close(found.prototypes[0], out.discovery.prototypes[b], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            found.prototypes[0], out.discovery.prototypes[b], rtol=1e-4, atol=1e-5
+        )
         masks.append(tracks.masks[0])
     masks = torch.stack(masks)  # (B, T, k, gh, gw)
     assert torch.equal(masks, out.tracks.masks)
     views = masked_views(frames, masks, 16)  # (k, B, T, 3, S, S)
-    objects = torch.stack([torch.stack([student(views[j, :, t]) for t in range(T)]) for j in range(K_OBJ)])
-    local = torch.stack([torch.stack([student(data["local"][:, c, t]) for t in range(T)]) for c in range(N_LOCAL)])
+    objects = torch.stack(
+        [torch.stack([student(views[j, :, t]) for t in range(T)]) for j in range(K_OBJ)]
+    )
+    local = torch.stack(
+        [torch.stack([student(data["local"][:, c, t]) for t in range(T)]) for c in range(N_LOCAL)]
+    )
     ref_loss = DINOLoss(256, center_momentum=0.5)
     expected = ref_loss.forward_dora(objects, local, teacher_t, 0)
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours_loss.center, ref_loss.center)
-    torch.testing.assert_close(out.teacher_logits, teacher_t.reshape(T * B, -1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.teacher_logits, teacher_t.reshape(T * B, -1), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_dino_step_equals_per_view_loops(nets):
     student, teacher = nets
     data = batch(views=2, seed=2)
     out = dino_step(student, teacher, DINOLoss(256), data, epoch=0)
-    images = lambda v: data["global"][:, v].flatten(0, 1)  # (B*T, 3, S, S), clip-major  # noqa: E731
+    images = lambda v: data["global"][:, v].flatten(
+        0, 1
+    )  # (B*T, 3, S, S), clip-major  # noqa: E731
     with torch.no_grad():
         teacher_views = [teacher(images(v)) for v in range(2)]
     student_views = [student(images(v)) for v in range(2)]

@@ -91,8 +91,20 @@ def test_a_huge_learning_rate_is_stopped(tmp_path):
 def test_checkpoint_layout_and_loading(tmp_path):
     result = train(config(tmp_path, steps=2, seed=3), progress=False)
     state = torch.load(result.checkpoint, weights_only=True)  # plain tensors and containers
-    assert set(state) >= {"student", "teacher", "optimizer", "dino_loss", "step", "epoch", "config", "rng", "labkit_version"}
-    assert state["step"] == 2 and state["epoch"] == 1 and state["config"]["model_kwargs"]["depth"] == 2
+    assert set(state) >= {
+        "student",
+        "teacher",
+        "optimizer",
+        "dino_loss",
+        "step",
+        "epoch",
+        "config",
+        "rng",
+        "labkit_version",
+    }
+    assert (
+        state["step"] == 2 and state["epoch"] == 1 and state["config"]["model_kwargs"]["depth"] == 2
+    )
     assert all(k.startswith(("backbone.", "head.")) for k in state["teacher"])
     assert set(state["rng"]) >= {"torch", "numpy", "python", "data"}
     assert TrainConfig(**state["config"]) == config(tmp_path, steps=2, seed=3)
@@ -103,7 +115,9 @@ def test_checkpoint_layout_and_loading(tmp_path):
         expected = trainer.teacher.backbone.eval()(images)
         # labkit.models reads the teacher by default (architecture given by the caller) ...
         arch = dict(depth=2, embed_dim=64, num_heads=4)
-        model = load_backbone("vit_small_patch16_224", checkpoint=result.checkpoint, img_size=64, **arch)
+        model = load_backbone(
+            "vit_small_patch16_224", checkpoint=result.checkpoint, img_size=64, **arch
+        )
         torch.testing.assert_close(model(images), expected)
         # at timm's default img_size the position embedding is resampled (4x4 -> 14x14 -> 4x4)
         resampled = load_backbone("vit_small_patch16_224", checkpoint=result.checkpoint, **arch)
@@ -127,8 +141,12 @@ def test_logs_schedules_and_metrics(tmp_path):
     log = read_log(tmp_path / "log.jsonl")
     assert log == result.log and [r["step"] for r in log] == [1, 2, 3]
     assert set(LOG_COLUMNS) <= set(log[0])
-    assert [r["lr"] for r in log] == pytest.approx([cosine_schedule(s, 3, 1e-3, 1e-6, 2) for s in range(3)])
-    assert [r["momentum"] for r in log] == pytest.approx([cosine_schedule(s, 3, 0.996, 1.0) for s in range(3)])
+    assert [r["lr"] for r in log] == pytest.approx(
+        [cosine_schedule(s, 3, 1e-3, 1e-6, 2) for s in range(3)]
+    )
+    assert [r["momentum"] for r in log] == pytest.approx(
+        [cosine_schedule(s, 3, 0.996, 1.0) for s in range(3)]
+    )
     assert all(r["images_per_s"] > 0 and r["teacher_entropy"] >= 0 for r in log)
     rows = (tmp_path / "log.csv").read_text().splitlines()
     assert rows[0].split(",") == list(LOG_COLUMNS) and len(rows) == 4
@@ -143,8 +161,12 @@ def test_logs_schedules_and_metrics(tmp_path):
 
 
 def test_last_layer_frozen_for_the_first_epoch(tmp_path):
-    trainer = Trainer(config(tmp_path, steps=4, steps_per_epoch=2, freeze_last_layer=1), progress=False)
-    last = lambda: trainer.student.head.last_layer.parametrizations.weight.original1.detach().clone()  # noqa: E731
+    trainer = Trainer(
+        config(tmp_path, steps=4, steps_per_epoch=2, freeze_last_layer=1), progress=False
+    )
+    last = (
+        lambda: trainer.student.head.last_layer.parametrizations.weight.original1.detach().clone()
+    )  # noqa: E731
     other = lambda: trainer.student.head.mlp[0].weight.detach().clone()  # noqa: E731
     start, start_other = last(), other()
     trainer.fit(until=2)

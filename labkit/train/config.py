@@ -185,12 +185,16 @@ class TrainConfig:
         heads = self.heads
         if isinstance(heads, str):
             if heads != "random":
-                raise ValueError(f"heads must be 'random' or a list of k head indices, got {heads!r}")
+                raise ValueError(
+                    f"heads must be 'random' or a list of k head indices, got {heads!r}"
+                )
         else:
             if not isinstance(heads, (list, tuple)) or not all(
                 isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in heads
             ):
-                raise ValueError(f"heads must be 'random' or a list of head indices >= 0, got {heads!r}")
+                raise ValueError(
+                    f"heads must be 'random' or a list of head indices >= 0, got {heads!r}"
+                )
             if len(heads) != self.k:
                 raise ValueError(f"heads lists {len(heads)} heads but k is {self.k}")
             if len(set(heads)) != len(heads):
@@ -200,15 +204,30 @@ class TrainConfig:
         threshold = self.threshold
         if isinstance(threshold, str):
             if threshold not in ("mean", "batch_mean"):
-                raise ValueError(f"threshold must be 'mean', 'batch_mean' or a number in (0, 1], got {threshold!r}")
-        elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be 'mean', 'batch_mean' or a number in (0, 1], got {threshold!r}")
+                raise ValueError(
+                    f"threshold must be 'mean', 'batch_mean' or a number in (0, 1], got {threshold!r}"
+                )
+        elif (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not 0 < threshold <= 1
+        ):
+            raise ValueError(
+                f"threshold must be 'mean', 'batch_mean' or a number in (0, 1], got {threshold!r}"
+            )
 
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a timm architecture name, got {self.model!r}")
-        if not isinstance(self.model_kwargs, Mapping) or not all(isinstance(k, str) for k in self.model_kwargs):
-            raise ValueError(f"model_kwargs must be a mapping of timm argument names, got {self.model_kwargs!r}")
-        reserved = sorted({"img_size", "num_classes", "drop_path_rate", "dynamic_img_size"} & set(self.model_kwargs))
+        if not isinstance(self.model_kwargs, Mapping) or not all(
+            isinstance(k, str) for k in self.model_kwargs
+        ):
+            raise ValueError(
+                f"model_kwargs must be a mapping of timm argument names, got {self.model_kwargs!r}"
+            )
+        reserved = sorted(
+            {"img_size", "num_classes", "drop_path_rate", "dynamic_img_size"}
+            & set(self.model_kwargs)
+        )
         if reserved:
             raise ValueError(
                 f"model_kwargs must not set {reserved}: img_size and drop_path_rate are fields of "
@@ -218,7 +237,9 @@ class TrainConfig:
         if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             raise ValueError(f"checkpoint: {self.checkpoint!r} is not a file")
         if self.checkpoint and self.pretrained:
-            raise ValueError("checkpoint and pretrained both set; choose one source of initial weights")
+            raise ValueError(
+                "checkpoint and pretrained both set; choose one source of initial weights"
+            )
         if not isinstance(self.device, str) or not self.device.startswith(("cpu", "cuda", "mps")):
             raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'mps', got {self.device!r}")
         if not isinstance(self.out_dir, str) or not self.out_dir:
@@ -231,8 +252,10 @@ class TrainConfig:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else (
-                dict(value) if isinstance(value, Mapping) else value
+            out[f.name] = (
+                list(value)
+                if isinstance(value, tuple)
+                else (dict(value) if isinstance(value, Mapping) else value)
             )
         return out
 
@@ -260,7 +283,9 @@ def _check_names(values: Mapping[str, Any], source: str = "") -> None:
             hint = difflib.get_close_matches(str(key), names, n=1)
             where = f" in {source}" if source else ""
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ValueError(f"unknown config key {key!r}{where}{suggestion} (TrainConfig has: {', '.join(names)})")
+            raise ValueError(
+                f"unknown config key {key!r}{where}{suggestion} (TrainConfig has: {', '.join(names)})"
+            )
 
 
 def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -319,7 +344,9 @@ def load_config(
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, Mapping):
-            raise ValueError(f"config file {path} must hold a mapping of TrainConfig fields, got {type(loaded).__name__}")
+            raise ValueError(
+                f"config file {path} must hold a mapping of TrainConfig fields, got {type(loaded).__name__}"
+            )
         source = str(path)
         _check_names(loaded, source)
         values.update(loaded)

@@ -64,7 +64,9 @@ def _photometric(size: int, blur: float, solarize: float = 0.0) -> Any:
     from torchvision.transforms import v2
 
     steps = [
-        v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+        v2.RandomApply(
+            [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
+        ),
         v2.RandomGrayscale(p=0.2),
     ]
     if blur > 0:
@@ -133,7 +135,11 @@ class ClipDataset(Dataset):
                 f"{num_frames}, {frame_step}, {num_local}"
             )
         self.num_frames, self.frame_step, self.mode = int(num_frames), int(frame_step), mode
-        self.img_size, self.local_size, self.num_local = int(img_size), int(local_size), int(num_local)
+        self.img_size, self.local_size, self.num_local = (
+            int(img_size),
+            int(local_size),
+            int(num_local),
+        )
         self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
         self.decode_size, self.backend = decode_size, backend
         self.mean, self.std = tuple(mean), tuple(std)
@@ -189,7 +195,9 @@ class ClipDataset(Dataset):
             self._inherited = getattr(self, "_inherited", []) + [self._readers]
             self._readers, self._pid = {}, os.getpid()
         if video not in self._readers:
-            self._readers[video] = open_video(self.paths[video], size=self.sizes[video], backend=self.backend)
+            self._readers[video] = open_video(
+                self.paths[video], size=self.sizes[video], backend=self.backend
+            )
         return self._readers[video]
 
     def __getstate__(self) -> dict:
@@ -216,7 +224,12 @@ class ClipDataset(Dataset):
         def crop(size: int, scale: tuple[float, float]) -> Any:
             return v2.Compose(
                 [
-                    v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                    v2.RandomResizedCrop(
+                        size,
+                        scale=scale,
+                        interpolation=v2.InterpolationMode.BICUBIC,
+                        antialias=True,
+                    ),
                     v2.RandomHorizontalFlip(p=0.5),
                 ]
             )
@@ -234,7 +247,9 @@ class ClipDataset(Dataset):
                 _photometric(self.img_size, 0.1, solarize=0.2) if on else identity,
             ]
         self._local_colour = _photometric(self.local_size, 0.5) if on else identity
-        self._normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+        self._normalize = v2.Compose(
+            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        )
 
     def _views(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global (G, T, 3, S, S) and local (n, T, 3, s, s) views of a uint8 clip (T, 3, H, W)."""
@@ -254,7 +269,9 @@ class ClipDataset(Dataset):
         if self.num_local:
             local = torch.stack(
                 [
-                    torch.stack([self._local_colour(self._local_crop(clip[t])) for t in range(frames)])
+                    torch.stack(
+                        [self._local_colour(self._local_crop(clip[t])) for t in range(frames)]
+                    )
                     for _ in range(self.num_local)
                 ]
             )  # (n, T, 3, s, s)
@@ -273,9 +290,15 @@ class ClipDataset(Dataset):
         Returns:
             ``{"global": (G, T, 3, S, S), "local": (n, T, 3, s, s), "indices": (T,), "video": int}``.
         """
-        index, seed = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), int(item))
+        index, seed = (
+            (int(item[0]), int(item[1]))
+            if isinstance(item, (tuple, list))
+            else (int(item), int(item))
+        )
         video, indices, frames = self.read_clip(index)
-        clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
+        clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(
+            0, 3, 1, 2
+        )  # (T, 3, H, W) uint8
         threads = torch.get_num_threads()
         # many small image ops: intra-op threads cost more than they give (3x slower on 2 cores)
         torch.set_num_threads(1)
@@ -310,7 +333,15 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """
 
     def __init__(
-        self, num_clips: int, batch_size: int, *, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1
+        self,
+        num_clips: int,
+        batch_size: int,
+        *,
+        seed: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if num_clips < 1 or batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(

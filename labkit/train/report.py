@@ -135,7 +135,9 @@ def _colours(k: int) -> np.ndarray:
     return _RGB[:k] if k <= 3 else palette(k)
 
 
-def objects_to_rgb(maps: torch.Tensor | np.ndarray, size: tuple[int, int], patch_size: int) -> np.ndarray:
+def objects_to_rgb(
+    maps: torch.Tensor | np.ndarray, size: tuple[int, int], patch_size: int
+) -> np.ndarray:
     """k object maps as one colour image per frame (k = 3: red, green, blue, as heads_to_rgb).
 
     Each map is min-max normalised per frame and tinted with its object's colour; colours add
@@ -207,7 +209,10 @@ def plot_objects(objects: ClipObjects, title: str | None = None, max_frames: int
     for j in range(objects.k):
         rows.append(list(views[j]))
         names.append(f"object {j} (head {objects.heads[j]})")
-    col_titles = [f"frame {int(objects.indices[c])}" if objects.indices is not None else f"t={c}" for c in cols]
+    col_titles = [
+        f"frame {int(objects.indices[c])}" if objects.indices is not None else f"t={c}"
+        for c in cols
+    ]
     return plot_grid(rows, row_titles=names, col_titles=col_titles, panel_size=1.8, suptitle=title)
 
 

@@ -42,7 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.attention import _block_index, _check_model, _cls_row, _grid, _run_block_keeping_qkv, _split_qkv, _tokens_before
+from labkit.attention import (
+    _block_index,
+    _check_model,
+    _cls_row,
+    _grid,
+    _run_block_keeping_qkv,
+    _split_qkv,
+    _tokens_before,
+)
 from labkit.losses import DINOHead, DINOLoss
 from labkit.models import patch_size as model_patch_size
 from labkit.tracking import Discovery, Tracks, discover_objects, masked_views, track_objects
@@ -73,7 +81,9 @@ class MultiCropNetwork(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, views: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    def forward(
+        self, views: torch.Tensor | Sequence[torch.Tensor]
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Head outputs of one (M, 3, H, W) batch, or of a list of batches of any sizes.
 
         Returns:
@@ -110,17 +120,25 @@ def build_networks(config: Any) -> tuple[MultiCropNetwork, MultiCropNetwork]:
         **config.model_kwargs,
     )
     if not config.pretrained:
-        backbone.pretrained_cfg = {**(backbone.pretrained_cfg or {}), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        backbone.pretrained_cfg = {
+            **(backbone.pretrained_cfg or {}),
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+        }
     if config.method == "dora":
         _check_model(backbone, attention=True)
         heads = backbone.blocks[-1].attn.num_heads
         needed = max(config.heads) + 1 if isinstance(config.heads, tuple) else config.k
         if needed > heads:
-            raise ValueError(f"k / heads: the model has {heads} attention heads, the config needs {needed}")
+            raise ValueError(
+                f"k / heads: the model has {heads} attention heads, the config needs {needed}"
+            )
     p = model_patch_size(backbone)
     for name in ("img_size", "local_size"):
         if getattr(config, name) % p:
-            raise ValueError(f"{name} {getattr(config, name)} must be a multiple of the patch size {p}")
+            raise ValueError(
+                f"{name} {getattr(config, name)} must be a multiple of the patch size {p}"
+            )
     head = DINOHead(
         backbone.embed_dim,
         config.out_dim,
@@ -254,7 +272,9 @@ class StepOutput:
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    return (
+        torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
 
 
 def dora_step(
@@ -291,7 +311,9 @@ def dora_step(
     """
     frames_in = batch["global"]
     if frames_in.ndim != 6 or frames_in.shape[1] != 1:
-        raise ValueError(f"dora_step: batch['global'] must be (B, 1, T, 3, S, S), got {tuple(frames_in.shape)}")
+        raise ValueError(
+            f"dora_step: batch['global'] must be (B, 1, T, 3, S, S), got {tuple(frames_in.shape)}"
+        )
     frames = frames_in[:, 0]  # (B, T, 3, S, S)
     clips, num_frames = frames.shape[:2]
     local = batch["local"]  # (B, n, T, 3, s, s)
@@ -300,12 +322,19 @@ def dora_step(
     with _autocast(frames.device, autocast_dtype):
         teacher_out = teacher_forward(teacher, frames.flatten(0, 1))  # rows (B*T), clip-major
     out_dim = teacher_out.logits.shape[-1]
-    teacher_logits = teacher_out.logits.float().reshape(clips, num_frames, out_dim).transpose(0, 1)  # (T, B, K)
+    teacher_logits = (
+        teacher_out.logits.float().reshape(clips, num_frames, out_dim).transpose(0, 1)
+    )  # (T, B, K)
     center = loss_fn.center.detach().clone()
-    if not all(torch.isfinite(t).all() for t in (teacher_out.logits, teacher_out.queries, teacher_out.tokens)):
+    if not all(
+        torch.isfinite(t).all()
+        for t in (teacher_out.logits, teacher_out.queries, teacher_out.tokens)
+    ):
         # a diverged teacher: nothing to discover; a NaN loss lets the caller stop cleanly
         nan = teacher_out.logits.new_full((), float("nan"))
-        return StepOutput(nan, teacher_logits.reshape(-1, out_dim), center, None, None, clips * num_frames)
+        return StepOutput(
+            nan, teacher_logits.reshape(-1, out_dim), center, None, None, clips * num_frames
+        )
     discovery, tracks = discover_and_track(
         teacher_out, clips, k=k, heads=heads, sinkhorn=sinkhorn, epsilon=epsilon,
         iterations=iterations, threshold=threshold, generator=generator,
@@ -318,9 +347,13 @@ def dora_step(
     with _autocast(frames.device, autocast_dtype):
         outputs = student(inputs)
     student_objects = outputs[0].float().reshape(k, num_frames, clips, out_dim)  # (k, T, B, K)
-    student_local = outputs[1].float().reshape(num_local, num_frames, clips, out_dim) if num_local else None
+    student_local = (
+        outputs[1].float().reshape(num_local, num_frames, clips, out_dim) if num_local else None
+    )
     loss = loss_fn.forward_dora(student_objects, student_local, teacher_logits, epoch)
-    return StepOutput(loss, teacher_logits.reshape(-1, out_dim), center, discovery, tracks, clips * num_frames)
+    return StepOutput(
+        loss, teacher_logits.reshape(-1, out_dim), center, discovery, tracks, clips * num_frames
+    )
 
 
 def dino_step(
@@ -343,7 +376,9 @@ def dino_step(
     """
     global_in = batch["global"]
     if global_in.ndim != 6 or global_in.shape[1] != 2:
-        raise ValueError(f"dino_step: batch['global'] must be (B, 2, T, 3, S, S), got {tuple(global_in.shape)}")
+        raise ValueError(
+            f"dino_step: batch['global'] must be (B, 2, T, 3, S, S), got {tuple(global_in.shape)}"
+        )
     clips, _, num_frames = global_in.shape[:3]
     rows = clips * num_frames
     local = batch["local"]
@@ -357,7 +392,9 @@ def dino_step(
             teacher_logits = teacher(global_views)  # (2*B*T, K)
         outputs = student(inputs)
     out_dim = teacher_logits.shape[-1]
-    student_views = torch.cat(outputs).float().reshape(2 + num_local, rows, out_dim)  # (2 + n, R, K)
+    student_views = (
+        torch.cat(outputs).float().reshape(2 + num_local, rows, out_dim)
+    )  # (2 + n, R, K)
     teacher_views = teacher_logits.float().reshape(2, rows, out_dim)  # (2, R, K)
     center = loss_fn.center.detach().clone()
     loss = loss_fn(student_views, teacher_views, epoch)
@@ -365,7 +402,9 @@ def dino_step(
 
 
 @torch.no_grad()
-def teacher_statistics(logits: torch.Tensor, center: torch.Tensor, temperature: float) -> dict[str, float]:
+def teacher_statistics(
+    logits: torch.Tensor, center: torch.Tensor, temperature: float
+) -> dict[str, float]:
     """Collapse signals of the centred, sharpened teacher distribution ``q = softmax((t - c) / tau)``.
 
     * ``teacher_entropy``: mean over rows of ``H(q_r)`` in nats. Near ``log K``: every output

@@ -55,7 +55,13 @@ import torch.distributed as dist
 
 from labkit.train.config import ARCHITECTURE_FIELDS, TrainConfig
 from labkit.train.data import ClipDataset, StepBatchSampler, preview_clip, step_seed
-from labkit.train.step import build_networks, dino_step, dora_step, teacher_statistics, update_teacher
+from labkit.train.step import (
+    build_networks,
+    dino_step,
+    dora_step,
+    teacher_statistics,
+    update_teacher,
+)
 
 __all__ = [
     "Trainer",
@@ -88,7 +94,9 @@ class TrainingDiverged(RuntimeError):
 
     def __init__(self, step: int, loss: float, checkpoint: Path | None) -> None:
         self.step, self.loss, self.checkpoint = step, loss, checkpoint
-        where = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written yet"
+        where = (
+            f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written yet"
+        )
         super().__init__(
             f"loss is {loss} at step {step}; training stopped before updating the weights "
             f"({where}). Lower lr, raise warmup_epochs or clip_grad, or check the data."
@@ -223,7 +231,9 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         self.last_checkpoint: Path | None = None
-        with torch.random.fork_rng(devices=[]):  # same initial weights on every rank, no side effect
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # same initial weights on every rank, no side effect
             torch.manual_seed(config.seed)
             self.student, self.teacher = build_networks(config)
         self.student.to(self.device)
@@ -259,7 +269,9 @@ class Trainer:
         else:
             self._truncate_logs(0)  # a fresh run does not append to an old run's log
 
-        if config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda"):
+        if config.precision == "bf16" or (
+            config.precision == "auto" and self.device.type == "cuda"
+        ):
             self.autocast_dtype: torch.dtype | None = torch.bfloat16
         else:
             self.autocast_dtype = None
@@ -311,7 +323,11 @@ class Trainer:
             group["lr"] = values["lr"]
             if i == 0:  # only the first group is regularised
                 group["weight_decay"] = values["wd"]
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        batch = {
+            k: v.to(self.device, non_blocking=True)
+            for k, v in batch.items()
+            if isinstance(v, torch.Tensor)
+        }
         torch.manual_seed(step_seed(cfg.seed, step, self.rank))  # stochastic depth of this step
         start = self._last_time if self._last_time is not None else time.perf_counter()
         if cfg.method == "dora":
@@ -324,7 +340,11 @@ class Trainer:
             )  # fmt: skip
         else:
             out = dino_step(
-                self._student_run, self.teacher, self.loss_fn, batch, epoch=epoch,
+                self._student_run,
+                self.teacher,
+                self.loss_fn,
+                batch,
+                epoch=epoch,
                 autocast_dtype=self.autocast_dtype,
             )
         loss_value = out.loss.detach().float().clone()
@@ -411,7 +431,9 @@ class Trainer:
                             callback(record, self)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+                        bar.set_postfix(
+                            loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}"
+                        )
                     every = self.config.checkpoint_every
                     if every and self.step % every == 0 and self.step < stop:
                         self.save_checkpoint()
@@ -460,7 +482,9 @@ class Trainer:
         if is_headless():  # papermill / scripts: a plain bar that prints rarely
             from tqdm import tqdm
 
-            return tqdm(total=stop, initial=first, desc=self.config.method, unit="step", mininterval=10.0)
+            return tqdm(
+                total=stop, initial=first, desc=self.config.method, unit="step", mininterval=10.0
+            )
         from tqdm.auto import tqdm
 
         return tqdm(total=stop, initial=first, desc=self.config.method, unit="step")
@@ -531,7 +555,11 @@ class Trainer:
         """
         path = Path(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        missing = [k for k in ("student", "teacher", "optimizer", "dino_loss", "step", "config") if k not in state]
+        missing = [
+            k
+            for k in ("student", "teacher", "optimizer", "dino_loss", "step", "config")
+            if k not in state
+        ]
         if missing:
             raise ValueError(f"{path} is not a labkit training checkpoint (no {missing})")
         ours = self.config.to_dict()
@@ -634,7 +662,9 @@ def load_trained(
     state = torch.load(path, map_location="cpu", weights_only=True)
     config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict) or "model" not in config:
-        raise ValueError(f"load_trained: {path} has no labkit config; use labkit.models.load_backbone")
+        raise ValueError(
+            f"load_trained: {path} has no labkit config; use labkit.models.load_backbone"
+        )
     return load_backbone(
         config["model"], checkpoint=path, which=which, device=device,
         img_size=config["img_size"], **config.get("model_kwargs", {}),
