@@ -503,7 +503,7 @@ def test_report(synthetic_result, tmp_path: Path) -> None:
     assert rows[0]["model"] == "tiny" and "k-NN top-1" not in rows[0]
     assert html_table(rows).count("<tr>") == 2 and "<td>tiny</td>" in html_table(rows)
     md = markdown_table(sequence_rows(synthetic_result.models[0]))
-    assert md.count("\n") == 4 and "| synthetic |" in md and "| mean |" in md
+    assert md.count("\n") == 4 and "| synthetic |" in md and "| mean over sequences |" in md
     assert bar_metrics(synthetic_result) == [
         "J&F", "attn best head J", "DoRA best object J", "k-means clip_hungarian mIoU"]
     assert isinstance(plot_sequence_bars(synthetic_result, "J"), Figure)

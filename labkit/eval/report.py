@@ -56,12 +56,25 @@ def summary_rows(result: EvalResult, columns: Sequence[str] | None = SUMMARY_COL
 
 
 def sequence_rows(model: ModelResult, columns: Sequence[str] | None = None) -> list[dict]:
-    """One row per sequence for one model, plus a final ``mean`` row (the model's summary)."""
+    """One row per sequence for one model, plus a last row of column means over sequences.
+
+    (The model's summary differs where it should: DAVIS J&F weighs every object once, and its
+    attention ``best head`` is the one head best over all sequences.)
+    """
     rows = [s.row() for s in model.sequences]
     if rows:
-        summary = model.summary()
-        mean = {"sequence": "mean", "frames": sum(r["frames"] for r in rows), "objects": ""}
-        mean.update({k: summary.get(k) for k in rows[0] if k not in mean and k in summary})
+        mean: dict[str, Any] = {"sequence": "mean over sequences"}
+        for key in rows[0]:
+            if key == "sequence":
+                continue
+            values = [r.get(key) for r in rows]
+            if key in ("frames", "seconds"):
+                mean[key] = sum(v for v in values if v is not None)
+            elif key in ("objects", "attn best head"):
+                mean[key] = None
+            else:
+                finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+                mean[key] = float(np.mean(finite)) if finite else None
         rows.append(mean)
     return _select(rows, columns)
 
