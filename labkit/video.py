@@ -539,6 +539,7 @@ class DecordVideo(Video):
     def _frame0_ok(self, reader) -> bool:
         try:
             frame = reader.get_batch([0]).asnumpy()
+            reader.seek(0)  # stop decord's read-ahead (see _read)
         except Exception:
             return False
         return frame.shape == (1, *self._decode_size(), 3) and frame.dtype == np.uint8
@@ -552,6 +553,12 @@ class DecordVideo(Video):
         try:
             reader = self._reader if self._reader is not None else self._open_reader()
             frames = reader.get_batch(indices.tolist()).asnumpy()  # (U, h, w, 3)
+            # After get_batch, decord's decoder keeps decoding ahead in the background and keeps
+            # every frame it decodes: left alone it holds the rest of the video in memory (about
+            # 100 MB/s of growth at 480p, the whole file in the end). Seeking back to frame 0
+            # stops it; the next read seeks to its own keyframe anyway. Memory stays bounded by
+            # the clip being read, at the price of sequential reads re-seeking.
+            reader.seek(0)
             if frames.shape != (len(indices), *self._decode_size(), 3):
                 raise RuntimeError(f"decord returned frames of shape {frames.shape}")
         except VideoError:
