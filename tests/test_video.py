@@ -515,3 +515,23 @@ def test_davis2016_sequence(davis_root):
     small_video, small_masks = davis_sequence(davis_root, "car-shadow", size=240)
     assert small_video.size == small_masks.shape[1:] == (240, 428)
     assert small_video.get([0, 39]).shape == (2, 240, 428, 3)
+
+
+def test_decord_does_not_read_ahead_into_memory(tour_video) -> None:
+    """decord keeps decoding after a read unless stopped; the reader must not grow while idle."""
+    import time
+
+    pytest.importorskip("decord")
+
+    def rss_mb() -> float:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    with open_video(tour_video, backend="decord") as video:
+        video.get([100, 101, 102])
+        before = rss_mb()
+        time.sleep(1.5)  # unchecked, decord fills ~100 MB/s of decoded 480p frames here
+        grown = rss_mb() - before
+    assert grown < 60, f"memory grew by {grown:.0f} MB while the reader was idle"
