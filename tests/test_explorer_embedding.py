@@ -124,25 +124,26 @@ def points_message(event: str, xs, ys, inds, selector: bool = False) -> dict:
 
 
 def test_widget_events_from_the_browser() -> None:
-    """The messages plotly's front end sends for a lasso, a click on a point and a click on the frame."""
+    """The messages the front end sends: plotly's for a lasso and a click on a point, ipyevents'
+    for a click on the frame (pixel coordinates in the image's own resolution)."""
     frames, feats, segments = labelled_clip()
     view = EmbeddingView(frames, feats, segments, patch_size=P, max_points=60)
     view.widget()
-    scatter, image = view._ui["scatter"], view._ui["image"]
-    before = image.data[0].source
+    scatter, image, events = view._ui["scatter"], view._ui["image"], view._ui["events"]
+    before = image.value
     scatter._handler_js2py_pointsCallback({"new": points_message("plotly_selected", [0, 0, 0], [0, 0, 0], [4, 9, 13], True)})
     np.testing.assert_array_equal(view.selected_patches(), view.shown.index[[4, 9, 13]])
     assert "3 patches selected" in view._ui["summary"].value
-    assert image.data[0].source != before and view._ui["strip"].layout.display != "none"
+    assert image.value != before and view._ui["strip"].layout.display != "none"
 
     t, i, j = (int(v) for v in view.shown.index[30])
     scatter._handler_js2py_pointsCallback({"new": points_message("plotly_click", [0.0], [0.0], [30])})
     assert view.clicked == (t, i, j) and view.frame == t and view._ui["frame"].value == t
     assert list(scatter.data[1].x) == [view.shown.coords[30, 0]]
 
-    image._handler_js2py_pointsCallback({"new": points_message("plotly_click", [2 * P + 3.0], [P + 1.0], [[P + 1, 2 * P + 3]])})
+    events._handle_mouse_msg(None, {"type": "click", "dataX": 2 * P + 3, "dataY": P + 1, "relativeX": 77}, None)
     assert view.clicked == (t, 1, 2)
-    assert f"patch (1, 2) of frame {t}" in image.layout.title.text
+    assert f"patch (1, 2) of frame {t}" in view._ui["image_title"].value
 
     view._ui["color_by"].value = "frame"
     np.testing.assert_array_equal(scatter.data[0].marker.color, view.shown.index[:, 0])

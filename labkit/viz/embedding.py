@@ -6,9 +6,12 @@ box selection of points fills the selected patches on the frames (yellow) and li
 hold them, with a strip of those frames; clicking a patch of the frame rings its point (cyan), and
 clicking a point jumps to its frame and outlines its patch.
 
-How a click on the frame becomes a patch: the frame is an image trace in a plotly FigureWidget
-(an ``ipywidgets.Image`` reports no coordinates), whose click event gives the pixel (x, y); the
-patch is ``(y // p, x // p)``. Selections give point indices, and point ``q`` is patch
+How a click on the frame becomes a patch: the frame is an ``ipywidgets.Image`` (JPEG, like the
+explorer's panels) watched by an ``ipyevents.Event``, whose click message gives the pixel (x, y)
+in the image's own resolution (``dataX``, ``dataY``) whatever its size on screen; the patch is
+``(y // p, x // p)``. (A plotly image trace would give (x, y) too, but plotly 7's FigureWidget
+stops forwarding clicks on image traces once Python has updated the figure, which the view does
+on every frame change; selections on the scatter are not affected.) Selections give point indices, and point ``q`` is patch
 ``embedding.index[q]`` exactly (:class:`labkit.embedding.PatchEmbedding`; subsampling rule in
 :mod:`labkit.embedding`).
 
@@ -406,8 +409,9 @@ class EmbeddingView:
 
     # ---- widgets --------------------------------------------------------------------------
     def widget(self) -> Any:
-        """The ipywidgets app (built once): method, colouring, frame slider, the embedding and
-        frame FigureWidgets, the selection summary and strip. UMAP starts in the background."""
+        """The ipywidgets app (built once): method, colouring, frame slider, the embedding (plotly
+        FigureWidget), the clickable frame, the selection summary and strip. UMAP starts in the
+        background."""
         if self._ui:
             return self._ui["app"]
         import ipywidgets as w
@@ -424,6 +428,7 @@ class EmbeddingView:
                                   continuous_update=True, layout=w.Layout(width="420px"))
         ui["clear"] = w.Button(description="clear selection", layout=w.Layout(width="140px"))
         ui["note"] = w.HTML("")
+        ui["scatter_title"] = w.HTML("")
         ui["summary"] = w.HTML("")
         ui["strip"] = w.Image(format="jpeg", layout=w.Layout(max_width="100%"))
         scatter = go.FigureWidget(
@@ -435,19 +440,20 @@ class EmbeddingView:
                                    "line": {"width": 3, "color": _hex(CLICKED_RGB)}}),
             ],
             layout=go.Layout(width=460, height=460, dragmode="lasso", showlegend=False,
-                             margin={"l": 10, "r": 10, "t": 30, "b": 10}, title={"text": "", "font": {"size": 12}},
+                             margin={"l": 10, "r": 10, "t": 30, "b": 10},
                              xaxis={"visible": False}, yaxis={"visible": False}),
         )
         scale = max(1.0, 420 / width)
-        image = go.FigureWidget(
-            data=[go.Image(source=_data_uri(self.render_frame()), x0=0, dx=1, y0=0, dy=1,
-                           hovertemplate="x %{x}, y %{y}<extra></extra>")],
-            layout=go.Layout(width=int(width * scale) + 20, height=int(height * scale) + 40,
-                             margin={"l": 10, "r": 10, "t": 30, "b": 10}, dragmode=False,
-                             title={"text": "", "font": {"size": 12}},
-                             xaxis={"visible": False, "range": [-0.5, width - 0.5]},
-                             yaxis={"visible": False, "range": [height - 0.5, -0.5], "scaleanchor": "x"}),
-        )
+        image = w.Image(format="jpeg", layout=w.Layout(width=f"{int(width * scale)}px"))
+        image.add_class("labkit-embedding-frame")
+        ui["image_title"] = w.HTML("")
+        try:
+            from ipyevents import Event
+
+            ui["events"] = Event(source=image, watched_events=["click"], prevent_default_action=True)
+        except ImportError:  # clicks need ipyevents; everything else works without it
+            ui["events"] = None
+            ui["image_title"].value = "<small>(install ipyevents to click on patches)</small>"
         ui["scatter"], ui["image"] = scatter, image
 
         def on_selection(trace: Any, points: Any, selector: Any) -> None:
@@ -460,14 +466,15 @@ class EmbeddingView:
             if points.point_inds:
                 self.click_point(int(points.point_inds[0]))
 
-        def on_image_click(trace: Any, points: Any, state: Any) -> None:
-            if points.xs:
-                self.click_pixel(float(points.xs[0]), float(points.ys[0]))
+        def on_image_click(event: dict[str, Any]) -> None:
+            if event.get("type") == "click" and "dataX" in event:
+                self.click_pixel(float(event["dataX"]), float(event["dataY"]))
 
         scatter.data[0].on_selection(on_selection)
         scatter.data[0].on_deselect(on_deselect)
         scatter.data[0].on_click(on_point_click)
-        image.data[0].on_click(on_image_click)
+        if ui["events"] is not None:
+            ui["events"].on_dom_event(on_image_click)
 
         def on_frame(change: Any) -> None:
             self.frame = int(change["new"])
@@ -488,7 +495,8 @@ class EmbeddingView:
             w.HBox([ui["method"], ui["color_by"]]),
             w.HBox([ui["frame"], ui["clear"]]),
             ui["note"],
-            w.HBox([scatter, image]),
+            w.HBox([w.VBox([ui["scatter_title"], scatter]), w.VBox([ui["image_title"], image])],
+                   layout=w.Layout(align_items="flex-start")),
             ui["summary"],
             ui["strip"],
         ])
@@ -526,7 +534,7 @@ class EmbeddingView:
             ui["scatter"].data[0].x = emb.coords[:, 0]
             ui["scatter"].data[0].y = emb.coords[:, 1]
             ui["scatter"].data[0].text = text
-            ui["scatter"].layout.title.text = self._title()
+        ui["scatter_title"].value = f"<b>{self._title()}</b>"
         self._update_colors()
         self._update_clicked()
         n, total = len(emb), emb.total_patches
@@ -558,22 +566,22 @@ class EmbeddingView:
 
     def _update_frames(self) -> None:
         """The frame with its highlights, the selection summary and strip."""
+        from labkit.viz.explorer import encode_image
+
         ui = self._ui
-        ui["image"].data[0].source = _data_uri(self.render_frame())
+        ui["image"].value = encode_image(self.render_frame(), "jpeg")
         clicked = ""
         if self.clicked is not None:
             t, i, j = self.clicked
             q = self.shown.point_of(t, i, j)
             where = f"point {q}" if q is not None else "not among the sampled points"
             clicked = f" | clicked patch ({i}, {j}) of frame {self.indices[t]}: {where}"
-        ui["image"].layout.title.text = f"frame {self.indices[self.frame]}{clicked}"
+        ui["image_title"].value = f"<b>frame {self.indices[self.frame]}</b>{clicked}"
         ui["summary"].value = f"<small>{self.selection_summary()}</small>"
         strip = self.render_strip()
         if strip is None:
             ui["strip"].layout.display = "none"
         else:
-            from labkit.viz.explorer import encode_image
-
             ui["strip"].value = encode_image(strip, "jpeg")
             ui["strip"].layout.display = None
 

@@ -201,7 +201,8 @@ class AttentionExplorer:
         layer, heads, k, alpha, sinkhorn: the initial state (see :class:`ExplorerState`).
         device: where the model runs.
         batch_size: frames per forward pass while the cache fills.
-        seed: k-means and embedding seed.
+        seed: k-means and embedding seed, and the seed of the random weights of a model given by
+            name without a checkpoint (the global torch RNG is left as it was).
         progress: a progress bar while a layer is extracted (tqdm outside the app).
         image_format: how the app sends panels to the browser, ``"jpeg"`` (smaller, faster) or
             ``"png"`` (lossless).
@@ -238,7 +239,9 @@ class AttentionExplorer:
         from labkit.models import load_backbone, patch_size
 
         if isinstance(model, str):
-            model = load_backbone(model, checkpoint=checkpoint or None, device=device, **(model_kwargs or {}))
+            with torch.random.fork_rng(devices=[]):  # random weights: the same for the same seed
+                torch.manual_seed(int(seed))
+                model = load_backbone(model, checkpoint=checkpoint or None, device=device, **(model_kwargs or {}))
         if not hasattr(model, "blocks"):
             raise ValueError(f"model must be a timm ViT (from labkit.models.load_backbone), got {type(model).__name__}")
         if image_format not in ("jpeg", "png"):
