@@ -200,7 +200,8 @@ def main(argv=None) -> int:
     for name, r in panel_ms.items():
         print(f"| render panel '{name}' | {r['n']} | {r['median_ms']} | {r['p95_ms']} | {r['max_ms']} |")
     for fmt, r in enc.items():
-        print(f"| encode one panel, {fmt} ({r['bytes']} bytes) | {r['n']} | {r['median_ms']} | {r['p95_ms']} | {r['max_ms']} |")
+        print(f"| encode one panel, {fmt} ({r['bytes']} bytes) | {r['n']} | {r['median_ms']} | {r['p95_ms']} "
+              f"| {r['max_ms']} |")
     print("\n| one-off | seconds |")
     print("| --- | --- |")
     for k, v in result["seconds"].items():

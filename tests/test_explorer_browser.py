@@ -205,7 +205,8 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
                     "() => document.querySelector('.labkit-embedding').textContent.includes('clicked patch')")
                 plots = emb.locator(".js-plotly-plot")
                 box = plots.nth(0).locator(".nsewdrag").first.bounding_box()
-                cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, min(box["width"], box["height"]) * 0.45
+                cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+                r = min(box["width"], box["height"]) * 0.45  # a lasso around most of the plot
                 page.mouse.move(cx - r, cy - r)
                 page.mouse.down()
                 for x, y in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r + 2)):

@@ -131,7 +131,8 @@ def test_widget_events_from_the_browser() -> None:
     view.widget()
     scatter, image, events = view._ui["scatter"], view._ui["image"], view._ui["events"]
     before = image.value
-    scatter._handler_js2py_pointsCallback({"new": points_message("plotly_selected", [0, 0, 0], [0, 0, 0], [4, 9, 13], True)})
+    lasso = points_message("plotly_selected", [0, 0, 0], [0, 0, 0], [4, 9, 13], selector=True)
+    scatter._handler_js2py_pointsCallback({"new": lasso})
     np.testing.assert_array_equal(view.selected_patches(), view.shown.index[[4, 9, 13]])
     assert "3 patches selected" in view._ui["summary"].value
     assert image.value != before and view._ui["strip"].layout.display != "none"
@@ -158,7 +159,8 @@ def test_html_export(tmp_path: Path) -> None:
     view = EmbeddingView(frames, feats, segments, patch_size=P, max_points=60, indices=[10, 12, 14, 16, 18])
     inline = view.write_html(tmp_path / "share" / "embedding.html")
     text = inline.read_text()
-    assert len(text) > 3_000_000 and "plotly_selected" in text and "data:image\\u002fjpeg;base64," in text  # plotly escapes "/" in its JSON
+    assert len(text) > 3_000_000 and "plotly_selected" in text  # plotly.js inlined, the selection script
+    assert "data:image\\u002fjpeg;base64," in text  # the frames (plotly escapes "/" in its JSON)
     cdn = view.write_html(tmp_path / "cdn.html", include_plotlyjs="cdn")
     assert cdn.stat().st_size < 1_000_000 and "cdn.plot.ly" in cdn.read_text()
     fig = view.plotly_figure()

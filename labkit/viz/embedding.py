@@ -11,9 +11,9 @@ explorer's panels) watched by an ``ipyevents.Event``, whose click message gives 
 in the image's own resolution (``dataX``, ``dataY``) whatever its size on screen; the patch is
 ``(y // p, x // p)``. (A plotly image trace would give (x, y) too, but plotly 7's FigureWidget
 stops forwarding clicks on image traces once Python has updated the figure, which the view does
-on every frame change; selections on the scatter are not affected.) Selections give point indices, and point ``q`` is patch
-``embedding.index[q]`` exactly (:class:`labkit.embedding.PatchEmbedding`; subsampling rule in
-:mod:`labkit.embedding`).
+on every frame change; selections on the scatter are not affected.) Selections give point
+indices, and point ``q`` is patch ``embedding.index[q]`` exactly
+(:class:`labkit.embedding.PatchEmbedding`; subsampling rule in :mod:`labkit.embedding`).
 
 UMAP runs in a background thread in the live app (PCA is shown meanwhile, with a note: the first
 UMAP in a kernel compiles numba code); headless, it runs in the foreground.
@@ -600,7 +600,8 @@ class EmbeddingView:
             return
         if self._thread is not None and self._thread.is_alive():
             return
-        first = "" if umap_warmed_up() else " The first UMAP in this kernel also compiles numba code (about a minute on 2 CPU cores)."
+        first = ("" if umap_warmed_up() else
+                 " The first UMAP in this kernel also compiles numba code (about a minute on 2 CPU cores).")
         self.note = f"UMAP: computing in the background, PCA shown meanwhile.{first}"
         self._update_points()
 
