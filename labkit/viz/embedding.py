@@ -140,10 +140,11 @@ class EmbeddingView:
 
     @property
     def shown(self) -> PatchEmbedding:
-        """The embedding on screen: the view's method once computed, PCA while UMAP is running."""
+        """The embedding on screen: the view's method once computed; in the live app PCA until
+        the background UMAP is done (headless, UMAP is computed here, in the foreground)."""
         if self.method in self._embeddings:
             return self._embeddings[self.method]
-        if self._thread is not None and self._thread.is_alive():
+        if self._ui:
             return self.embedding("pca")
         return self.embedding()
 
