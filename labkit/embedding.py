@@ -17,16 +17,19 @@ or box selection in the embedding goes back to the frames.
 
 UMAP (umap-learn) runs on the first ``pca_dims`` principal components of the sampled features
 (the usual denoising step; it also makes the neighbour search cheaper). Its first call in a
-process compiles numba code, which takes tens of seconds on a laptop CPU;
-:func:`umap_warmed_up` says whether that has been paid in this process, and the interactive view
-(:mod:`labkit.viz.embedding`) runs UMAP in the background with a note while it does.
+process compiles numba code, which takes tens of seconds on a laptop CPU and holds Python's GIL
+while it does. :func:`embed_patches_in_worker` therefore runs UMAP in one persistent worker
+process (spawned on first use): the compile is paid once per session, and the notebook's kernel
+stays responsive meanwhile (the interactive view, :mod:`labkit.viz.embedding`, uses it and shows a
+note); :func:`umap_warmed_up` says whether the compile has been paid.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,6 +38,7 @@ __all__ = [
     "PatchEmbedding",
     "sample_patches",
     "embed_patches",
+    "embed_patches_in_worker",
     "umap_2d",
     "umap_warmed_up",
 ]
@@ -42,7 +46,8 @@ __all__ = [
 Method = Literal["pca", "umap"]
 
 _umap_lock = threading.Lock()  # numba compilation is not meant to run twice at once
-_umap_runs = 0  # UMAP fits finished in this process (0: the next one pays the numba compile)
+_umap_runs = 0  # UMAP fits finished in this process or its worker (0: the next pays the compile)
+_worker: Any = None  # the process that runs UMAP for embed_patches_in_worker, started on first use
 
 
 def sample_patches(
@@ -238,3 +243,77 @@ def embed_patches(
         coords=coords, index=index, grid=(int(gh), int(gw)), num_frames=int(T), method=method,
         seconds=time.perf_counter() - start,
     )
+
+
+def _umap_worker() -> Any:
+    global _worker
+    if _worker is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the parent is a kernel with threads (and maybe torch's thread pools)
+        _worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    return _worker
+
+
+def embed_patches_in_worker(
+    features: torch.Tensor | np.ndarray,
+    *,
+    max_points: int = 3000,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    pca_dims: int = 50,
+) -> Future:
+    """UMAP of :func:`embed_patches` in a separate, persistent worker process.
+
+    The patches are sampled here (only the (n, D) sample travels to the worker); the worker
+    compiles UMAP's numba code on its first call and keeps it for later calls. Where no process
+    can be started, the fit runs in a thread of this process instead.
+
+    Args:
+        features: (T, gh, gw, D) patch features.
+        max_points, seed, n_neighbors, min_dist, pca_dims: as in :func:`embed_patches`.
+
+    Returns:
+        A ``concurrent.futures.Future`` of the :class:`PatchEmbedding` (method ``"umap"``).
+    """
+    import time
+
+    feats = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    if feats.ndim != 4:
+        raise ValueError(f"embed_patches_in_worker: features must be (T, gh, gw, D), got {tuple(feats.shape)}")
+    T, gh, gw, _ = feats.shape
+    index = sample_patches(T, (gh, gw), max_points, seed)
+    x = feats[index[:, 0], index[:, 1], index[:, 2]].float().numpy()  # (n, D)
+    kwargs = {"n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed, "pca_dims": pca_dims}
+    result: Future = Future()
+    start = time.perf_counter()
+
+    def finish(done: Future) -> None:
+        global _umap_runs
+        try:
+            coords = done.result()
+        except Exception as err:
+            result.set_exception(err)
+            return
+        _umap_runs += 1
+        result.set_result(PatchEmbedding(
+            coords=np.asarray(coords, dtype=np.float32), index=index, grid=(int(gh), int(gw)),
+            num_frames=int(T), method="umap", seconds=time.perf_counter() - start,
+        ))
+
+    try:
+        inner = _umap_worker().submit(umap_2d, x, **kwargs)
+    except Exception:  # no subprocess here: a thread of this process
+        inner = Future()
+
+        def run() -> None:
+            try:
+                inner.set_result(umap_2d(x, **kwargs))
+            except Exception as err:
+                inner.set_exception(err)
+
+        threading.Thread(target=run, name="labkit-umap", daemon=True).start()
+    inner.add_done_callback(finish)
+    return result

@@ -213,4 +213,6 @@ def test_umap_embedding() -> None:
     view = EmbeddingView(frames, feats, segments, patch_size=P, method="umap", max_points=80)
     view.widget()  # UMAP starts in the background, PCA shown meanwhile
     assert view.wait(timeout=300)
-    assert view.shown.method == "umap" and "UMAP took" in view.note
+    assert view.shown.method == "umap" and "UMAP took" in view.note  # computed in the worker process
+    np.testing.assert_allclose(view.shown.coords, embed_patches(feats, "umap", max_points=80, seed=0).coords,
+                               rtol=1e-4, atol=1e-4)  # the same fit as in this process

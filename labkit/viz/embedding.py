@@ -15,8 +15,9 @@ on every frame change; selections on the scatter are not affected.) Selections g
 indices, and point ``q`` is patch ``embedding.index[q]`` exactly
 (:class:`labkit.embedding.PatchEmbedding`; subsampling rule in :mod:`labkit.embedding`).
 
-UMAP runs in a background thread in the live app (PCA is shown meanwhile, with a note: the first
-UMAP in a kernel compiles numba code); headless, it runs in the foreground.
+UMAP runs in a worker process in the live app (:func:`labkit.embedding.embed_patches_in_worker`:
+the kernel stays responsive; PCA is shown meanwhile, with a note, as the first UMAP of a session
+compiles numba code); headless, it runs in the foreground.
 
 Sharing without a kernel: :meth:`EmbeddingView.write_html` writes a standalone HTML page (plotly.js
 inlined by default, so it opens offline) with the embedding, the frames on a slider, hover
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 import numpy as np
 import torch
 
-from labkit.embedding import PatchEmbedding, embed_patches, umap_warmed_up
+from labkit.embedding import PatchEmbedding, embed_patches, embed_patches_in_worker, umap_warmed_up
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -587,7 +588,7 @@ class EmbeddingView:
             ui["strip"].layout.display = None
 
     def set_method(self, method: Literal["pca", "umap"]) -> None:
-        """Switch between PCA and UMAP; in the live app UMAP is computed in a background thread."""
+        """Switch between PCA and UMAP; in the live app UMAP is computed in a worker process."""
         if method not in ("pca", "umap"):
             raise ValueError(f"method must be 'pca' or 'umap', got {method!r}")
         self.method = method
@@ -606,11 +607,13 @@ class EmbeddingView:
         self.note = f"UMAP: computing in the background, PCA shown meanwhile.{first}"
         self._update_points()
 
+        future = embed_patches_in_worker(self.features, max_points=self.max_points, seed=self.seed)
+
         def work() -> None:
             start = time.perf_counter()
             try:
-                self.embedding("umap")
-                self.note = f"UMAP took {time.perf_counter() - start:.1f} s"
+                self._embeddings["umap"] = future.result()  # waits without holding the GIL
+                self.note = f"UMAP took {time.perf_counter() - start:.1f} s (in a worker process)"
             except Exception as err:  # shown in the app: a thread has nowhere else to report
                 self.note = f"UMAP failed: {type(err).__name__}: {err}"
             if self.method == "umap":
