@@ -7,6 +7,8 @@ The method (Salehi et al., ICCV 2023), as one training step on a batch of clips:
    similarities to K = 200 unit prototypes are the patch's *scores*.
 2. The first frames' scores of the whole batch get balanced soft cluster assignments by
    Sinkhorn-Knopp (:func:`labkit.losses.sinkhorn_knopp`, the function DoRA uses; no gradient).
+   Under DDP the problem spans the global batch, every process's rows
+   (:func:`sinkhorn_knopp_global`, as the official ``sinkhorn(Q, iters, world_size)``).
 3. The *feature forwarder* carries those assignments to the later frames of each clip by label
    propagation with patch affinities of the backbone's own tokens, without the head and without
    gradient (:func:`labkit.eval.propagation.propagate_soft_labels`, the propagation of the
@@ -75,11 +77,13 @@ References:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -95,6 +99,7 @@ __all__ = [
     "timetuning_step",
     "timetuning_metrics",
     "timetuning_loss",
+    "sinkhorn_knopp_global",
     "forward_assignments",
     "backbone_tokens",
     "trainable_parameters",
@@ -445,6 +450,52 @@ def timetuning_loss(
     return -(q * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
 
 
+def sinkhorn_knopp_global(
+    logits: torch.Tensor, epsilon: float = 0.05, iterations: int = 10
+) -> torch.Tensor:
+    """Sinkhorn-Knopp over the rows of every process: one balanced problem for the global batch.
+
+    In one process (``torch.distributed`` not initialised, or a world of 1) this is
+    :func:`labkit.losses.sinkhorn_knopp` on ``logits``. Under DDP each process holds its own rows;
+    the column update takes its ``logsumexp`` over the rows of all processes (one ``all_gather``
+    of ``K`` values per iteration) and the columns sum to ``N / K`` with ``N`` the global number
+    of rows, so two processes with two clips each get the assignments one process computes for
+    the four clips (up to float rounding). The official code does the same with ``all_reduce``
+    in ``my_utils.sinkhorn(Q, nmb_iters, world_size)``. No autograd.
+
+    Args:
+        logits: ``(N_r, K)`` this process's rows (patches) against ``K`` columns (prototypes).
+        epsilon: entropic regularisation, > 0.
+        iterations: (column, row) rescaling rounds, >= 1.
+
+    Returns:
+        ``(N_r, K)`` plan in ``logits``' dtype, detached: rows sum to 1, columns (summed over all
+        processes) to ``N / K``.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sinkhorn_knopp(logits, epsilon=epsilon, iterations=iterations)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.is_floating_point():
+        raise ValueError("sinkhorn_knopp_global: logits must be a floating (N, K) tensor")
+    if not torch.isfinite(logits).all():
+        raise ValueError("sinkhorn_knopp_global: logits contain NaN or inf")
+    world = dist.get_world_size()
+    with torch.no_grad():
+        work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        scores = logits.to(work) / epsilon  # (N_r, K)
+        rows = torch.tensor([float(scores.shape[0])], dtype=torch.float64, device=scores.device)
+        dist.all_reduce(rows)  # N, the global row count
+        log_column_mass = math.log(float(rows) / scores.shape[1])
+        u = scores.new_zeros(scores.shape[0], 1)  # (N_r, 1) row potentials
+        v = scores.new_zeros(1, scores.shape[1])  # (1, K) column potentials
+        for _ in range(iterations):
+            local = torch.logsumexp(scores + u, dim=0)  # (K,) this process's column masses
+            gathered = [torch.empty_like(local) for _ in range(world)]
+            dist.all_gather(gathered, local)
+            v = log_column_mass - torch.logsumexp(torch.stack(gathered), dim=0)[None]  # (1, K)
+            u = -torch.logsumexp(scores + v, dim=1, keepdim=True)  # (N_r, 1)
+        return torch.exp(scores + u + v).to(logits.dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # The training step
 # ----------------------------------------------------------------------------------------------
@@ -511,8 +562,9 @@ class TimeTuningModel(nn.Module):
         # the targets and the loss in float32, also when the networks run under autocast
         with torch.no_grad(), torch.autocast(clips.device.type, enabled=False):
             K = first_scores.shape[-1]
-            # one balanced problem over the first frames of the whole batch, as the official code
-            first = sinkhorn_knopp(
+            # one balanced problem over the first frames of the whole (global) batch, as the
+            # official code
+            first = sinkhorn_knopp_global(
                 first_scores.reshape(B * gh * gw, K).float(),
                 epsilon=cfg.epsilon,
                 iterations=cfg.sinkhorn_iterations,

@@ -15,6 +15,23 @@ Vocabulary:
   non-overlapping clips of the data (every frame seen about once per epoch). Epochs only set
   DINO's epoch-based knobs: ``warmup_epochs``, ``freeze_last_layer`` and
   ``warmup_teacher_temp_epochs``.
+
+Methods (``method``):
+
+* ``"dora"``: DoRA, multi-object tracking on the clips; ``"dino"``: frames as independent images.
+  Both train a student and an EMA teacher with a DINO head.
+* ``"timetuning"``: TimeTuning (:mod:`labkit.timetuning`) fine-tunes the last
+  ``trainable_blocks`` blocks of a (pretrained) backbone with a projection head and
+  ``num_prototypes`` prototypes, so that patch clusters stay put over time. No teacher. Fields it
+  reads besides the common ones: ``num_prototypes``, ``head_dims``, ``trainable_blocks``,
+  ``train_norm``, ``epsilon`` and ``sinkhorn_iterations`` (its Sinkhorn-Knopp), ``student_temp``
+  (the temperature of its cross-entropy), ``hard_targets``, the ``forwarder_*`` fields and
+  ``backbone_lr_ratio``. The DINO-head, teacher and DoRA fields (``k``, ``heads``, ``sinkhorn``,
+  ``threshold``, ``out_dim`` ... ``momentum_teacher``, ``teacher_temp`` ...) are ignored.
+
+Method-dependent defaults: a field left at ``None`` takes its method's default on construction
+(:data:`METHOD_DEFAULTS`), so ``TrainConfig(method="timetuning")`` gets TimeTuning's learning rate
+and ``to_dict()`` (and every checkpoint) stores the value actually used.
 """
 
 from __future__ import annotations
@@ -27,21 +44,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["TrainConfig", "load_config", "parse_overrides", "ARCHITECTURE_FIELDS"]
+__all__ = [
+    "TrainConfig",
+    "load_config",
+    "parse_overrides",
+    "ARCHITECTURE_FIELDS",
+    "METHODS",
+    "METHOD_DEFAULTS",
+    "architecture_fields",
+]
+
+METHODS = ("dora", "dino", "timetuning")
 
 # Fields that fix the networks' shapes: a checkpoint resumes only under the same values.
 ARCHITECTURE_FIELDS = (
     "method", "model", "model_kwargs", "img_size", "out_dim", "hidden_dim", "bottleneck_dim",
     "norm_last_layer",
 )  # fmt: skip
+# ... and for TimeTuning, its head and which parameters train (the optimiser's state follows them)
+TIMETUNING_ARCHITECTURE_FIELDS = (
+    "method", "model", "model_kwargs", "img_size", "num_prototypes", "head_dims",
+    "trainable_blocks", "train_norm",
+)  # fmt: skip
+
+# Defaults of the fields left at None, per method. DoRA / DINO: DINO's recipe. TimeTuning: the
+# official code (SMSD75/Timetuning time_tuning.py): head lr 1e-4 with the backbone at a tenth,
+# not scaled by the batch, cosine annealing without warm-up, no stochastic depth (DINO's ViT
+# default), 10 Sinkhorn iterations (TimeT.get_loss's default).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lr": {"dora": 5e-4, "dino": 5e-4, "timetuning": 1e-4},
+    "scale_lr": {"dora": True, "dino": True, "timetuning": False},
+    "warmup_epochs": {"dora": 1.0, "dino": 1.0, "timetuning": 0.0},
+    "drop_path_rate": {"dora": 0.1, "dino": 0.1, "timetuning": 0.0},
+    "sinkhorn_iterations": {"dora": 30, "dino": 30, "timetuning": 10},
+}
+
+
+def architecture_fields(method: str) -> tuple[str, ...]:
+    """The fields a checkpoint of ``method`` must share with the config that resumes it."""
+    return TIMETUNING_ARCHITECTURE_FIELDS if method == "timetuning" else ARCHITECTURE_FIELDS
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a DoRA or DINO training run needs; validated on construction.
+    """Everything a DoRA, DINO or TimeTuning training run needs; validated on construction.
 
-    Defaults follow DINO / DoRA where those are sensible on one long video; a CPU run wants a
-    smaller model, ``img_size``, ``num_frames`` and ``out_dim`` (see the notebook's parameters).
+    Defaults follow DINO / DoRA where those are sensible on one long video, and the official
+    TimeTuning code for its own fields and for the ``None`` fields under ``method="timetuning"``
+    (see :data:`METHOD_DEFAULTS`); a CPU run wants a smaller model, ``img_size``, ``num_frames``
+    and ``out_dim`` (see the notebooks' parameters).
     """
 
     # -- data ---------------------------------------------------------------------------------
@@ -56,19 +107,31 @@ class TrainConfig:
     global_scale: tuple[float, float] = (0.4, 1.0)  # area range of the global crop
     local_scale: tuple[float, float] = (0.05, 0.4)  # area range of a local crop
     # -- method -------------------------------------------------------------------------------
-    method: Literal["dora", "dino"] = "dora"  # dino: frames as independent images, no tracking
+    # dino: frames as independent images, no tracking; timetuning: see the module docstring
+    method: Literal["dora", "dino", "timetuning"] = "dora"
     k: int = 3  # objects discovered per clip (heads used)
     heads: str | tuple[int, ...] = "random"  # "random" per step (seeded), or k fixed head indices
-    sinkhorn: bool = True  # refine the prototypes with Sinkhorn-Knopp (False: row softmax)
-    epsilon: float = 0.05  # temperature of the transport plan
-    sinkhorn_iterations: int = 30
+    sinkhorn: bool = True  # DoRA: refine the prototypes with Sinkhorn-Knopp (False: row softmax)
+    epsilon: float = 0.05  # temperature of the transport plan (DoRA and TimeTuning)
+    sinkhorn_iterations: int | None = None  # None: DoRA 30, TimeTuning 10
     threshold: str | float = "mean"  # mask rule: "mean", "batch_mean" (official) or keep-mass
+    # -- TimeTuning ---------------------------------------------------------------------------
+    num_prototypes: int = 200  # K, clusters of the Sinkhorn assignment
+    head_dims: tuple[int, ...] = (1024, 1024, 512, 256)  # projection MLP widths; the last is E
+    trainable_blocks: int = 2  # last backbone blocks that train (official: 2 of ViT-S/16's 12)
+    train_norm: bool = False  # also train the final LayerNorm (official: frozen)
+    hard_targets: bool = True  # arg-max of the forwarded assignment (official) or the distribution
+    forwarder_n_last: int = 7  # recent frames in the feature forwarder's context besides frame 0
+    forwarder_topk: int = 5  # voting context patches per patch
+    forwarder_temperature: float = 0.1  # exp(cos / t) affinities
+    forwarder_radius: int = 6  # window in patches (size_mask_neighborhood); 0: the whole frame
+    backbone_lr_ratio: float = 0.1  # trainable blocks' lr as a fraction of lr (official: 1 / 10)
     # -- model --------------------------------------------------------------------------------
     model: str = "vit_small_patch16_224"  # timm ViT architecture
     model_kwargs: dict = field(default_factory=dict)  # extra timm arguments (depth, embed_dim ...)
     pretrained: bool = False  # start from timm's weights (needs the internet)
     checkpoint: str = ""  # start from a local checkpoint's backbone (timm, DINO, DoRA, labkit)
-    drop_path_rate: float = 0.1  # stochastic depth of the student
+    drop_path_rate: float | None = None  # stochastic depth of the student; None: 0.1, TimeT 0
     out_dim: int = 65536  # K, output dimension of the DINO head
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
@@ -77,10 +140,12 @@ class TrainConfig:
     steps: int = 1000  # optimiser steps of the whole run
     steps_per_epoch: int = 0  # 0: one pass over the non-overlapping clips (see module doc)
     batch_size: int = 16  # clips per process and step
-    lr: float = 5e-4  # peak learning rate, for a global batch of 256 clips if scale_lr
-    scale_lr: bool = True  # DINO's linear rule: lr * global batch / 256
+    # peak learning rate (TimeTuning: of the head and prototypes), for a global batch of 256 clips
+    # if scale_lr; None: DoRA / DINO 5e-4, TimeTuning 1e-4
+    lr: float | None = None
+    scale_lr: bool | None = None  # DINO's linear rule: lr * global batch / 256; None: TimeT off
+    warmup_epochs: float | None = None  # linear learning-rate warm-up; None: 1, TimeTuning 0
     min_lr: float = 1e-6  # learning rate at the end of the cosine
-    warmup_epochs: float = 1.0  # linear learning-rate warm-up
     weight_decay: float = 0.04  # start of the cosine weight-decay schedule
     weight_decay_end: float = 0.4
     clip_grad: float = 3.0  # max global gradient norm; 0 disables
@@ -89,7 +154,7 @@ class TrainConfig:
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
-    student_temp: float = 0.1
+    student_temp: float = 0.1  # DINO: student softmax; TimeTuning: its cross-entropy's (0.1)
     center_momentum: float = 0.9
     # -- run ----------------------------------------------------------------------------------
     device: str = "cpu"  # "cuda" under torchrun means cuda:LOCAL_RANK
@@ -103,6 +168,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        for name, defaults in METHOD_DEFAULTS.items():
+            if getattr(self, name) is None:
+                set_(name, defaults[self.method])
         # normalise YAML's lists into tuples (hashable, immutable) and check types
         paths = self.video_path
         if isinstance(paths, (list, tuple)):
@@ -125,7 +195,8 @@ class TrainConfig:
             "num_local": 0, "k": 1, "sinkhorn_iterations": 1, "out_dim": 1, "hidden_dim": 1,
             "bottleneck_dim": 1, "steps": 1, "steps_per_epoch": 0, "batch_size": 1,
             "freeze_last_layer": 0, "warmup_teacher_temp_epochs": 0, "num_workers": 0,
-            "checkpoint_every": 0, "seed": 0,
+            "checkpoint_every": 0, "seed": 0, "num_prototypes": 1, "trainable_blocks": 0,
+            "forwarder_n_last": 0, "forwarder_topk": 1, "forwarder_radius": 0,
         }  # fmt: skip
         for name, low in ints.items():
             value = getattr(self, name)
@@ -133,13 +204,19 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int, got {value!r}")
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        if self.method == "timetuning" and self.num_frames < 2:
+            raise ValueError(
+                f"num_frames must be >= 2 for timetuning (frame 0 is carried to the last), "
+                f"got {self.num_frames}"
+            )
         floats = {
             "epsilon": (0.0, None), "drop_path_rate": (None, 1.0), "lr": (0.0, None),
             "min_lr": (None, None), "warmup_epochs": (None, None), "weight_decay": (None, None),
             "weight_decay_end": (None, None), "clip_grad": (None, None),
             "momentum_teacher": (None, 1.0), "teacher_temp": (0.0, None),
             "warmup_teacher_temp": (0.0, None), "student_temp": (0.0, None),
-            "center_momentum": (None, 1.0),
+            "center_momentum": (None, 1.0), "forwarder_temperature": (0.0, None),
+            "backbone_lr_ratio": (None, None),
         }  # fmt: skip
         for name, (positive_above, at_most) in floats.items():
             value = getattr(self, name)
@@ -160,7 +237,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {value}")
             if at_most is not None and value > at_most:
                 raise ValueError(f"{name} must be <= {at_most}, got {value}")
-        for name in ("sinkhorn", "norm_last_layer", "pretrained", "scale_lr", "compile", "resume"):
+        for name in ("sinkhorn", "norm_last_layer", "pretrained", "scale_lr", "compile", "resume",
+                     "train_norm", "hard_targets"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -173,8 +251,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {value!r}")
             set_(name, (low, high))
 
+        dims = self.head_dims
+        if isinstance(dims, int) and not isinstance(dims, bool):
+            dims = (dims,)
+        if (
+            not isinstance(dims, (list, tuple))
+            or not dims
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims)
+        ):
+            raise ValueError(f"head_dims must be a list of widths >= 1, got {self.head_dims!r}")
+        set_("head_dims", tuple(dims))
+
         choices = {
-            "method": ("dora", "dino"),
             "precision": ("auto", "fp32", "bf16"),
             "video_backend": ("auto", "decord", "pyav"),
         }

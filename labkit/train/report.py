@@ -219,6 +219,11 @@ def plot_objects(objects: ClipObjects, title: str | None = None, max_frames: int
 def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) -> Figure:
     """Training curves: loss; teacher entropy and KL to uniform; learning rate (and weight decay).
 
+    A TimeTuning log (records with ``agreement``) shows its own diagnostics in the middle panel:
+    the agreement of the last frame's best prototypes with the forwarded targets and the
+    targets' confidence (left axis), and the number of distinct clusters in the targets and in
+    the first frames' assignments (right axis).
+
     Args:
         log: records (``TrainResult.log``), a ``log.jsonl`` or a run folder.
         title: figure title.
@@ -246,13 +251,31 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
         width = max(len(loss) // 20, 5)
         smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
         axes[0].plot(steps[width - 1 :], smooth, lw=1.5, label=f"mean of {width}")
-    axes[0].set(xlabel="step", ylabel="loss", title="DINO loss")
+    timetuning = "agreement" in records[0]
+    loss_title = "TimeTuning loss" if timetuning else "DINO loss"
+    axes[0].set(xlabel="step", ylabel="loss", title=loss_title)
     axes[0].legend(fontsize=8)
-    axes[1].plot(steps, [r["teacher_entropy"] for r in records], label="entropy H(q)")
-    axes[1].plot(steps, [r["teacher_kl_uniform"] for r in records], label="KL(mean q || uniform)")
-    axes[1].set(xlabel="step", ylabel="nats", title="teacher collapse signals")
-    axes[1].legend(fontsize=8)
+    if timetuning:
+        axes[1].plot(steps, [r["agreement"] for r in records], label="agreement")
+        axes[1].plot(steps, [r["target_confidence"] for r in records], label="target confidence")
+        axes[1].set(xlabel="step", ylabel="fraction", title="targets", ylim=(0, 1))
+        clusters = axes[1].twinx()
+        clusters.plot(steps, [r["target_clusters"] for r in records], color="C3", ls="--",
+                      lw=0.8, label="target clusters")  # fmt: skip
+        clusters.plot(steps, [r["first_clusters"] for r in records], color="C4", ls=":",
+                      lw=0.8, label="first-frame clusters")  # fmt: skip
+        clusters.set_ylabel("distinct clusters")
+        axes[1].legend(handles=axes[1].lines + clusters.lines, fontsize=8)
+    else:
+        axes[1].plot(steps, [r["teacher_entropy"] for r in records], label="entropy H(q)")
+        axes[1].plot(
+            steps, [r["teacher_kl_uniform"] for r in records], label="KL(mean q || uniform)"
+        )
+        axes[1].set(xlabel="step", ylabel="nats", title="teacher collapse signals")
+        axes[1].legend(fontsize=8)
     axes[2].plot(steps, [r["lr"] for r in records], label="lr", color="C2")
+    if timetuning:
+        axes[2].plot(steps, [r["backbone_lr"] for r in records], label="backbone lr", color="C1")
     axes[2].set(xlabel="step", ylabel="learning rate", title="schedules")
     twin = axes[2].twinx()
     twin.plot(steps, [r["wd"] for r in records], label="weight decay", color="C3", ls="--")

@@ -1,5 +1,8 @@
 """One training step of DoRA or DINO: the networks, the teacher's tracking forward, the losses.
 
+(TimeTuning's step is :func:`labkit.timetuning.timetuning_step`; :func:`build_timetuning` builds
+its model from a config here, beside the DoRA / DINO networks.)
+
 Notation::
 
     B  clips;  T  frames per clip;  k  objects;  n  local crops per frame;  G  global views
@@ -59,7 +62,9 @@ __all__ = [
     "MultiCropNetwork",
     "TeacherOutput",
     "StepOutput",
+    "build_backbone",
     "build_networks",
+    "build_timetuning",
     "teacher_forward",
     "discover_and_track",
     "dora_step",
@@ -96,18 +101,20 @@ class MultiCropNetwork(nn.Module):
         return logits[0] if single else list(logits)
 
 
-def build_networks(config: Any) -> tuple[MultiCropNetwork, MultiCropNetwork]:
-    """Student and teacher for a :class:`labkit.train.TrainConfig`; the teacher starts as a copy.
+def build_backbone(config: Any) -> nn.Module:
+    """The backbone a :class:`labkit.train.TrainConfig` trains, with its initial weights.
 
-    The backbone comes from :func:`labkit.models.load_backbone` (``config.model``,
-    ``config.img_size``, ``config.model_kwargs``, initial weights from ``checkpoint`` or
-    ``pretrained``), the head is a :class:`DINOHead`. Randomly initialised backbones are told to
-    expect ImageNet normalisation, which is what the training data uses and what checkpoints
-    loaded by ``load_backbone`` assume. The teacher has no gradients and stays in eval mode (no
-    stochastic depth).
+    From :func:`labkit.models.load_backbone` (``config.model``, ``config.img_size``,
+    ``config.drop_path_rate``, ``config.model_kwargs``, initial weights from ``checkpoint`` or
+    ``pretrained``). Randomly initialised backbones are told to expect ImageNet normalisation,
+    which is what the training data uses and what checkpoints loaded by ``load_backbone`` assume.
 
     Returns:
-        ``(student, teacher)`` on the CPU, the student in train mode.
+        A timm VisionTransformer on the CPU (eval mode, as ``load_backbone`` returns it).
+
+    Raises:
+        ValueError: ``img_size`` (or, for DoRA / DINO, ``local_size``) is not a multiple of the
+            patch size; DoRA needs more heads than the model has.
     """
     from labkit.models import IMAGENET_MEAN, IMAGENET_STD, load_backbone
 
@@ -134,11 +141,25 @@ def build_networks(config: Any) -> tuple[MultiCropNetwork, MultiCropNetwork]:
                 f"k / heads: the model has {heads} attention heads, the config needs {needed}"
             )
     p = model_patch_size(backbone)
-    for name in ("img_size", "local_size"):
+    for name in ("img_size",) if config.method == "timetuning" else ("img_size", "local_size"):
         if getattr(config, name) % p:
             raise ValueError(
                 f"{name} {getattr(config, name)} must be a multiple of the patch size {p}"
             )
+    return backbone
+
+
+def build_networks(config: Any) -> tuple[MultiCropNetwork, MultiCropNetwork]:
+    """DoRA / DINO: student and teacher for a :class:`labkit.train.TrainConfig`.
+
+    The backbone comes from :func:`build_backbone`, the head is a :class:`DINOHead`; the teacher
+    starts as a copy of the student, has no gradients and stays in eval mode (no stochastic
+    depth).
+
+    Returns:
+        ``(student, teacher)`` on the CPU, the student in train mode.
+    """
+    backbone = build_backbone(config)
     head = DINOHead(
         backbone.embed_dim,
         config.out_dim,
@@ -151,6 +172,44 @@ def build_networks(config: Any) -> tuple[MultiCropNetwork, MultiCropNetwork]:
     for param in teacher.parameters():
         param.requires_grad_(False)
     return student, teacher
+
+
+def build_timetuning(config: Any) -> nn.Module:
+    """TimeTuning: the backbone of :func:`build_backbone` with TimeTuning's head and prototypes.
+
+    A :class:`labkit.timetuning.TimeTuningModel` (state-dict keys ``backbone.*``, ``head.*``)
+    whose backbone is frozen except its last ``config.trainable_blocks`` blocks (and the final
+    norm with ``train_norm``), built from the config's TimeTuning fields.
+
+    Returns:
+        The model on the CPU in train mode.
+
+    Raises:
+        ValueError: ``trainable_blocks`` exceeds the backbone's depth, or a field is invalid.
+    """
+    from labkit.timetuning import TimeTuningConfig, TimeTuningModel
+
+    backbone = build_backbone(config)
+    depth = len(backbone.blocks)
+    if config.trainable_blocks > depth:
+        raise ValueError(
+            f"trainable_blocks {config.trainable_blocks} exceeds the model's {depth} blocks"
+        )
+    tt = TimeTuningConfig(
+        num_prototypes=config.num_prototypes,
+        head_dims=tuple(config.head_dims),
+        trainable_blocks=config.trainable_blocks,
+        train_norm=config.train_norm,
+        epsilon=config.epsilon,
+        sinkhorn_iterations=config.sinkhorn_iterations,
+        temperature=config.student_temp,
+        hard_targets=config.hard_targets,
+        n_last=config.forwarder_n_last,
+        topk=config.forwarder_topk,
+        affinity_temperature=config.forwarder_temperature,
+        radius=config.forwarder_radius or None,
+    )
+    return TimeTuningModel(backbone, tt).train()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The training loop: optimiser and schedules, EMA teacher, checkpoints and resume, DDP, logging.
 
 One :class:`Trainer` per process. ``Trainer(config).fit()`` (or :func:`train`) runs
-``config.steps`` steps of :func:`labkit.train.step.dora_step` or ``dino_step``:
+``config.steps`` steps of :func:`labkit.train.step.dora_step` or ``dino_step``, or of
+:func:`labkit.timetuning.timetuning_step` with ``method="timetuning"`` (see the end of this
+docstring for what differs there):
 
 * **Optimiser**: AdamW with DINO's parameter groups (weight decay on weight matrices only, none
   on biases and norm parameters). Per step: learning rate with a linear warm-up then a cosine to
@@ -33,6 +35,30 @@ One :class:`Trainer` per process. ``Trainer(config).fit()`` (or :func:`train`) r
 * **Logging**: one JSON line per step in ``out_dir/log.jsonl`` (and ``log.csv``): step, epoch,
   loss, teacher entropy and KL to uniform (collapse signals), lr, wd, momentum, teacher
   temperature, gradient norm, images per second; ``metrics.json`` at the end of ``fit``.
+
+**TimeTuning** (``method="timetuning"``) runs in the same loop, with the same data (clips of
+``ClipDataset(mode="dora")``: one crop and flip per clip, colour per frame; no local crops), seeds,
+checkpoints, resume, DDP and logs. What differs:
+
+* the network is a :class:`labkit.timetuning.TimeTuningModel` (the backbone, frozen but for its
+  last ``trainable_blocks`` blocks, plus a projection head and prototypes); there is **no
+  teacher**, no EMA and no DINO loss. After every optimiser step the prototypes are put back on
+  the unit sphere;
+* AdamW groups from :meth:`TimeTuningModel.param_groups`: head and prototypes at the scheduled
+  ``lr``, the trainable blocks at ``lr * backbone_lr_ratio``; weight decay (cosine
+  ``weight_decay`` -> ``weight_decay_end``, as the official code's 0.04 -> 0.4) on weight
+  matrices only;
+* under DDP the Sinkhorn-Knopp assignment spans the global batch
+  (:func:`labkit.timetuning.sinkhorn_knopp_global`), so two processes equal one with the same
+  global batch, as for DoRA;
+* checkpoint: ``"student"`` holds the tuned model (``backbone.*``, ``head.mlp.*``,
+  ``head.prototypes``) and ``"teacher"`` **the same tensors** (stored once by ``torch.save``), so
+  ``load_backbone(name, checkpoint=path)``, ``load_trained(path)`` and evaluation-lab specs read
+  the tuned backbone whichever network they ask for; no ``"dino_loss"`` entry;
+* log records: step, epoch, loss, ``agreement`` (last-frame patches whose best prototype is the
+  forwarded target), ``target_confidence``, ``target_clusters`` and ``first_clusters`` (distinct
+  clusters in the targets and the first frames' assignments; a collapse shows as a small
+  number), each the mean over processes, lr, backbone_lr, wd, gradient norm, images per second.
 """
 
 from __future__ import annotations
@@ -53,10 +79,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from labkit.train.config import ARCHITECTURE_FIELDS, TrainConfig
+from labkit.train.config import TrainConfig, architecture_fields
 from labkit.train.data import ClipDataset, StepBatchSampler, preview_clip, step_seed
 from labkit.train.step import (
     build_networks,
+    build_timetuning,
     dino_step,
     dora_step,
     teacher_statistics,
@@ -72,6 +99,7 @@ __all__ = [
     "cosine_schedule",
     "param_groups",
     "read_log",
+    "log_columns",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -79,6 +107,16 @@ LOG_COLUMNS = (
     "step", "epoch", "loss", "teacher_entropy", "teacher_kl_uniform", "lr", "wd", "momentum",
     "teacher_temp", "grad_norm", "images_per_s", "seconds",
 )  # fmt: skip
+TIMETUNING_LOG_COLUMNS = (
+    "step", "epoch", "loss", "agreement", "target_confidence", "target_clusters",
+    "first_clusters", "lr", "backbone_lr", "wd", "grad_norm", "images_per_s", "seconds",
+)  # fmt: skip
+TIMETUNING_METRICS = ("agreement", "target_confidence", "target_clusters", "first_clusters")
+
+
+def log_columns(method: str) -> tuple[str, ...]:
+    """Columns of ``log.csv`` (keys of every ``log.jsonl`` record) for a training method."""
+    return TIMETUNING_LOG_COLUMNS if method == "timetuning" else LOG_COLUMNS
 _HEADS_TAG = 0x68656164  # "head": keeps the heads' random stream apart from the data's
 
 Callback = Callable[[dict, "Trainer"], Any]
@@ -205,15 +243,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """A DoRA / DINO training run in this process (one rank of a DDP job under ``torchrun``).
+    """A DoRA / DINO / TimeTuning training run in this process (one rank of a DDP job).
 
     Args:
         config: the run's :class:`TrainConfig`.
         progress: show a tqdm bar (rank 0 only; plain text under papermill).
 
     Attributes:
-        student, teacher: the :class:`labkit.train.step.MultiCropNetwork` s (not DDP-wrapped).
-        loss_fn: the :class:`labkit.losses.DINOLoss` (holds the center).
+        student, teacher: the :class:`labkit.train.step.MultiCropNetwork` s (not DDP-wrapped);
+            for TimeTuning the student is the :class:`labkit.timetuning.TimeTuningModel` and the
+            teacher is None.
+        backbone: the ViT to look at and evaluate (the teacher's; TimeTuning: the tuned one).
+        loss_fn: the :class:`labkit.losses.DINOLoss` (holds the center); None for TimeTuning.
         optimizer: AdamW.
         dataset: the :class:`labkit.train.data.ClipDataset`.
         step: optimiser steps done so far.
@@ -231,30 +272,46 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         self.last_checkpoint: Path | None = None
+        self.timetuning = config.method == "timetuning"
         with torch.random.fork_rng(
             devices=[]
         ):  # same initial weights on every rank, no side effect
             torch.manual_seed(config.seed)
-            self.student, self.teacher = build_networks(config)
+            if self.timetuning:
+                self.student, self.teacher = build_timetuning(config), None
+            else:
+                self.student, self.teacher = build_networks(config)
         self.student.to(self.device)
-        self.teacher.to(self.device)
-        self.loss_fn = DINOLoss(
-            config.out_dim,
-            warmup_teacher_temp=config.warmup_teacher_temp,
-            teacher_temp=config.teacher_temp,
-            warmup_teacher_temp_epochs=config.warmup_teacher_temp_epochs,
-            student_temp=config.student_temp,
-            center_momentum=config.center_momentum,
-        ).to(self.device)
-        self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=0.0)
+        self.loss_fn: DINOLoss | None = None
+        if self.timetuning:
+            # (lr scale, regularised) of each group; the schedules set lr and wd per step
+            groups = self.student.param_groups(
+                lr=1.0, backbone_lr=config.backbone_lr_ratio, weight_decay=1.0
+            )
+            self._group_rules = [(g["lr"], g["weight_decay"] > 0) for g in groups]
+            groups = [{"params": g["params"]} for g in groups]
+        else:
+            self.teacher.to(self.device)
+            self.loss_fn = DINOLoss(
+                config.out_dim,
+                warmup_teacher_temp=config.warmup_teacher_temp,
+                teacher_temp=config.teacher_temp,
+                warmup_teacher_temp_epochs=config.warmup_teacher_temp_epochs,
+                student_temp=config.student_temp,
+                center_momentum=config.center_momentum,
+            ).to(self.device)
+            groups = param_groups(self.student)
+            self._group_rules = [(1.0, True), (1.0, False)]  # only the first group is regularised
+        self.optimizer = torch.optim.AdamW(groups, lr=0.0)
 
         mean, std = normalization(self.student.backbone)
         decode = config.decode_size or 2 * round(0.75 * config.img_size)  # 1.5 x img_size, even
         self.video_paths = [str(p) for p in config.video_paths] or [str(_default_video())]
         self.dataset = ClipDataset(
             self.video_paths, num_frames=config.num_frames, frame_step=config.frame_step,
-            mode=config.method, img_size=config.img_size, local_size=config.local_size,
-            num_local=config.num_local, global_scale=config.global_scale,
+            mode="dora" if self.timetuning else config.method, img_size=config.img_size,
+            local_size=config.local_size, num_local=0 if self.timetuning else config.num_local,
+            global_scale=config.global_scale,
             local_scale=config.local_scale, decode_size=decode, backend=config.video_backend,
             mean=mean, std=std,
         )  # fmt: skip
@@ -292,18 +349,30 @@ class Trainer:
         return step // self.steps_per_epoch
 
     def schedules(self, step: int) -> dict[str, float]:
-        """Learning rate, weight decay, teacher momentum and temperature at ``step``."""
+        """Learning rate, weight decay, teacher momentum and temperature at ``step``.
+
+        TimeTuning: learning rate of the head, of the trainable backbone blocks
+        (``backbone_lr``) and weight decay.
+        """
         cfg = self.config
         total = cfg.steps
         peak = cfg.lr * self.global_batch / 256.0 if cfg.scale_lr else cfg.lr
         warmup = min(int(round(cfg.warmup_epochs * self.steps_per_epoch)), total)
-        epoch = self.epoch_of(step)
+        lr = cosine_schedule(step, total, peak, cfg.min_lr, warmup)
+        wd = cosine_schedule(step, total, cfg.weight_decay, cfg.weight_decay_end)
+        if self.timetuning:
+            return {"lr": lr, "backbone_lr": lr * cfg.backbone_lr_ratio, "wd": wd}
         return {
-            "lr": cosine_schedule(step, total, peak, cfg.min_lr, warmup),
-            "wd": cosine_schedule(step, total, cfg.weight_decay, cfg.weight_decay_end),
+            "lr": lr,
+            "wd": wd,
             "momentum": cosine_schedule(step, total, cfg.momentum_teacher, 1.0),
-            "teacher_temp": self.loss_fn.teacher_temperature(epoch),
+            "teacher_temp": self.loss_fn.teacher_temperature(self.epoch_of(step)),
         }
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The ViT to look at and evaluate: the teacher's, or TimeTuning's tuned backbone."""
+        return self.student.backbone if self.teacher is None else self.teacher.backbone
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -319,9 +388,9 @@ class Trainer:
         cfg = self.config
         step, epoch = self.step, self.epoch_of(self.step)
         values = self.schedules(step)
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = values["lr"]
-            if i == 0:  # only the first group is regularised
+        for group, (scale, regularised) in zip(self.optimizer.param_groups, self._group_rules):
+            group["lr"] = values["lr"] * scale
+            if regularised:
                 group["weight_decay"] = values["wd"]
         batch = {
             k: v.to(self.device, non_blocking=True)
@@ -330,7 +399,16 @@ class Trainer:
         }
         torch.manual_seed(step_seed(cfg.seed, step, self.rank))  # stochastic depth of this step
         start = self._last_time if self._last_time is not None else time.perf_counter()
-        if cfg.method == "dora":
+        if self.timetuning:
+            from labkit.timetuning import timetuning_metrics, timetuning_step
+
+            try:
+                out = timetuning_step(self._student_run, batch, autocast_dtype=self.autocast_dtype)
+            except ValueError as err:  # Sinkhorn and the loss refuse NaN scores: report divergence
+                if all(torch.isfinite(p).all() for p in self.student.parameters()):
+                    raise
+                raise TrainingDiverged(step, math.nan, self.last_checkpoint) from err
+        elif cfg.method == "dora":
             generator = torch.Generator().manual_seed(step_seed(cfg.seed, step, _HEADS_TAG))
             out = dora_step(
                 self._student_run, self.teacher, self.loss_fn, batch, epoch=epoch, k=cfg.k,
@@ -347,11 +425,17 @@ class Trainer:
                 epoch=epoch,
                 autocast_dtype=self.autocast_dtype,
             )
-        loss_value = out.loss.detach().float().clone()
+        if self.timetuning:  # loss and diagnostics, averaged over processes in one call
+            diagnostics = timetuning_metrics(out)
+            names = TIMETUNING_METRICS
+            values_out = [float(out.loss.detach())] + [diagnostics[n] for n in names]
+            reduced = torch.tensor(values_out, dtype=torch.float64, device=self.device)
+        else:
+            reduced = out.loss.detach().float().reshape(1).clone()
         if self.world_size > 1:  # every rank takes the same decision below
-            dist.all_reduce(loss_value)
-            loss_value /= self.world_size
-        loss = float(loss_value)
+            dist.all_reduce(reduced)
+            reduced /= self.world_size
+        loss = float(reduced[0])
         if not math.isfinite(loss):
             raise TrainingDiverged(step, loss, self.last_checkpoint)
 
@@ -361,9 +445,15 @@ class Trainer:
         out.loss.backward()
         max_norm = cfg.clip_grad if cfg.clip_grad > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), max_norm))
-        cancel_last_layer_gradients(self.student, epoch, cfg.freeze_last_layer)
-        self.optimizer.step()
-        update_teacher(self.teacher, self.student, values["momentum"])
+        if self.timetuning:
+            self.optimizer.step()
+            self.student.after_optimizer_step()  # prototypes back on the unit sphere
+            statistics = {n: float(v) for n, v in zip(TIMETUNING_METRICS, reduced[1:].tolist())}
+        else:
+            cancel_last_layer_gradients(self.student, epoch, cfg.freeze_last_layer)
+            self.optimizer.step()
+            update_teacher(self.teacher, self.student, values["momentum"])
+            statistics = teacher_statistics(out.teacher_logits, out.center, values["teacher_temp"])
         self.step += 1
 
         now = time.perf_counter()
@@ -373,7 +463,7 @@ class Trainer:
             "step": self.step,
             "epoch": epoch,
             "loss": loss,
-            **teacher_statistics(out.teacher_logits, out.center, values["teacher_temp"]),
+            **statistics,
             **values,
             "grad_norm": grad_norm,
             "images_per_s": out.images * self.world_size / max(seconds, 1e-9),
@@ -454,6 +544,7 @@ class Trainer:
         recent = [r for r in self.log if r["step"] > first]
         speed = [r["images_per_s"] for r in recent[1:]] or [r["images_per_s"] for r in recent]
         last = self.log[-1] if self.log else {}
+        names = TIMETUNING_METRICS if self.timetuning else ("teacher_entropy", "teacher_kl_uniform")
         return {
             "method": self.config.method,
             "steps": self.step,
@@ -462,8 +553,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "final_loss": last.get("loss"),
             "first_loss": self.log[0]["loss"] if self.log else None,
-            "teacher_entropy": last.get("teacher_entropy"),
-            "teacher_kl_uniform": last.get("teacher_kl_uniform"),
+            **{name: last.get(name) for name in names},
             "images_per_second": float(np.mean(speed)) if speed else None,
             "images_per_step": self.global_batch * self.config.num_frames,
             "seconds": seconds,
@@ -497,7 +587,8 @@ class Trainer:
         csv_path = self.out_dir / "log.csv"
         new = not csv_path.is_file()
         with open(csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            columns = log_columns(self.config.method)
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(record)
@@ -510,7 +601,8 @@ class Trainer:
             return
         _write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.log).encode())
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        columns = log_columns(self.config.method)
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.log)
         _write_atomic(self.out_dir / "log.csv", text.getvalue().encode())
@@ -518,14 +610,23 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """The checkpoint dict (see the module docstring)."""
+        """The checkpoint dict (see the module docstring).
+
+        TimeTuning: ``"teacher"`` is the student's state dict itself (the same tensors, which
+        ``torch.save`` stores once), and there is no ``"dino_loss"``.
+        """
         from labkit import __version__
 
+        student = self.student.state_dict()
+        networks = {"student": student}
+        if self.timetuning:
+            networks["teacher"] = student  # no teacher: both names read the tuned model
+        else:
+            networks["teacher"] = self.teacher.state_dict()
+            networks["dino_loss"] = self.loss_fn.state_dict()
         return {
-            "student": self.student.state_dict(),
-            "teacher": self.teacher.state_dict(),
+            **networks,
             "optimizer": self.optimizer.state_dict(),
-            "dino_loss": self.loss_fn.state_dict(),
             "step": self.step,
             "epoch": self.epoch_of(self.step),
             "config": self.config.to_dict(),
@@ -550,27 +651,29 @@ class Trainer:
         """Restore networks, optimiser, center, step and RNG states from a checkpoint.
 
         Raises:
-            ValueError: the checkpoint was trained with another architecture (the fields in
-                ``ARCHITECTURE_FIELDS`` differ), or it is not a labkit training checkpoint.
+            ValueError: the checkpoint was trained with another method or architecture (the
+                fields of :func:`labkit.train.config.architecture_fields` differ), or it is not
+                a labkit training checkpoint.
         """
         path = Path(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        missing = [
-            k
-            for k in ("student", "teacher", "optimizer", "dino_loss", "step", "config")
-            if k not in state
-        ]
+        needed = ("student", "teacher", "optimizer", "step", "config")
+        missing = [k for k in needed if k not in state]
         if missing:
             raise ValueError(f"{path} is not a labkit training checkpoint (no {missing})")
         ours = self.config.to_dict()
-        changed = [k for k in ARCHITECTURE_FIELDS if state["config"].get(k) != ours[k]]
+        fields = architecture_fields(self.config.method)
+        changed = [k for k in fields if state["config"].get(k) != ours[k]]
         if changed:
             detail = ", ".join(f"{k}: {state['config'].get(k)!r} -> {ours[k]!r}" for k in changed)
             raise ValueError(f"cannot resume from {path}: the architecture changed ({detail})")
+        if not self.timetuning and "dino_loss" not in state:
+            raise ValueError(f"{path} is not a labkit training checkpoint (no ['dino_loss'])")
         self.student.load_state_dict(state["student"])
-        self.teacher.load_state_dict(state["teacher"])
+        if not self.timetuning:
+            self.teacher.load_state_dict(state["teacher"])
+            self.loss_fn.load_state_dict(state["dino_loss"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.loss_fn.load_state_dict(state["dino_loss"])
         self.step = int(state["step"])
         if "rng" in state:
             _set_rng_state(state["rng"])
@@ -643,7 +746,8 @@ def load_trained(
 
     Args:
         path: ``checkpoint.pth`` or the run folder holding it.
-        which: ``"teacher"`` (what DINO and DoRA evaluate) or ``"student"``.
+        which: ``"teacher"`` (what DINO and DoRA evaluate) or ``"student"``. A TimeTuning
+            checkpoint holds the tuned backbone under both names (it has no teacher).
         device: where the model goes.
 
     Returns:
