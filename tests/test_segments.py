@@ -237,3 +237,65 @@ def test_frame_segments_with_a_model(tiny_model):
     assert int(out.labels.max()) < 4
     with pytest.raises(ValueError, match="out of range"):
         frame_segments(tiny_model, video, indices=[0, 9], progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Both pictures: segment_maps, panels, animation, figure
+# ----------------------------------------------------------------------------------------------
+
+
+def test_segment_maps_compute_both_pictures(tiny_model):
+    from labkit.segments import segment_maps
+
+    video = FakeVideo(11)
+    maps = segment_maps(tiny_model, video, frames=5, k_video=3, k_frame=4, sample_frames=3,
+                        batch_size=2, progress=False)  # fmt: skip
+    assert maps.indices.tolist() == [0, 2, 5, 8, 10] and maps.patch_size == 8
+    assert (maps.k_video, maps.k_frame) == (3, 4)
+    assert maps.whole.labels.shape == maps.per_frame.labels.shape == (5, 4, 6)
+    assert int(maps.whole.labels.max()) < 3 and int(maps.per_frame.labels.max()) < 4
+    assert maps.whole.sample_indices.tolist() == [0, 5, 10]
+    # the same as the two streamed computations called directly
+    common = dict(indices=maps.indices, normalize=True, batch_size=2, progress=False)
+    direct = video_segments(tiny_model, FakeVideo(11), k=3, sample_frames=3, **common)
+    assert torch.equal(maps.whole.labels, direct.labels)
+    per_frame = frame_segments(tiny_model, video, k=4, **common)
+    assert torch.equal(maps.per_frame.labels, per_frame.labels)
+    every = segment_maps(tiny_model, FakeVideo(4), frames=None, progress=False)
+    assert every.indices.tolist() == [0, 1, 2, 3]
+    explicit = segment_maps(tiny_model, FakeVideo(9), frames=[1, 4, 8], progress=False)
+    assert explicit.indices.tolist() == [1, 4, 8]
+
+
+def test_segment_panels_animation_and_figure(tiny_model, tmp_path):
+    from labkit.segments import plot_segment_maps, segment_animation, segment_maps, segment_panels
+    from labkit.viz import palette, write_animation
+
+    video = FakeVideo(9, size=(36, 50))  # not multiples of the patch: cropped to the 4 x 6 grid
+    maps = segment_maps(tiny_model, video, frames=None, k_video=3, k_frame=4, progress=False)
+    panels = segment_panels(maps, video, [0, 8], alpha=1.0)
+    assert set(panels) == {"frame", "whole", "per_frame"}
+    for image in panels.values():
+        assert image.shape == (2, 32, 48, 3) and image.dtype == np.uint8
+    # alpha 1: every pixel is its segment's colour, the same colour for the same id in any frame
+    colours = palette(3)
+    labels = maps.whole.labels[[0, 8]].numpy()
+    expected = colours[np.repeat(np.repeat(labels, 8, axis=1), 8, axis=2)]
+    assert np.array_equal(panels["whole"], expected)
+    assert np.array_equal(panels["frame"], video.get([0, 8])[:, :32, :48])
+
+    frames = segment_animation(maps, video, gap=2, batch_size=4)
+    assert frames.shape == (9, 32, 3 * 48 + 4, 3) and frames.dtype == np.uint8
+    assert np.array_equal(frames, segment_animation(maps, video, gap=2, batch_size=9))
+    assert np.all(frames[:, :, 48:50] == 255)  # the white gap
+    assert write_animation(frames, tmp_path / "segments.gif").stat().st_size > 0
+
+    fig = plot_segment_maps(maps, video, columns=4, title="tiny")
+    assert len(fig.axes) == 3 * 4
+    rows = [ax.get_ylabel() for ax in fig.axes[::4]]
+    assert rows == ["frame", "whole-video k-means (k=3)", "per-frame k-means (k=4)"]
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["frame 0", "frame 3", "frame 5", "frame 8"]
+    with pytest.raises(ValueError, match="positions"):
+        segment_panels(maps, video, [9])
+    with pytest.raises(ValueError, match="columns"):
+        plot_segment_maps(maps, video, columns=0)
