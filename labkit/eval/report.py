@@ -182,7 +182,7 @@ def plot_sequence_bars(
         raise ValueError(f"plot_sequence_bars: no model has per-sequence values of {metric!r}")
     colours = palette(max(1, len(models))) / 255.0
     width = 0.8 / max(1, len(models))
-    fig = Figure(figsize=(max(6.0, 0.55 * len(names) * max(1, len(models)) + 2), 3.6))
+    fig = Figure(figsize=(min(14.0, max(6.0, 0.22 * len(names) * max(1, len(models)) + 2.5)), 3.8))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
     for i, m in enumerate(models):
