@@ -1,10 +1,11 @@
-"""Training a ViT with DoRA (multi-object tracking on video) or DINO (frames as images).
+"""Training a ViT with DoRA (multi-object tracking on video) or DINO (frames as images), or
+fine-tuning one with TimeTuning (``method="timetuning"``: patch clusters kept stable over time).
 
 Modules::
 
     config.py   TrainConfig (the notebook's parameters, YAML + overrides for `labkit train`)
     data.py     ClipDataset (clips of long videos, DoRA / DINO augmentations), StepBatchSampler
-    step.py     networks, the teacher's tracking forward, dora_step / dino_step
+    step.py     networks (build_timetuning too), the teacher's tracking forward, dora_step / dino_step
     trainer.py  Trainer: schedules, EMA, checkpoints, resume, DDP, logs; train(), load_trained()
     report.py   figures: objects of a clip before/after training, the training log, a live plot
 
@@ -13,6 +14,8 @@ Typical use::
     from labkit.train import TrainConfig, train, load_trained
     result = train(TrainConfig(video_path="walk.mp4", steps=500, out_dir="runs/walk"))
     backbone = load_trained("runs/walk")          # the teacher's ViT, architecture from the config
+    tuned = train(TrainConfig(method="timetuning", checkpoint="dino_vits16.pth", steps=300))
+    backbone = load_trained(tuned.out_dir)        # TimeTuning: the tuned backbone (no teacher)
 
 From a shell: ``labkit train --config run.yaml -o steps=500``; several processes:
 ``torchrun --nproc_per_node 2 -m labkit.cli train --config run.yaml``.
