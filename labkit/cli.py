@@ -3,10 +3,11 @@
     labkit notebooks                                 list the notebooks and their parameters
     labkit run attention_explorer -p k 5 -p num_frames 8
     labkit attention VIDEO --out DIR                 RGB head maps, masks, segments, animation
-    labkit demo                                      the main job on the default video
+    labkit pipeline [--config lab.yaml] [-o k=v]     train -> explore -> evaluate -> report
     labkit train --config run.yaml -o steps=500      DoRA / DINO training (torchrun for DDP)
     labkit eval --models random=vit_small_patch16_224 --data ROOT --out DIR
                                                      J&F, attention / DoRA masks, k-means mIoU
+    labkit demo                                      the pipeline's CPU demo on the default video
 """
 
 from __future__ import annotations
@@ -109,22 +110,26 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from labkit.notebooks import NotebookError, run_notebook
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from labkit.pipeline import StageFailed, load_pipeline_config, run_pipeline
 
-    out_dir = Path(args.out).resolve()
-    start = time.perf_counter()
-    print(f"[labkit] demo: attention explorer on the default video -> {out_dir}", flush=True)
+    cfg = load_pipeline_config(args.config, args.override or [])
     try:
-        run = run_notebook("attention_explorer", out_dir, {"out_dir": str(out_dir)}, progress=True)
-    except NotebookError as err:
+        report = run_pipeline(cfg, force=args.force, only=args.only, progress=not args.quiet)
+    except StageFailed as err:
         print(f"[labkit] error: {err}", file=sys.stderr)
         return 1
-    print(f"[labkit] demo finished in {time.perf_counter() - start:.0f} s")
-    print(f"[labkit] executed notebook: {run.output}")
-    print(f"[labkit] open in a browser: {run.html}")
-    print(f"[labkit] figures, animation and metrics.json: {out_dir}")
+    print(f"[labkit] report: {report}")
+    print(f"[labkit] open it in a browser: file://{report}")
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The pipeline with the CPU defaults on the synthetic default video."""
+    args.config = None
+    args.override = [f"name={args.name}", *(args.override or [])]
+    args.only = None
+    return _cmd_pipeline(args)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -155,9 +160,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from labkit.eval.report import markdown_table, run_description, save_report, summary_rows
     from labkit.eval.runner import EvalConfig, evaluate
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = EvalConfig(
         models=tuple(args.models),
         model_kwargs=_model_kwargs(args.model_kwargs),
@@ -256,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--davis-folder", default="480p", help="JPEGImages/<this> and Annotations/<this>")
     p.add_argument(
         "--resolution", type=int, default=224,
-        help="shorter side fed to the model; DINO reports at 480 (GPU), 224 keeps the 14 shared "
-        "DAVIS sequences near 15 minutes for a ViT-S/16 on a 2-core CPU",
+        help="shorter side fed to the model; DINO reports at 480 (GPU); at 224 a ViT-S/16 takes "
+        "the 14 shared DAVIS sequences in about 3 minutes on an idle 2-core CPU, 15 to 35 on a "
+        "busy one",
     )
     p.add_argument("--evaluations", nargs="+",
                    default=["propagation", "attention", "tracking", "segmentation"],
@@ -271,12 +281,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="random weights, k-means, samples")
     p.add_argument("--out", default="runs/evaluate", help="output folder")
+    p.add_argument(
+        "--threads", type=int, default=0,
+        help="torch CPU threads (default: torch's choice); 1 is several times faster on a CPU "
+        "other jobs are using, where threads spin waiting for each other",
+    )
     p.add_argument("--no-figures", action="store_true", help="metrics.json and summary.md only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("demo", help="the main job on the built-in default video")
-    p.add_argument("--out", default="runs/demo", help="run folder")
+    p = sub.add_parser(
+        "pipeline",
+        help="train (DoRA, DINO) -> explore -> evaluate (random, DINO, DoRA) -> report.html",
+        description="Runs the lab's notebooks in order with papermill into runs/<name>/. Complete "
+        "stages are skipped on a rerun; an interrupted training resumes from its checkpoint.",
+    )
+    p.add_argument("--config", help="YAML file of pipeline keys (default: the CPU demo)")
+    p.add_argument("-o", "--override", action="append", metavar="KEY=VALUE",
+                   help="set a key, value read as YAML (steps=500, device=cuda, train={num_local: 6})")
+    p.add_argument("--force", action="store_true", help="rerun complete stages too")
+    p.add_argument("--only", choices=["train", "explore", "evaluate", "report"],
+                   help="run one stage group (the stages it needs must be complete)")
+    p.add_argument("--quiet", action="store_true", help="do not stream the training's progress")
+    p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser("demo", help="the main job: the pipeline with CPU defaults on the default video")
+    p.add_argument("--name", default="demo", help="run folder runs/<name>")
+    p.add_argument("-o", "--override", action="append", metavar="KEY=VALUE", help="as for pipeline")
+    p.add_argument("--force", action="store_true", help="rerun complete stages too")
+    p.add_argument("--quiet", action="store_true", help="do not stream the training's progress")
     p.set_defaults(func=_cmd_demo)
     return parser
 

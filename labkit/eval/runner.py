@@ -79,8 +79,8 @@ class EvalConfig:
     data_root: str = ""  # DAVIS-layout root; empty: the lab's synthetic video as a dataset
     sequences: tuple[str, ...] = ()  # empty: sequences.txt, else every sequence folder
     davis_folder: str = "480p"  # JPEGImages/<davis_folder>, Annotations/<davis_folder>
-    # shorter side fed to the model; DINO evaluates at 480, 224 keeps 14 DAVIS sequences under
-    # 15 minutes on a 2-core CPU for a ViT-S/16
+    # shorter side fed to the model; DINO evaluates at 480; at 224 a ViT-S/16 takes the 14 shared
+    # DAVIS sequences in ~3 min on an idle 2-core CPU (15-35 min with other jobs running)
     resolution: int = 224
     size_multiple: int = 64  # longer side rounded down to this (DINO: 64), see the module doc
     evaluations: tuple[str, ...] = VIDEO_EVALUATIONS  # any of EVALUATIONS
