@@ -118,6 +118,18 @@ def accept_kernel_dialog(page) -> None:
     dialog.click()
 
 
+def wait_until(page, predicate: str, timeout: float = 120.0, arg=None) -> None:
+    """Poll a JS predicate; meanwhile accept JupyterLab's kernel dialog should it come up late."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(predicate, arg):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout:.0f} s: {predicate}")
+        dialog = page.locator(".jp-Dialog .jp-mod-accept")
+        if dialog.count() and dialog.first.is_visible():
+            dialog.first.click()
+        page.wait_for_timeout(250)
+
+
 def picture(png: bytes) -> np.ndarray:
     from PIL import Image
 
@@ -163,9 +175,8 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
                 accept_kernel_dialog(page)
 
                 # the explorer's panels, after the cache filled
-                page.wait_for_function(
-                    "() => { const i = document.querySelector('img.labkit-panel-heads');"
-                    " return i && i.complete && i.naturalWidth > 0; }", timeout=90_000)
+                wait_until(page, "() => { const i = document.querySelector('img.labkit-panel-heads');"
+                                 " return !!i && i.complete && i.naturalWidth > 0; }", timeout=150)
                 app = page.locator(".labkit-explorer")
                 app.scroll_into_view_if_needed()
                 frame_img = page.locator("img.labkit-panel-frame")
