@@ -140,7 +140,8 @@ def run_notebook(
         parameters: values for the ``parameters`` cell; unknown names fail before anything runs.
         html: also write ``<name>.html`` with nbconvert.
         progress: papermill's per-cell progress bar.
-        log_output: stream the notebook's own output (prints, tqdm) to this process's stderr.
+        log_output: stream the notebook's own output (stdout and stderr: prints, progress) to this
+            process's stderr.
         timeout: seconds allowed per cell (None: no limit).
 
     Returns:
@@ -168,7 +169,7 @@ def run_notebook(
             parameters=parameters,
             kernel_name="python3",
             progress_bar=progress,
-            log_output=log_output,
+            stdout_file=sys.stderr if log_output else None,
             stderr_file=sys.stderr if log_output else None,
             execution_timeout=timeout,
         )

@@ -1,0 +1,446 @@
+"""The lab's main job: video -> trained models -> exploration -> evaluation -> one report.
+
+``labkit pipeline`` executes the lab's notebooks in order with papermill::
+
+    train     notebooks/train_dora.ipynb, once per method (DoRA and the DINO baseline, same budget)
+    explore   notebooks/attention_explorer.ipynb on each trained model, and
+              notebooks/dora_step_by_step.ipynb on the DoRA model
+    evaluate  notebooks/evaluate.ipynb: random init, DINO and DoRA side by side, on each dataset
+    report    runs/<name>/report.html: links, key figures, the metrics table, the verdict
+
+Everything of a run lives in ``runs/<name>/``: the resolved ``config.yaml``, ``environment.json``
+(package versions, git commit, device), one folder per stage with its executed notebook, HTML
+export, figures and ``metrics.json``, the training checkpoints, and ``report.html``.
+
+A stage is complete when its folder has a ``stage.json`` written after it succeeded, with the same
+parameters, and its outputs exist; complete stages are skipped unless ``force``. A stage whose
+parameters changed starts afresh; an interrupted training stage resumes from its checkpoint
+(the training notebook runs with ``resume=True``). A failing stage stops the run with the stage,
+the cell and the error, keeps everything done before it, and the CLI exits non-zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+__all__ = [
+    "PipelineConfig",
+    "Stage",
+    "StageFailed",
+    "STAGE_GROUPS",
+    "load_pipeline_config",
+    "plan",
+    "run_pipeline",
+]
+
+STAGE_GROUPS = ("train", "explore", "evaluate", "report")
+METHODS = ("dora", "dino", "timetuning")
+SYNTHETIC = "synthetic"
+
+
+class StageFailed(RuntimeError):
+    """A stage of the pipeline failed; names the stage and, for notebooks, the cell and error."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What ``labkit pipeline`` runs. Field names are the keys of ``lab.yaml`` and of ``-o``.
+
+    The defaults are the CPU demo (``make demo``): a small ViT trained for a few minutes per method
+    on the synthetic default video. For a GPU run on a walking-tour video, set ``video_path``,
+    ``device: cuda``, ``model: vit_small_patch16_224``, ``model_kwargs: {}``, ``img_size: 224`` and
+    many more ``steps`` (see the README).
+    """
+
+    name: str = "demo"  # run folder: <runs_dir>/<name>
+    runs_dir: str = "runs"
+    video_path: str = ""  # training and exploration video; empty: the synthetic default video
+    device: str = "cpu"
+    seed: int = 0
+    # ---- training: every method gets the same budget ----
+    methods: tuple[str, ...] = ("dora", "dino")  # trained models; the random init is always evaluated
+    model: str = "vit_tiny_patch16_224"  # timm ViT
+    model_kwargs: dict = field(default_factory=lambda: {"depth": 4})  # {} keeps the model whole
+    checkpoint: str = ""  # start training from these weights (e.g. DINO's); empty: random init
+    img_size: int = 96  # global crop side
+    num_frames: int = 4  # frames per clip
+    frame_step: int = 4  # frames between the frames of a clip
+    k: int = 3  # DoRA objects per clip
+    steps: int = 120  # optimiser steps per method
+    batch_size: int = 4  # clips per step
+    lr: float = 5e-4
+    train: dict = field(default_factory=dict)  # any other TrainConfig field, e.g. {"num_local": 4}
+    # ---- exploration ----
+    explore_frames: int = 12
+    explore_img_size: int = 224
+    teaching: bool = True  # also run dora_step_by_step on the DoRA model
+    # ---- evaluation ----
+    # datasets: "synthetic" (the default video's ground truth) and DAVIS-layout folders; a folder
+    # that does not exist is skipped with a note in the report (a user's clone has no shared data)
+    eval_data: tuple[str, ...] = (SYNTHETIC, "../shared/data/davis2016")
+    eval_sequences: dict = field(default_factory=dict)  # per dataset: list of sequences (all if absent)
+    eval_resolution: int = 224
+    eval_max_frames: int = 0  # only the first N frames of each sequence; 0: all
+    evaluate: dict = field(default_factory=dict)  # any other EvalConfig field
+
+    def __post_init__(self) -> None:
+        for name in ("methods", "eval_data"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
+            raise ValueError(f"name {self.name!r}: give a plain folder name such as 'demo'")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"methods: unknown {bad}; choose from {list(METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods: {list(self.methods)} repeats a method")
+        for name in ("img_size", "num_frames", "frame_step", "k", "steps", "batch_size",
+                     "explore_frames", "explore_img_size", "eval_resolution"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.eval_max_frames < 0:
+            raise ValueError(f"eval_max_frames must be >= 0, got {self.eval_max_frames}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.video_path and not Path(self.video_path).expanduser().exists():
+            raise ValueError(f"video_path {self.video_path!r} does not exist")
+        if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
+            raise ValueError(f"checkpoint {self.checkpoint!r} is not a file")
+        if not str(self.device).startswith(("cpu", "cuda", "mps")):
+            raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'mps', got {self.device!r}")
+        for name in ("model_kwargs", "train", "evaluate", "eval_sequences"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+        _check_model_name(self.model)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _check_model_name(name: str) -> None:
+    import timm
+
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
+        raise ValueError(f"model {name!r} is not a timm model; similar: {close}")
+
+
+def load_pipeline_config(
+    path: str | os.PathLike | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> PipelineConfig:
+    """Read ``lab.yaml`` (optional) and apply ``key=value`` overrides (values read as YAML).
+
+    Raises:
+        ValueError: an unknown key (with the known ones) or a bad value, naming the key.
+    """
+    import yaml
+
+    from labkit.cli import parse_value
+
+    values: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys, got {type(loaded).__name__}")
+        values.update(loaded)
+    if isinstance(overrides, Mapping):
+        values.update(overrides)
+    else:
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r}: write key=value")
+            key, value = item.split("=", 1)
+            values[key.strip()] = parse_value(value.strip())
+    known = {f.name for f in fields(PipelineConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    return PipelineConfig(**values)
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan: stages with their notebooks, parameters and outputs
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: a notebook with parameters into a folder, or the report."""
+
+    name: str  # unique, e.g. "train_dora"
+    group: str  # one of STAGE_GROUPS
+    out_dir: Path
+    notebook: str | None  # None: a Python step (the report)
+    params: dict[str, Any] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()  # files in out_dir that a complete stage has
+    needs: tuple[str, ...] = ()  # stages whose outputs this one reads
+
+    @property
+    def fingerprint(self) -> str:
+        blob = json.dumps({"notebook": self.notebook, "params": self.params}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _dataset_key(root: str) -> str:
+    return SYNTHETIC if root == SYNTHETIC else Path(root).name
+
+
+def _resolved_model_kwargs(cfg: PipelineConfig) -> dict[str, Any]:
+    return dict(cfg.model_kwargs)
+
+
+def plan(cfg: PipelineConfig) -> list[Stage]:
+    """The stages of a run, in order, with absolute paths and their notebook parameters."""
+    run = cfg.run_dir.resolve()
+    video = str(Path(cfg.video_path).expanduser().resolve()) if cfg.video_path else ""
+    stages: list[Stage] = []
+    trained: dict[str, str] = {}
+    for method in cfg.methods:
+        out = run / f"train_{method}"
+        params = {
+            "video_path": video, "method": method, "model": cfg.model,
+            "model_kwargs": _resolved_model_kwargs(cfg), "checkpoint": cfg.checkpoint,
+            "img_size": cfg.img_size, "num_frames": cfg.num_frames, "frame_step": cfg.frame_step,
+            "k": cfg.k, "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "device": cfg.device, "seed": cfg.seed, **cfg.train,
+            "resume": True, "out_dir": str(out),
+        }
+        stages.append(Stage(f"train_{method}", "train", out, "train_dora", params,
+                            ("checkpoint.pth", "metrics.json")))
+        trained[method] = str(out / "checkpoint.pth")
+
+    for method, ckpt in trained.items():
+        out = run / f"explore_{method}"
+        params = {
+            "video_path": video, "model": cfg.model, "checkpoint": ckpt,
+            "model_kwargs": _resolved_model_kwargs(cfg), "num_frames": cfg.explore_frames,
+            "img_size": cfg.explore_img_size, "k": 5, "device": cfg.device, "seed": cfg.seed,
+            "out_dir": str(out),
+        }
+        stages.append(Stage(f"explore_{method}", "explore", out, "attention_explorer", params,
+                            ("metrics.json", "heads.png"), needs=(f"train_{method}",)))
+    if cfg.teaching and "dora" in trained:
+        out = run / "step_by_step"
+        params = {
+            "video_path": video, "model": cfg.model, "checkpoint": trained["dora"],
+            "model_kwargs": _resolved_model_kwargs(cfg), "k": cfg.k, "img_size": cfg.explore_img_size,
+            "device": cfg.device, "seed": cfg.seed, "out_dir": str(out),
+        }
+        stages.append(Stage("step_by_step", "explore", out, "dora_step_by_step", params,
+                            ("metrics.json",), needs=("train_dora",)))
+
+    specs = [f"random={cfg.model}"] + [f"{m}={cfg.model}:{c}" for m, c in trained.items()]
+    for root in cfg.eval_data:
+        key = _dataset_key(root)
+        out = run / f"evaluate_{key}"
+        data_root = "" if root == SYNTHETIC else str(Path(root).expanduser().resolve())
+        params = {
+            "models": specs, "model_kwargs": _resolved_model_kwargs(cfg), "data_root": data_root,
+            "sequences": list(cfg.eval_sequences.get(key, [])), "resolution": cfg.eval_resolution,
+            "max_frames": cfg.eval_max_frames, "device": cfg.device, "seed": cfg.seed,
+            **cfg.evaluate, "out_dir": str(out),
+        }
+        stages.append(Stage(f"evaluate_{key}", "evaluate", out, "evaluate", params,
+                            ("metrics.json",), needs=tuple(f"train_{m}" for m in trained)))
+    stages.append(Stage("report", "report", run, None, {"stages": [s.name for s in stages]},
+                        ("report.html",), needs=tuple(s.name for s in stages)))
+    return stages
+
+
+def _missing_dataset(stage: Stage) -> str | None:
+    root = stage.params.get("data_root")
+    if stage.group == "evaluate" and root and not Path(root).is_dir():
+        return root
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+
+
+def _marker(stage: Stage) -> Path:
+    return stage.out_dir / ("report.json" if stage.group == "report" else "stage.json")
+
+
+def is_complete(stage: Stage) -> bool:
+    """The stage finished with the same parameters and its outputs are all there."""
+    marker = _marker(stage)
+    if not marker.is_file():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return False
+    return info.get("fingerprint") == stage.fingerprint and all(
+        (stage.out_dir / o).exists() for o in stage.outputs
+    )
+
+
+def _prepare(stage: Stage) -> None:
+    """A stage that finished before with other parameters starts afresh; an interrupted one keeps
+    its folder (training resumes from its checkpoint)."""
+    marker = _marker(stage)
+    if stage.group != "report" and marker.is_file() and stage.out_dir.is_dir():
+        shutil.rmtree(stage.out_dir)
+    stage.out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_marker(stage: Stage, seconds: float, **extra: Any) -> None:
+    info = {"stage": stage.name, "notebook": stage.notebook, "fingerprint": stage.fingerprint,
+            "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "params": stage.params, **extra}
+    _marker(stage).write_text(json.dumps(info, indent=2, default=str))
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Package versions, git commit, Python, machine and device of this run."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    versions = {}
+    for pkg in ("labkit", "torch", "torchvision", "timm", "numpy", "decord", "av", "papermill",
+                "scikit-learn", "scipy", "umap-learn", "matplotlib", "plotly"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": sys.version.split()[0],
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "device": device, "git_commit": commit, "git_dirty": dirty, "packages": versions,
+    }
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _say(message: str) -> None:
+    print(f"[labkit] {message}", flush=True)
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    *,
+    force: bool = False,
+    only: str | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = _say,
+) -> Path:
+    """Run (or resume) the pipeline; returns the path of ``report.html``.
+
+    Args:
+        cfg: the run's configuration (validated).
+        force: rerun complete stages too.
+        only: run only the stages of one group (``train``, ``explore``, ``evaluate``, ``report``);
+            the stages it needs must be complete already.
+        progress: stream the training's progress lines.
+        say: where the one-line-per-stage progress goes.
+
+    Raises:
+        StageFailed: a stage failed (the message names the stage, the cell and the error).
+        ValueError: ``only`` is not a group, or a needed stage has not run.
+    """
+    import yaml
+
+    from labkit.notebooks import NotebookError, notebook_parameters, run_notebook
+
+    if only is not None and only not in STAGE_GROUPS:
+        raise ValueError(f"only: {only!r} is not a stage; choose from {list(STAGE_GROUPS)}")
+    stages = plan(cfg)
+    # every notebook and parameter checked before any work starts
+    for stage in stages:
+        if stage.notebook is not None:
+            known = notebook_parameters(stage.notebook)
+            unknown = sorted(set(stage.params) - set(known))
+            if unknown:
+                raise ValueError(f"stage {stage.name}: notebook {stage.notebook} has no parameter(s) "
+                                 f"{unknown} (check the 'train' / 'evaluate' keys of the config)")
+    by_name = {s.name: s for s in stages}
+    selected = [s for s in stages if only is None or s.group == only]
+    if only is not None:
+        for stage in selected:
+            for need in stage.needs:
+                if need not in {s.name for s in selected} and not is_complete(by_name[need]):
+                    raise ValueError(f"stage {stage.name} needs {need}, which has not completed: "
+                                     f"run the pipeline without --only (or with --only "
+                                     f"{by_name[need].group}) first")
+
+    run_dir = cfg.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (run_dir / "environment.json").write_text(json.dumps(environment(cfg.device), indent=2))
+    say(f"run folder {run_dir}")
+    start = time.perf_counter()
+    total = len(selected)
+    for i, stage in enumerate(selected, 1):
+        head = f"[{i}/{total}] {stage.name}"
+        missing = _missing_dataset(stage)
+        if missing:
+            say(f"{head}: skipped, no dataset at {missing}")
+            continue
+        if not force and is_complete(stage):
+            say(f"{head}: complete, skipped (use --force to rerun)")
+            continue
+        t0 = time.perf_counter()
+        say(f"{head}: running {stage.notebook or 'report'} ...")
+        if stage.group == "report":
+            from labkit.report import write_report
+
+            write_report(run_dir, stages)
+            _write_marker(stage, time.perf_counter() - t0)
+        else:
+            _prepare(stage)
+            try:
+                result = run_notebook(
+                    stage.notebook, stage.out_dir, stage.params,
+                    progress=False, log_output=progress and stage.group == "train",
+                )
+            except NotebookError as err:
+                raise StageFailed(
+                    f"stage {stage.name} failed after {_elapsed(time.perf_counter() - t0)}: {err}\n"
+                    f"  stages before it are kept in {run_dir}; fix the cause and rerun to resume"
+                ) from None
+            _write_marker(stage, time.perf_counter() - t0, html=str(result.html))
+        say(f"{head}: done in {_elapsed(time.perf_counter() - t0)}")
+    report = run_dir / "report.html"
+    latest = run_dir.parent / "latest"
+    try:
+        if latest.is_symlink() or not latest.exists():
+            if latest.is_symlink():
+                latest.unlink()
+            latest.symlink_to(run_dir.name)
+    except OSError:
+        pass
+    say(f"finished in {_elapsed(time.perf_counter() - start)}")
+    return report
