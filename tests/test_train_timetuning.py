@@ -107,6 +107,9 @@ def test_only_the_trainable_blocks_and_the_head_change(tmp_path):
     assert record["backbone_lr"] == pytest.approx(0.1 * record["lr"])
     lrs = sorted({g["lr"] for g in trainer.optimizer.param_groups})
     assert lrs == pytest.approx([0.1 * trainer.log[-1]["lr"], trainer.log[-1]["lr"]])
+    for group in trainer.optimizer.param_groups:  # weight decay on weight matrices only
+        matrices = all(p.ndim > 1 for p in group["params"])
+        assert group["weight_decay"] == (trainer.log[-1]["wd"] if matrices else 0.0)
     trainer.close()
 
 

@@ -112,14 +112,14 @@ TIMETUNING_LOG_COLUMNS = (
     "first_clusters", "lr", "backbone_lr", "wd", "grad_norm", "images_per_s", "seconds",
 )  # fmt: skip
 TIMETUNING_METRICS = ("agreement", "target_confidence", "target_clusters", "first_clusters")
+_HEADS_TAG = 0x68656164  # "head": keeps the heads' random stream apart from the data's
+
+Callback = Callable[[dict, "Trainer"], Any]
 
 
 def log_columns(method: str) -> tuple[str, ...]:
     """Columns of ``log.csv`` (keys of every ``log.jsonl`` record) for a training method."""
     return TIMETUNING_LOG_COLUMNS if method == "timetuning" else LOG_COLUMNS
-_HEADS_TAG = 0x68656164  # "head": keeps the heads' random stream apart from the data's
-
-Callback = Callable[[dict, "Trainer"], Any]
 
 
 class TrainingDiverged(RuntimeError):
@@ -289,7 +289,10 @@ class Trainer:
                 lr=1.0, backbone_lr=config.backbone_lr_ratio, weight_decay=1.0
             )
             self._group_rules = [(g["lr"], g["weight_decay"] > 0) for g in groups]
-            groups = [{"params": g["params"]} for g in groups]
+            groups = [
+                {"params": g["params"], "weight_decay": config.weight_decay * g["weight_decay"]}
+                for g in groups
+            ]  # biases and norms: 0
         else:
             self.teacher.to(self.device)
             self.loss_fn = DINOLoss(
