@@ -236,3 +236,48 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
                 browser.close()
     finally:
         stop_lab(proc)
+
+
+def test_html_export_in_chromium(tmp_path: Path) -> None:
+    """The standalone HTML page, opened from a file (no kernel, no network): a lasso outlines
+    exactly the selected patches of the frame shown."""
+    chromium = find_chromium()
+    if chromium is None:
+        unavailable("no chromium found (Debian: apt-get install chromium; or set LABKIT_CHROMIUM)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed (pip install -e '.[dev]')")
+    import torch
+
+    from labkit.viz.embedding import EmbeddingView
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (4, 64, 96, 3), dtype=np.uint8)
+    feats = torch.from_numpy(rng.normal(size=(4, 4, 6, 16))).float()
+    view = EmbeddingView(frames, feats, None, patch_size=16, frame=2)
+    page_path = view.write_html(tmp_path / "embedding.html")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 700})
+            page.goto(page_path.as_uri())
+            page.wait_for_selector(".scatterlayer .point")
+            box = page.locator(".nsewdrag").first.bounding_box()
+            cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"] * 0.3
+            page.mouse.move(cx - r, cy - r)
+            page.mouse.down()
+            for x, y in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r + 2)):
+                page.mouse.move(x, y, steps=8)
+            page.mouse.up()
+            page.wait_for_timeout(500)
+            gd = "document.querySelector('.plotly-graph-div')"
+            selected = page.evaluate(f"{gd}.data[0].selectedpoints")
+            shapes = page.evaluate(f"{gd}.layout.shapes || []")
+            page.screenshot(path=str(tmp_path / "html.png"))
+        finally:
+            browser.close()
+    assert selected, "the lasso selected nothing"
+    patches = view.shown.index[np.asarray(selected)]
+    expected = {(16 * j - 0.5, 16 * i - 0.5) for t, i, j in patches if t == 2}  # frame shown: position 2
+    assert {(s["x0"], s["y0"]) for s in shapes} == expected and len(shapes) == len(expected)
