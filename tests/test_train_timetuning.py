@@ -74,6 +74,25 @@ def test_invalid_timetuning_fields_name_their_key(key, value):
         TrainConfig(**{"method": "timetuning", key: value})
 
 
+def test_the_model_gets_the_config_fields(tmp_path):
+    from labkit.timetuning import TimeTuningConfig
+
+    cfg = config(
+        tmp_path, epsilon=0.1, sinkhorn_iterations=4, student_temp=0.2, hard_targets=False,
+        forwarder_n_last=2, forwarder_topk=3, forwarder_temperature=0.05, forwarder_radius=0,
+        train_norm=True,
+    )  # fmt: skip
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.student.config == TimeTuningConfig(
+        num_prototypes=16, head_dims=(64, 32), trainable_blocks=1, train_norm=True, epsilon=0.1,
+        sinkhorn_iterations=4, temperature=0.2, hard_targets=False, n_last=2, topk=3,
+        affinity_temperature=0.05, radius=None,
+    )  # fmt: skip
+    assert trainer.teacher is None and trainer.loss_fn is None
+    assert trainer.backbone is trainer.student.backbone
+    trainer.close()
+
+
 def test_trainable_blocks_beyond_the_depth_are_refused(tmp_path):
     with pytest.raises(ValueError, match="trainable_blocks 4 exceeds the model's 3 blocks"):
         Trainer(config(tmp_path, trainable_blocks=4), progress=False)
