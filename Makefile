@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.labkit-installed
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n auto --dist loadfile
 CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: demo test venv bench bench-explorer chromium clean-runs
