@@ -9,11 +9,11 @@ Two ways to get the last block's per-head [CLS] attention for every frame of a v
   ``fused_attn=False`` and a hook that keeps the last block's softmaxed (h, N, N) attention
   matrix, then its [CLS] row.
 
-Both read the video with PyAV by default. decord 0.6, once a ``VideoReader`` has served a read,
-keeps decoding the rest of the file in a background thread and holds every decoded frame (about
-1 GB for the 936-frame 480p tour, 1.7 GB for 600 frames of 720p), which takes CPU from the model
-and inflates peak memory in proportion to the video's length; ``--labkit-backend auto`` measures
-labkit with it anyway.
+Both read the video with PyAV by default, so the comparison is about the model side. decord 0.6,
+once a ``VideoReader`` has served a read, would keep decoding the rest of the file in a background
+thread and hold every decoded frame; ``labkit.video`` stops that by seeking back to frame 0 after
+each read, at the price of a seek per batch. ``--labkit-backend auto`` measures labkit with
+decord (what ``open_video`` picks by default).
 
 Each configuration runs in a fresh subprocess, so its peak resident memory (``VmHWM`` from
 ``/proc/self/status``: torch's allocations are invisible to tracemalloc) is its own. Frames per
@@ -58,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "and takes about a minute on 2 CPU cores either way (0 skips the case)")
     parser.add_argument("--batch-size", type=int, default=8, help="labkit's frames per forward pass")
     parser.add_argument("--labkit-backend", choices=("pyav", "decord", "auto"), default="pyav",
-                        help="labkit.video backend; pyav because decord decodes the whole file ahead "
-                             "in the background (see the module docstring)")
+                        help="labkit.video backend; pyav, the plain loop's reader, by default (auto: "
+                             "decord, as open_video picks)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs per configuration, interleaved labkit/plain; the median is reported "
                              "(other jobs on a shared machine make single runs noisy)")

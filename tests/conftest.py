@@ -55,6 +55,19 @@ def tour_video(shared_data: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test: on tiny tensors more threads only add
+    synchronisation (5x slower on a busy 2-core machine). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     import numpy as np

@@ -14,12 +14,7 @@ from labkit.models import IMAGENET_MEAN, IMAGENET_STD, load_backbone
 ARCH = dict(depth=2, embed_dim=64, num_heads=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
