@@ -62,3 +62,14 @@ def test_absent_datasets_are_skipped_and_rows_line_up(model, tmp_path):
     assert clip["change"] == pytest.approx(1.0 - clip["before"])
     with pytest.raises(ValueError, match="data_root"):
         segmentation_miou(model, tmp_path / "nowhere", progress=False)
+
+
+def test_sequences_are_chosen_per_dataset(model, davis_root):
+    """A DAVIS sequence list applies to DAVIS only; the synthetic video keeps its own sequence."""
+    datasets = {"synthetic": "", "davis2016": str(davis_root)}
+    scores = segmentation_scores(model, datasets, sequences={"davis2016": ["cows"]}, max_frames=2,
+                                 resolution=64, progress=False)
+    assert scores["synthetic"]["sequences"] == ["synthetic"]
+    assert scores["davis2016"]["sequences"] == ["cows"]
+    with pytest.raises(ValueError, match="not among the datasets"):
+        segmentation_scores(model, datasets, sequences={"davis": ["cows"]})

@@ -130,6 +130,8 @@ def segmentation_miou(
 def segmentation_scores(
     model: torch.nn.Module,
     datasets: Mapping[str, str | Path | None],
+    *,
+    sequences: Mapping[str, Sequence[str]] | None = None,
     **options: Any,
 ) -> dict[str, dict[str, Any]]:
     """:func:`segmentation_miou` on several datasets; absent ones are skipped, not errors.
@@ -139,11 +141,17 @@ def segmentation_scores(
         datasets: name -> DAVIS-layout root; ``""`` is the lab's synthetic video; ``None`` or a
             folder that does not exist is skipped (a notebook parameter left empty, shared data
             not present on this machine).
+        sequences: dataset name -> the sequences to score there; a dataset not named, or an empty
+            list, scores all its sequences. Per dataset, as sequence names belong to one dataset.
         **options: passed to :func:`segmentation_miou` (``resolution``, ``max_frames`` ...).
 
     Returns:
         name -> the scores of :func:`segmentation_miou`, or ``{"skipped": reason}``.
     """
+    sequences = dict(sequences or {})
+    unknown = sorted(set(sequences) - set(datasets))
+    if unknown:
+        raise ValueError(f"sequences: {unknown} are not among the datasets {list(datasets)}")
     out: dict[str, dict[str, Any]] = {}
     for name, root in datasets.items():
         if root is None:
@@ -151,7 +159,7 @@ def segmentation_scores(
         elif str(root) and not Path(root).expanduser().is_dir():
             out[name] = {"skipped": f"no folder at {root}"}
         else:
-            out[name] = segmentation_miou(model, root, **options)
+            out[name] = segmentation_miou(model, root, sequences=sequences.get(name) or (), **options)
     return out
 
 
