@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     load_s = time.perf_counter() - t0
     T, H, W = ex.frames.shape[:3]
 
-    app = ex.widget()  # the app's own controls and callbacks, no front end
+    ex.widget()  # builds the app's own controls and callbacks, no front end
     ui = ex._ui
     t0 = time.perf_counter()
     ex.layer_data(ex.state.layer)

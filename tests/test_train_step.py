@@ -86,7 +86,7 @@ def test_dora_step_equals_a_frame_by_frame_loop(nets):
     out = dora_step(student, teacher, ours_loss, data, epoch=0, k=K_OBJ, heads=[2, 0, 3])
 
     frames = data["global"][:, 0]  # (B, T, 3, S, S)
-    teacher_rows, masks = [], []
+    masks = []
     with torch.no_grad():
         teacher_t = torch.stack([teacher(frames[:, t]) for t in range(T)])  # (T, B, K)
     for b in range(B):

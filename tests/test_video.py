@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import pickle
 import sys
-import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from labkit.video import (
-    DecordVideo,
     FrameFolder,
     PyAVVideo,
     Video,

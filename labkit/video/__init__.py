@@ -1,0 +1,111 @@
+"""Read videos and folders of frames as uint8 RGB arrays: by index, by clip, or in batches.
+
+Notation::
+
+    N  frames requested by one call        T  frames in a clip
+    n  frames in one batch                 H, W  frame height and width as returned
+                                                 (after resize-on-read)
+
+Every reader returns frames as ``np.ndarray`` uint8 of shape (N, H, W, 3), RGB, values 0..255, in
+the order the caller asked for (duplicates allowed). Opening decodes at most frame 0 (a decord
+sanity check), and nothing is kept between calls except decoder state, so memory is bounded by the
+frames of one request: long videos are read clip by clip (``clips``) or batch by batch
+(``batches``), never whole.
+
+Backends (``Video.backend``):
+
+- ``"decord"``: ``decord.VideoReader`` on the CPU; the fastest for scattered indices.
+- ``"pyav"``: PyAV (FFmpeg). At open it demuxes the file once (packets only, no decoding) to learn
+  every frame's timestamp and the keyframes; a read then seeks to the keyframe before the first
+  wanted frame and decodes forward. Consecutive reads that move forward reuse the running decoder.
+- ``"frames"``: a folder of jpg/png images sorted by name (the DAVIS ``JPEGImages/480p/<seq>/``
+  layout).
+
+``open_video(path)`` tries decord first and falls back to PyAV when decord is missing, cannot open
+the file, or fails while decoding it. Bad input (missing path, not a video, truncated or corrupt
+file, no frames, indices out of range, a clip longer than the video, a bad ``size``) raises
+``VideoError`` naming the file and the problem. Negative indices are rejected, not wrapped: an index
+computed to be negative is almost always a bug, and ``len(video) - 1`` says what it means.
+
+The package: ``base`` (``Video``, ``VideoError``, size and index checks), ``pyav_reader``,
+``decord_reader``, ``frames`` (frame and mask folders, DAVIS sequences), and ``open_video`` here.
+
+Readers are not thread-safe; give each worker its own (a ``Video`` pickles without its open
+decoder, so DataLoader workers can each reopen it).
+"""
+
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from labkit.video.base import IMAGE_SUFFIXES, Size, Video, VideoError, resolve_size
+from labkit.video.decord_reader import DecordVideo
+from labkit.video.frames import FrameFolder, davis_sequence, load_masks, open_frames
+from labkit.video.pyav_reader import PyAVVideo
+
+__all__ = [
+    "VideoError",
+    "Video",
+    "DecordVideo",
+    "PyAVVideo",
+    "FrameFolder",
+    "open_video",
+    "open_frames",
+    "load_masks",
+    "davis_sequence",
+    "resolve_size",
+    "IMAGE_SUFFIXES",
+    "Size",
+]
+
+
+def open_video(
+    path: str | Path,
+    *,
+    size: Size = None,
+    backend: Literal["auto", "decord", "pyav"] = "auto",
+    num_threads: int = 0,
+) -> Video:
+    """Opens a video file, or a folder of frames, for reading by index or clip.
+
+    Args:
+        path: a video file (anything FFmpeg reads: mp4, mkv, webm, avi, ...) or a folder of
+            jpg/png frames (then this is ``open_frames(path, size=size)``).
+        size: frames are returned at this size: None keeps the file's, int = shorter side
+            (aspect kept, both sides rounded to even), (H, W) exact.
+        backend: "auto" uses decord and falls back to PyAV when decord is missing, cannot open
+            the file or fails while decoding; "decord" or "pyav" forces one.
+        num_threads: decoder threads; 0 lets the library choose.
+
+    Returns:
+        a ``Video``; ``video.backend`` says which reader is in use.
+    """
+    if backend not in ("auto", "decord", "pyav"):
+        raise VideoError(f"backend={backend!r}: expected 'auto', 'decord' or 'pyav'")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise VideoError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if backend != "auto":
+            raise VideoError(f"{path}: a folder of frames; backend={backend!r} reads video files")
+        return open_frames(path, size=size)
+    if not path.is_file():
+        raise VideoError(f"{path}: not a regular file")
+    num_threads = int(num_threads)
+    if backend == "decord":
+        return DecordVideo(path, size=size, num_threads=num_threads)
+    if backend == "pyav":
+        return PyAVVideo(path, size=size, num_threads=num_threads)
+    resolve_size(size, (2, 2))  # a bad size is the caller's error, not a reason to fall back
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return PyAVVideo(path, size=size, num_threads=num_threads)
+    try:
+        return DecordVideo(path, size=size, num_threads=num_threads, fallback=True)
+    except VideoError:
+        # decord cannot open it (a truncated file, a codec it lacks): PyAV either reads it or
+        # raises its own VideoError, which names the problem more plainly than decord's trace
+        return PyAVVideo(path, size=size, num_threads=num_threads)
