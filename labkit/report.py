@@ -90,7 +90,7 @@ def verdict(evaluation: dict[str, Any], dataset: str, budget: str, tie: float = 
     rows = {r["model"]: r for r in comparison_rows(evaluation)}
     if "dora" not in rows:
         return f"On {dataset}: no DoRA model was evaluated."
-    sentences = []
+    sentences, wins, measured = [], [], 0
     for key, name in KEY_METRICS:
         values = {m: rows[m].get(key) for m in ("dora", "dino", "random") if m in rows}
         if values.get("dora") is None:
@@ -108,10 +108,21 @@ def verdict(evaluation: dict[str, Any], dataset: str, budget: str, tie: float = 
         if behind:
             clauses.append("is behind " + " and ".join(behind))
         numbers = ", ".join(f"{m} {v:.3f}" for m, v in values.items() if v is not None)
-        sentences.append(f"{name}: DoRA {', '.join(clauses)} ({numbers}).")
+        label = name if name.startswith("k-") else name[0].upper() + name[1:]  # "k-means" stays
+        sentences.append(f"{label}: DoRA {', '.join(clauses)} ({numbers}).")
+        measured += 1
+        if others and len(beaten) == len(others):
+            wins.append(name)
     if not sentences:
         return f"On {dataset}: no comparable metric."
-    return (f"On {dataset}, after {budget}: " + " ".join(sentences)
+    rivals = " and ".join(m for m in ("dino", "random") if m in rows)
+    if not wins:
+        overall = f"DoRA beats {rivals} on none of the {measured} measures."
+    elif len(wins) == measured:
+        overall = f"DoRA beats {rivals} on all {measured} measures."
+    else:
+        overall = f"DoRA beats {rivals} on {len(wins)} of {measured} measures ({'; '.join(wins)})."
+    return (f"On {dataset}, after {budget}: {overall} " + " ".join(sentences)
             + f" (Differences under {tie} count as ties.)")
 
 
