@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,8 @@ def test_end_to_end(finished) -> None:
     ev = json.loads((run / "evaluate_synthetic" / "metrics.json").read_text())
     assert [r["model"] for r in ev["summary"]] == ["random", "dora", "dino"]
     report = (run / "report.html").read_text()
-    assert "Verdict" in report and "label propagation J&amp;F" in report
+    assert "Verdict" in report and "Label propagation J&amp;F: DoRA" in report
+    assert re.search(r"DoRA beats dino and random on (none of the 4|all 4|[1-3] of 4) measures", report)
     assert "explore_dora/heads.png" in report and "train_dora/log.png" in report
     assert (run.parent / "latest").resolve() == run
 
