@@ -145,7 +145,7 @@ def mask_jaccard(
 def mask_statistics(j: torch.Tensor) -> dict[str, Any]:
     """Best mask, mean over masks, oracle and stability from J per frame and mask.
 
-    The same statistics, under the same keys, as :func:`labkit.eval.segmentation.mask_scores`.
+    :func:`labkit.eval.segmentation.mask_scores` returns these for pixel-level J.
 
     Args:
         j: ``(T, m)`` J per frame and mask.

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from labkit.eval.metrics import Alignment, grid_to_frame, jaccard
+from labkit.eval.patchgrid import mask_statistics
 
 __all__ = [
     "SegmentationScore",
@@ -520,23 +521,7 @@ def mask_scores(
             for t in range(m.shape[0])
         ]
     ).cpu()  # (T, h)
-    per_head = j.mean(dim=0)  # (h,)
-    best = int(per_head.argmax())
-    frame_best = j.max(dim=1).values  # (T,)
-    best_per_frame = j.argmax(dim=1)  # (T,)
-    stable = (j[:, best] >= frame_best - 1e-12).double().mean()
-    return {
-        "jaccard": j,
-        "per_head": per_head,
-        "best_head": best,
-        "best_head_j": float(per_head[best]),
-        "mean_over_heads": float(j.mean()),
-        "oracle_j": float(frame_best.mean()),
-        "oracle_gap": float(frame_best.mean() - per_head[best]),
-        "best_per_frame": best_per_frame,
-        "stability": float(stable),
-        "switches": int((best_per_frame[1:] != best_per_frame[:-1]).sum()),
-    }
+    return mask_statistics(j)
 
 
 def attention_mask_scores(
