@@ -33,7 +33,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
+
+from labkit.environment import describe
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "davis-tour.mp4"
@@ -211,26 +212,6 @@ def run_worker(cfg: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
@@ -242,8 +223,7 @@ def main(argv=None) -> None:
         sys.exit(f"video not found: {args.video} (pass --video)")
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine(),
-        "load_average_start": os.getloadavg(),
+        "machine": describe(),
         "settings": {k: str(v) for k, v in vars(args).items() if k != "worker"},
         "runs": [],
     }
@@ -312,10 +292,10 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 def markdown(results: dict) -> str:
     m = results["machine"]
-    load = results.get("load_average_start", (float("nan"),))[0]
+    load = m["load_average_1m"]
     lines = [
         f"Attention maps, {results['settings']['model']} (random init), "
-        f"{m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}, torch {m['torch']}, "
+        f"{m['processor']}, {m['cpu_count']} cores, GPU: {m.get('device_name', 'none')}, torch {m['torch']}, "
         f"{results['date']} (1-min load average at start: {load:.1f})",
         "",
         "| input | method | batch | frames | frames/s (median) | frames per CPU-second | peak RSS (MB) |",

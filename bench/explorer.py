@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from labkit.environment import describe
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "davis-tour.mp4"
@@ -64,35 +64,13 @@ def stats_ms(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
 
     from labkit.viz.explorer import PANELS, AttentionExplorer, encode_image
 
-    info = machine()
+    info = describe()
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
     t0 = time.perf_counter()
@@ -186,7 +164,7 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(result, indent=2))
 
     print(f"# Explorer slider latency, {date}")
-    print(f"{info['cpu']}, {info['cores']} cores (load average {info['load_average_1m_at_start']} at start), "
+    print(f"{info['processor']}, {info['cpu_count']} cores (load average {info['load_average_1m']} at start), "
           f"torch {info['torch']}")
     print(f"clip: {result['clip']['video']}, {T} frames at {H}x{W}, grid {ex.grid[0]}x{ex.grid[1]}, {args.model}\n")
     print("| what | n | median ms | p95 ms | max ms |")

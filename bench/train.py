@@ -32,14 +32,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from labkit.environment import describe
 
 METHODS = ("labkit", "teacher-loop", "official-loops")
 
@@ -357,11 +357,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": describe(args.device),
         "args": {
             k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"
         },

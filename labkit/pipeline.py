@@ -25,12 +25,12 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from labkit.environment import describe
 
 __all__ = [
     "PipelineConfig",
@@ -307,39 +307,6 @@ def _write_marker(stage: Stage, seconds: float, **extra: Any) -> None:
     _marker(stage).write_text(json.dumps(info, indent=2, default=str))
 
 
-def environment(device: str) -> dict[str, Any]:
-    """Package versions, git commit, Python, machine and device of this run."""
-    import platform
-    from importlib import metadata
-
-    import torch
-
-    versions = {}
-    for pkg in ("labkit", "torch", "torchvision", "timm", "numpy", "decord", "av", "papermill",
-                "scikit-learn", "scipy", "umap-learn", "matplotlib", "plotly"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    info: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": sys.version.split()[0],
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "device": device, "git_commit": commit, "git_dirty": dirty, "packages": versions,
-    }
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def _say(message: str) -> None:
     print(f"[labkit] {message}", flush=True)
 
@@ -399,7 +366,7 @@ def run_pipeline(
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (run_dir / "environment.json").write_text(json.dumps(environment(cfg.device), indent=2))
+    (run_dir / "environment.json").write_text(json.dumps(describe(cfg.device), indent=2))
     say(f"run folder {run_dir}")
     start = time.perf_counter()
     total = len(selected)

@@ -39,8 +39,6 @@ Notation::
 
 from __future__ import annotations
 
-import datetime
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -50,6 +48,7 @@ from typing import Any, Literal
 
 import torch
 
+from labkit.environment import describe
 from labkit.eval.datasets import DatasetError, davis_sequences, image_folder_split
 from labkit.eval.results import EvalResult, ModelResult
 from labkit.eval.sequence import dataset_segmentation, evaluate_sequence, model_input_size
@@ -221,31 +220,6 @@ def _knn(model: torch.nn.Module, cfg: EvalConfig, progress: bool) -> dict[str, A
 # --------------------------------------------------------------------------------------------
 
 
-def _environment(device: str) -> dict[str, Any]:
-    import os
-
-    env = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
-    try:
-        import timm
-
-        env["timm"] = timm.__version__
-    except ImportError:  # pragma: no cover - timm is a dependency
-        pass
-    return env
-
-
 def _model_info(spec: ModelSpec, model: torch.nn.Module, cfg: EvalConfig) -> dict[str, Any]:
     from labkit.models import patch_size
 
@@ -335,7 +309,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     return EvalResult(
         config=cfg.to_dict(),
         models=results,
-        environment=_environment(str(cfg.device)),
+        environment=describe(str(cfg.device)),
         data_root=str(root) if video_on else "",
         sequences=[s.name for s in sequences],
         seconds=time.perf_counter() - start,
