@@ -55,6 +55,15 @@ def tour_video(shared_data: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def small_video(tmp_path_factory) -> Path:
+    """A 16-frame 96x160 synthetic video (mp4) with ground truth beside it, for notebook tests."""
+    from labkit.data.synthetic import generate_synthetic
+
+    out = tmp_path_factory.mktemp("small_synthetic")
+    return generate_synthetic(out, num_frames=16, size=(96, 160), seed=3).video
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op torch thread for the test: on tiny tensors more threads only add

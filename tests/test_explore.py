@@ -15,14 +15,6 @@ TINY = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 
 
 @pytest.fixture(scope="module")
-def small_video(tmp_path_factory) -> Path:
-    from labkit.data.synthetic import generate_synthetic
-
-    out = tmp_path_factory.mktemp("synthetic")
-    return generate_synthetic(out, num_frames=16, size=(96, 160), seed=3).video
-
-
-@pytest.fixture(scope="module")
 def exploration(small_video: Path) -> Exploration:
     cfg = ExploreConfig(
         video_path=str(small_video), model_kwargs=TINY, num_frames=6, frame_step=2, img_size=64, k=3,

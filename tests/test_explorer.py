@@ -22,14 +22,6 @@ TINY = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 
 
 @pytest.fixture(scope="module")
-def small_video(tmp_path_factory) -> Path:
-    from labkit.data.synthetic import generate_synthetic
-
-    out = tmp_path_factory.mktemp("synthetic")
-    return generate_synthetic(out, num_frames=16, size=(96, 160), seed=3).video
-
-
-@pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
     from labkit.models import load_backbone
 

@@ -63,6 +63,18 @@ def find_chromium() -> str | None:
     return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
+def browser_tools():
+    """(chromium path, playwright's sync_playwright), or skip (fail where required) naming what is missing."""
+    chromium = find_chromium()
+    if chromium is None:
+        unavailable("no chromium found (Debian: apt-get install chromium; or set LABKIT_CHROMIUM)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed (pip install -e '.[dev]')")
+    return chromium, sync_playwright
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -137,13 +149,7 @@ def picture(png: bytes) -> np.ndarray:
 
 
 def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
-    chromium = find_chromium()
-    if chromium is None:
-        unavailable("no chromium found (Debian: apt-get install chromium; or set LABKIT_CHROMIUM)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed (pip install -e '.[dev]')")
+    chromium, sync_playwright = browser_tools()
     import papermill as pm
 
     from labkit.data.synthetic import generate_synthetic
@@ -241,13 +247,7 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
 def test_html_export_in_chromium(tmp_path: Path) -> None:
     """The standalone HTML page, opened from a file (no kernel, no network): a lasso outlines
     exactly the selected patches of the frame shown."""
-    chromium = find_chromium()
-    if chromium is None:
-        unavailable("no chromium found (Debian: apt-get install chromium; or set LABKIT_CHROMIUM)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed (pip install -e '.[dev]')")
+    chromium, sync_playwright = browser_tools()
     import torch
 
     from labkit.viz.embedding import EmbeddingView

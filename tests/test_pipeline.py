@@ -86,13 +86,6 @@ def test_only_needs_completed_stages(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_video(tmp_path_factory) -> Path:
-    from labkit.data.synthetic import generate_synthetic
-
-    return generate_synthetic(tmp_path_factory.mktemp("video"), num_frames=16, size=(96, 160)).video
-
-
-@pytest.fixture(scope="module")
 def finished(tmp_path_factory, small_video: Path) -> tuple[PipelineConfig, list[str]]:
     runs = tmp_path_factory.mktemp("runs")
     cfg = tiny(runs, small_video)
