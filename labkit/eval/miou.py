@@ -20,7 +20,6 @@ sample of every sequence's patches and scores foreground against background.
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -86,9 +85,7 @@ def segmentation_miou(
     """
     from labkit.eval.datasets import davis_sequences
     from labkit.eval.results import ModelResult
-    from labkit.eval.runner import EvalConfig
-    from labkit.eval.sequence import dataset_segmentation, evaluate_sequence
-    from tqdm.auto import tqdm
+    from labkit.eval.runner import EvalConfig, score_sequences
 
     start = time.perf_counter()
     cfg = EvalConfig(
@@ -104,16 +101,11 @@ def segmentation_miou(
 
         root = default_dataset()
     seqs = davis_sequences(root, cfg.sequences, folder=cfg.davis_folder)
-    result = ModelResult(label="model", spec="", info={})
+    result = ModelResult(label="k-means mIoU", spec="", info={})
     training = model.training
     model.eval()
     try:
-        with tempfile.TemporaryDirectory(prefix="labkit-miou-") as tmp:
-            for seq in tqdm(seqs, desc="k-means mIoU", unit="seq", disable=not progress):
-                result.sequences.append(
-                    evaluate_sequence(model, seq, cfg, progress=progress, stash=Path(tmp))
-                )
-            result.dataset_segmentation = dataset_segmentation(Path(tmp), result.sequences, cfg)
+        score_sequences(model, seqs, cfg, result, progress=progress)
     finally:
         model.train(training)
     summary = result.segmentation_summary() or {}

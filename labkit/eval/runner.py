@@ -49,7 +49,7 @@ from typing import Any, Literal
 import torch
 
 from labkit.environment import describe
-from labkit.eval.datasets import DatasetError, davis_sequences, image_folder_split
+from labkit.eval.datasets import DatasetError, DavisSequence, davis_sequences, image_folder_split
 from labkit.eval.results import EvalResult, ModelResult
 from labkit.eval.sequence import dataset_segmentation, evaluate_sequence, model_input_size
 from labkit.eval.specs import ModelSpec, parse_model_spec
@@ -247,6 +247,30 @@ def _model_info(spec: ModelSpec, model: torch.nn.Module, cfg: EvalConfig) -> dic
     return info
 
 
+
+def score_sequences(
+    model: torch.nn.Module,
+    sequences: Sequence[DavisSequence],
+    cfg: EvalConfig,
+    result: ModelResult,
+    *,
+    progress: bool = True,
+) -> None:
+    """Run the video evaluations of ``cfg`` for one loaded model over the sequences.
+
+    Appends one :class:`labkit.eval.results.SequenceResult` per sequence to ``result.sequences``
+    and, with segmentation on, sets ``result.dataset_segmentation`` (the dataset-level k-means,
+    fitted on patches stashed in a temporary folder while the sequences stream).
+    """
+    from tqdm.auto import tqdm
+
+    with tempfile.TemporaryDirectory(prefix="labkit-eval-") as tmp:
+        stash = Path(tmp) if cfg.runs("segmentation") else None
+        for seq in tqdm(sequences, desc=result.label, unit="seq", disable=not progress):
+            result.sequences.append(evaluate_sequence(model, seq, cfg, progress=progress, stash=stash))
+        if stash is not None and sequences:
+            result.dataset_segmentation = dataset_segmentation(stash, result.sequences, cfg)
+
 def evaluate(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     """Evaluate every model of ``cfg`` on its dataset; checks everything before the first frame.
 
@@ -262,8 +286,6 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
         ValueError: (:class:`labkit.eval.datasets.DatasetError` for data) naming the spec, folder
             or file at fault, before any model runs over the data.
     """
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     video_on = any(cfg.runs(e) for e in VIDEO_EVALUATIONS)
     if cfg.data_root:
@@ -295,12 +317,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
         model = spec.load(device=cfg.device, seed=cfg.seed,
                           model_kwargs=cfg.kwargs_for(spec.label))
         res = ModelResult(label=spec.label, spec=spec.text, info=infos[spec.label])
-        with tempfile.TemporaryDirectory(prefix="labkit-eval-") as tmp:
-            stash = Path(tmp) if cfg.runs("segmentation") else None
-            for seq in tqdm(sequences, desc=spec.label, unit="seq", disable=not progress):
-                res.sequences.append(evaluate_sequence(model, seq, cfg, progress=progress, stash=stash))
-            if stash is not None and sequences:
-                res.dataset_segmentation = dataset_segmentation(stash, res.sequences, cfg)
+        score_sequences(model, sequences, cfg, res, progress=progress)
         if cfg.runs("knn"):
             res.knn = _knn(model, cfg, progress)
         res.seconds = time.perf_counter() - t_model
