@@ -50,17 +50,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    if not rows:
-        return "<p class='muted'>no rows</p>"
-    columns = list(columns or rows[0].keys())
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _link(run_dir: Path, path: Path, text: str) -> str:
     rel = path.relative_to(run_dir).as_posix()
     return f"<a href='{html.escape(rel)}'>{html.escape(text)}</a>"
@@ -145,6 +134,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     Returns:
         Path of ``report.html``.
     """
+    from labkit.eval.report import html_table  # imports torch: only when a report is written
     from labkit.train.report import plot_log
 
     run_dir = Path(run_dir).resolve()
@@ -200,7 +190,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             png = stage.out_dir / "log.png"
             plot_log(log, title=stage.name).savefig(png, dpi=90, bbox_inches="tight")
             train_figures.append(_img(run_dir, png, f"{stage.name}: loss, collapse signals, schedules"))
-    parts += ["<h2>Training</h2>", f"<p class='muted'>{html.escape(budget)}</p>", _table(train_rows),
+    parts += ["<h2>Training</h2>", f"<p class='muted'>{html.escape(budget)}</p>", html_table(train_rows),
               *train_figures]
 
     # exploration
@@ -230,7 +220,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
                 "k-means dataset_hungarian mIoU", "seconds"]
         rows = comparison_rows(metrics)
         cols = [c for c in cols if any(c in r for r in rows)]
-        parts.append(_table(rows, cols))
+        parts.append(html_table(rows, columns=cols))
         for png in sorted(stage.out_dir.glob("bars_*.png"))[:3]:
             parts.append(_img(run_dir, png, png.stem.replace("_", " ")))
         for png in sorted(stage.out_dir.glob("examples_*.png")):

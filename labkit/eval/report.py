@@ -98,11 +98,13 @@ def _cell(value: Any, digits: int) -> str:
     return str(value)
 
 
-def html_table(rows: Sequence[dict], *, digits: int = 3, caption: str = "") -> str:
-    """An HTML ``<table>`` of rows of flat dicts (columns from the first row)."""
+def html_table(
+    rows: Sequence[dict], *, digits: int = 3, caption: str = "", columns: Sequence[str] | None = None
+) -> str:
+    """An HTML ``<table>`` of rows of flat dicts (columns: ``columns``, else the first row's keys)."""
     if not rows:
         return "<p>(no rows)</p>"
-    cols = list(rows[0])
+    cols = list(columns or rows[0])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c), digits))}</td>" for c in cols) + "</tr>"
