@@ -106,6 +106,9 @@ class Exploration:
         frames: uint8 (T, H, W, 3) RGB frames as fed to the model (before the patch crop).
         attention: float32 (T, h, gh, gw) [CLS] attention of each head over the patches.
         features: float32 (T, gh, gw, D) patch tokens of the same block.
+        keys: float32 (T, gh, gw, D) the block's keys (heads concatenated), for DoRA's tracking.
+        queries: float32 (gh, gw, D) the block's queries on the clip's first frame, for DoRA's
+            discovery; keys and queries come from the same pass (the interactive explorer uses them).
         masks: bool (T, h, gh, gw) smallest patch sets holding ``keep`` of each head's mass.
         segments_frame: int64 (T, gh, gw) per-frame k-means, labels aligned over time.
         segments_clip: int64 (T, gh, gw) one k-means over the whole clip.
@@ -123,6 +126,8 @@ class Exploration:
     segments_frame: torch.Tensor
     segments_clip: torch.Tensor
     patch_size: int
+    keys: torch.Tensor | None = field(default=None, repr=False)
+    queries: torch.Tensor | None = field(default=None, repr=False)
     model: torch.nn.Module | None = field(default=None, repr=False)
     video_info: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -325,7 +330,7 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
     seconds["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    attn_parts, feat_parts = [], []
+    attn_parts, feat_parts, key_parts, queries = [], [], [], None
     batches = range(0, len(frames), cfg.batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -333,9 +338,13 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         batches = tqdm(batches, desc="attention", unit="batch")
     for s in batches:
         images = prepare_images(frames[s : s + cfg.batch_size], model, device=cfg.device)
-        out = extract(model, images, layer=cfg.layer, attention=True, kinds=("tokens",))
+        out = extract(model, images, layer=cfg.layer, attention=True,
+                      kinds=("tokens", "keys", "queries"))  # one pass: the block runs whole anyway
         attn_parts.append(out.attention.float().cpu())
         feat_parts.append(out.features["tokens"].float().cpu())
+        key_parts.append(out.features["keys"].float().cpu())
+        if queries is None:
+            queries = out.features["queries"][0].float().cpu()  # (gh, gw, D), the first frame
     attention = torch.cat(attn_parts)
     features = torch.cat(feat_parts)
     seconds["extract"] = time.perf_counter() - t0
@@ -356,6 +365,8 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         segments_frame=seg_frame,
         segments_clip=seg_clip,
         patch_size=patch_size(model),
+        keys=torch.cat(key_parts),
+        queries=queries,
         model=model,
         video_info=info,
         seconds=seconds,

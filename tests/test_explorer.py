@@ -241,7 +241,21 @@ def test_from_exploration_and_static_show(small_video: Path, monkeypatch, tmp_pa
     assert ex.state.heads == (2, 0, 1) and ex.state.k == 3 and ex.indices == exp.indices.tolist()
     rgb = heads_to_rgb(exp.attention[0], (2, 0, 1), size=exp.size, patch_size=exp.patch_size)
     np.testing.assert_array_equal(ex.panel("heads"), overlay(exp.frames[0], rgb, 0.5, patch_size=exp.patch_size))
-    assert ex.render().shape == (64, 4 * 106, 3)  # keys for DoRA extracted on demand
+    import labkit.attention
+
+    calls = []
+    extract = labkit.attention.extract
+    monkeypatch.setattr(labkit.attention, "extract", lambda *a, **k: calls.append(1) or extract(*a, **k))
+    assert ex.render().shape == (64, 4 * 106, 3)
+    assert calls == []  # explore's one pass also gave DoRA's keys and queries: no second pass
+    monkeypatch.setattr(labkit.attention, "extract", extract)
+    own = AttentionExplorer(exp.frames, exp.model, indices=list(exp.indices), heads=(2, 0, 1), k=3,
+                            progress=False)  # computes its own pass
+    seeded, fresh = ex.layer_data(-1), own.layer_data(-1)
+    torch.testing.assert_close(seeded.keys, fresh.keys)
+    torch.testing.assert_close(seeded.queries, fresh.queries)
+    diff = ex.panel("objects").astype(int) - own.panel("objects").astype(int)
+    assert np.abs(diff).max() <= 1  # the same DoRA objects panel
 
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))

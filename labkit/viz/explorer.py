@@ -289,7 +289,11 @@ class AttentionExplorer:
             device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed, **kwargs,
         )
         layer = explorer.state.layer
-        explorer._layers[layer] = LayerData(exp.attention.float(), exp.features.float(), None, None)
+        keys, queries = getattr(exp, "keys", None), getattr(exp, "queries", None)
+        explorer._layers[layer] = LayerData(
+            exp.attention.float(), exp.features.float(),
+            None if keys is None else keys.float(), None if queries is None else queries.float(),
+        )  # fmt: skip
         explorer._segments[(layer, cfg.k)] = np.asarray(exp.segments_clip, dtype=np.int64)
         return explorer
 
