@@ -4,6 +4,7 @@ Notation::
 
     B  images in a batch           h  attention heads        d  channels per head
     N  tokens = R + P              R  prefix tokens ([CLS] and registers)
+    G  register tokens (R = 1 + G with a [CLS] token; DINOv2 "reg4": G = 4)
     P  patches = gh * gw           gh, gw  patch grid (rows, columns)
     D  embedding dimension = h * d for the ViTs labkit loads
     L  the chosen block (``layer``; negative counts from the end as in Python)
@@ -14,11 +15,19 @@ on CPU and GPU works block-wise and never stores the N x N matrix). For block ``
 
 * the [CLS] query's attention row is ``softmax(q_cls k^T * d^-0.5)`` over all N keys, computed from
   the block's own ``norm1 -> qkv -> q_norm/k_norm``: an (h, N) row per image, not an (h, N, N) matrix;
+  its P patch columns are the attention maps, its R prefix columns ([CLS] itself, then the
+  registers) are kept apart (``prefix_attention``);
+* with ``registers=True`` the G register queries' rows are computed the same way (G x N, not
+  N x N), split into their patch columns (``register_attention``) and prefix columns;
 * if only attention, keys or queries are asked for, the rest of block ``L`` (the value path, the
   projection, the MLP) and the blocks after it are not run; the qkv projection computes just the
   keys and, unless queries are asked for, the [CLS] query;
 * ``"tokens"`` runs block ``L`` whole (reading q and k off its qkv projection with a hook) and
   applies the model's final norm.
+
+Token order is timm's: ``[CLS]``, then the G registers, then the patches row-major, so the
+registers are tokens ``R - G .. R - 1``; R and G come from the model (``num_prefix_tokens``,
+``num_reg_tokens``), never assumed.
 
 Feature kinds (each (B, gh, gw, D), patch tokens only, prefix tokens dropped):
 
@@ -50,15 +59,35 @@ FEATURE_KINDS: tuple[str, ...] = ("tokens", "keys", "queries")
 class Extraction:
     """What one pass through a ViT gave.
 
+    Each attention row is one softmax over all N tokens, split into its patch columns (maps) and
+    its R prefix columns, so ``attention.sum((-2, -1)) + prefix_attention.sum(-1) == 1`` and the
+    same for each register's row.
+
     Attributes:
         attention: (B, h, gh, gw) float32 [CLS] attention over the patches, or None if not asked.
         features: feature kind -> (B, gh, gw, D) tensor.
         indices: frame indices the rows belong to (set by :func:`extract_video`), else None.
+        prefix_attention: (B, h, R) float32 [CLS] attention to the prefix tokens (column 0: [CLS]
+            itself, columns 1 .. G: the registers), set with ``attention``, else None.
+        register_attention: (B, G, h, gh, gw) float32, each register token's own attention (its
+            query row) over the patches, set with ``registers=True``, else None.
+        register_prefix_attention: (B, G, h, R) float32, the registers' attention to the prefix
+            tokens, set with ``register_attention``, else None.
     """
 
     attention: torch.Tensor | None
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     indices: np.ndarray | None = None
+    prefix_attention: torch.Tensor | None = None
+    register_attention: torch.Tensor | None = None
+    register_prefix_attention: torch.Tensor | None = None
+
+    @property
+    def cls_register_attention(self) -> torch.Tensor | None:
+        """(B, h, G) float32: the [CLS] query's attention to each register, or None."""
+        if self.prefix_attention is None:
+            return None
+        return self.prefix_attention[..., 1:]
 
 
 def cls_attention(model: torch.nn.Module, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
@@ -78,6 +107,32 @@ def cls_attention(model: torch.nn.Module, images: torch.Tensor, layer: int = -1)
         Tensor (B, h, gh, gw), float32, values in [0, 1], on the images' device.
     """
     return extract(model, images, layer, attention=True, kinds=()).attention
+
+
+def register_attention(model: torch.nn.Module, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """Per-head attention of each register token's query over the patches at one block.
+
+    The register's own row of the block's attention matrix (DINOv2 with registers: the tokens
+    Darcet et al. added to absorb the high-norm "artifact" patches), softmax over all N tokens as
+    in the block, patch columns kept. The [CLS] maps (:func:`cls_attention`) do not include it.
+
+    References:
+        Darcet et al., "Vision Transformers Need Registers", ICLR 2024.
+
+    Args:
+        model: a timm VisionTransformer with register tokens (``num_reg_tokens > 0``, e.g.
+            ``vit_small_patch14_reg4_dinov2``).
+        images: (B, 3, H, W) normalised batch, H and W multiples of the patch size.
+        layer: block index, negative counts from the end.
+
+    Returns:
+        Tensor (B, G, h, gh, gw), float32, values in [0, 1], on the images' device; G registers
+        in token order.
+
+    Raises:
+        ValueError: the model has no register tokens.
+    """
+    return extract(model, images, layer, attention=False, kinds=(), registers=True).register_attention
 
 
 def patch_features(
@@ -104,8 +159,9 @@ def extract(
     *,
     attention: bool = True,
     kinds: Sequence[FeatureKind] = ("tokens",),
+    registers: bool = False,
 ) -> Extraction:
-    """[CLS] attention and patch features of one block from a single forward pass.
+    """[CLS] attention, register attention and patch features of one block from a single forward pass.
 
     Runs under ``torch.inference_mode`` (results are inference tensors: no autograd through them);
     blocks keep their fused attention, nothing N x N is formed, and no block after ``layer`` runs
@@ -116,42 +172,66 @@ def extract(
         model: a timm VisionTransformer (class token needed for the attention).
         images: (B, 3, H, W) normalised batch, H and W multiples of the patch size.
         layer: block index, negative counts from the end.
-        attention: compute the [CLS] attention maps.
+        attention: compute the [CLS] attention maps (and ``prefix_attention``).
         kinds: feature kinds to return, any of ``"tokens"``, ``"keys"``, ``"queries"``.
+        registers: compute each register token's attention (``register_attention`` and
+            ``register_prefix_attention``); the model must have register tokens.
 
     Returns:
-        :class:`Extraction` with ``attention`` (B, h, gh, gw) float32 or None and ``features``
+        :class:`Extraction` with ``attention`` (B, h, gh, gw) float32 or None, ``prefix_attention``
+        (B, h, R) float32 or None, ``register_attention`` (B, G, h, gh, gw) float32 or None,
+        ``register_prefix_attention`` (B, G, h, R) float32 or None and ``features``
         {kind: (B, gh, gw, D)}.
     """
     kinds = tuple(dict.fromkeys(kinds))  # unique, order kept
     bad = [k for k in kinds if k not in FEATURE_KINDS]
     if bad:
         raise ValueError(f"extract: unknown feature kind(s) {bad}; choose from {FEATURE_KINDS}")
-    if not attention and not kinds:
-        raise ValueError("extract: nothing to compute (attention=False and no feature kinds)")
+    if not attention and not kinds and not registers:
+        raise ValueError("extract: nothing to compute (attention=False, registers=False, no feature kinds)")
     blocks = _check_model(model, attention)
+    num_registers = int(getattr(model, "num_reg_tokens", 0) or 0)
+    if registers and num_registers == 0:
+        raise ValueError(
+            f"extract: registers=True but {type(model).__name__} has no register tokens "
+            "(num_reg_tokens = 0); e.g. vit_small_patch14_reg4_dinov2 has 4"
+        )
     index = _block_index(layer, len(blocks))
     grid = _grid(model, images)
+    num_prefix = model.num_prefix_tokens
 
     with torch.inference_mode():
         x = _tokens_before(model, images, index)  # (B, N, D)
         block = blocks[index]
         if "tokens" in kinds:
             out, qkv = _run_block_keeping_qkv(block, x)
-            q, k = _split_qkv(block.attn, qkv, "queries" in kinds or attention)
+            q, k = _split_qkv(block.attn, qkv, "queries" in kinds or attention or registers)
             tokens = model.norm(out)  # (B, N, D)
         else:
-            q, k = _project_qk(block, x, all_queries="queries" in kinds)
+            # queries of every token, of the prefix tokens (registers' rows), or of [CLS] only
+            num_queries = x.shape[1] if "queries" in kinds else num_prefix if registers else 1
+            q, k = _project_qk(block, x, num_queries)
             tokens = None
 
-        num_prefix = model.num_prefix_tokens
         result: dict[str, torch.Tensor] = {}
         for kind in kinds:
             src = {"tokens": tokens, "keys": k, "queries": q}[kind]  # (B, N, D) or (B, N, h, d)
             patches = src[:, num_prefix:]
             result[kind] = patches.reshape(patches.shape[0], *grid, -1).contiguous()  # (B, gh, gw, D)
-        maps = _cls_row(block.attn, q, k, num_prefix, grid) if attention else None
-    return Extraction(attention=maps, features=result)
+        maps = cls_prefix = reg_maps = reg_prefix = None
+        if attention:
+            maps, cls_prefix = _query_rows(block.attn, q[:, :1], k, num_prefix, grid)
+            maps, cls_prefix = maps[:, 0], cls_prefix[:, 0]  # (B, h, gh, gw), (B, h, R)
+        if registers:
+            first = num_prefix - num_registers  # registers follow [CLS] in timm's token order
+            reg_maps, reg_prefix = _query_rows(block.attn, q[:, first:num_prefix], k, num_prefix, grid)
+    return Extraction(
+        attention=maps,
+        features=result,
+        prefix_attention=cls_prefix,
+        register_attention=reg_maps,
+        register_prefix_attention=reg_prefix,
+    )
 
 
 def _check_model(model: torch.nn.Module, attention: bool) -> torch.nn.ModuleList:
@@ -233,8 +313,8 @@ def _split_qkv(attn: Any, qkv: torch.Tensor, need_q: bool) -> tuple[torch.Tensor
     return q, k
 
 
-def _project_qk(block: Any, x: torch.Tensor, all_queries: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys of all tokens and queries of all tokens (or of [CLS] only), each (B, N or 1, h, d).
+def _project_qk(block: Any, x: torch.Tensor, num_queries: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys of all tokens (B, N, h, d) and queries of the first ``num_queries`` tokens (B, n, h, d).
 
     Uses the q and k rows of the block's qkv weight, so the values are never projected.
     """
@@ -246,9 +326,9 @@ def _project_qk(block: Any, x: torch.Tensor, all_queries: bool) -> tuple[torch.T
     k_bias = bias[width : 2 * width] if bias is not None else None
     batch = y.shape[0]
     k = F.linear(y, weight[width : 2 * width], k_bias)  # (B, N, h * d)
-    q = F.linear(y if all_queries else y[:, :1], weight[:width], q_bias)  # (B, N or 1, h * d)
+    q = F.linear(y[:, :num_queries], weight[:width], q_bias)  # (B, n, h * d)
     k = attn.k_norm(k.view(batch, -1, attn.num_heads, attn.head_dim))  # (B, N, h, d)
-    q = attn.q_norm(q.view(batch, -1, attn.num_heads, attn.head_dim))  # (B, N or 1, h, d)
+    q = attn.q_norm(q.view(batch, -1, attn.num_heads, attn.head_dim))  # (B, n, h, d)
     return q, k
 
 
@@ -256,10 +336,24 @@ def _cls_row(
     attn: Any, q: torch.Tensor, k: torch.Tensor, num_prefix: int, grid: tuple[int, int]
 ) -> torch.Tensor:
     """softmax(q_cls k^T * scale) over all tokens, patch columns only: (B, h, gh, gw) float32."""
-    q_cls = q[:, 0] * attn.scale  # (B, h, d); scaled before the product, as timm's block does
-    logits = torch.einsum("bhd,bnhd->bhn", q_cls, k)  # (B, h, N)
-    weights = logits.float().softmax(dim=-1)[..., num_prefix:]  # (B, h, P)
-    return weights.reshape(*weights.shape[:2], *grid).contiguous()  # (B, h, gh, gw)
+    return _query_rows(attn, q[:, :1], k, num_prefix, grid)[0][:, 0]
+
+
+def _query_rows(
+    attn: Any, q: torch.Tensor, k: torch.Tensor, num_prefix: int, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention rows of n queries (B, n, h, d) over all N keys (B, N, h, d), split in two.
+
+    Returns:
+        ``(maps, prefix)``: the patch columns (B, n, h, gh, gw) and the prefix columns (B, n, h, R),
+        float32; together each row sums to 1.
+    """
+    q = q * attn.scale  # (B, n, h, d); scaled before the product, as timm's block does
+    # b image, m query, n key, h head, d channel
+    logits = torch.einsum("bmhd,bnhd->bmhn", q, k)  # (B, n, h, N)
+    weights = logits.float().softmax(dim=-1)  # (B, n, h, N)
+    maps = weights[..., num_prefix:].reshape(*weights.shape[:3], *grid)  # (B, n, h, gh, gw)
+    return maps.contiguous(), weights[..., :num_prefix].contiguous()
 
 
 def extract_video(
@@ -270,6 +364,7 @@ def extract_video(
     layer: int = -1,
     attention: bool = True,
     kinds: Sequence[FeatureKind] = (),
+    registers: bool = False,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -286,15 +381,17 @@ def extract_video(
         video: a :class:`labkit.video.Video`, or anything with ``__len__`` and ``get(indices)``
             returning uint8 (n, H, W, 3).
         indices: frames to process, in this order; None for all frames.
-        layer, attention, kinds: as in :func:`extract`.
+        layer, attention, kinds, registers: as in :func:`extract`.
         batch_size: frames per forward pass.
         device: where the model runs.
         dtype: floating dtype of the images fed to the model.
         progress: show a tqdm progress bar.
 
     Returns:
-        :class:`Extraction` with ``attention`` (T, h, gh, gw) float32, ``features`` {kind:
-        (T, gh, gw, D)} on the CPU and ``indices`` (T,) int64, T = number of frames.
+        :class:`Extraction` with ``attention`` (T, h, gh, gw) float32, ``prefix_attention``
+        (T, h, R), ``register_attention`` (T, G, h, gh, gw) and ``register_prefix_attention``
+        (T, G, h, R) where asked, ``features`` {kind: (T, gh, gw, D)} on the CPU and ``indices``
+        (T,) int64, T = number of frames.
     """
     if batch_size < 1:
         raise ValueError(f"extract_video: batch_size must be >= 1, got {batch_size}")
@@ -309,21 +406,26 @@ def extract_video(
 
     from tqdm.auto import tqdm
 
-    maps: list[torch.Tensor] = []
+    rows = ("attention", "prefix_attention", "register_attention", "register_prefix_attention")
+    stacked: dict[str, list[torch.Tensor]] = {name: [] for name in rows}
     feats: dict[str, list[torch.Tensor]] = {k: [] for k in dict.fromkeys(kinds)}
     with tqdm(total=len(indices), unit="frame", disable=not progress, desc="extract") as bar:
         for _, frames in _frame_batches(video, indices, batch_size):
             images = prepare_images(frames, model, device=device, dtype=dtype)
-            out = extract(model, images, layer, attention=attention, kinds=tuple(feats))
-            if attention:
-                maps.append(out.attention.cpu())
+            out = extract(
+                model, images, layer, attention=attention, kinds=tuple(feats), registers=registers
+            )
+            for name in rows:
+                value = getattr(out, name)
+                if value is not None:
+                    stacked[name].append(value.cpu())
             for kind, value in out.features.items():
                 feats[kind].append(value.cpu())
             bar.update(len(frames))
     return Extraction(
-        attention=torch.cat(maps) if attention else None,
         features={kind: torch.cat(values) for kind, values in feats.items()},
         indices=indices,
+        **{name: torch.cat(values) if values else None for name, values in stacked.items()},
     )
 
 
