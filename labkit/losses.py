@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,7 @@ __all__ = [
     "DINOHead",
     "DINOLoss",
     "dora_pair_weights",
+    "dora_published_pair_weights",
     "cancel_last_layer_gradients",
 ]
 
@@ -289,6 +291,49 @@ def dora_pair_weights(num_objects: int, num_local: int) -> torch.Tensor:
     return torch.cat([objects, local])[None]  # (1, k + n)
 
 
+def dora_published_pair_weights(
+    num_objects: int, num_local: int, num_frames: int
+) -> torch.Tensor:
+    """Pair weights (1, k + n) of the official DoRA loss, quirks included (``dora_loss="published"``).
+
+    Same view order as :func:`dora_pair_weights`. The official ``DINOLoss.forward`` keeps one
+    accumulator over the objects: ``F_j = (F_{j-1} + S_j) / T`` with ``S_j`` the sum over frames
+    of ``0.5 * (object_j loss + local loss)``, and returns ``mean_j F_j``. Unrolled, object i
+    (0-based) counts with ``u_i = 1 + 1/T + ... + T^-(k-1-i)`` and the local term with the sum
+    of the ``u_i``; its local-crop loop skips crop 0. So::
+
+        object i:        0.5 * u_i / k
+        local crop 0:    0
+        local crop c>0:  0.5 * sum_i(u_i) / (k * (n - 1))
+
+    The weights sum to ``mean_i u_i``, the factor by which the official loss is larger than a
+    normalised one: 1 for k = 1, about 1.089 for k = 3, T = 8, (k + 1) / 2 for T = 1.
+
+    Args:
+        num_objects: k >= 1.
+        num_local: n >= 2 (the official code divides by zero with n = 1 and fails with n = 0).
+        num_frames: T >= 1.
+
+    Returns:
+        (1, k + n) float64 weights, *not* normalised: their sum is the scale of the official loss.
+    """
+    if num_objects < 1 or num_local < 2 or num_frames < 1:
+        raise ValueError(
+            "dora_published_pair_weights: need num_objects >= 1, num_local >= 2 (the official "
+            "loss never scores local crop 0 and divides by zero without a second crop) and "
+            f"num_frames >= 1, got {num_objects}, {num_local}, {num_frames}"
+        )
+    powers = torch.tensor(float(num_frames), dtype=torch.float64) ** -torch.arange(
+        num_objects, dtype=torch.float64
+    )  # (k,) 1, 1/T, 1/T^2 ...
+    counts = torch.cumsum(powers, 0).flip(0)  # (k,) u_i = sum_{m < k - i} T^-m
+    objects = 0.5 * counts / num_objects
+    local = torch.full((num_local,), 0.5 * float(counts.sum()) / (num_objects * (num_local - 1)),
+                       dtype=torch.float64)
+    local[0] = 0.0
+    return torch.cat([objects, local])[None]  # (1, k + n)
+
+
 ViewsLike = torch.Tensor | Sequence[torch.Tensor]
 
 
@@ -316,7 +361,9 @@ class DINOLoss(nn.Module):
     folded into the batch (every frame has B rows, so the mean over the T*B rows is the mean
     over frames of the mean over samples) and :func:`dora_pair_weights`.
 
-    Quirks of the official DoRA ``DINOLoss`` (``main.py``), *not* reproduced here:
+    Quirks of the official DoRA ``DINOLoss`` (``main.py``), *not* reproduced by the default
+    ``dora_loss="corrected"``; ``dora_loss="published"`` reproduces the first two (and the
+    official scale, see :func:`dora_published_pair_weights`) to compare with published numbers:
 
     * ``frame_loss`` is not reset between objects: object j's accumulator starts from object
       j-1's frame-averaged loss and is divided by T again, so the objects are weighted
@@ -328,6 +375,8 @@ class DINOLoss(nn.Module):
     * ``update_center`` calls ``dist.all_reduce`` unconditionally, so the loss fails in a single
       process; here the all-reduce happens only if ``torch.distributed.is_initialized()``.
     * With no local crops the local term divides 0 by 0; here the loss is then the object term.
+      (With one local crop the official code divides 0 by 0 too, as crop 0 is skipped; the
+      published variant therefore needs n >= 2.)
 
     The center is updated from the teacher outputs of the call (all G*B rows; for DoRA all T*B
     frame rows, as the official code does), after the loss is computed.
@@ -347,6 +396,7 @@ class DINOLoss(nn.Module):
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
         teacher_views: int = 2,
+        dora_loss: Literal["corrected", "published"] = "corrected",
     ) -> None:
         """Configure the loss.
 
@@ -362,6 +412,11 @@ class DINOLoss(nn.Module):
             center_momentum: EMA momentum of the teacher center (0.9).
             teacher_views: G used to split a 2-D ``teacher_out`` of shape (G*B, K) when no
                 ``pair_weights`` say otherwise (DINO: 2 global crops).
+            dora_loss: what :meth:`forward_dora` computes. ``"corrected"`` (default): the
+                intended loss, every object and every local crop weighted equally.
+                ``"published"``: the official DoRA code's loss, quirks included (objects
+                weighted unequally, local crop 0 never scored, see the class docstring);
+                matches the official code to 1e-6 (``tests/test_dora_loss_published.py``).
         """
         super().__init__()
         if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
@@ -382,6 +437,10 @@ class DINOLoss(nn.Module):
             raise ValueError(f"DINOLoss: center_momentum must be in [0, 1], got {center_momentum}")
         if teacher_views < 1:
             raise ValueError(f"DINOLoss: teacher_views must be >= 1, got {teacher_views}")
+        if dora_loss not in ("corrected", "published"):
+            raise ValueError(
+                f"DINOLoss: dora_loss must be 'corrected' or 'published', got {dora_loss!r}"
+            )
         self.out_dim = out_dim
         self.warmup_teacher_temp = float(warmup_teacher_temp)
         self.final_teacher_temp = float(teacher_temp)
@@ -389,6 +448,7 @@ class DINOLoss(nn.Module):
         self.student_temp = float(student_temp)
         self.center_momentum = float(center_momentum)
         self.teacher_views = int(teacher_views)
+        self.dora_loss = dora_loss
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def teacher_temperature(self, epoch: float) -> float:
@@ -510,7 +570,9 @@ class DINOLoss(nn.Module):
         if pair_weights is None:
             weights = 1.0 - torch.eye(num_teacher, num_student, device=student.device)  # (G, V)
         else:
-            weights = pair_weights.to(device=student.device, dtype=torch.float32)
+            # float64 inputs keep float64 weights (the published variant is compared at 1e-6)
+            weight_dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
+            weights = pair_weights.to(device=student.device, dtype=weight_dtype)
             if not torch.isfinite(weights).all() or (weights < 0).any():
                 raise ValueError("DINOLoss: pair_weights must be finite and >= 0")
         total = weights.sum()
@@ -543,6 +605,9 @@ class DINOLoss(nn.Module):
         update_center: bool = True,
     ) -> torch.Tensor:
         """DoRA's loss: mean over objects and frames of 0.5 * (object loss + local-crop loss).
+
+        With ``dora_loss="published"`` the official code's loss instead (objects weighted by
+        :func:`dora_published_pair_weights`, local crop 0 left out; needs n >= 2).
 
         Args:
             student_objects: (k, T, B, K) student outputs on the k masked object views of each
@@ -587,10 +652,22 @@ class DINOLoss(nn.Module):
             views.append(student_local.reshape(num_local, frames * batch, dim))  # (n, T*B, K)
         student = torch.cat(views)  # (k + n, T*B, K)
         teacher = teacher_global.reshape(1, frames * batch, dim)  # (1, T*B, K)
-        weights = dora_pair_weights(objects.shape[0], num_local)
-        return self.forward(
+        scale = 1.0
+        if self.dora_loss == "published":
+            if num_local < 2:
+                raise ValueError(
+                    f"DINOLoss.forward_dora: dora_loss='published' needs n >= 2 local crops, got "
+                    f"{num_local} (the official loss skips crop 0 and divides by zero without a "
+                    "second one)"
+                )
+            weights = dora_published_pair_weights(objects.shape[0], num_local, frames)
+            scale = float(weights.sum())  # forward normalises; the official weights do not
+        else:
+            weights = dora_pair_weights(objects.shape[0], num_local)
+        loss = self.forward(
             student, teacher, epoch, pair_weights=weights, update_center=update_center
         )
+        return loss * scale if scale != 1.0 else loss
 
     @torch.no_grad()
     def update_center(self, teacher_out: ViewsLike) -> None:
@@ -608,7 +685,8 @@ class DINOLoss(nn.Module):
                 f"DINOLoss.update_center: teacher_out must have rows of size {self.out_dim}, got "
                 f"{tuple(rows.shape)}"
             )
-        rows = rows.detach().float()
+        rows = rows.detach()
+        rows = rows if rows.dtype == torch.float64 else rows.float()
         count = rows.new_full((1, 1), float(rows.shape[0]))
         stats = torch.cat([rows.sum(dim=0, keepdim=True), count], dim=1)  # (1, K + 1)
         if dist.is_available() and dist.is_initialized():
