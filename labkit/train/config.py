@@ -115,6 +115,9 @@ class TrainConfig:
     epsilon: float = 0.05  # temperature of the transport plan (DoRA and TimeTuning)
     sinkhorn_iterations: int | None = None  # None: DoRA 30, TimeTuning 10
     threshold: str | float = "mean"  # mask rule: "mean", "batch_mean" (official) or keep-mass
+    # DoRA's loss: "corrected" weighs every object and local crop equally; "published" is the
+    # official code's (objects weighted unequally, local crop 0 never scored; needs num_local >= 2)
+    dora_loss: Literal["corrected", "published"] = "corrected"
     # -- TimeTuning ---------------------------------------------------------------------------
     num_prototypes: int = 200  # K, clusters of the Sinkhorn assignment
     head_dims: tuple[int, ...] = (1024, 1024, 512, 256)  # projection MLP widths; the last is E
@@ -265,10 +268,16 @@ class TrainConfig:
         choices = {
             "precision": ("auto", "fp32", "bf16"),
             "video_backend": ("auto", "decord", "pyav"),
+            "dora_loss": ("corrected", "published"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.method == "dora" and self.dora_loss == "published" and self.num_local < 2:
+            raise ValueError(
+                f"dora_loss='published' needs num_local >= 2, got {self.num_local}: the official "
+                "loss never scores local crop 0 and divides by zero without a second crop"
+            )
 
         heads = self.heads
         if isinstance(heads, str):

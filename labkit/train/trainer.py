@@ -302,6 +302,7 @@ class Trainer:
                 warmup_teacher_temp_epochs=config.warmup_teacher_temp_epochs,
                 student_temp=config.student_temp,
                 center_momentum=config.center_momentum,
+                dora_loss=config.dora_loss,
             ).to(self.device)
             groups = param_groups(self.student)
             self._group_rules = [(1.0, True), (1.0, False)]  # only the first group is regularised
