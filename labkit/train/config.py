@@ -44,6 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from labkit.validation import (
+    check_device,
+    check_fields,
+    check_model_kwargs,
+    check_output_dir,
+    yaml_error,
+)
+
 __all__ = [
     "TrainConfig",
     "load_config",
@@ -176,6 +184,7 @@ class TrainConfig:
         for name, defaults in METHOD_DEFAULTS.items():
             if getattr(self, name) is None:
                 set_(name, defaults[self.method])
+        check_fields(self)  # every value of the type its annotation says, or the key is named
         # normalise YAML's lists into tuples (hashable, immutable) and check types
         paths = self.video_path
         if isinstance(paths, (list, tuple)):
@@ -331,16 +340,17 @@ class TrainConfig:
                 "their own, num_classes and dynamic_img_size are fixed by labkit"
             )
         set_("model_kwargs", dict(self.model_kwargs))
+        check_model_kwargs("model_kwargs", self.model_kwargs)
         if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             raise ValueError(f"checkpoint: {self.checkpoint!r} is not a file")
         if self.checkpoint and self.pretrained:
             raise ValueError(
                 "checkpoint and pretrained both set; choose one source of initial weights"
             )
-        if not isinstance(self.device, str) or not self.device.startswith(("cpu", "cuda", "mps")):
-            raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'mps', got {self.device!r}")
+        check_device("device", self.device)
         if not isinstance(self.out_dir, str) or not self.out_dir:
             raise ValueError(f"out_dir must be a folder path, got {self.out_dir!r}")
+        check_output_dir("out_dir", self.out_dir)
 
     # -- conversions ----------------------------------------------------------------------------
 
@@ -432,12 +442,16 @@ def load_config(
     source = ""
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"config file {path} is a folder; give a YAML file")
         if not path.is_file():
             raise ValueError(f"config file {path} not found")
         try:
             loaded = yaml.safe_load(path.read_text())
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {path} is not a text (YAML) file") from None
         except yaml.YAMLError as err:
-            raise ValueError(f"config file {path} is not valid YAML: {err}") from err
+            raise ValueError(f"config file {yaml_error(path, err)}") from err
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, Mapping):
