@@ -77,15 +77,15 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(DINOLoss, "forward_dora", poisoned)
     cfg = config(tmp_path, steps=6, checkpoint_every=1)
     trainer = Trainer(cfg, progress=False)
-    with pytest.raises(TrainingDiverged, match=r"step 3.*checkpoint\.pth") as info:
+    with pytest.raises(TrainingDiverged, match=r"step 4.*checkpoint\.pth") as info:
         trainer.fit()
-    assert info.value.step == 3 and info.value.checkpoint == tmp_path / "checkpoint.pth"
+    assert info.value.step == 4 and info.value.checkpoint == tmp_path / "checkpoint.pth"
     good = torch.load(info.value.checkpoint, weights_only=True)
     assert good["step"] == 3 and trainer.step == 3
     for key, value in good["student"].items():  # the failing step updated nothing
         assert torch.equal(value, trainer.student.state_dict()[key])
     assert all(torch.isfinite(v).all() for v in good["teacher"].values())
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []  # no temp files
 
 
 def test_a_huge_learning_rate_is_stopped(tmp_path):
@@ -160,9 +160,13 @@ def test_logs_schedules_and_metrics(tmp_path):
     assert metrics["images_per_second"] > 0 and metrics["checkpoint"].endswith("checkpoint.pth")
     fig = plot_log(tmp_path)
     assert len(fig.axes) == 4  # loss, collapse signals, lr (+ weight-decay twin)
-    # a fresh run in the same folder starts a new log
-    train(config(tmp_path, steps=1), progress=False)
+    # a fresh run in the same folder is refused; forced, it starts a new log, the old one kept
+    with pytest.raises(ValueError, match="already holds a finished training run"):
+        train(config(tmp_path, steps=1), progress=False)
+    train(config(tmp_path, steps=1), progress=False, force=True)
     assert len(read_log(tmp_path)) == 1
+    (backup,) = tmp_path.glob("replaced-*")
+    assert len(read_log(backup / "log.jsonl")) == 3
 
 
 def test_last_layer_frozen_for_the_first_epoch(tmp_path):

@@ -63,13 +63,17 @@ checkpoints, resume, DDP and logs. What differs:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
 import random
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +83,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from labkit.runfolder import (
+    RunFolderWarning,
+    RunLock,
+    move_aside,
+    read_jsonl,
+    remove_stale_temporaries,
+    write_atomic,
+)
 from labkit.train.config import TrainConfig, architecture_fields
 from labkit.train.data import ClipDataset, StepBatchSampler, preview_clip, step_seed
 from labkit.train.step import (
@@ -94,6 +106,8 @@ __all__ = [
     "Trainer",
     "TrainResult",
     "TrainingDiverged",
+    "TrainingInterrupted",
+    "CheckpointWriteError",
     "train",
     "load_trained",
     "cosine_schedule",
@@ -103,6 +117,8 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pth"
+# what a run leaves in out_dir: a new run there moves these aside (force) or refuses
+RUN_FILES = (CHECKPOINT_NAME, "log.jsonl", "log.csv", "metrics.json")
 LOG_COLUMNS = (
     "step", "epoch", "loss", "teacher_entropy", "teacher_kl_uniform", "lr", "wd", "momentum",
     "teacher_temp", "grad_norm", "images_per_s", "seconds",
@@ -126,7 +142,8 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped before the update.
 
     Attributes:
-        step: the step (0-based) whose loss was not finite.
+        step: the step whose loss was not finite, counted from 1 as in ``log.jsonl`` (the log's
+            last record is ``step - 1``).
         checkpoint: the last good checkpoint, or None if none was written.
     """
 
@@ -139,6 +156,25 @@ class TrainingDiverged(RuntimeError):
             f"loss is {loss} at step {step}; training stopped before updating the weights "
             f"({where}). Lower lr, raise warmup_epochs or clip_grad, or check the data."
         )
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training was interrupted (Ctrl-C, SIGTERM) and stopped after a whole step.
+
+    Attributes:
+        step: the steps done (the checkpoint's step).
+        checkpoint: the checkpoint written at ``step`` (or the last good one).
+    """
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        where = f"checkpoint {checkpoint} holds step {step}" if checkpoint else "no checkpoint"
+        super().__init__(f"training interrupted after step {step}; {where} (set resume=true "
+                         "to continue)")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); the last good one is kept."""
 
 
 @dataclass
@@ -187,7 +223,7 @@ def read_log(path: str | os.PathLike) -> list[dict]:
         path = path / "log.jsonl"
     if not path.is_file():
         raise ValueError(f"read_log: no training log at {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)  # a torn last line (a killed run) is dropped with a warning
 
 
 def _distributed(device: str) -> tuple[int, int, torch.device, bool]:
@@ -262,16 +298,57 @@ class Trainer:
         log: the per-step records of this run (including those before a resume).
     """
 
-    def __init__(self, config: TrainConfig, *, progress: bool = True) -> None:
-        from labkit.losses import DINOLoss
-        from labkit.models import normalization
-
+    def __init__(self, config: TrainConfig, *, progress: bool = True, force: bool = False) -> None:
         self.config = config
         self.progress = progress
         self.rank, self.world_size, self.device, self._started_group = _distributed(config.device)
         self.out_dir = Path(config.out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         self.last_checkpoint: Path | None = None
+        self._checkpoint_step = 0  # the step last_checkpoint holds
+        self._lock = RunLock(self.out_dir, what=f"{config.method} training")
+        if self.rank == 0:
+            self._lock.acquire()  # a second process on this folder fails here, at once
+        try:
+            self._claim_folder(force)
+            self._build()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _claim_folder(self, force: bool) -> None:
+        """Remove temporaries of killed writes; refuse (or, with ``force``, move aside) a run
+        already in ``out_dir`` unless this one resumes it."""
+        existing = [n for n in RUN_FILES if (self.out_dir / n).exists()]
+        resuming = self.config.resume and self.checkpoint_path.is_file()
+        if existing and not resuming and not force:
+            what = "a training run"
+            if self.checkpoint_path.is_file():
+                what += " with a checkpoint"
+            if (self.out_dir / "metrics.json").is_file():
+                what = "a finished training run"
+            raise ValueError(
+                f"out_dir {self.out_dir} already holds {what} ({', '.join(existing)}); set "
+                "resume=true to continue it, or force it (labkit train --force) to move it to "
+                f"{self.out_dir}/replaced-<time>/ and start afresh, or choose another out_dir"
+            )
+        if self.rank == 0:
+            for path in remove_stale_temporaries(self.out_dir):
+                warnings.warn(f"removed {path}, left by a write that was killed",
+                              RunFolderWarning, stacklevel=3)
+            if existing and not resuming:
+                backup = self.out_dir / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+                move_aside(self.out_dir, existing, backup)
+                warnings.warn(f"moved the previous run's files to {backup}", RunFolderWarning,
+                              stacklevel=3)
+        if self.world_size > 1:
+            dist.barrier()
+
+    def _build(self) -> None:
+        from labkit.losses import DINOLoss
+        from labkit.models import normalization
+
+        config = self.config
         self.timetuning = config.method == "timetuning"
         with torch.random.fork_rng(
             devices=[]
@@ -411,7 +488,7 @@ class Trainer:
             except ValueError as err:  # Sinkhorn and the loss refuse NaN scores: report divergence
                 if all(torch.isfinite(p).all() for p in self.student.parameters()):
                     raise
-                raise TrainingDiverged(step, math.nan, self.last_checkpoint) from err
+                raise TrainingDiverged(step + 1, math.nan, self.last_checkpoint) from err
         elif cfg.method == "dora":
             generator = torch.Generator().manual_seed(step_seed(cfg.seed, step, _HEADS_TAG))
             out = dora_step(
@@ -441,7 +518,7 @@ class Trainer:
             reduced /= self.world_size
         loss = float(reduced[0])
         if not math.isfinite(loss):
-            raise TrainingDiverged(step, loss, self.last_checkpoint)
+            raise TrainingDiverged(step + 1, loss, self.last_checkpoint)
 
         from labkit.losses import cancel_last_layer_gradients
 
@@ -504,6 +581,9 @@ class Trainer:
 
         Raises:
             TrainingDiverged: on a NaN or infinite loss.
+            TrainingInterrupted: on Ctrl-C, after the step under way and its checkpoint.
+            CheckpointWriteError: a checkpoint could not be written (disk full); the last good
+                one is kept.
         """
         stop = self.config.steps if until is None else min(int(until), self.config.steps)
         if self.rank == 0:
@@ -514,9 +594,12 @@ class Trainer:
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         bar = self._progress_bar(first, stop)
         self.student.train()
+        self._stop_requested = False
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), self._stop_on_interrupt():
                 for batch in self.loader(first, stop):
+                    if self._stop_requested:
+                        break
                     record = self.train_step(batch)
                     self.log.append(record)
                     if self.rank == 0:
@@ -531,15 +614,39 @@ class Trainer:
                     every = self.config.checkpoint_every
                     if every and self.step % every == 0 and self.step < stop:
                         self.save_checkpoint()
+        except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the step's state is not saved
+            raise TrainingInterrupted(self._checkpoint_step, self.last_checkpoint) from None
         finally:
             if bar is not None:
                 bar.close()
+        if self._stop_requested:  # Ctrl-C: stop after the whole step, with its checkpoint
+            self.save_checkpoint()
+            raise TrainingInterrupted(self.step, self.last_checkpoint)
         if self.step > first or self.last_checkpoint is None:
             self.save_checkpoint()
         metrics = self.summary(time.perf_counter() - wall, first)
         if self.rank == 0:
-            _write_atomic(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+            write_atomic(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
         return TrainResult(self.out_dir, list(self.log), self.last_checkpoint, metrics)
+
+    @contextlib.contextmanager
+    def _stop_on_interrupt(self) -> Any:
+        """While training: the first Ctrl-C (SIGINT) asks the loop to stop after the current
+        step and write its checkpoint; a second one interrupts at once. Only in the main thread
+        of a single-process run (each DDP rank would stop at another step)."""
+        if threading.current_thread() is not threading.main_thread() or self.world_size > 1:
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._stop_requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def summary(self, seconds: float, first: int) -> dict[str, Any]:
         """Summary metrics of the run so far (what ``metrics.json`` holds)."""
@@ -598,18 +705,22 @@ class Trainer:
             writer.writerow(record)
 
     def _truncate_logs(self, step: int) -> None:
-        """Drop log lines past ``step`` (written after the checkpoint a resume starts from)."""
+        """Drop log lines past ``step`` (written after the checkpoint a resume starts from) and a
+        torn last line (a run killed while writing it), which is reported."""
         path = self.out_dir / "log.jsonl"
-        self.log = [r for r in read_log(path) if r["step"] <= step] if path.is_file() else []
+        if step == 0 or not path.is_file():
+            self.log = []
+        else:
+            self.log = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
         if self.rank != 0 or not path.is_file():
             return
-        _write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.log).encode())
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.log).encode())
         text = io.StringIO()
         columns = log_columns(self.config.method)
         writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.log)
-        _write_atomic(self.out_dir / "log.csv", text.getvalue().encode())
+        write_atomic(self.out_dir / "log.csv", text.getvalue().encode())
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -642,13 +753,21 @@ class Trainer:
         """Write the checkpoint atomically (rank 0; the others wait). Returns its path."""
         path = Path(path) if path is not None else self.checkpoint_path
         if self.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
             buffer = io.BytesIO()
             torch.save(self.state(), buffer)
-            _write_atomic(path, buffer.getvalue())
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, buffer.getvalue())
+            except OSError as err:
+                kept = (f"the last good checkpoint, {self.last_checkpoint}, is kept"
+                        if self.last_checkpoint else "no checkpoint was written before")
+                raise CheckpointWriteError(
+                    err.errno, f"cannot write the checkpoint at step {self.step} to {path}: "
+                    f"{err.strerror or err}; {kept}"
+                ) from None
         if self.world_size > 1:
             dist.barrier()
-        self.last_checkpoint = path
+        self.last_checkpoint, self._checkpoint_step = path, self.step
         return path
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
@@ -660,28 +779,43 @@ class Trainer:
                 a labkit training checkpoint.
         """
         path = Path(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, random or pickled-code files: torch raises many types
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(
+                f"cannot resume from {path}: not a readable checkpoint ({type(err).__name__}: "
+                f"{first[:200]}); move it away, or start afresh with labkit train --force"
+            ) from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} is not a labkit training checkpoint (a {type(state).__name__})")
         needed = ("student", "teacher", "optimizer", "step", "config")
         missing = [k for k in needed if k not in state]
         if missing:
             raise ValueError(f"{path} is not a labkit training checkpoint (no {missing})")
         ours = self.config.to_dict()
         fields = architecture_fields(self.config.method)
-        changed = [k for k in fields if state["config"].get(k) != ours[k]]
-        if changed:
+        if not isinstance(state["config"], dict):
+            raise ValueError(f"{path} is not a labkit training checkpoint (its config is not a mapping)")
+        if changed := [k for k in fields if state["config"].get(k) != ours[k]]:
             detail = ", ".join(f"{k}: {state['config'].get(k)!r} -> {ours[k]!r}" for k in changed)
             raise ValueError(f"cannot resume from {path}: the architecture changed ({detail})")
         if not self.timetuning and "dino_loss" not in state:
             raise ValueError(f"{path} is not a labkit training checkpoint (no ['dino_loss'])")
-        self.student.load_state_dict(state["student"])
-        if not self.timetuning:
-            self.teacher.load_state_dict(state["teacher"])
-            self.loss_fn.load_state_dict(state["dino_loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
+        try:
+            self.student.load_state_dict(state["student"])
+            if not self.timetuning:
+                self.teacher.load_state_dict(state["teacher"])
+                self.loss_fn.load_state_dict(state["dino_loss"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"cannot resume from {path}: its contents do not fit this run "
+                             f"({first[:200]})") from None
         if "rng" in state:
             _set_rng_state(state["rng"])
-        self.last_checkpoint = path
+        self.last_checkpoint, self._checkpoint_step = path, self.step
         self._truncate_logs(self.step)
 
     # -- looking at the model ------------------------------------------------------------------
@@ -699,8 +833,10 @@ class Trainer:
         )  # fmt: skip
 
     def close(self) -> None:
-        """Release video readers and the process group this trainer started."""
+        """Release video readers, the run folder's lock and the process group this trainer
+        started."""
         self.dataset.close()
+        self._lock.release()
         if self._started_group and dist.is_initialized():
             dist.destroy_process_group()
             self._started_group = False
@@ -712,18 +848,7 @@ def _default_video() -> Path:
     return default_video()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+_write_atomic = write_atomic  # the name this module used before labkit.runfolder
 
 
 def train(
@@ -732,9 +857,14 @@ def train(
     until: int | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    force: bool = False,
 ) -> TrainResult:
-    """Build a :class:`Trainer`, run :meth:`Trainer.fit`, release its resources."""
-    trainer = Trainer(config, progress=progress)
+    """Build a :class:`Trainer`, run :meth:`Trainer.fit`, release its resources.
+
+    ``force``: a run already in ``out_dir`` (and not resumed) is moved to
+    ``out_dir/replaced-<time>/`` instead of refused.
+    """
+    trainer = Trainer(config, progress=progress, force=force)
     try:
         return trainer.fit(until=until, callbacks=callbacks)
     finally:
