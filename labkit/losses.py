@@ -294,7 +294,7 @@ def dora_pair_weights(num_objects: int, num_local: int) -> torch.Tensor:
 def dora_published_pair_weights(
     num_objects: int, num_local: int, num_frames: int
 ) -> torch.Tensor:
-    """Pair weights (1, k + n) of the official DoRA loss, quirks included (``dora_loss="published"``).
+    """Pair weights (1, k + n) of the official DoRA loss, quirks included (``"published"``).
 
     Same view order as :func:`dora_pair_weights`. The official ``DINOLoss.forward`` keeps one
     accumulator over the objects: ``F_j = (F_{j-1} + S_j) / T`` with ``S_j`` the sum over frames
@@ -328,9 +328,9 @@ def dora_published_pair_weights(
     )  # (k,) 1, 1/T, 1/T^2 ...
     counts = torch.cumsum(powers, 0).flip(0)  # (k,) u_i = sum_{m < k - i} T^-m
     objects = 0.5 * counts / num_objects
-    local = torch.full((num_local,), 0.5 * float(counts.sum()) / (num_objects * (num_local - 1)),
-                       dtype=torch.float64)
-    local[0] = 0.0
+    crop_weight = 0.5 * float(counts.sum()) / (num_objects * (num_local - 1))
+    local = torch.full((num_local,), crop_weight, dtype=torch.float64)
+    local[0] = 0.0  # the official local-crop loop skips crop 0
     return torch.cat([objects, local])[None]  # (1, k + n)
 
 
