@@ -8,6 +8,10 @@
     labkit eval --models random=vit_small_patch16_224 --data ROOT --out DIR
                                                      J&F, attention / DoRA masks, k-means mIoU
     labkit demo                                      the pipeline's CPU demo on the default video
+
+Every error is one line naming the file or key, with a non-zero exit status (2: a bad input or
+config, 1: a failed stage or run, 3: training diverged, 130: interrupted); ``--debug`` (anywhere on
+the line) or ``LABKIT_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["main", "parse_value"]
+__all__ = ["main", "one_line", "parse_value"]
 
 
 def parse_value(text: str) -> Any:
@@ -44,9 +48,12 @@ def _parse_params(pairs: Sequence[Sequence[str]] | None) -> dict[str, Any]:
 
 
 def _model_kwargs(text: str | None) -> dict[str, Any]:
+    from labkit.validation import check_mapping
+
     value = parse_value(text) if text else {}
     if not isinstance(value, dict):
         raise ValueError(f"--model-kwargs must be a mapping such as '{{depth: 2}}', got {text!r}")
+    check_mapping("--model-kwargs", value)
     return value
 
 
@@ -64,16 +71,18 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from labkit.notebooks import NotebookError, find_notebook, run_notebook
+    from labkit.validation import check_output_dir
 
     params = _parse_params(args.param)
     source = find_notebook(args.notebook)
+    check_output_dir("--out", args.out or Path("runs") / source.stem)
     out_dir = Path(args.out or Path("runs") / source.stem).resolve()
     params.setdefault("out_dir", str(out_dir))
     print(f"[labkit] running {source.name} -> {out_dir}", flush=True)
     try:
         run = run_notebook(source, out_dir, params, progress=not args.quiet, log_output=args.log)
     except NotebookError as err:
-        print(f"[labkit] error: {err}", file=sys.stderr)
+        print(f"labkit: error: {one_line(err)}", file=sys.stderr)
         return 1
     print(f"[labkit] done in {run.seconds:.0f} s")
     print(f"[labkit] executed notebook: {run.output}")
@@ -117,7 +126,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     try:
         report = run_pipeline(cfg, force=args.force, only=args.only, progress=not args.quiet)
     except StageFailed as err:
-        print(f"[labkit] error: {err}", file=sys.stderr)
+        print(f"labkit: error: {one_line(err)}", file=sys.stderr)
         return 1
     print(f"[labkit] report: {report}")
     print(f"[labkit] open it in a browser: file://{report}")
@@ -136,7 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
     from labkit.train import load_config
-    from labkit.train.trainer import TrainingDiverged, train
+    from labkit.train.trainer import TrainingDiverged, TrainingInterrupted, train
 
     config = load_config(args.config, args.override or ())
     if args.print_config:
@@ -149,10 +158,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"[labkit] training {config.method} on {config.video_path or 'the synthetic video'} "
               f"for {config.steps} steps -> {config.out_dir}", flush=True)
     try:
-        result = train(config, until=args.until, progress=not args.quiet)
+        result = train(config, until=args.until, progress=not args.quiet, force=args.force)
     except TrainingDiverged as err:
-        print(f"[labkit] error: {err}", file=sys.stderr)
+        print(f"labkit: error: {one_line(err)}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as err:
+        print(f"labkit: {err}", file=sys.stderr)
+        return 130
     if rank == 0:
         print(f"[labkit] checkpoint: {result.checkpoint}")
         print(f"[labkit] metrics: {json.dumps(result.metrics)}")
@@ -198,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labkit",
         description="A lab for seeing how self-supervised ViTs discover and track objects in video.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show the traceback of an error (also LABKIT_DEBUG=1); accepted anywhere on the line",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -247,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--until", type=int, help="stop after this many steps in all (resume later)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--force", action="store_true",
+        help="out_dir holds a run and resume is off: move that run to out_dir/replaced-<time>/ "
+        "and start afresh (without it, labkit refuses rather than overwrite finished work)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -314,16 +335,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """An exception as one line for the user: its message with line breaks folded, a system
+    error as ``<file>: <reason>``; an exception labkit does not raise itself keeps its type."""
+    from labkit.notebooks import NotebookError
+    from labkit.pipeline import StageFailed
+    from labkit.runfolder import RunFolderBusy
+    from labkit.train.trainer import CheckpointWriteError
+
+    if isinstance(err, CheckpointWriteError):
+        text = err.strerror or str(err)
+    elif isinstance(err, OSError) and err.filename:
+        text = f"{err.filename}: {err.strerror or err}"
+    else:
+        text = str(err)
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    ours = (ValueError, OSError, StageFailed, NotebookError, RunFolderBusy)
+    if not isinstance(err, ours) or isinstance(err, UnicodeError):
+        text = f"{type(err).__name__}: {text} (labkit --debug ... shows the traceback)"
+    return text
+
+
+def _exit_status(err: BaseException) -> int:
+    from labkit.notebooks import NotebookError
+    from labkit.pipeline import StageFailed
+
+    if isinstance(err, (StageFailed, NotebookError, OSError)):
+        return 1
+    return 2 if isinstance(err, (ValueError, LookupError)) else 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"labkit: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``labkit`` console command."""
+    import warnings
+
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quiet ipykernel under papermill
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LABKIT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not debug:
+        warnings.showwarning = _show_warning
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"labkit: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("labkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        print(f"labkit: error: {one_line(err)}", file=sys.stderr)
+        return _exit_status(err)
 
 
 if __name__ == "__main__":
