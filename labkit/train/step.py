@@ -22,7 +22,8 @@ DoRA (:func:`dora_step`), per batch of clips:
 4. **Student** on the k masked views of every frame (:func:`labkit.tracking.masked_views`)
    and on the n local crops, in one forward call (one DDP forward).
 5. **Loss**: :meth:`labkit.losses.DINOLoss.forward_dora` (mean over objects and frames of
-   ``0.5 * (object loss + local-crop loss)``).
+   ``0.5 * (object loss + local-crop loss)``; with ``dora_loss="published"`` the official code's
+   loss, quirks included, see :class:`labkit.losses.DINOLoss`).
 
 DINO (:func:`dino_step`): frames are independent images; 2 global views through the teacher,
 2 global + n local views through the student, :meth:`labkit.losses.DINOLoss.forward`.
