@@ -36,6 +36,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from labkit.pos_embed import PosEmbedRule, apply_rule, check_rule, rule_for_weights
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -71,6 +73,38 @@ def load_checkpoint_state(
     if which not in ("teacher", "student"):
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
     path = Path(path)
+    obj = _torch_load(path)
+    return _state_from(obj, path, which)
+
+
+def checkpoint_pos_embed_rule(path: str | Path) -> str | None:
+    """The position-embedding rule a checkpoint file records, or None.
+
+    labkit's training checkpoints store their config; the rule they trained with is its
+    ``pos_embed_rule`` (checkpoints from before that key trained with timm's rule). DINO's and
+    DoRA's files record none (they resize with DINO's rule); DINOv2's official files are
+    recognised by their ``register_tokens`` / ``mask_token`` keys.
+    """
+    return _recorded_rule(_torch_load(Path(path)))
+
+
+def _recorded_rule(obj: Any) -> str | None:
+    """The rule a loaded checkpoint object records (see checkpoint_pos_embed_rule)."""
+    if not isinstance(obj, Mapping):
+        return None
+    config = obj.get("config")
+    if isinstance(config, Mapping) and "model" in config:
+        return str(config.get("pos_embed_rule") or "timm")
+    state = obj.get("teacher", obj.get("state_dict", obj.get("model", obj)))
+    if isinstance(state, Mapping) and any(
+        str(k).split(".")[-1] in ("register_tokens", "mask_token") for k in state
+    ):
+        return "dinov2"
+    return None
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` plus ``argparse.Namespace``; CheckpointError on failure."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     # DINO-style training checkpoints keep their argparse options under "args"; allow just that
@@ -78,7 +112,7 @@ def load_checkpoint_state(
     allow = getattr(torch.serialization, "safe_globals", None)
     try:
         with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors come in many types; all mean "not loadable safely"
         raise CheckpointError(
             f"cannot read checkpoint {path} with torch.load(weights_only=True): {err}. "
@@ -86,6 +120,9 @@ def load_checkpoint_state(
             "state_dict with torch.save(state_dict, new_path)."
         ) from err
 
+
+def _state_from(obj: Any, path: Path, which: str) -> dict[str, torch.Tensor]:
+    """The backbone state dict inside a loaded checkpoint object (see load_checkpoint_state)."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
     if "teacher" in obj or "student" in obj:  # DINO / DoRA / labkit training checkpoint
@@ -128,64 +165,190 @@ def load_backbone(
     name: str = "vit_small_patch16_224",
     *,
     checkpoint: str | Path | None = None,
-    pretrained: bool = False,
+    pretrained: bool | None = None,
     device: str | torch.device = "cpu",
     which: Literal["teacher", "student"] = "teacher",
+    pos_embed_rule: PosEmbedRule = "auto",
+    seed: int | None = None,
     **timm_kwargs: Any,
 ) -> torch.nn.Module:
     """Build a timm Vision Transformer for feature extraction and optionally load weights.
 
     The model takes any input size (``dynamic_img_size=True``: the position embedding is resampled
-    to each input's patch grid), has no classifier (``num_classes=0``) and is in eval mode.
+    to each input's patch grid with ``pos_embed_rule``), has no classifier (``num_classes=0``) and
+    is in eval mode. Where its weights came from is kept in ``model.pretrained_cfg``
+    (:func:`weights_label` says it in words).
 
     Args:
-        name: a timm ViT architecture, e.g. ``"vit_small_patch16_224"`` (DINO ViT-S/16),
-            ``"vit_small_patch8_224"``, ``"vit_base_patch16_224"``; a pretrained tag such as
-            ``"vit_small_patch16_224.dino"`` is passed on to timm.
-        checkpoint: a local file in timm, DINO, DoRA or labkit format (see the module docstring).
-            A position embedding of another grid size is resampled (bicubic) to the model's.
-            Normalisation constants are set to ImageNet's, which DINO, DoRA and labkit's trainer
-            use; change ``model.pretrained_cfg["mean"/"std"]`` for a checkpoint trained otherwise.
-        pretrained: download timm's weights for ``name`` (needs network access to the model hub;
-            passed straight to ``timm.create_model``, not exercised by labkit's offline tests).
+        name: a timm ViT architecture, e.g. ``"vit_small_patch16_224"`` (DINO ViT-S/16's shape),
+            or one with a pretrained tag, ``"vit_small_patch16_224.dino"``: a tag means its
+            weights (``pretrained`` defaults to True then), never a silent random init.
+            ``labkit models`` lists the supported pretrained weights.
+        checkpoint: a local file in timm, DINO, DoRA, DINOv2 or labkit format (see the module
+            docstring). A position embedding of another grid size is resampled (bicubic) to the
+            model's.
+        pretrained: load timm's pretrained weights for ``name`` through timm's own machinery
+            (the Hugging Face hub, or its local cache: with ``HF_HUB_OFFLINE=1`` only the cache).
+            None (default): True where ``name`` has a pretrained tag and no ``checkpoint`` is
+            given, else False. Without the weights in reach the error names the model, the cache
+            folder looked in, and the two ways out.
         device: where the model lives.
         which: network to take from a training checkpoint, ``"teacher"`` or ``"student"``.
+        pos_embed_rule: how the position embedding is resized to a frame's patch grid,
+            ``"dino"``, ``"dinov2"`` or ``"timm"`` (:mod:`labkit.pos_embed`). ``"auto"``: as
+            the weights' authors do: DINO's rule for DINO and DoRA checkpoint files and timm's
+            ``.dino`` weights, DINOv2's for DINOv2 architectures, the rule a labkit training
+            checkpoint records, timm's otherwise (random init included).
+        seed: seed for the random initialisation (the caller's RNG is left untouched); None
+            draws from torch's global RNG as timm does. Weights loaded afterwards replace it.
         **timm_kwargs: further ``timm.create_model`` arguments (``img_size``, ``depth``,
             ``embed_dim``, ``num_heads``, ``reg_tokens``, ``qk_norm`` ...).
+
+    Normalisation: every model built here expects ImageNet's mean and std, which DINO, DoRA,
+    DINOv2 and labkit's trainer use, except timm pretrained weights trained otherwise (their
+    own ``pretrained_cfg`` is kept). So the same weights get the same input, whether they were
+    initialised here, read from a checkpoint or trained by labkit.
 
     Returns:
         A ``timm.models.VisionTransformer`` in eval mode on ``device``.
 
     Raises:
-        ValueError: ``name`` is not a timm VisionTransformer.
+        ValueError: ``name`` is not a timm VisionTransformer, or a bad ``pos_embed_rule``.
         CheckpointError: the checkpoint cannot be read or does not fit the architecture; the
             message lists the missing and unexpected keys and any shape mismatches.
+        PretrainedWeightsError: pretrained weights were asked for and cannot be had.
     """
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
+    check_rule(pos_embed_rule)
     timm_kwargs = {"num_classes": 0, "dynamic_img_size": True, **timm_kwargs}
-    if not timm.is_model(name.split(".")[0]):
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
         raise ValueError(f"load_backbone: {name!r} is not a timm architecture")
+    if pretrained is None:
+        pretrained = bool(tag) and checkpoint is None
+    if pretrained and checkpoint is not None:
+        raise ValueError("load_backbone: give checkpoint or pretrained, not both")
+    obj: Any = None
+    if checkpoint is not None:
+        obj = _torch_load(Path(checkpoint))
+        state = _state_from(obj, Path(checkpoint), which)
+        if "img_size" not in timm_kwargs:  # keep the checkpoint's own grid, as its authors ran it
+            grid = _stored_grid(state, timm_kwargs)
+            if grid:
+                timm_kwargs["img_size"] = grid
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     try:
-        model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
+        with rng:
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = timm.create_model(name, pretrained=bool(pretrained), **timm_kwargs)
     except TypeError as err:  # e.g. a CNN has no dynamic_img_size
         raise ValueError(f"load_backbone: cannot build {name!r} as a timm VisionTransformer: {err}") from err
+    except Exception as err:  # hub errors: offline without a cache, no network, no such weights
+        if pretrained:
+            raise PretrainedWeightsError(_pretrained_message(name, err)) from err
+        raise
     if not isinstance(model, VisionTransformer):
         raise ValueError(
             f"load_backbone: {name!r} builds a {type(model).__name__}; labkit needs a timm "
             "VisionTransformer (vit_* architectures)"
         )
+    cfg = dict(model.pretrained_cfg or {})
+    recorded = None
     if checkpoint is not None:
-        state = load_checkpoint_state(checkpoint, which=which)
+        recorded = _recorded_rule(obj)
+        if recorded == "dinov2" and _is_official_dinov2(state):
+            state = _from_official_dinov2(state, model)
         _load_into(model, state, source=str(checkpoint))
-        model.pretrained_cfg = {
-            **(model.pretrained_cfg or {}),
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
-            "file": str(checkpoint),
-        }
+        cfg.update(mean=IMAGENET_MEAN, std=IMAGENET_STD, file=str(checkpoint))
+        cfg["labkit_weights"] = f"checkpoint {Path(checkpoint).name}" + (
+            f" ({which})" if which == "student" else ""
+        )
+        source = "checkpoint"
+    elif pretrained:
+        cfg["labkit_weights"] = f"pretrained {model.pretrained_cfg.get('tag') or tag or 'default'}"
+        cfg.setdefault("mean", IMAGENET_MEAN)
+        cfg.setdefault("std", IMAGENET_STD)
+        source = "pretrained"
+    else:
+        cfg.update(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        cfg["labkit_weights"] = "random init" + (f", seed {seed}" if seed is not None else "")
+        source = "random"
+    rule = pos_embed_rule
+    if rule == "auto":
+        rule = rule_for_weights(source, name, checkpoint_rule=recorded)
+    cfg["labkit_name"] = name
+    cfg["pos_embed_rule"] = rule
+    model.pretrained_cfg = cfg
+    apply_rule(model, rule)  # type: ignore[arg-type]
     return model.to(device).eval()
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for and are neither in the local cache nor downloadable."""
+
+
+def _pretrained_message(name: str, err: Exception) -> str:
+    """One line: the model, the cache folder looked in, the two ways out, the hub's error."""
+    import os
+
+    try:
+        from huggingface_hub import constants
+
+        cache = Path(constants.HF_HUB_CACHE)
+        offline = bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        cache, offline = Path("~/.cache/huggingface/hub").expanduser(), False
+    folder = cache / f"models--timm--{name}"
+    state = "offline (HF_HUB_OFFLINE=1)" if offline or os.environ.get("HF_HUB_OFFLINE") else "online"
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"pretrained weights for {name!r} are not in the local cache ({folder}) and could not be "
+        f"downloaded ({state}: {reason}); run once with network access to download them, or pass "
+        f"checkpoint=FILE with the weights file"
+    )
+
+
+def _stored_grid(state: Mapping[str, torch.Tensor], kwargs: Mapping[str, Any]) -> int | None:
+    """Image side whose patch grid is the checkpoint's square position grid, or None.
+
+    The embedding holds the patches' positions after 0 (timm's registers models) or 1 ([CLS])
+    prefix positions; whichever leaves a square is the grid.
+    """
+    pos, proj = state.get("pos_embed"), state.get("patch_embed.proj.weight")
+    if pos is None or proj is None or pos.ndim != 3:
+        return None
+    p = int(kwargs.get("patch_size", proj.shape[-1]))
+    for prefix in (1, 0):
+        side = math.isqrt(max(pos.shape[1] - prefix, 0))
+        if side > 0 and side * side == pos.shape[1] - prefix:
+            return side * p
+    return None
+
+
+def _is_official_dinov2(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(k in state for k in ("register_tokens", "mask_token"))
+
+
+def _from_official_dinov2(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """facebookresearch/dinov2 key names to timm's, with timm's own converter."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    return dict(checkpoint_filter_fn(dict(state), model))
+
+
+def weights_label(model: torch.nn.Module) -> str:
+    """Which network and weights made a figure, in words, for titles and reports.
+
+    Returns:
+        e.g. ``"vit_small_patch16_224.dino, pretrained dino"``, ``"vit_tiny_patch16_224,
+        checkpoint checkpoint.pth"``, ``"vit_small_patch16_224, random init, seed 0"``.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("labkit_name") or cfg.get("architecture") or type(model).__name__
+    return f"{name}, {cfg.get('labkit_weights', 'weights unknown')}"
 
 
 def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
