@@ -140,6 +140,20 @@ def test_attention_equals_the_blocks_own_matrix(size) -> None:
     assert want_cls.amax() > 0.1
 
 
+def test_register_rows_need_no_more_of_the_block() -> None:
+    """registers=True reads q and k of the prefix tokens only: no value path, MLP or later block."""
+    model = tiny("dinov2_reg4_p14")
+    ran: list[str] = []
+    for name in ("blocks.0", "blocks.1", "blocks.0.attn", "blocks.0.mlp", "norm"):
+        model.get_submodule(name).register_forward_hook(lambda *_a, name=name: ran.append(name))
+    x = torch.randn(1, 3, 42, 56)
+    extract(model, x, layer=0, attention=True, kinds=(), registers=True)
+    assert ran == []  # block 0: norm1 and the q/k rows of its qkv projection only
+    out = extract(model, x, layer=0, attention=True, kinds=("tokens",), registers=True)
+    assert ran == ["blocks.0.attn", "blocks.0.mlp", "blocks.0", "norm"]
+    torch.testing.assert_close(out.register_attention, register_attention(model, x, 0), atol=1e-6, rtol=0)
+
+
 def test_rows_sum_to_one_and_ranges(arch: str, model: torch.nn.Module, frames: np.ndarray) -> None:
     _, prefix, registers = FACTS[arch]
     images = prepare_images(frames, model)
@@ -374,6 +388,27 @@ def test_explorer_panels(arch: str, model: torch.nn.Module, frames: np.ndarray) 
     assert objects.shape == (4, 3, gh, gw)
     np.testing.assert_allclose(objects.sum(axis=(-2, -1)), 1.0, atol=1e-5)
     assert ex.panel("objects").shape == (H, W, 3)
+
+
+def test_explore_and_its_explorer(small_video: Path) -> None:
+    """The attention_explorer notebook's path, with a reg4 ViT-S/14 named by the config."""
+    from labkit.explore import ExploreConfig, explore
+    from labkit.viz.explorer import AttentionExplorer
+
+    cfg = ExploreConfig(video_path=str(small_video), model=ARCHS["dinov2_reg4_p14"], model_kwargs=TINY,
+                        num_frames=3, frame_step=2, img_size=75, k=2)
+    exp = explore(cfg, progress=False)
+    size = exp.frames.shape[1:3]  # 76 x 126 (even sides): a 5 x 9 grid, 6 x 0 pixels cropped
+    assert exp.patch_size == 14 and size == (76, 126)
+    assert exp.attention.shape == exp.masks.shape == (3, 3, 5, 9)
+    assert exp.features.shape == exp.keys.shape == (3, 5, 9, 48) and exp.queries.shape == (5, 9, 48)
+    ref = extract(exp.model, prepare_images(exp.frames, exp.model), kinds=("tokens",))
+    torch.testing.assert_close(exp.attention, ref.attention, atol=1e-5, rtol=0)
+    assert exp.rgb_maps().shape == exp.mask_overlays().shape == (3, *size, 3)
+    assert exp.segment_overlays().shape == (3, *size, 3) and exp.pca_maps().shape == (3, 5, 9, 3)
+    assert exp.animation_frames().shape == (3, size[0], 3 * size[1], 3)
+    ex = AttentionExplorer.from_exploration(exp, progress=False)
+    assert ex.grid == (5, 9) and ex.render().shape == (*size[:1], 4 * size[1], 3)
 
 
 @pytest.fixture(scope="module")
