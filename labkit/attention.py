@@ -21,7 +21,7 @@ on CPU and GPU works block-wise and never stores the N x N matrix). For block ``
   N x N), split into their patch columns (``register_attention``) and prefix columns;
 * if only attention, keys or queries are asked for, the rest of block ``L`` (the value path, the
   projection, the MLP) and the blocks after it are not run; the qkv projection computes just the
-  keys and, unless queries are asked for, the [CLS] query;
+  keys and, unless queries are asked for, the [CLS] query (the R prefix queries with registers);
 * ``"tokens"`` runs block ``L`` whole (reading q and k off its qkv projection with a hook) and
   applies the model's final norm.
 
