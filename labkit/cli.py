@@ -1,6 +1,7 @@
 """The ``labkit`` command: run the lab's notebooks and its quick paths from a shell.
 
     labkit notebooks                                 list the notebooks and their parameters
+    labkit models                                    the supported pretrained weights, cached or not
     labkit run attention_explorer -p k 5 -p num_frames 8
     labkit attention VIDEO --out DIR                 RGB head maps, masks, segments, animation
     labkit pipeline [--config lab.yaml] [-o k=v]     train -> explore -> evaluate -> report
@@ -70,11 +71,12 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from labkit.notebooks import NotebookError, find_notebook, run_notebook
+    from labkit.notebooks import NotebookError, check_parameters, find_notebook, run_notebook
     from labkit.validation import check_output_dir
 
     params = _parse_params(args.param)
     source = find_notebook(args.notebook)
+    check_parameters(source, params)
     check_output_dir("--out", args.out or Path("runs") / source.stem)
     out_dir = Path(args.out or Path("runs") / source.stem).resolve()
     params.setdefault("out_dir", str(out_dir))
@@ -98,7 +100,8 @@ def _cmd_attention(args: argparse.Namespace) -> int:
         video_path=args.video,
         model=args.model,
         checkpoint=args.checkpoint or "",
-        pretrained=args.pretrained,
+        pretrained=True if args.pretrained else None,
+        pos_embed_rule=args.pos_embed_rule,
         model_kwargs=_model_kwargs(args.model_kwargs),
         layer=args.layer,
         heads=tuple(args.heads),
@@ -116,6 +119,13 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     print(f"[labkit] {len(exp.indices)} frames in {time.perf_counter() - start:.1f} s")
     for name, path in written.items():
         print(f"[labkit] {name}: {path}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from labkit.zoo import format_zoo, zoo_table
+
+    print(format_zoo(zoo_table()))
     return 0
 
 
@@ -220,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("notebooks", help="list the lab's notebooks and their parameters")
     p.set_defaults(func=_cmd_notebooks)
 
+    p = sub.add_parser(
+        "models",
+        help="list the supported pretrained weights (DINO, DINOv2, DoRA) and whether they are cached",
+    )
+    p.set_defaults(func=_cmd_models)
+
     p = sub.add_parser("run", help="execute a notebook with papermill")
     p.add_argument("notebook", help="notebook name (e.g. attention_explorer) or .ipynb path")
     p.add_argument(
@@ -239,8 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/attention", help="output folder")
     p.add_argument("--model", default="vit_small_patch16_224", help="timm model name")
     p.add_argument("--checkpoint", help="local checkpoint file (timm, DINO or DoRA format)")
-    p.add_argument("--pretrained", action="store_true", help="timm's download of pretrained weights")
+    p.add_argument(
+        "--pretrained", action="store_true",
+        help="timm's pretrained weights of --model (a name with a tag, e.g. "
+        "vit_small_patch16_224.dino, loads them anyway; see labkit models)",
+    )
     p.add_argument("--model-kwargs", help="extra timm arguments as YAML, e.g. '{depth: 2}'")
+    p.add_argument(
+        "--pos-embed-rule", default="auto", choices=["auto", "dino", "dinov2", "timm"],
+        help="how position embeddings are resized to the frame's patch grid; auto follows the "
+        "weights (DINO's rule for DINO/DoRA files and .dino tags, DINOv2's for DINOv2, else timm's)",
+    )
     p.add_argument("--layer", type=int, default=-1, help="block index; -1 is the last")
     p.add_argument("--heads", type=int, nargs=3, default=[0, 1, 2], help="three heads shown as R G B")
     p.add_argument("--num-frames", type=int, default=16)

@@ -30,9 +30,10 @@ class ExploreConfig:
     """Parameters of the attention explorer; the notebook's parameters cell uses the same names."""
 
     video_path: str = ""  # mp4 or frame folder; empty means the lab's default synthetic video
-    model: str = "vit_small_patch16_224"  # timm name; "vit_small_patch16_224.dino" with pretrained=True for DINO
-    checkpoint: str = ""  # local checkpoint (timm, DINO or DoRA format); empty: none
-    pretrained: bool = False  # timm download (needs the internet); off here: random or checkpoint weights
+    model: str = "vit_small_patch16_224"  # timm name; a tagged name (vit_small_patch16_224.dino) loads its weights
+    checkpoint: str = ""  # local checkpoint (timm, DINO, DoRA or labkit format); empty: none
+    pretrained: bool | None = None  # timm's weights (hub or local cache); None: if model has a tag
+    pos_embed_rule: str = "auto"  # "dino", "dinov2", "timm" or "auto" (as the weights' authors)
     model_kwargs: dict = field(default_factory=dict)  # extra timm arguments, e.g. {"depth": 2} for tests
     layer: int = -1  # block whose [CLS] attention is shown; negative counts from the end
     heads: tuple[int, int, int] = (0, 1, 2)  # the three heads drawn as R, G, B
@@ -48,6 +49,19 @@ class ExploreConfig:
     out_dir: str = "runs/attention_explorer"
 
     def __post_init__(self) -> None:
+        from labkit.validation import (
+            check_device,
+            check_fields,
+            check_model_kwargs,
+            check_output_dir,
+            check_value,
+        )
+
+        check_fields(self, skip=("heads",))  # every value of its annotated type, or the key is named
+        check_value("heads", self.heads, tuple[int, ...])
+        check_model_kwargs("model_kwargs", self.model_kwargs)
+        check_device("device", self.device)
+        check_output_dir("out_dir", self.out_dir)
         heads = tuple(int(h) for h in self.heads)
         object.__setattr__(self, "heads", heads)
         if len(heads) != 3:
@@ -311,8 +325,8 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
     path = Path(cfg.video_path) if cfg.video_path else default_video()
     model = load_backbone(
         cfg.model, checkpoint=cfg.checkpoint or None, pretrained=cfg.pretrained, device=cfg.device,
-        **cfg.model_kwargs,
-    )
+        pos_embed_rule=cfg.pos_embed_rule, seed=cfg.seed, **cfg.model_kwargs,
+    )  # fmt: skip
     num_heads = model.blocks[0].attn.num_heads
     if max(cfg.heads) >= num_heads:
         raise ValueError(f"heads {cfg.heads} out of range: {cfg.model} has {num_heads} heads")

@@ -23,6 +23,7 @@ __all__ = [
     "list_notebooks",
     "find_notebook",
     "notebook_parameters",
+    "check_parameters",
     "run_notebook",
     "export_html",
 ]
@@ -38,9 +39,10 @@ class NotebookError(RuntimeError):
         self.evalue = evalue
         self.output = output
         where = f"cell {cell_index}" if cell_index is not None else "before any cell ran"
+        evalue = "; ".join(line.strip() for line in str(evalue).splitlines() if line.strip())
         super().__init__(
-            f"notebook {notebook.name} failed in {where}: {ename}: {evalue}\n"
-            f"  the partly executed notebook is at {output}"
+            f"notebook {notebook.name} failed in {where}: {ename}: {evalue} (the partly "
+            f"executed notebook is at {output})"
         )
 
 
@@ -101,14 +103,65 @@ def notebook_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
     raise ValueError(f"{notebook}: no cell tagged 'parameters'")
 
 
-def _check_parameters(notebook: Path, parameters: Mapping[str, Any]) -> None:
-    known = notebook_parameters(notebook)
-    unknown = sorted(set(parameters) - set(known))
+# the config dataclass whose fields a notebook's parameters are (their annotations give the types)
+_CONFIGS = {
+    "train_dora": ("labkit.train.config", "TrainConfig"),
+    "timetuning": ("labkit.train.config", "TrainConfig"),
+    "attention_explorer": ("labkit.explore", "ExploreConfig"),
+    "evaluate": ("labkit.eval.runner", "EvalConfig"),
+}
+
+
+def _parameter_types(notebook: Path) -> dict[str, Any]:
+    """Each parameter's type: the annotation of the config field of its name, else its default's
+    type (a float default takes any number, ``None`` anything)."""
+    import importlib
+    import typing
+
+    hints: dict[str, Any] = {}
+    if notebook.stem in _CONFIGS:
+        module, name = _CONFIGS[notebook.stem]
+        hints = typing.get_type_hints(getattr(importlib.import_module(module), name))
+    types = {}
+    for key, default in notebook_parameters(notebook).items():
+        if key in hints:
+            types[key] = hints[key]
+        elif default is None:
+            types[key] = Any
+        elif isinstance(default, (list, tuple)):
+            types[key] = list
+        elif isinstance(default, Mapping):
+            types[key] = dict
+        else:
+            types[key] = type(default)
+    return types
+
+
+def check_parameters(notebook: str | os.PathLike, parameters: Mapping[str, Any]) -> None:
+    """Parameters a notebook has, each of the type it expects, before anything runs.
+
+    Raises:
+        ValueError: an unknown name (with the known ones), or a value of the wrong type or a
+            mapping key without a value (``{depth:2}``), naming the parameter and its form.
+    """
+    from labkit.validation import check_value
+
+    source = find_notebook(notebook)
+    types = _parameter_types(source)
+    unknown = sorted(set(parameters) - set(types))
     if unknown:
         raise ValueError(
-            f"{notebook.name} has no parameter(s) {', '.join(unknown)}; "
-            f"its parameters are: {', '.join(known)}"
+            f"{source.name} has no parameter(s) {', '.join(unknown)}; "
+            f"its parameters are: {', '.join(types)}"
         )
+    for key, value in parameters.items():
+        try:
+            check_value(key, value, types[key])
+        except ValueError as err:
+            raise ValueError(f"{source.name}: parameter {err}") from None
+
+
+_check_parameters = check_parameters
 
 
 def export_html(executed: Path, html: Path | None = None) -> Path:

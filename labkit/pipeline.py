@@ -17,6 +17,17 @@ parameters, and its outputs exist; complete stages are skipped unless ``force``.
 parameters changed starts afresh; an interrupted training stage resumes from its checkpoint
 (the training notebook runs with ``resume=True``). A failing stage stops the run with the stage,
 the cell and the error, keeps everything done before it, and the CLI exits non-zero.
+
+Finished work is never lost (see ``docs/reliability.md``):
+
+* the whole config is checked before any stage runs: every stage's parameters against its
+  notebook and its config dataclass, the models built once, devices, paths and data roots;
+* a run folder has one writer: a second pipeline on it fails at once (:class:`labkit.runfolder.RunLock`);
+* a complete stage that runs again (changed parameters, ``force``) is first renamed to
+  ``.<stage>.previous``; the new outputs go into a fresh folder, and the backup is deleted only
+  when the stage has succeeded. A failing rerun puts the previous outputs back (the failed
+  attempt goes to ``.<stage>.failed``); after a kill, the next run puts them back if they are
+  what it asks for, or keeps them aside until the rerun in progress has finished.
 """
 
 from __future__ import annotations
@@ -31,6 +42,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from labkit.environment import describe
+from labkit.runfolder import RunLock, write_atomic
+from labkit.validation import (
+    check_device,
+    check_fields,
+    check_model_kwargs,
+    check_output_dir,
+    yaml_error,
+)
 
 __all__ = [
     "PipelineConfig",
@@ -95,7 +114,9 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         for name in ("methods", "eval_data"):
             value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+        check_fields(self)  # every value of its annotated type, or the key is named
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
             raise ValueError(f"name {self.name!r}: give a plain folder name such as 'demo'")
         bad = [m for m in self.methods if m not in METHODS]
@@ -116,11 +137,24 @@ class PipelineConfig:
             raise ValueError(f"video_path {self.video_path!r} does not exist")
         if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             raise ValueError(f"checkpoint {self.checkpoint!r} is not a file")
-        if not str(self.device).startswith(("cpu", "cuda", "mps")):
-            raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'mps', got {self.device!r}")
+        check_device("device", self.device)
         for name in ("model_kwargs", "train", "evaluate", "eval_sequences"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+        check_model_kwargs("model_kwargs", self.model_kwargs)
+        keys = [_dataset_key(root) for root in self.eval_data]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"eval_data: two datasets share a folder name in {list(self.eval_data)}")
+        unknown = sorted(set(self.eval_sequences) - set(keys))
+        if unknown:
+            raise ValueError(f"eval_sequences: no dataset named {unknown} in eval_data; the "
+                             f"datasets are {keys}")
+        for root in self.eval_data:
+            if root != SYNTHETIC and Path(root).expanduser().exists() and not Path(
+                    root).expanduser().is_dir():
+                raise ValueError(f"eval_data: {root!r} is a file, not a DAVIS-layout folder")
+        check_output_dir("runs_dir", self.runs_dir)
+        check_output_dir("name", self.run_dir)
         _check_model_name(self.model)
 
     @property
@@ -154,8 +188,17 @@ def load_pipeline_config(
 
     values: dict[str, Any] = {}
     if path:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text) or {}
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"config file {path} is a folder; give a YAML file")
+        if not path.is_file():
+            raise ValueError(f"config file {path} not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {path} is not a text (YAML) file") from None
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {yaml_error(path, err)}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of config keys, got {type(loaded).__name__}")
         values.update(loaded)
@@ -277,34 +320,145 @@ def _marker(stage: Stage) -> Path:
     return stage.out_dir / ("report.json" if stage.group == "report" else "stage.json")
 
 
-def is_complete(stage: Stage) -> bool:
-    """The stage finished with the same parameters and its outputs are all there."""
-    marker = _marker(stage)
+def is_complete(stage: Stage, folder: Path | None = None) -> bool:
+    """The stage finished with the same parameters and its outputs are all there (in its
+    ``out_dir``, or in ``folder``, e.g. its backup)."""
+    folder = stage.out_dir if folder is None else folder
+    marker = folder / _marker(stage).name
     if not marker.is_file():
         return False
     try:
         info = json.loads(marker.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return False
     return info.get("fingerprint") == stage.fingerprint and all(
-        (stage.out_dir / o).exists() for o in stage.outputs
+        (folder / o).exists() for o in stage.outputs
     )
 
 
-def _prepare(stage: Stage) -> None:
-    """A stage that finished before with other parameters starts afresh; an interrupted one keeps
-    its folder (training resumes from its checkpoint)."""
-    marker = _marker(stage)
-    if stage.group != "report" and marker.is_file() and stage.out_dir.is_dir():
-        shutil.rmtree(stage.out_dir)
+def _backup(stage: Stage) -> Path:
+    return stage.out_dir.parent / f".{stage.out_dir.name}.previous"
+
+
+def _failed(stage: Stage) -> Path:
+    return stage.out_dir.parent / f".{stage.out_dir.name}.failed"
+
+
+def _set_aside_failed(stage: Stage) -> Path:
+    failed = _failed(stage)
+    if failed.exists():
+        shutil.rmtree(failed)
+    os.replace(stage.out_dir, failed)
+    return failed
+
+
+def _recover(stage: Stage, say: Callable[[str], None]) -> None:
+    """Settle a backup that a killed run left (``.<stage>.previous``): delete it when the rerun
+    finished, put it back when it holds what this run asks for (or the stage folder is gone),
+    else keep it aside while the rerun in the stage folder goes on (a training resumes)."""
+    backup = _backup(stage)
+    if not backup.is_dir():
+        return
+    if is_complete(stage):
+        shutil.rmtree(backup)
+    elif is_complete(stage, backup) or not stage.out_dir.exists():
+        if stage.out_dir.exists():
+            failed = _set_aside_failed(stage)
+            say(f"{stage.name}: an interrupted rerun was moved to {failed}")
+        os.replace(backup, stage.out_dir)
+        say(f"{stage.name}: the previous complete outputs are back in {stage.out_dir}")
+
+
+def _prepare(stage: Stage) -> Path | None:
+    """Make the stage's folder ready to run in; returns the backup of earlier outputs, if any.
+
+    A stage that finished before (with other parameters, or forced) is renamed to its backup and
+    starts afresh in a new folder; an interrupted one keeps its folder (training resumes)."""
+    backup = _backup(stage)
+    if _marker(stage).is_file() and stage.out_dir.is_dir():
+        if backup.exists():
+            shutil.rmtree(backup)
+        os.replace(stage.out_dir, backup)
     stage.out_dir.mkdir(parents=True, exist_ok=True)
+    return backup if backup.is_dir() else None
 
 
 def _write_marker(stage: Stage, seconds: float, **extra: Any) -> None:
     info = {"stage": stage.name, "notebook": stage.notebook, "fingerprint": stage.fingerprint,
             "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             "params": stage.params, **extra}
-    _marker(stage).write_text(json.dumps(info, indent=2, default=str))
+    write_atomic(_marker(stage), json.dumps(info, indent=2, default=str).encode())
+
+
+def check_plan(cfg: PipelineConfig, stages: Sequence[Stage]) -> None:
+    """Check every stage's parameters before any stage runs, as each stage will read them.
+
+    Each notebook's parameters by name and type (:func:`labkit.notebooks.check_parameters`); each
+    stage's config dataclass built from them (``TrainConfig``, ``ExploreConfig``, ``EvalConfig``:
+    ranges, devices, paths); the training networks built once (patch size, heads); each
+    DAVIS-layout data root that exists checked file by file (:func:`labkit.eval.datasets.davis_sequences`).
+    Checkpoints that earlier stages will write are left out of the checks that open files.
+
+    Raises:
+        ValueError: naming the stage and the key or file at fault.
+    """
+    from labkit.notebooks import check_parameters
+
+    produced = {str(s.out_dir / "checkpoint.pth") for s in stages if s.group == "train"}
+    built: set[str] = set()
+    for stage in stages:
+        if stage.notebook is None:
+            continue
+        try:
+            check_parameters(stage.notebook, stage.params)
+            _check_stage(stage, produced, built)
+        except ValueError as err:
+            text = str(err)
+            if "the 'train' / 'evaluate' keys" not in text and "has no parameter" in text:
+                text += " (check the 'train' / 'evaluate' keys of the config)"
+            raise ValueError(f"stage {stage.name}: {text}") from None
+
+
+def _check_stage(stage: Stage, produced: set[str], built: set[str]) -> None:
+    from labkit.notebooks import notebook_parameters
+
+    params = {**notebook_parameters(stage.notebook), **stage.params}
+    if stage.group == "train":
+        from labkit.train.config import TrainConfig
+        from labkit.train.step import build_backbone
+
+        names = {f.name for f in fields(TrainConfig)}
+        config = TrainConfig(**{k: v for k, v in params.items() if k in names and k != "out_dir"},
+                             out_dir=params["out_dir"])
+        key = json.dumps([config.method, config.model, config.model_kwargs, config.img_size,
+                          config.local_size, config.k, config.heads, config.checkpoint],
+                         default=str)
+        if key not in built:  # the networks a training stage will build: patch size, heads
+            built.add(key)
+            build_backbone(config)
+    elif stage.notebook == "attention_explorer":
+        from labkit.explore import ExploreConfig
+
+        names = {f.name for f in fields(ExploreConfig)}
+        values = {k: v for k, v in params.items() if k in names}
+        if values.get("checkpoint") in produced:
+            values["checkpoint"] = ""
+        ExploreConfig(**values)
+    elif stage.group == "evaluate":
+        from labkit.eval.datasets import davis_sequences
+        from labkit.eval.runner import EvalConfig
+
+        names = {f.name for f in fields(EvalConfig)}
+        values = {k: v for k, v in params.items() if k in names}
+        models = []
+        for spec in values.get("models", []):
+            label_arch, sep, weights = str(spec).partition(":")
+            models.append(label_arch if sep and weights in produced else spec)
+        values["models"] = models
+        cfg = EvalConfig(**values)
+        root = cfg.data_root
+        if root and Path(root).is_dir():
+            davis_sequences(root, cfg.sequences, folder=cfg.davis_folder)
 
 
 def _say(message: str) -> None:
@@ -336,23 +490,14 @@ def run_pipeline(
 
     Raises:
         StageFailed: a stage failed (the message names the stage, the cell and the error).
-        ValueError: ``only`` is not a group, or a needed stage has not run.
+        ValueError: ``only`` is not a group, a needed stage has not run, or a stage's
+            parameters are bad (:func:`check_plan`; nothing has run then).
+        labkit.runfolder.RunFolderBusy: another process is running in the run folder.
     """
-    import yaml
-
-    from labkit.notebooks import NotebookError, notebook_parameters, run_notebook
-
     if only is not None and only not in STAGE_GROUPS:
         raise ValueError(f"only: {only!r} is not a stage; choose from {list(STAGE_GROUPS)}")
     stages = plan(cfg)
-    # every notebook and parameter checked before any work starts
-    for stage in stages:
-        if stage.notebook is not None:
-            known = notebook_parameters(stage.notebook)
-            unknown = sorted(set(stage.params) - set(known))
-            if unknown:
-                raise ValueError(f"stage {stage.name}: notebook {stage.notebook} has no parameter(s) "
-                                 f"{unknown} (check the 'train' / 'evaluate' keys of the config)")
+    check_plan(cfg, stages)  # every stage's parameters, models, devices, paths, data: before any work
     by_name = {s.name: s for s in stages}
     selected = [s for s in stages if only is None or s.group == only]
     if only is not None:
@@ -364,10 +509,29 @@ def run_pipeline(
                                      f"{by_name[need].group}) first")
 
     run_dir = cfg.run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (run_dir / "environment.json").write_text(json.dumps(describe(cfg.device), indent=2))
+    with RunLock(run_dir, what="labkit pipeline"):  # a second pipeline here fails at once
+        return _run_stages(cfg, stages, selected, run_dir, force, progress, say)
+
+
+def _run_stages(
+    cfg: PipelineConfig,
+    stages: list[Stage],
+    selected: list[Stage],
+    run_dir: Path,
+    force: bool,
+    progress: bool,
+    say: Callable[[str], None],
+) -> Path:
+    import yaml
+
+    from labkit.notebooks import NotebookError, run_notebook
+
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    write_atomic(run_dir / "environment.json", json.dumps(describe(cfg.device), indent=2).encode())
     say(f"run folder {run_dir}")
+    for stage in stages:
+        if stage.group != "report":
+            _recover(stage, say)
     start = time.perf_counter()
     total = len(selected)
     for i, stage in enumerate(selected, 1):
@@ -387,18 +551,28 @@ def run_pipeline(
             write_report(run_dir, stages)
             _write_marker(stage, time.perf_counter() - t0)
         else:
-            _prepare(stage)
+            backup = _prepare(stage)
             try:
                 result = run_notebook(
                     stage.notebook, stage.out_dir, stage.params,
                     progress=False, log_output=progress and stage.group == "train",
                 )
-            except NotebookError as err:
+                _write_marker(stage, time.perf_counter() - t0, html=str(result.html))
+            except Exception as err:
+                kept = f"stages before it are kept in {run_dir}"
+                if backup is not None:  # the previous complete outputs go back in place
+                    failed = _set_aside_failed(stage)
+                    os.replace(backup, stage.out_dir)
+                    kept += (f", and {stage.name}'s previous complete outputs too (the failed "
+                             f"attempt is in {failed})")
+                detail = str(err) if isinstance(err, NotebookError) else f"{type(err).__name__}: {err}"
+                detail = "; ".join(x.strip() for x in detail.splitlines() if x.strip())
                 raise StageFailed(
-                    f"stage {stage.name} failed after {_elapsed(time.perf_counter() - t0)}: {err}\n"
-                    f"  stages before it are kept in {run_dir}; fix the cause and rerun to resume"
+                    f"stage {stage.name} failed after {_elapsed(time.perf_counter() - t0)}: "
+                    f"{detail}; {kept}; fix the cause and rerun to resume"
                 ) from None
-            _write_marker(stage, time.perf_counter() - t0, html=str(result.html))
+            if backup is not None:
+                shutil.rmtree(backup, ignore_errors=True)
         say(f"{head}: done in {_elapsed(time.perf_counter() - t0)}")
     report = run_dir / "report.html"
     latest = run_dir.parent / "latest"

@@ -53,6 +53,7 @@ from labkit.eval.datasets import DatasetError, DavisSequence, davis_sequences, i
 from labkit.eval.results import EvalResult, ModelResult
 from labkit.eval.sequence import dataset_segmentation, evaluate_sequence, model_input_size
 from labkit.eval.specs import ModelSpec, parse_model_spec
+from labkit.validation import check_device, check_fields, check_model_kwargs, check_output_dir
 
 __all__ = [
     "EVALUATIONS",
@@ -109,7 +110,10 @@ class EvalConfig:
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,) if value else ()
-            object.__setattr__(self, name, tuple(str(v) for v in value))
+            if isinstance(value, (list, tuple)):
+                value = tuple(str(v) for v in value)
+            object.__setattr__(self, name, value)
+        check_fields(self)  # every value of its annotated type, or the key is named
         if not self.models:
             raise ValueError("models: give at least one model spec (e.g. vit_small_patch16_224)")
         specs = [parse_model_spec(m) for m in self.models]
@@ -125,6 +129,10 @@ class EvalConfig:
             unknown = sorted(set(self.model_kwargs) - set(labels))
             if unknown:
                 raise ValueError(f"model_kwargs: no models labelled {unknown}; labels: {labels}")
+            for label, kwargs in self.model_kwargs.items():
+                check_model_kwargs(f"model_kwargs.{label}", kwargs)
+        else:
+            check_model_kwargs("model_kwargs", self.model_kwargs)
         unknown = [e for e in self.evaluations if e not in EVALUATIONS]
         if unknown or not self.evaluations:
             raise ValueError(
@@ -152,10 +160,8 @@ class EvalConfig:
             raise ValueError("temperature and knn_temperature must be > 0")
         if not 0 < self.keep <= 1:
             raise ValueError(f"keep must be in (0, 1], got {self.keep}")
-        if not str(self.device).startswith(("cpu", "cuda", "mps")):
-            raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'mps', got {self.device!r}")
-        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r}: CUDA is not available on this machine")
+        check_device("device", self.device)
+        check_output_dir("out_dir", self.out_dir)
 
     @property
     def specs(self) -> list[ModelSpec]:

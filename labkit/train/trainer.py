@@ -321,7 +321,7 @@ class Trainer:
         already in ``out_dir`` unless this one resumes it."""
         existing = [n for n in RUN_FILES if (self.out_dir / n).exists()]
         resuming = self.config.resume and self.checkpoint_path.is_file()
-        if existing and not resuming and not force:
+        if existing and not resuming and not force and not self.config.resume:
             what = "a training run"
             if self.checkpoint_path.is_file():
                 what += " with a checkpoint"
@@ -336,11 +336,12 @@ class Trainer:
             for path in remove_stale_temporaries(self.out_dir):
                 warnings.warn(f"removed {path}, left by a write that was killed",
                               RunFolderWarning, stacklevel=3)
-            if existing and not resuming:
+            if existing and not resuming:  # forced, or resume with no checkpoint to resume
                 backup = self.out_dir / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
                 move_aside(self.out_dir, existing, backup)
-                warnings.warn(f"moved the previous run's files to {backup}", RunFolderWarning,
-                              stacklevel=3)
+                why = "" if force else f"{self.out_dir} has no checkpoint to resume from; "
+                warnings.warn(f"{why}moved the previous run's files to {backup}",
+                              RunFolderWarning, stacklevel=3)
         if self.world_size > 1:
             dist.barrier()
 
