@@ -286,7 +286,7 @@ def load_backbone(
     return model.to(device).eval()
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(OSError):
     """Pretrained weights were asked for and are neither in the local cache nor downloadable."""
 
 
