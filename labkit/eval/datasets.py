@@ -10,6 +10,13 @@ DAVIS layout (2016 binary 0/255 masks or 2017 palette masks; the folder structur
     <root>/Annotations/<folder>/<sequence>/00000.png ...
     <root>/sequences.txt                                      optional: one sequence per line
 
+Frames and masks are paired by file name (``00005.jpg`` with ``00005.png``), never by position.
+A frame without a mask is not annotated: as in the DAVIS and YouTube-VOS evaluations, which score
+the annotated frames, it is run through the model but not scored, and reported
+(:class:`DatasetWarning`, and ``unannotated_frames`` in ``metrics.json``). The first frame must be
+annotated (label propagation starts from it), and a mask whose frame is missing is an error naming
+the files.
+
 Image folders for k-NN (DINO's ``eval_knn`` on ImageNet uses the first layout)::
 
     <root>/train/<class>/*.jpg  and  <root>/val/<class>/*.jpg
@@ -23,6 +30,7 @@ Notation::
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +39,13 @@ import numpy as np
 
 __all__ = [
     "DatasetError",
+    "DatasetWarning",
     "DavisSequence",
     "ImageFolderSplit",
     "davis_sequences",
     "image_folder_split",
     "load_image_batch",
+    "read_masks",
 ]
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -47,18 +57,98 @@ class DatasetError(ValueError):
     """A dataset folder that does not have the expected layout, or whose files disagree."""
 
 
+class DatasetWarning(UserWarning):
+    """Something in a dataset that is allowed but changes what is scored (unannotated frames)."""
+
+
 @dataclass(frozen=True)
 class DavisSequence:
     """One checked DAVIS sequence: its files and size."""
 
     name: str
     frames: tuple[Path, ...]  # (T,) frame files sorted by name
-    masks: tuple[Path, ...]  # (T,) mask files sorted by name
+    masks: tuple[Path, ...]  # (M,) mask files, masks[j] of frame annotated[j] (same file stem)
     size: tuple[int, int]  # (H, W) of frames and masks in the files
+    annotated: tuple[int, ...] | None = None  # (M,) frame indices with a mask; None: all
+
+    def __post_init__(self) -> None:
+        if self.annotated is None:
+            object.__setattr__(self, "annotated", tuple(range(len(self.masks))))
+        if len(self.annotated) != len(self.masks):
+            raise ValueError(f"sequence {self.name!r}: {len(self.masks)} masks for "
+                             f"{len(self.annotated)} annotated frames")
 
     @property
     def num_frames(self) -> int:
         return len(self.frames)
+
+    @property
+    def unannotated(self) -> tuple[int, ...]:
+        """Indices of the frames without a mask (run, not scored)."""
+        marked = set(self.annotated)
+        return tuple(i for i in range(self.num_frames) if i not in marked)
+
+
+def read_masks(seq: DavisSequence, num_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The label maps of a sequence's first ``num_frames`` frames, paired by file name.
+
+    Returns:
+        ``(labels, annotated)``: uint8 ``(T, H, W)`` labels as :func:`labkit.video.load_masks`
+        reads them (0 where a frame has no mask), and bool ``(T,)``, which frames have a mask.
+    """
+    from labkit.video.frames import _mask_labels, _open_image
+
+    T = seq.num_frames if num_frames is None else min(num_frames, seq.num_frames)
+    labels = np.zeros((T, *seq.size), dtype=np.uint8)
+    annotated = np.zeros(T, dtype=bool)
+    for index, path in zip(seq.annotated, seq.masks):
+        if index >= T:
+            continue
+        mask = _mask_labels(_open_image(path), path)
+        if mask.shape != tuple(seq.size):
+            raise DatasetError(f"sequence {seq.name!r}: mask {path} is {mask.shape[0]}x"
+                               f"{mask.shape[1]} (HxW) but the frames are {seq.size[0]}x{seq.size[1]}")
+        labels[index] = mask
+        annotated[index] = True
+    return labels, annotated
+
+
+def _pair_by_name(name: str, frames: list[Path], masks: list[Path], frames_dir: Path,
+                  masks_dir: Path) -> tuple[list[Path], list[int]]:
+    """Masks ordered as their frames, and those frames' indices; errors name the files."""
+    index: dict[str, int] = {}
+    for i, frame in enumerate(frames):
+        if frame.stem in index:
+            raise DatasetError(f"sequence {name!r}: {frames[index[frame.stem]].name} and "
+                               f"{frame.name} in {frames_dir} are the same frame; keep one")
+        index[frame.stem] = i
+    orphans = [m.name for m in masks if m.stem not in index]
+    if orphans:
+        shown = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+        raise DatasetError(
+            f"sequence {name!r}: mask(s) {shown} in {masks_dir} have no frame of the same name in "
+            f"{frames_dir} (frames and masks are paired by file name)"
+        )
+    pairs = sorted((index[m.stem], m) for m in masks)
+    if not pairs or pairs[0][0] != 0:
+        raise DatasetError(
+            f"sequence {name!r}: the first frame {frames[0]} has no mask "
+            f"{masks_dir / (frames[0].stem + '.png')}; label propagation starts from it"
+        )
+    if len(pairs) == 1 and len(frames) > 1:
+        raise DatasetError(
+            f"sequence {name!r}: only the first of {len(frames)} frames has a mask in {masks_dir} "
+            "(a test-dev split annotates only the first frame and cannot be scored)"
+        )
+    marked = {j for j, _ in pairs}
+    missing = [f.name for i, f in enumerate(frames) if i not in marked]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        warnings.warn(
+            f"sequence {name!r}: {len(missing)} of {len(frames)} frames have no mask in {masks_dir} "
+            f"({shown}); they are not scored", DatasetWarning, stacklevel=3,
+        )
+    return [m for _, m in pairs], [i for i, _ in pairs]
 
 
 def _natural_key(path: Path) -> list:
@@ -121,8 +211,10 @@ def davis_sequences(
 
     Checks, each failing with a :class:`DatasetError` that names the path and the problem: the
     root has ``JPEGImages/<folder>`` and ``Annotations/<folder>``; every requested sequence has a
-    frame folder with images and a mask folder with one PNG per frame; all masks have the
-    frames' size (image headers only); the first mask has at least one object.
+    frame folder with images and a mask folder whose PNGs pair with the frames by file name (a
+    mask without its frame is an error; a frame without a mask is reported and not scored; the
+    first frame needs one); all masks have the frames' size (image headers only); the first mask
+    has at least one object.
 
     Args:
         root: DAVIS root.
@@ -162,12 +254,7 @@ def davis_sequences(
         masks = _files(masks_root / name, (".png",))
         if not masks:
             raise DatasetError(f"sequence {name!r}: no mask PNGs in {masks_root / name}")
-        if len(masks) != len(frames):
-            raise DatasetError(
-                f"sequence {name!r}: {len(frames)} frames but {len(masks)} masks in "
-                f"{masks_root / name} (every frame needs its mask; a test-dev split annotates "
-                "only the first frame and cannot be scored)"
-            )
+        masks, annotated = _pair_by_name(name, frames, masks, frames_root / name, masks_root / name)
         size = _image_size(frames[0])
         for mask in masks:
             mask_size = _image_size(mask)
@@ -181,7 +268,7 @@ def davis_sequences(
                 f"sequence {name!r}: the first mask {masks[0]} has no object (all background); "
                 "label propagation starts from it"
             )
-        out.append(DavisSequence(name, tuple(frames), tuple(masks), size))
+        out.append(DavisSequence(name, tuple(frames), tuple(masks), size, tuple(annotated)))
     return out
 
 

@@ -76,8 +76,10 @@ class SequenceResult:
     segmentation: dict[str, float] | None = None  # k-means mIoU per protocol
     examples: SequenceExamples | None = field(default=None, repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
-    # (T, P, 2) int64 background / foreground pixels under each patch (dataset-level k-means)
+    # (T', P, 2) int64 background / foreground pixels under each patch of the annotated frames
+    # (dataset-level k-means)
     histograms: torch.Tensor | None = field(default=None, repr=False)
+    unannotated_frames: tuple[int, ...] = ()  # frames without a mask: run, not scored
 
     def row(self) -> dict[str, Any]:
         """One flat row of numbers for tables (missing evaluations leave their keys out)."""
@@ -107,6 +109,7 @@ class SequenceResult:
             "input_size": list(self.input_size),
             "grid": list(self.grid),
             "seconds": self.seconds,
+            "unannotated_frames": list(self.unannotated_frames),
         }
         if self.propagation is not None:
             p = self.propagation

@@ -168,7 +168,8 @@ def evaluate_sequence(
     from labkit.models import patch_size as get_patch_size
     from labkit.models import prepare_images
     from labkit.tracking import discover_objects, track_objects
-    from labkit.video import load_masks, open_frames
+    from labkit.eval.datasets import read_masks
+    from labkit.video import open_frames
     from tqdm.auto import tqdm
 
     seconds = {"read": 0.0, "model": 0.0, "propagation": 0.0, "scores": 0.0}
@@ -176,13 +177,10 @@ def evaluate_sequence(
     device = torch.device(cfg.device)
     p = get_patch_size(model)
     T = seq.num_frames if cfg.max_frames == 0 else min(cfg.max_frames, seq.num_frames)
-    masks = load_masks(seq.masks[0].parent)  # (T_all, H, W) uint8 labels
-    if masks.shape != (seq.num_frames, *seq.size):
-        raise DatasetError(
-            f"sequence {seq.name!r}: masks read as {masks.shape}, expected "
-            f"{(seq.num_frames, *seq.size)}"
-        )
-    gt = torch.from_numpy(masks[:T])  # (T, H, W) uint8 on the CPU
+    # (T, H, W) uint8 labels paired with the frames by file name; (T,) which frames have a mask
+    masks, annotated_np = read_masks(seq, T)
+    annotated = torch.from_numpy(annotated_np)  # frames without a mask are run, not scored
+    gt = torch.from_numpy(masks)  # (T, H, W) uint8 on the CPU
     gt = torch.where(gt == 255, 0, gt)  # DAVIS reads 255 (void) as background
     K = int(gt[0].max())
     H, W = seq.size
@@ -256,7 +254,7 @@ def evaluate_sequence(
                 labels = propagator.first_frame_labels
             else:
                 labels = propagator.step(tokens[i]).labels  # (H, W) uint8
-            if 0 < t < T - 1:
+            if 0 < t < T - 1 and annotated_np[t]:
                 j, f = davis_frame_scores(labels, labels_t, K)
                 scored.append(t)
                 js.append(j)
@@ -270,12 +268,13 @@ def evaluate_sequence(
     video.close()
 
     t0 = time.perf_counter()
-    hist = torch.stack(histograms)  # (T, P, K+2)
-    foreground = hist[..., 1:].sum(dim=-1)  # (T, P)
+    hist = torch.stack(histograms)[annotated]  # (T', P, K+2): the annotated frames are scored
+    foreground = hist[..., 1:].sum(dim=-1)  # (T', P)
     result = SequenceResult(
         name=seq.name, num_frames=T, num_objects=K, source_size=(H, W), input_size=size,
         grid=grid, seconds=seconds,
-        histograms=torch.stack([hist[..., 0], foreground], dim=-1),  # (T, P, 2)
+        histograms=torch.stack([hist[..., 0], foreground], dim=-1),  # (T', P, 2)
+        unannotated_frames=tuple(int(t) for t in (~annotated).nonzero().flatten()),
     )
     if prop_on:
         result.propagation = SequenceScores.from_frames(seq.name, scored, js, fs)
@@ -284,21 +283,23 @@ def evaluate_sequence(
     if attn_on:
         head_masks = mass_threshold(attention, cfg.keep)  # (T, h, gh, gw)
         average_mask = mass_threshold(attention.mean(dim=1), cfg.keep)  # (T, gh, gw)
-        result.attention = mask_statistics(mask_jaccard(head_masks, foreground, area))
-        j_avg = mask_jaccard(average_mask[:, None], foreground, area)[:, 0]  # (T,)
+        result.attention = mask_statistics(mask_jaccard(head_masks[annotated], foreground, area))
+        j_avg = mask_jaccard(average_mask[annotated][:, None], foreground, area)[:, 0]  # (T',)
         result.attention["head_average_jaccard"] = j_avg
         result.attention["head_average_j"] = float(j_avg.mean())
     if track_on:
         objects = torch.cat(object_masks)  # (T, k, gh, gw)
-        result.tracking = mask_statistics(mask_jaccard(objects, foreground, area))
+        result.tracking = mask_statistics(mask_jaccard(objects[annotated], foreground, area))
     seconds["scores"] += time.perf_counter() - t0
     features = torch.cat(tokens_seq) if tokens_seq else None  # (T, gh, gw, D)
     if seg_on:
         t0 = time.perf_counter()
-        result.segmentation = _segmentation_scores(features.to(device), hist[..., : K + 1], cfg)
+        result.segmentation = _segmentation_scores(
+            features[annotated].to(device), hist[..., : K + 1], cfg
+        )
         seconds["segmentation"] = time.perf_counter() - t0
     if stash is not None:
-        np.save(stash / f"{seq.name}.npy", features.half().numpy())
+        np.save(stash / f"{seq.name}.npy", features[annotated].half().numpy())  # as histograms
     if examples_at:
         sel = torch.tensor(examples_at)
         result.examples = SequenceExamples(
