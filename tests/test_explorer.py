@@ -25,8 +25,9 @@ TINY = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 def model() -> torch.nn.Module:
     from labkit.models import load_backbone
 
-    torch.manual_seed(0)
-    return load_backbone("vit_small_patch16_224", **TINY)
+    # seed 2: with seed 0 or 1 this 2-block model's k=3 segments happen to be the same partition
+    # at layers 0 and 1 (so a layer change would not change the segments panel)
+    return load_backbone("vit_small_patch16_224", seed=2, **TINY)
 
 
 @pytest.fixture()

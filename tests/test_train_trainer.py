@@ -112,7 +112,11 @@ def test_checkpoint_layout_and_loading(tmp_path):
     )
     assert all(k.startswith(("backbone.", "head.")) for k in state["teacher"])
     assert set(state["rng"]) >= {"torch", "numpy", "python", "data"}
-    assert TrainConfig(**state["config"]) == config(tmp_path, steps=2, seed=3)
+    # the checkpoint records the position-embedding rule actually used ("auto" resolved)
+    assert state["config"]["pos_embed_rule"] == "timm"
+    assert TrainConfig(**state["config"]) == config(tmp_path, steps=2, seed=3).replace(
+        pos_embed_rule="timm"
+    )
 
     images = torch.randn(2, 3, 64, 64)
     trainer = Trainer(config(tmp_path, steps=2, seed=3, resume=True), progress=False)

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from labkit.pos_embed import check_rule
+
 from labkit.validation import (
     check_device,
     check_fields,
@@ -140,8 +142,11 @@ class TrainConfig:
     # -- model --------------------------------------------------------------------------------
     model: str = "vit_small_patch16_224"  # timm ViT architecture
     model_kwargs: dict = field(default_factory=dict)  # extra timm arguments (depth, embed_dim ...)
-    pretrained: bool = False  # start from timm's weights (needs the internet)
+    pretrained: bool | None = None  # start from timm's weights (hub or cache); None: if model has a tag
     checkpoint: str = ""  # start from a local checkpoint's backbone (timm, DINO, DoRA, labkit)
+    # position embeddings resized to each crop's grid: "dino", "dinov2", "timm"; "auto" follows the
+    # initial weights (timm's for a random init); checkpoints record the rule actually used
+    pos_embed_rule: str = "auto"
     drop_path_rate: float | None = None  # stochastic depth of the student; None: 0.1, TimeT 0
     out_dim: int = 65536  # K, output dimension of the DINO head
     hidden_dim: int = 2048
@@ -251,8 +256,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be <= {at_most}, got {value}")
         for name in ("sinkhorn", "norm_last_layer", "pretrained", "scale_lr", "compile", "resume",
                      "train_norm", "hard_targets"):
+            if name == "pretrained" and self.pretrained is None:
+                continue
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        check_rule(self.pos_embed_rule)
 
         for name in ("global_scale", "local_scale"):
             value = getattr(self, name)

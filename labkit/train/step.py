@@ -105,10 +105,11 @@ class MultiCropNetwork(nn.Module):
 def build_backbone(config: Any) -> nn.Module:
     """The backbone a :class:`labkit.train.TrainConfig` trains, with its initial weights.
 
-    From :func:`labkit.models.load_backbone` (``config.model``, ``config.img_size``,
-    ``config.drop_path_rate``, ``config.model_kwargs``, initial weights from ``checkpoint`` or
-    ``pretrained``). Randomly initialised backbones are told to expect ImageNet normalisation,
-    which is what the training data uses and what checkpoints loaded by ``load_backbone`` assume.
+    From :func:`labkit.models.load_backbone` (``config.model``, ``config.drop_path_rate``,
+    ``config.model_kwargs``, ``config.pos_embed_rule``, initial weights from ``checkpoint`` or
+    ``pretrained``). A random init is built on ``config.img_size``'s grid; loaded weights keep
+    their own grid and are resized per crop by the rule. Every backbone expects ImageNet
+    normalisation, which is what the training data uses.
 
     Returns:
         A timm VisionTransformer on the CPU (eval mode, as ``load_backbone`` returns it).
@@ -117,22 +118,22 @@ def build_backbone(config: Any) -> nn.Module:
         ValueError: ``img_size`` (or, for DoRA / DINO, ``local_size``) is not a multiple of the
             patch size; DoRA needs more heads than the model has.
     """
-    from labkit.models import IMAGENET_MEAN, IMAGENET_STD, load_backbone
+    from labkit.models import load_backbone
 
+    from_weights = bool(config.checkpoint) or bool(
+        config.pretrained if config.pretrained is not None else "." in config.model
+    )
     backbone = load_backbone(
         config.model,
         checkpoint=config.checkpoint or None,
         pretrained=config.pretrained,
-        img_size=config.img_size,
+        pos_embed_rule=config.pos_embed_rule,  # type: ignore[arg-type]
+        # weights keep the grid they were trained on (resized per crop by the rule, as their
+        # authors do); a random init is built on the crop's own grid
+        **({} if from_weights else {"img_size": config.img_size}),
         drop_path_rate=config.drop_path_rate,
         **config.model_kwargs,
     )
-    if not config.pretrained:
-        backbone.pretrained_cfg = {
-            **(backbone.pretrained_cfg or {}),
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
-        }
     if config.method == "dora":
         _check_model(backbone, attention=True)
         heads = backbone.blocks[-1].attn.num_heads

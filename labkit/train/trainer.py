@@ -91,6 +91,7 @@ from labkit.runfolder import (
     remove_stale_temporaries,
     write_atomic,
 )
+from labkit.pos_embed import model_rule
 from labkit.train.config import TrainConfig, architecture_fields
 from labkit.train.data import ClipDataset, StepBatchSampler, preview_clip, step_seed
 from labkit.train.step import (
@@ -745,7 +746,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "epoch": self.epoch_of(self.step),
-            "config": self.config.to_dict(),
+            # the rule actually used ("auto" resolved), so the weights load as they were trained
+            "config": {**self.config.to_dict(), "pos_embed_rule": model_rule(self.backbone)},
             "rng": {**_rng_state(), "data": {"seed": self.config.seed, "next_step": self.step}},
             "labkit_version": __version__,
         }
@@ -904,7 +906,9 @@ def load_trained(
         raise ValueError(
             f"load_trained: {path} has no labkit config; use labkit.models.load_backbone"
         )
+    # no img_size: the model is built on the checkpoint's own position grid, and the rule it
+    # trained with (recorded in its config) resizes it per input
     return load_backbone(
         config["model"], checkpoint=path, which=which, device=device,
-        img_size=config["img_size"], **config.get("model_kwargs", {}),
+        **config.get("model_kwargs", {}),
     )  # fmt: skip
