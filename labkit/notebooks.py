@@ -116,12 +116,13 @@ def _parameter_types(notebook: Path) -> dict[str, Any]:
     """Each parameter's type: the annotation of the config field of its name, else its default's
     type (a float default takes any number, ``None`` anything)."""
     import importlib
-    import typing
+
+    from labkit.validation import field_types
 
     hints: dict[str, Any] = {}
     if notebook.stem in _CONFIGS:
         module, name = _CONFIGS[notebook.stem]
-        hints = typing.get_type_hints(getattr(importlib.import_module(module), name))
+        hints = field_types(getattr(importlib.import_module(module), name))
     types = {}
     for key, default in notebook_parameters(notebook).items():
         if key in hints:
@@ -144,7 +145,7 @@ def check_parameters(notebook: str | os.PathLike, parameters: Mapping[str, Any])
         ValueError: an unknown name (with the known ones), or a value of the wrong type or a
             mapping key without a value (``{depth:2}``), naming the parameter and its form.
     """
-    from labkit.validation import check_value
+    from labkit.validation import check_device, check_model_kwargs, check_value
 
     source = find_notebook(notebook)
     types = _parameter_types(source)
@@ -157,6 +158,10 @@ def check_parameters(notebook: str | os.PathLike, parameters: Mapping[str, Any])
     for key, value in parameters.items():
         try:
             check_value(key, value, types[key])
+            if key == "model_kwargs":
+                check_model_kwargs(key, value)
+            elif key == "device":
+                check_device(key, value)
         except ValueError as err:
             raise ValueError(f"{source.name}: parameter {err}") from None
 

@@ -28,6 +28,7 @@ __all__ = [
     "check_output_dir",
     "check_value",
     "expected_form",
+    "field_types",
     "yaml_error",
 ]
 
@@ -171,6 +172,25 @@ def check_mapping(key: str, value: Mapping) -> None:
             check_mapping(f"{key}.{name}", item)
 
 
+def field_types(cls: type) -> dict[str, Any]:
+    """The evaluated annotation of every field of a dataclass; ``Any`` for one that does not
+    evaluate (a name imported only for type checkers)."""
+    try:
+        return typing.get_type_hints(cls)
+    except NameError:
+        import sys
+
+        namespace = vars(sys.modules[cls.__module__])
+        out = {}
+        for f in dataclasses.fields(cls):
+            try:
+                out[f.name] = (eval(f.type, namespace) if isinstance(f.type, str)  # noqa: S307
+                               else f.type)
+            except Exception:
+                out[f.name] = Any
+        return out
+
+
 def check_fields(config: Any, skip: tuple[str, ...] = ()) -> None:
     """Hold every field of a dataclass instance to its annotation (normalised in place).
 
@@ -179,7 +199,7 @@ def check_fields(config: Any, skip: tuple[str, ...] = ()) -> None:
     Raises:
         ValueError: naming the first field whose value has the wrong type.
     """
-    hints = typing.get_type_hints(type(config))
+    hints = field_types(type(config))
     for f in dataclasses.fields(config):
         if f.name in skip:
             continue
