@@ -14,10 +14,13 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+
+from labkit.models import weights_label
+from labkit.pos_embed import PosEmbedRule, model_rule
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,8 +35,10 @@ class ExploreConfig:
     video_path: str = ""  # mp4 or frame folder; empty means the lab's default synthetic video
     model: str = "vit_small_patch16_224"  # timm name; a tagged name (vit_small_patch16_224.dino) loads its weights
     checkpoint: str = ""  # local checkpoint (timm, DINO, DoRA or labkit format); empty: none
-    pretrained: bool | None = None  # timm's weights (hub or local cache); None: if model has a tag
-    pos_embed_rule: str = "auto"  # "dino", "dinov2", "timm" or "auto" (as the weights' authors)
+    # timm's weights of a tagged model name: true, false, or "auto" (if in the local cache, else
+    # a random init that says so); None: true where the name has a tag
+    pretrained: bool | Literal["auto"] | None = "auto"
+    pos_embed_rule: PosEmbedRule = "auto"  # "dino", "dinov2", "timm"; auto: as the weights' authors
     model_kwargs: dict = field(default_factory=dict)  # extra timm arguments, e.g. {"depth": 2} for tests
     layer: int = -1  # block whose [CLS] attention is shown; negative counts from the end
     heads: tuple[int, int, int] = (0, 1, 2)  # the three heads drawn as R, G, B
@@ -129,6 +134,8 @@ class Exploration:
         patch_size: the model's patch size in pixels.
         model: the backbone used (for the interactive explorer's other layers).
         seconds: wall time of each step.
+        weights: the network and its weights in words, e.g. ``"vit_small_patch16_224.dino,
+            pretrained dino"``; every figure's title says it.
     """
 
     config: ExploreConfig
@@ -145,6 +152,7 @@ class Exploration:
     model: torch.nn.Module | None = field(default=None, repr=False)
     video_info: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    weights: str = ""  # which network and weights, in words (labkit.models.weights_label)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -206,6 +214,9 @@ class Exploration:
     def _titles(self) -> list[str]:
         return [f"frame {i}" for i in self.indices]
 
+    def _suptitle(self, what: str) -> str:
+        return f"{what} ({self.weights})" if self.weights else what
+
     def _strip_columns(self, max_columns: int) -> np.ndarray:
         t = len(self.indices)
         return np.unique(np.linspace(0, t - 1, min(t, max_columns)).round().astype(int))
@@ -226,6 +237,7 @@ class Exploration:
             rows,
             row_titles=["frame", f"heads {h[0]},{h[1]},{h[2]} as RGB", "over the frame"],
             col_titles=[self._titles()[c] for c in cols],
+            suptitle=self._suptitle(f"[CLS] attention, block {self.config.layer}"),
         )
 
     def figure_all_heads(self, frame: int = 0) -> Figure:
@@ -241,6 +253,7 @@ class Exploration:
         return plot_grid(
             [images], col_titles=[f"head {i}" for i in range(len(images))],
             row_titles=[f"frame {self.indices[frame]}"],
+            suptitle=self._suptitle("every head's [CLS] attention"),
         )
 
     def figure_masks(self, max_columns: int = 8) -> Figure:
@@ -253,6 +266,7 @@ class Exploration:
             rows,
             row_titles=[f"head {h}, {self.config.keep:.0%} mass" for h in self.config.heads],
             col_titles=[self._titles()[c] for c in cols],
+            suptitle=self._suptitle("attention masks"),
         )
 
     def figure_segments(self, max_columns: int = 8) -> Figure:
@@ -269,6 +283,7 @@ class Exploration:
             [[per_frame[c] for c in cols], [per_clip[c] for c in cols], pca_full],
             row_titles=[f"k-means per frame (k={k})", f"k-means per clip (k={k})", "PCA of features"],
             col_titles=[self._titles()[c] for c in cols],
+            suptitle=self._suptitle("segments"),
         )
 
     # ---- numbers --------------------------------------------------------------------------
@@ -285,6 +300,8 @@ class Exploration:
         return {
             "model": cfg.model,
             "checkpoint": cfg.checkpoint or None,
+            "weights": self.weights,
+            "pos_embed_rule": cfg.pos_embed_rule if self.model is None else model_rule(self.model),
             "video": self.video_info,
             "frames": [int(i) for i in self.indices],
             "num_frames": int(len(self.indices)),
@@ -384,6 +401,7 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         model=model,
         video_info=info,
         seconds=seconds,
+        weights=weights_label(model),
     )
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from labkit.pos_embed import PosEmbedRule, apply_rule, check_rule, rule_for_weights
+from labkit.zoo import in_local_cache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -165,7 +166,7 @@ def load_backbone(
     name: str = "vit_small_patch16_224",
     *,
     checkpoint: str | Path | None = None,
-    pretrained: bool | None = None,
+    pretrained: bool | Literal["auto"] | None = None,
     device: str | torch.device = "cpu",
     which: Literal["teacher", "student"] = "teacher",
     pos_embed_rule: PosEmbedRule = "auto",
@@ -191,7 +192,9 @@ def load_backbone(
             (the Hugging Face hub, or its local cache: with ``HF_HUB_OFFLINE=1`` only the cache).
             None (default): True where ``name`` has a pretrained tag and no ``checkpoint`` is
             given, else False. Without the weights in reach the error names the model, the cache
-            folder looked in, and the two ways out.
+            folder looked in, and the two ways out. ``"auto"``: the tag's weights if they are in
+            the local cache now, else a random init whose :func:`weights_label` says that the
+            weights were not there (what the notebooks and the demo default to).
         device: where the model lives.
         which: network to take from a training checkpoint, ``"teacher"`` or ``"student"``.
         pos_embed_rule: how the position embedding is resized to a frame's patch grid,
@@ -226,8 +229,7 @@ def load_backbone(
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
         raise ValueError(f"load_backbone: {name!r} is not a timm architecture")
-    if pretrained is None:
-        pretrained = bool(tag) and checkpoint is None
+    pretrained, missing_note = resolve_pretrained(name, pretrained, checkpoint)
     if pretrained and checkpoint is not None:
         raise ValueError("load_backbone: give checkpoint or pretrained, not both")
     obj: Any = None
@@ -274,7 +276,9 @@ def load_backbone(
         source = "pretrained"
     else:
         cfg.update(mean=IMAGENET_MEAN, std=IMAGENET_STD)
-        cfg["labkit_weights"] = "random init" + (f", seed {seed}" if seed is not None else "")
+        cfg["labkit_weights"] = (
+            "random init" + (f", seed {seed}" if seed is not None else "") + missing_note
+        )
         source = "random"
     rule = pos_embed_rule
     if rule == "auto":
@@ -288,6 +292,36 @@ def load_backbone(
 
 class PretrainedWeightsError(OSError):
     """Pretrained weights were asked for and are neither in the local cache nor downloadable."""
+
+
+def resolve_pretrained(
+    name: str, pretrained: bool | Literal["auto"] | None, checkpoint: str | Path | None = None
+) -> tuple[bool, str]:
+    """Whether :func:`load_backbone` loads timm's pretrained weights for ``name``.
+
+    Args:
+        name: the timm name, with or without a pretrained tag.
+        pretrained: True, False, None (True where ``name`` has a tag and there is no
+            checkpoint) or ``"auto"`` (True where ``name`` has a tag, there is no checkpoint and
+            the weights are in the local hub cache now).
+
+    Returns:
+        ``(load, note)``: ``note`` says why a tagged name gets no weights under ``"auto"``
+        (empty otherwise), for :func:`weights_label`.
+
+    Raises:
+        ValueError: ``pretrained`` is none of the above.
+    """
+    tagged = "." in name and checkpoint is None
+    if pretrained == "auto":
+        load = tagged and in_local_cache(name) is not None
+        note = f" ({name} weights not in the local cache; labkit models lists them)" if tagged and not load else ""
+        return load, note
+    if pretrained is None:
+        return tagged, ""
+    if not isinstance(pretrained, bool):
+        raise ValueError(f"pretrained: expected true, false or 'auto', got {pretrained!r}")
+    return pretrained, ""
 
 
 def _pretrained_message(name: str, err: Exception) -> str:

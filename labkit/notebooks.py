@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Union
 
 __all__ = [
     "NotebookError",
@@ -123,6 +123,11 @@ def _parameter_types(notebook: Path) -> dict[str, Any]:
     if notebook.stem in _CONFIGS:
         module, name = _CONFIGS[notebook.stem]
         hints = field_types(getattr(importlib.import_module(module), name))
+    from labkit.pos_embed import PosEmbedRule
+
+    # parameters every model-loading notebook shares, whatever its config class
+    shared: dict[str, Any] = {"pretrained": Union[bool, Literal["auto"], None],
+                              "pos_embed_rule": PosEmbedRule}  # fmt: skip
     types = {}
     for key, default in notebook_parameters(notebook).items():
         if key in hints:

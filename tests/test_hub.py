@@ -157,3 +157,27 @@ def test_zoo_lists_every_family_with_true_shapes(tmp_path, monkeypatch):
     assert rows["vit_small_patch16_224.dino"]["cached"] is False
     text = format_zoo(list(rows.values()))
     assert "vit_small_patch8_224.dino" in text and "checkpoint=FILE" in text
+
+
+def test_auto_takes_cached_weights_or_says_they_were_missing(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from labkit.models import load_backbone, weights_label
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = load_backbone("vit_small_patch16_224.dino", pretrained="auto", seed=0, depth=1)
+    assert weights_label(model) == (
+        "vit_small_patch16_224.dino, random init, seed 0 (vit_small_patch16_224.dino weights not "
+        "in the local cache; labkit models lists them)"
+    )
+    assert model.pos_embed_rule == "timm"  # a random init resizes as timm does
+    # with the weights in the cache, "auto" loads them
+    state = load_backbone("vit_small_patch16_224", seed=5, depth=1).state_dict()
+    write_hub_cache(tmp_path / "hf", "vit_small_patch16_224.dino", state)
+    loaded = load_backbone("vit_small_patch16_224.dino", pretrained="auto", depth=1)
+    assert weights_label(loaded) == "vit_small_patch16_224.dino, pretrained dino"
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    assert loaded.pos_embed_rule == "dino"
+    with pytest.raises(ValueError, match="^pretrained: expected"):
+        load_backbone("vit_small_patch16_224", pretrained="yes", depth=1)

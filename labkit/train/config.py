@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from labkit.pos_embed import check_rule
+from labkit.pos_embed import PosEmbedRule, check_rule
 
 from labkit.validation import (
     check_device,
@@ -142,11 +142,13 @@ class TrainConfig:
     # -- model --------------------------------------------------------------------------------
     model: str = "vit_small_patch16_224"  # timm ViT architecture
     model_kwargs: dict = field(default_factory=dict)  # extra timm arguments (depth, embed_dim ...)
-    pretrained: bool | None = None  # start from timm's weights (hub or cache); None: if model has a tag
+    # start from timm's weights of a tagged model name (hub or local cache): true, false, "auto"
+    # (if in the local cache now, else a random init), None (true where the name has a tag)
+    pretrained: bool | Literal["auto"] | None = None
     checkpoint: str = ""  # start from a local checkpoint's backbone (timm, DINO, DoRA, labkit)
     # position embeddings resized to each crop's grid: "dino", "dinov2", "timm"; "auto" follows the
     # initial weights (timm's for a random init); checkpoints record the rule actually used
-    pos_embed_rule: str = "auto"
+    pos_embed_rule: PosEmbedRule = "auto"
     drop_path_rate: float | None = None  # stochastic depth of the student; None: 0.1, TimeT 0
     out_dim: int = 65536  # K, output dimension of the DINO head
     hidden_dim: int = 2048
@@ -256,7 +258,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be <= {at_most}, got {value}")
         for name in ("sinkhorn", "norm_last_layer", "pretrained", "scale_lr", "compile", "resume",
                      "train_norm", "hard_targets"):
-            if name == "pretrained" and self.pretrained is None:
+            if name == "pretrained" and self.pretrained in (None, "auto"):
                 continue
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -351,7 +353,7 @@ class TrainConfig:
         check_model_kwargs("model_kwargs", self.model_kwargs)
         if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             raise ValueError(f"checkpoint: {self.checkpoint!r} is not a file")
-        if self.checkpoint and self.pretrained:
+        if self.checkpoint and self.pretrained is True:
             raise ValueError(
                 "checkpoint and pretrained both set; choose one source of initial weights"
             )

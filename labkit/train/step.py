@@ -118,15 +118,14 @@ def build_backbone(config: Any) -> nn.Module:
         ValueError: ``img_size`` (or, for DoRA / DINO, ``local_size``) is not a multiple of the
             patch size; DoRA needs more heads than the model has.
     """
-    from labkit.models import load_backbone
+    from labkit.models import load_backbone, resolve_pretrained
 
-    from_weights = bool(config.checkpoint) or bool(
-        config.pretrained if config.pretrained is not None else "." in config.model
-    )
+    pretrained, _ = resolve_pretrained(config.model, config.pretrained, config.checkpoint or None)
+    from_weights = bool(config.checkpoint) or pretrained
     backbone = load_backbone(
         config.model,
         checkpoint=config.checkpoint or None,
-        pretrained=config.pretrained,
+        pretrained=config.pretrained,  # "auto" resolves the same way again, with its note
         pos_embed_rule=config.pos_embed_rule,  # type: ignore[arg-type]
         # weights keep the grid they were trained on (resized per crop by the rule, as their
         # authors do); a random init is built on the crop's own grid

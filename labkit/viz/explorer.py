@@ -42,6 +42,9 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 import torch
 
+from labkit.models import weights_label
+from labkit.pos_embed import PosEmbedRule
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -197,7 +200,8 @@ class AttentionExplorer:
             frames given as an array, their numbers for titles (default 0..T-1).
         img_size: shorter side of the frames read from a path (aspect kept); a Video is read at
             its own size.
-        checkpoint, model_kwargs: passed to ``load_backbone`` when ``model`` is a name.
+        checkpoint, pretrained, pos_embed_rule, model_kwargs: passed to ``load_backbone`` when
+            ``model`` is a name (``pretrained="auto"``: a tagged name's weights if cached).
         layer, heads, k, alpha, sinkhorn: the initial state (see :class:`ExplorerState`).
         device: where the model runs.
         batch_size: frames per forward pass while the cache fills.
@@ -222,6 +226,8 @@ class AttentionExplorer:
         indices: Sequence[int] | None = None,
         img_size: int | tuple[int, int] | None = 224,
         checkpoint: str | Path | None = None,
+        pretrained: bool | Literal["auto"] | None = "auto",
+        pos_embed_rule: PosEmbedRule = "auto",
         model_kwargs: dict[str, Any] | None = None,
         layer: int = -1,
         heads: Sequence[int] = (0, 1, 2),
@@ -238,10 +244,11 @@ class AttentionExplorer:
     ) -> None:
         from labkit.models import load_backbone, patch_size
 
-        if isinstance(model, str):
-            with torch.random.fork_rng(devices=[]):  # random weights: the same for the same seed
-                torch.manual_seed(int(seed))
-                model = load_backbone(model, checkpoint=checkpoint or None, device=device, **(model_kwargs or {}))
+        if isinstance(model, str):  # random weights: the same for the same seed
+            model = load_backbone(
+                model, checkpoint=checkpoint or None, pretrained=pretrained, device=device,
+                pos_embed_rule=pos_embed_rule, seed=int(seed), **(model_kwargs or {}),
+            )  # fmt: skip
         if not hasattr(model, "blocks"):
             raise ValueError(f"model must be a timm ViT (from labkit.models.load_backbone), got {type(model).__name__}")
         if image_format not in ("jpeg", "png"):
@@ -253,6 +260,7 @@ class AttentionExplorer:
         self.indices = numbers
         self.name = name
         self.model = model
+        self.weights = weights_label(model)  # said in every title
         self.depth = len(model.blocks)
         self.num_heads = int(model.blocks[0].attn.num_heads)
         self.patch_size = patch_size(model)
@@ -530,7 +538,8 @@ class AttentionExplorer:
         s = self.state if state is None else state
         return (f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | "
                 f"layer {s.layer} | heads {s.heads} as R,G,B | DoRA objects, Sinkhorn-Knopp "
-                f"{'on' if s.sinkhorn else 'off'} | k-means k={s.k} | opacity {s.alpha:.2f}")
+                f"{'on' if s.sinkhorn else 'off'} | k-means k={s.k} | opacity {s.alpha:.2f} | "
+                f"{self.weights}")
 
     def figure(self, state: ExplorerState | None = None) -> Figure:
         """A state (default: the current one) as a static matplotlib Figure, one panel per view."""
