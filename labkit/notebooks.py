@@ -132,6 +132,8 @@ def _parameter_types(notebook: Path) -> dict[str, Any]:
     for key, default in notebook_parameters(notebook).items():
         if key in hints:
             types[key] = hints[key]
+        elif key in shared:
+            types[key] = shared[key]
         elif default is None:
             types[key] = Any
         elif isinstance(default, (list, tuple)):
