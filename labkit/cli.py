@@ -192,6 +192,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
         models=tuple(args.models),
         model_kwargs=_model_kwargs(args.model_kwargs),
+        pos_embed_rule=args.pos_embed_rule,
         data_root=args.data,
         sequences=tuple(args.sequences or ()),
         davis_folder=args.davis_folder,
@@ -300,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate backbones on DAVIS-format data: label propagation J&F, attention and "
         "DoRA object masks, k-means mIoU, k-NN",
-        description="Model specs: [LABEL=]ARCH[:CHECKPOINT|:pretrained][#student], e.g. "
-        "random=vit_small_patch16_224 or dino=vit_small_patch16_224:dino_deitsmall16_pretrain.pth "
+        description="Model specs: [LABEL=]ARCH[:CHECKPOINT|:pretrained|:auto|:random][#student], e.g. "
+        "random=vit_small_patch16_224, dino=vit_small_patch16_224.dino (a tag means its weights; "
+        "labkit models lists them) or dino=vit_small_patch16_224:dino_deitsmall16_pretrain.pth "
         "(no weights: seeded random init). Writes metrics.json, summary.md and figures to --out.",
     )
     p.add_argument("--models", nargs="+", default=["vit_small_patch16_224"],
@@ -321,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn-root", help="labelled image folder (<class>/*.jpg or train|val/<class>/)")
     p.add_argument("--model-kwargs", help="extra timm arguments for every model, e.g. '{depth: 2}', "
                    "or per model label, e.g. '{tiny: {depth: 2}}'")
+    p.add_argument(
+        "--pos-embed-rule", default="auto", choices=["auto", "dino", "dinov2", "timm"],
+        help="position-embedding resize for every model; auto: as each model's weights' authors",
+    )
     p.add_argument("--max-frames", type=int, default=0,
                    help="only the first N frames of each sequence, for a quick look (0: all)")
     p.add_argument("--batch-size", type=int, default=8, help="frames per forward pass")

@@ -95,6 +95,12 @@ def test_parse_model_spec(tmp_path: Path) -> None:
     assert (s.label, s.which) == ("dino_deitsmall16_pretrain#student", "student")
     s = parse_model_spec("vit_small_patch16_224.dino:pretrained")
     assert s.pretrained and s.label == "vit_small_patch16_224.dino" and s.checkpoint == ""
+    # a tag means its weights (never a silent random init); random and auto say otherwise
+    assert parse_model_spec("vit_small_patch16_224.dino").pretrained is True
+    s = parse_model_spec("vit_small_patch16_224.dino:random")
+    assert (s.pretrained, s.label, s.weights) == (False, "random-vit_small_patch16_224.dino", "random")
+    s = parse_model_spec("vit_small_patch16_224.dino:auto")
+    assert (s.pretrained, s.label, s.weights) == ("auto", "auto-vit_small_patch16_224.dino", "auto")
     for bad, match in [("", "empty"), ("=vit_small_patch16_224", "label"),
                        ("vit small", "not a timm architecture"),
                        ("vit_small_patch16_224:/no/such.pth", "not found"),

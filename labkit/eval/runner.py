@@ -53,6 +53,8 @@ from labkit.eval.datasets import DatasetError, DavisSequence, davis_sequences, i
 from labkit.eval.results import EvalResult, ModelResult
 from labkit.eval.sequence import dataset_segmentation, evaluate_sequence, model_input_size
 from labkit.eval.specs import ModelSpec, parse_model_spec
+from labkit.models import weights_label
+from labkit.pos_embed import PosEmbedRule, model_rule
 from labkit.validation import check_device, check_fields, check_model_kwargs, check_output_dir
 
 __all__ = [
@@ -74,6 +76,9 @@ class EvalConfig:
     """Parameters of an evaluation; ``notebooks/evaluate.ipynb`` and ``labkit eval`` use these names."""
 
     models: tuple[str, ...] = ("vit_small_patch16_224",)  # specs (labkit.eval.specs): random ViT-S/16
+    # position-embedding resize for every model: "dino", "dinov2", "timm"; "auto": as each model's
+    # weights' authors (DINO's rule for DINO/DoRA files and .dino tags, DINOv2's, timm's)
+    pos_embed_rule: PosEmbedRule = "auto"
     # timm arguments for every model ({"depth": 2}), or per model label ({"tiny": {"depth": 2}})
     model_kwargs: dict = field(default_factory=dict)
     data_root: str = ""  # DAVIS-layout root; empty: the lab's synthetic video as a dataset
@@ -233,6 +238,8 @@ def _model_info(spec: ModelSpec, model: torch.nn.Module, cfg: EvalConfig) -> dic
     info = {
         "arch": spec.arch,
         "weights": spec.weights,
+        "weights_label": weights_label(model),  # in words, for tables and figure titles
+        "pos_embed_rule": model_rule(model),
         "network": spec.which if spec.checkpoint else None,
         "model_kwargs": cfg.kwargs_for(spec.label),
         "patch_size": patch_size(model),
@@ -313,7 +320,8 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
         image_folder_split(cfg.knn_root)
     infos = {}
     for spec in cfg.specs:  # every spec must load before any data goes through a model
-        model = spec.load(device="cpu", seed=cfg.seed, model_kwargs=cfg.kwargs_for(spec.label))
+        model = spec.load(device="cpu", seed=cfg.seed, model_kwargs=cfg.kwargs_for(spec.label),
+                          pos_embed_rule=cfg.pos_embed_rule)
         infos[spec.label] = _model_info(spec, model, cfg)
         del model
 
@@ -321,7 +329,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     for spec in cfg.specs:
         t_model = time.perf_counter()
         model = spec.load(device=cfg.device, seed=cfg.seed,
-                          model_kwargs=cfg.kwargs_for(spec.label))
+                          model_kwargs=cfg.kwargs_for(spec.label), pos_embed_rule=cfg.pos_embed_rule)
         res = ModelResult(label=spec.label, spec=spec.text, info=infos[spec.label])
         score_sequences(model, sequences, cfg, res, progress=progress)
         if cfg.runs("knn"):

@@ -5,11 +5,15 @@ Syntax::
     [LABEL=]ARCH[:WEIGHTS][#student]
 
     ARCH      a timm ViT name, e.g. vit_small_patch16_224, optionally with a timm pretrained tag
-              (vit_small_patch16_224.dino)
+              (vit_small_patch16_224.dino: a tag means its weights, from the local hub cache or
+              downloaded; ``labkit models`` lists them)
     WEIGHTS   a local checkpoint file in timm, DINO, DoRA or labkit format (everything after the
-              first ':' is the path), or the word `pretrained` for timm's own download of ARCH's
-              weights (needs the internet); no WEIGHTS: random initialisation, seeded, so a
-              random baseline is the same network on every run
+              first ':' is the path); the word `pretrained` for timm's weights of ARCH (from the
+              local cache or the hub); `random` for a seeded random init even of a tagged ARCH;
+              `auto` for the tag's weights if they are in the local cache, else a random init
+              (the label and metrics.json say which). No WEIGHTS: the tag's weights for a tagged
+              ARCH, else a random init, seeded, so a random baseline is the same network on
+              every run
     #student  take the student network of a DINO/DoRA/labkit training checkpoint (default: the
               teacher, the network DINO and DoRA evaluate)
     LABEL     the name in tables, figures and metrics.json; default: ``random-ARCH`` without
@@ -22,7 +26,7 @@ Examples::
     random=vit_small_patch16_224                             the same, labelled "random"
     dino=vit_small_patch16_224:ckpt/dino_deitsmall16_pretrain.pth
     dora=vit_small_patch16_224:runs/train/checkpoint.pth#student
-    vit_small_patch16_224.dino:pretrained                    timm's DINO weights (online)
+    vit_small_patch16_224.dino:pretrained                    DINO ViT-S/16's weights (local cache or online); the same without ':pretrained'
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch
 
 __all__ = ["ModelSpec", "parse_model_spec", "SPEC_SYNTAX"]
 
-SPEC_SYNTAX = "[LABEL=]ARCH[:CHECKPOINT|:pretrained][#student]"
+SPEC_SYNTAX = "[LABEL=]ARCH[:CHECKPOINT|:pretrained|:auto|:random][#student]"
 _ARCH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?$")
 _LABEL = re.compile(r"^[^\s=:#/][^=:#]*$")
 
@@ -48,14 +52,16 @@ class ModelSpec:
     label: str  # name in tables and metrics.json
     arch: str  # timm architecture (with an optional pretrained tag)
     checkpoint: str = ""  # local checkpoint file; empty: none
-    pretrained: bool = False  # timm's download of ARCH's weights
+    pretrained: bool | Literal["auto"] = False  # timm's weights of ARCH; "auto": if cached
     which: Literal["teacher", "student"] = "teacher"  # network of a training checkpoint
     text: str = ""  # the spec as written
 
     @property
     def weights(self) -> str:
-        """``"random"``, ``"pretrained"`` or the checkpoint path."""
-        return self.checkpoint or ("pretrained" if self.pretrained else "random")
+        """``"random"``, ``"pretrained"``, ``"auto"`` or the checkpoint path."""
+        if self.checkpoint:
+            return self.checkpoint
+        return {True: "pretrained", False: "random"}.get(self.pretrained, "auto")  # type: ignore[arg-type]
 
     def load(
         self,
@@ -63,6 +69,7 @@ class ModelSpec:
         device: str | torch.device = "cpu",
         seed: int = 0,
         model_kwargs: dict[str, Any] | None = None,
+        pos_embed_rule: str = "auto",
     ) -> torch.nn.Module:
         """Build the backbone (:func:`labkit.models.load_backbone`), random weights seeded.
 
@@ -75,16 +82,16 @@ class ModelSpec:
         from labkit.models import load_backbone
 
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return load_backbone(
-                    self.arch,
-                    checkpoint=self.checkpoint or None,
-                    pretrained=self.pretrained,
-                    device=device,
-                    which=self.which,
-                    **(model_kwargs or {}),
-                )
+            return load_backbone(
+                self.arch,
+                checkpoint=self.checkpoint or None,
+                pretrained=self.pretrained,
+                device=device,
+                which=self.which,
+                pos_embed_rule=pos_embed_rule,  # type: ignore[arg-type]
+                seed=seed,
+                **(model_kwargs or {}),
+            )
         except Exception as err:  # timm raises many types (RuntimeError, TypeError, hub errors)
             raise ValueError(f"model spec {self.text or self.label!r} does not load: {err}") from err
 
@@ -122,8 +129,11 @@ def parse_model_spec(text: str) -> ModelSpec:
             f"model spec {spec!r}: {arch!r} is not a timm architecture name (syntax {SPEC_SYNTAX}, "
             "e.g. dino=vit_small_patch16_224:path/to/checkpoint.pth)"
         )
-    pretrained = weights == "pretrained"
-    checkpoint = "" if pretrained else weights
+    keyword = {"pretrained": True, "auto": "auto", "random": False}
+    pretrained: bool | Literal["auto"] = keyword.get(weights, False)  # type: ignore[assignment]
+    checkpoint = "" if weights in keyword else weights
+    if not weights and "." in arch:  # a tag means its weights, never a silent random init
+        pretrained = True
     if ":" in rest and not weights:
         raise ValueError(f"model spec {spec!r}: nothing after ':' (a checkpoint path or 'pretrained')")
     if checkpoint and not Path(checkpoint).expanduser().is_file():
@@ -134,7 +144,7 @@ def parse_model_spec(text: str) -> ModelSpec:
         if checkpoint:
             label = Path(checkpoint).stem + ("#student" if which == "student" else "")
         else:
-            label = arch if pretrained else f"random-{arch}"
+            label = arch if pretrained is True else f"{'auto' if pretrained else 'random'}-{arch}"
     return ModelSpec(
         label=label,
         arch=arch,
