@@ -312,24 +312,28 @@ def attention_discovery(
 
 
 def dora_discovery(
-    attention: torch.Tensor,
-    queries: torch.Tensor,
-    tokens: torch.Tensor,
     keys: torch.Tensor,
+    attention: torch.Tensor | None = None,
+    queries: torch.Tensor | None = None,
+    tokens: torch.Tensor | None = None,
+    *,
     k: int = 3,
     reference: int | None = 0,
+    prototypes: torch.Tensor | None = None,
 ) -> ObjectDiscovery:
     """DoRA's objects as one discovered foreground per frame: the union of its k object masks.
 
     Args:
-        attention: (B, h, gh, gw) last-block [CLS] attention of the frames.
-        queries: (B, gh, gw, D) last-block patch queries.
-        tokens: (B, gh, gw, D) output patch tokens.
-        keys: (B, gh, gw, D) last-block patch keys.
+        keys: (B, gh, gw, D) last-block patch keys of the frames.
+        attention: (B, h, gh, gw) last-block [CLS] attention (unused with ``prototypes``).
+        queries: (B, gh, gw, D) last-block patch queries (unused with ``prototypes``).
+        tokens: (B, gh, gw, D) output patch tokens (unused with ``prototypes``).
         k: objects (heads 0 .. k-1, :func:`labkit.tracking.discover_objects`).
         reference: frame the objects are discovered on and followed from through all B frames
             (:func:`labkit.tracking.track_objects`, per-map mean threshold); None: every frame
             discovers its own objects.
+        prototypes: (1, k, D) objects discovered earlier (e.g. on a sequence's first frame, for
+            frames streamed in batches): followed through these frames, nothing discovered.
 
     Returns:
         :class:`ObjectDiscovery` with ``objects`` (B, k, gh, gw) bool; ``scores`` (B, gh, gw) the
@@ -337,18 +341,23 @@ def dora_discovery(
     """
     from labkit.tracking import discover_objects, track_objects
 
-    if attention.ndim != 4 or keys.ndim != 4:
-        raise ValueError("dora_discovery: attention (B, h, gh, gw) and keys (B, gh, gw, D) expected")
+    if not isinstance(keys, torch.Tensor) or keys.ndim != 4:
+        raise ValueError("dora_discovery: keys must be (B, gh, gw, D)")
     batch = keys.shape[0]
-    if reference is None:
+    if prototypes is None and (attention is None or queries is None or tokens is None):
+        raise ValueError("dora_discovery: give attention, queries and tokens, or prototypes")
+    if prototypes is not None:
+        tracks = track_objects(prototypes, keys[None])  # (1, B, k, gh, gw)
+        maps, objects = tracks.maps[0], tracks.masks[0]  # (B, k, gh, gw)
+    elif reference is None:
         found = discover_objects(attention, queries, tokens, k=k)  # B clips of one frame
         tracks = track_objects(found.prototypes, keys[:, None])  # (B, 1, k, gh, gw)
         maps, objects = tracks.maps[:, 0], tracks.masks[:, 0]  # (B, k, gh, gw)
     else:
         if not -batch <= reference < batch:
             raise ValueError(f"dora_discovery: reference {reference} out of range ({batch} frames)")
-        r = slice(reference, reference + 1 if reference != -1 else None)
-        found = discover_objects(attention[r], queries[r], tokens[r], k=k)  # (1, k, D)
+        r = reference % batch
+        found = discover_objects(attention[r : r + 1], queries[r : r + 1], tokens[r : r + 1], k=k)
         tracks = track_objects(found.prototypes, keys[None])  # (1, B, k, gh, gw)
         maps, objects = tracks.maps[0], tracks.masks[0]  # (B, k, gh, gw)
     scores = maps.max(dim=1).values  # (B, gh, gw)

@@ -353,7 +353,7 @@ def test_tiny_model_on_davis(tiny_vit, davis_root):
         "lost": lost(keys),
         "tokencut": tokencut(keys),
         "attention": attention_discovery(out.attention),
-        "dora": dora_discovery(out.attention, out.features["queries"], out.features["tokens"], keys, k=3),
+        "dora": dora_discovery(keys, out.attention, out.features["queries"], out.features["tokens"], k=3),
     }
     for name, res in results.items():
         assert res.masks.shape == (3, 7, 12), name
@@ -366,6 +366,8 @@ def test_tiny_model_on_davis(tiny_vit, davis_root):
     found = discover_objects(out.attention[:1], out.features["queries"][:1], out.features["tokens"][:1], k=3)
     tracks = track_objects(found.prototypes, keys[None])
     assert torch.equal(dora.objects, tracks.masks[0])
-    per_frame = dora_discovery(out.attention, out.features["queries"], out.features["tokens"], keys,
+    per_frame = dora_discovery(keys, out.attention, out.features["queries"], out.features["tokens"],
                                k=3, reference=None)
     assert torch.equal(per_frame.objects[0], dora.objects[0])  # frame 0 is its own reference
+    streamed = dora_discovery(keys[1:], prototypes=found.prototypes)  # frames after the first
+    assert torch.equal(streamed.masks, dora.masks[1:])

@@ -6,7 +6,8 @@ tensors here; ``to_dict`` gives lists and floats (NaN as ``None``) ready for ``j
 
 Averaging: propagation follows DAVIS (every object of every sequence counts once, see
 :func:`labkit.eval.metrics.davis_summary`); attention, tracking and per-frame / per-clip k-means
-scores are means over sequences of each sequence's mean over its frames.
+scores are means over sequences of each sequence's mean over its frames; so are the discovery
+scores (J, CorLoc, stability per method).
 
 Notation::
 
@@ -25,6 +26,9 @@ import torch
 from labkit.eval.metrics import SequenceScores, davis_summary
 
 __all__ = ["SequenceExamples", "SequenceResult", "ModelResult", "EvalResult", "to_jsonable"]
+
+# names of the discovery methods in tables and figures (labkit.discovery.METHODS)
+DISCOVERY_NAMES = {"lost": "LOST", "tokencut": "TokenCut", "attention": "attn object", "dora": "DoRA union"}
 
 
 def to_jsonable(x: Any) -> Any:
@@ -58,6 +62,8 @@ class SequenceExamples:
     head_masks: torch.Tensor | None  # (n, heads, gh, gw) bool attention masks per head
     average_mask: torch.Tensor | None  # (n, gh, gw) bool mask of the head-averaged attention
     object_masks: torch.Tensor | None  # (n, k, gh, gw) bool DoRA object masks
+    # discovery method -> (masks (n, gh, gw) bool, boxes (n, 4) int64 grid boxes)
+    discovery: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -74,6 +80,8 @@ class SequenceResult:
     attention: dict[str, Any] | None = None  # labkit.eval.segmentation.attention_mask_scores
     tracking: dict[str, Any] | None = None  # object_mask_scores of DoRA's tracked objects
     segmentation: dict[str, float] | None = None  # k-means mIoU per protocol
+    # discovery method -> labkit.eval.discovery.discovery_scores (J, CorLoc, stability)
+    discovery: dict[str, dict[str, Any]] | None = None
     examples: SequenceExamples | None = field(default=None, repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
     # (T', P, 2) int64 background / foreground pixels under each patch of the annotated frames
@@ -97,6 +105,11 @@ class SequenceResult:
             r.update({"DoRA best object J": t["best_head_j"], "DoRA stability": t["stability"]})
         if self.segmentation is not None:
             r.update({f"k-means {k} mIoU": v for k, v in self.segmentation.items()})
+        if self.discovery is not None:
+            for method, d in self.discovery.items():
+                name = DISCOVERY_NAMES.get(method, method)
+                r.update({f"{name} J": d["j"], f"{name} CorLoc": d["corloc_mean"],
+                          f"{name} stability": d["stability"]})
         r["seconds"] = sum(self.seconds.values())
         return r
 
@@ -133,6 +146,8 @@ class SequenceResult:
                 d[key] = {k: v for k, v in scores.items() if k != "masks"}
         if self.segmentation is not None:
             d["segmentation"] = self.segmentation
+        if self.discovery is not None:
+            d["discovery"] = self.discovery
         return to_jsonable(d)
 
 
@@ -200,6 +215,17 @@ class ModelResult:
             out["dataset_overcluster"] = self.dataset_segmentation["overcluster"]
         return out
 
+    def discovery_summary(self) -> dict[str, dict[str, float]] | None:
+        """Per discovery method, means over sequences of J, CorLoc (both rules) and stability."""
+        seqs = [s.discovery for s in self.sequences if s.discovery is not None]
+        if not seqs:
+            return None
+        return {
+            method: {key: _mean([s[method][key] for s in seqs if method in s])
+                     for key in ("j", "corloc_mean", "corloc_any_mean", "stability")}
+            for method in seqs[0]
+        }
+
     def summary(self) -> dict[str, Any]:
         """The headline numbers as one flat row (keys are table column names)."""
         r: dict[str, Any] = {"model": self.label, "weights": self.info.get("weights", "")}
@@ -216,6 +242,12 @@ class ModelResult:
         s = self.segmentation_summary()
         if s is not None:
             r.update({f"k-means {k} mIoU": v for k, v in s.items()})
+        disc = self.discovery_summary()
+        if disc is not None:
+            for method, d in disc.items():
+                name = DISCOVERY_NAMES.get(method, method)
+                r.update({f"{name} J": d["j"], f"{name} CorLoc": d["corloc_mean"],
+                          f"{name} stability": d["stability"]})
         if self.knn is not None:
             r.update({"k-NN top-1": self.knn["top1"], "k-NN top-5": self.knn["top5"]})
         r["seconds"] = self.seconds
@@ -232,6 +264,7 @@ class ModelResult:
                 "attention": self.attention_summary(),
                 "tracking": self.tracking_summary(),
                 "segmentation": self.segmentation_summary(),
+                "discovery": self.discovery_summary(),
                 "dataset_segmentation": self.dataset_segmentation,
                 "knn": self.knn,
                 "sequences": [s.to_dict() for s in self.sequences],

@@ -12,6 +12,10 @@ the [CLS] attention, patch tokens, keys and queries of the last block):
   heads (:func:`labkit.tracking.discover_objects`), tracked through the sequence
   (:func:`labkit.tracking.track_objects`, DoRA's per-map mean threshold); the best object per
   sequence and per frame, stability.
+- ``"discovery"``    one object per frame by LOST, TokenCut, DINO's thresholded attention (its
+  largest component) and DoRA (the union of the tracked objects), :mod:`labkit.discovery`: J
+  against the foreground, CorLoc of the box, stability of consecutive masks
+  (:mod:`labkit.eval.discovery`). Not run unless named.
 - ``"segmentation"`` k-means on L2-normalised patch tokens, TimeTuning's protocols: per frame,
   per clip (the sequence), and over the dataset; Hungarian matching with as many clusters as
   classes, and overclustering (``overclusters`` clusters, many-to-one); mIoU.
@@ -60,15 +64,19 @@ from labkit.validation import check_device, check_fields, check_model_kwargs, ch
 __all__ = [
     "EVALUATIONS",
     "VIDEO_EVALUATIONS",
+    "DEFAULT_EVALUATIONS",
     "EvalConfig",
     "model_input_size",
     "evaluate",
     "evaluate_sequence",
 ]
 
-Evaluation = Literal["propagation", "attention", "tracking", "segmentation", "knn"]
-VIDEO_EVALUATIONS = ("propagation", "attention", "tracking", "segmentation")
+Evaluation = Literal["propagation", "attention", "tracking", "segmentation", "discovery", "knn"]
+VIDEO_EVALUATIONS = ("propagation", "attention", "tracking", "segmentation", "discovery")
 EVALUATIONS = (*VIDEO_EVALUATIONS, "knn")
+# run when none are named: discovery is asked for by name (TokenCut's N x N eigenproblem per
+# frame costs seconds a frame at 480 on a CPU)
+DEFAULT_EVALUATIONS = ("propagation", "attention", "tracking", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ class EvalConfig:
     # DAVIS sequences in ~3 min on an idle 2-core CPU (15-35 min with other jobs running)
     resolution: int = 224
     size_multiple: int = 64  # longer side rounded down to this (DINO: 64), see the module doc
-    evaluations: tuple[str, ...] = VIDEO_EVALUATIONS  # any of EVALUATIONS
+    evaluations: tuple[str, ...] = DEFAULT_EVALUATIONS  # any of EVALUATIONS
     layer: int = -1  # block read (DINO and DoRA: the last)
     # label propagation, DINO's defaults (eval_video_segmentation.py)
     n_last: int = 7  # recent frames in the context besides the first
@@ -248,14 +256,16 @@ def _model_info(spec: ModelSpec, model: torch.nn.Module, cfg: EvalConfig) -> dic
         "heads": int(heads),
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
-    if cfg.runs("tracking") and cfg.dora_objects > heads:
+    if (cfg.runs("tracking") or cfg.runs("discovery")) and cfg.dora_objects > heads:
         raise ValueError(
             f"model {spec.label!r}: dora_objects={cfg.dora_objects} but the model has only "
             f"{heads} heads (DoRA takes one head per object)"
         )
     if not -info["depth"] <= cfg.layer < info["depth"]:
         raise ValueError(f"model {spec.label!r}: layer {cfg.layer} out of range ({info['depth']} blocks)")
-    if getattr(model, "cls_token", None) is None and (cfg.runs("attention") or cfg.runs("tracking")):
+    if getattr(model, "cls_token", None) is None and any(
+        cfg.runs(e) for e in ("attention", "tracking", "discovery")
+    ):
         raise ValueError(f"model {spec.label!r} has no [CLS] token: no [CLS] attention to score")
     return info
 

@@ -3,8 +3,9 @@
 :func:`evaluate_sequence` reads a DAVIS sequence batch by batch, runs one forward pass per batch
 (``labkit.attention.extract``: [CLS] attention, patch tokens, keys, queries of one block) and
 scores, as the frames go by: label propagation (J, F per object and frame), attention masks and
-DoRA's tracked objects (J per frame and mask), and k-means segments once the sequence's tokens
-are in. :func:`dataset_segmentation` runs the dataset-level k-means over the tokens every sequence
+DoRA's tracked objects (J per frame and mask), single-object discovery (LOST, TokenCut, DINO's
+attention, DoRA: J, CorLoc, stability, :mod:`labkit.eval.discovery`), and k-means segments once
+the sequence's tokens are in. :func:`dataset_segmentation` runs the dataset-level k-means over the tokens every sequence
 left in a temporary folder. Configuration and the loop over models and sequences live in
 :mod:`labkit.eval.runner`.
 
@@ -169,6 +170,7 @@ def evaluate_sequence(
     from labkit.models import prepare_images
     from labkit.tracking import discover_objects, track_objects
     from labkit.eval.datasets import read_masks
+    from labkit.discovery import attention_discovery, dora_discovery, lost, tokencut
     from labkit.video import open_frames
     from tqdm.auto import tqdm
 
@@ -199,18 +201,20 @@ def evaluate_sequence(
 
     prop_on, attn_on = cfg.runs("propagation"), cfg.runs("attention")
     track_on, seg_on = cfg.runs("tracking"), cfg.runs("segmentation")
+    disc_on = cfg.runs("discovery")
     kinds = []
-    if prop_on or seg_on or track_on or stash is not None:
+    if prop_on or seg_on or track_on or disc_on or stash is not None:
         kinds.append("tokens")
-    if track_on:
+    if track_on or disc_on:
         kinds += ["keys", "queries"]
-    want_attention = attn_on or track_on
+    want_attention = attn_on or track_on or disc_on
     examples_at = _example_indices(T, cfg.example_frames)
     ex_frames, ex_prop = {}, {}
 
     propagator: LabelPropagator | None = None
     scored, js, fs = [], [], []
     tokens_seq, attn_seq, object_masks, histograms = [], [], [], []
+    found: dict[str, list] = {}  # discovery method -> [(masks (n, gh, gw), boxes (n, 4)), ...]
     prototypes = None
     bar = tqdm(total=T, desc=seq.name, unit="frame", leave=False, disable=not progress)
     t0 = time.perf_counter()
@@ -222,14 +226,25 @@ def evaluate_sequence(
         tokens = out.features.get("tokens")  # (n, gh, gw, D)
         if want_attention:
             attn_seq.append(out.attention.cpu())  # (n, h, gh, gw)
+        if (track_on or disc_on) and prototypes is None:
+            # the first batch starts with frame 0: DoRA discovers there
+            prototypes = discover_objects(
+                out.attention[:1], out.features["queries"][:1], tokens[:1], k=cfg.dora_objects,
+            ).prototypes  # (1, k, D)
         if track_on:
-            if prototypes is None:  # the first batch starts with frame 0: discover there
-                prototypes = discover_objects(
-                    out.attention[:1], out.features["queries"][:1], tokens[:1],
-                    k=cfg.dora_objects,
-                ).prototypes  # (1, k, D)
             tracks = track_objects(prototypes, out.features["keys"][None])  # (1, n, k, gh, gw)
             object_masks.append(tracks.masks[0].cpu())  # (n, k, gh, gw)
+        if disc_on:
+            t_disc = time.perf_counter()
+            keys = out.features["keys"]  # (n, gh, gw, D)
+            for method, res in (
+                ("lost", lost(keys)),
+                ("tokencut", tokencut(keys)),
+                ("attention", attention_discovery(out.attention, keep=cfg.keep)),
+                ("dora", dora_discovery(keys, prototypes=prototypes)),
+            ):
+                found.setdefault(method, []).append((res.masks.cpu(), res.boxes.cpu()))
+            seconds["discovery"] = seconds.get("discovery", 0.0) + time.perf_counter() - t_disc
         if seg_on or stash is not None:
             tokens_seq.append(tokens.float().cpu())
         seconds["model"] += time.perf_counter() - t0
@@ -290,6 +305,17 @@ def evaluate_sequence(
     if track_on:
         objects = torch.cat(object_masks)  # (T, k, gh, gw)
         result.tracking = mask_statistics(mask_jaccard(objects[annotated], foreground, area))
+    discovered = {}  # method -> ((T, gh, gw) masks, (T, 4) boxes)
+    if disc_on:
+        from labkit.eval.discovery import discovery_scores
+
+        discovered = {m: (torch.cat([x for x, _ in parts]), torch.cat([b for _, b in parts]))
+                      for m, parts in found.items()}
+        result.discovery = {
+            m: discovery_scores(masks_m, boxes_m, gt[annotated], annotated, foreground, area,
+                                index_map.cpu(), K)
+            for m, (masks_m, boxes_m) in discovered.items()
+        }
     seconds["scores"] += time.perf_counter() - t0
     features = torch.cat(tokens_seq) if tokens_seq else None  # (T, gh, gw, D)
     if seg_on:
@@ -310,6 +336,8 @@ def evaluate_sequence(
             head_masks=head_masks[sel] if attn_on else None,
             average_mask=average_mask[sel] if attn_on else None,
             object_masks=objects[sel] if track_on else None,
+            discovery={m: (masks_m[sel], boxes_m[sel]) for m, (masks_m, boxes_m) in discovered.items()}
+            or None,
         )
     return result
 
