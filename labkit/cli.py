@@ -208,8 +208,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"[labkit] evaluating {', '.join(cfg.models)} on "
           f"{cfg.data_root or 'the synthetic video'} at resolution {cfg.resolution} "
           f"({', '.join(cfg.evaluations)}) -> {cfg.out_dir}", flush=True)
-    result = evaluate(cfg, progress=not args.quiet)
-    written = save_report(result, cfg.out_dir, figures=not args.no_figures)
+    from labkit.runfolder import RunLock
+
+    with RunLock(cfg.out_dir, what="labkit eval"):  # one evaluation writes a folder at a time
+        result = evaluate(cfg, progress=not args.quiet)
+        written = save_report(result, cfg.out_dir, figures=not args.no_figures)
     print(f"[labkit] {run_description(result)}")
     print(markdown_table(summary_rows(result)), end="")
     for name, path in written.items():

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from labkit.runfolder import write_atomic
+
 __all__ = ["write_report", "verdict", "comparison_rows"]
 
 # headline metrics of the comparison, higher is better for all
@@ -115,6 +117,37 @@ def verdict(evaluation: dict[str, Any], dataset: str, budget: str, tie: float = 
             + f" (Differences under {tie} count as ties.)")
 
 
+def weights_section(cfg: dict[str, Any], stages: Sequence[Any]) -> str:
+    """HTML: which network and weights every figure and number of the run comes from.
+
+    One line per model of the evaluations (``weights_label`` recorded in their metrics) and per
+    exploration, then whether the pretrained reference ran and, if not, why and how to add it.
+    """
+    seen: dict[str, str] = {}
+    for stage in stages:
+        metrics = _read_json(stage.out_dir / "metrics.json") or {}
+        if stage.group == "evaluate":
+            for label, model in (metrics.get("models") or {}).items():
+                info = model.get("info", {}) if isinstance(model, dict) else {}
+                if info.get("weights_label"):
+                    seen.setdefault(str(label), str(info["weights_label"]))
+        elif stage.group == "explore" and metrics.get("weights"):
+            seen.setdefault(stage.name, str(metrics["weights"]))
+    items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in seen.items())
+    name = str(cfg.get("pretrained_model") or "vit_small_patch16_224.dino")
+    if any(getattr(s, "name", "") == "explore_pretrained" for s in stages):
+        note = (f"The pretrained reference <code>{html.escape(name)}</code> is explored and evaluated "
+                "beside the trained models (label <b>pretrained</b>).")
+    elif cfg.get("pretrained") is False:
+        note = "The pretrained reference was switched off (<code>pretrained: false</code>)."
+    else:
+        note = (f"No pretrained weights were used: <code>{html.escape(name)}</code> is not in the local "
+                "Hugging Face cache, so every model here is a random init or trained by this run. "
+                "Run once with network access and <code>-o pretrained=true</code> to add it "
+                "(<code>labkit models</code> lists the supported weights).")
+    return f"<h2>Weights</h2><p>{note}</p><ul>{items}</ul>"
+
+
 def _budget(run_dir: Path, cfg: dict[str, Any]) -> str:
     steps = cfg.get("steps")
     model = cfg.get("model")
@@ -160,6 +193,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         dataset = stage.name.removeprefix("evaluate_")
         verdicts.append(f"<p>{html.escape(verdict(metrics, dataset, budget))}</p>")
     parts.append("<h2>Verdict</h2><div class='verdict'>" + "".join(verdicts) + "</div>")
+    parts.append(weights_section(cfg, stages))
 
     # stages
     rows = []
@@ -196,7 +230,10 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     # exploration
     parts.append("<h2>Attention and segments of the trained models</h2>")
     for stage in (s for s in stages if s.group == "explore"):
+        weights = (_read_json(stage.out_dir / "metrics.json") or {}).get("weights")
         parts.append(f"<h3>{html.escape(stage.name)}</h3>")
+        if weights:
+            parts.append(f"<p class='muted'>weights: {html.escape(str(weights))}</p>")
         for name, alt in (("heads.png", "three heads as R, G, B"), ("masks.png", "thresholded attention masks"),
                           ("segments.png", "k-means segments and PCA"), ("objects.png", "DoRA objects"),
                           ("attention.gif", "animation: frame | heads | segments")):
@@ -232,7 +269,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>labkit {html.escape(run_dir.name)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
     out = run_dir / "report.html"
-    out.write_text(page, encoding="utf-8")
+    write_atomic(out, page.encode("utf-8"))  # the previous report stays whole until then
     return out
 
 
