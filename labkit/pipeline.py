@@ -39,10 +39,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence, Union
 
 from labkit.environment import describe
+from labkit.models import resolve_pretrained
+from labkit.pos_embed import PosEmbedRule
 from labkit.runfolder import RunLock, write_atomic
+from labkit.zoo import DEFAULT_PRETRAINED
 from labkit.validation import (
     check_device,
     check_fields,
@@ -98,6 +101,13 @@ class PipelineConfig:
     batch_size: int = 4  # clips per step
     lr: float = 5e-4
     train: dict = field(default_factory=dict)  # any other TrainConfig field, e.g. {"num_local": 4}
+    # position-embedding resize of every model: "dino", "dinov2", "timm"; auto: as the weights' authors
+    pos_embed_rule: PosEmbedRule = "auto"
+    # ---- a pretrained reference, explored and evaluated beside the trained models ----
+    # "auto": where its weights are in the local hub cache; true: always (downloads them online);
+    # false: never. The report says which weights every figure and number comes from.
+    pretrained: Union[bool, Literal["auto"]] = "auto"
+    pretrained_model: str = DEFAULT_PRETRAINED  # a tagged timm name (labkit models lists them)
     # ---- exploration ----
     explore_frames: int = 12
     explore_img_size: int = 224
@@ -142,6 +152,12 @@ class PipelineConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
         check_model_kwargs("model_kwargs", self.model_kwargs)
+        if "." not in self.pretrained_model:
+            raise ValueError(
+                f"pretrained_model: {self.pretrained_model!r} has no pretrained tag; give a name "
+                "such as vit_small_patch16_224.dino (labkit models lists them)"
+            )
+        _check_model_name(self.pretrained_model)
         keys = [_dataset_key(root) for root in self.eval_data]
         if len(set(keys)) != len(keys):
             raise ValueError(f"eval_data: two datasets share a folder name in {list(self.eval_data)}")
@@ -247,6 +263,14 @@ def _resolved_model_kwargs(cfg: PipelineConfig) -> dict[str, Any]:
     return dict(cfg.model_kwargs)
 
 
+PRETRAINED_LABEL = "pretrained"  # the reference model's label in tables, figures and metrics
+
+
+def uses_pretrained(cfg: PipelineConfig) -> bool:
+    """Whether the run adds the pretrained reference (``cfg.pretrained``, resolved now)."""
+    return resolve_pretrained(cfg.pretrained_model, cfg.pretrained)[0]
+
+
 def plan(cfg: PipelineConfig) -> list[Stage]:
     """The stages of a run, in order, with absolute paths and their notebook parameters."""
     run = cfg.run_dir.resolve()
@@ -260,8 +284,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             "model_kwargs": _resolved_model_kwargs(cfg), "checkpoint": cfg.checkpoint,
             "img_size": cfg.img_size, "num_frames": cfg.num_frames, "frame_step": cfg.frame_step,
             "k": cfg.k, "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "device": cfg.device, "seed": cfg.seed, **cfg.train,
-            "resume": True, "out_dir": str(out),
+            "device": cfg.device, "seed": cfg.seed, "pos_embed_rule": cfg.pos_embed_rule,
+            **cfg.train, "resume": True, "out_dir": str(out),
         }
         stages.append(Stage(f"train_{method}", "train", out, "train_dora", params,
                             ("checkpoint.pth", "metrics.json")))
@@ -273,7 +297,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             "video_path": video, "model": cfg.model, "checkpoint": ckpt,
             "model_kwargs": _resolved_model_kwargs(cfg), "num_frames": cfg.explore_frames,
             "img_size": cfg.explore_img_size, "k": 5, "device": cfg.device, "seed": cfg.seed,
-            "out_dir": str(out),
+            "pos_embed_rule": cfg.pos_embed_rule, "out_dir": str(out),
         }
         stages.append(Stage(f"explore_{method}", "explore", out, "attention_explorer", params,
                             ("metrics.json", "heads.png"), needs=(f"train_{method}",)))
@@ -287,13 +311,31 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         stages.append(Stage("step_by_step", "explore", out, "dora_step_by_step", params,
                             ("metrics.json",), needs=("train_dora",)))
 
+    reference = uses_pretrained(cfg)
+    if reference:
+        out = run / "explore_pretrained"
+        params = {
+            "video_path": video, "model": cfg.pretrained_model, "pretrained": True,
+            "pos_embed_rule": cfg.pos_embed_rule, "model_kwargs": {},
+            "num_frames": cfg.explore_frames, "img_size": cfg.explore_img_size, "k": 5,
+            "device": cfg.device, "seed": cfg.seed, "out_dir": str(out),
+        }
+        stages.append(Stage("explore_pretrained", "explore", out, "attention_explorer", params,
+                            ("metrics.json", "heads.png")))
+
     specs = [f"random={cfg.model}"] + [f"{m}={cfg.model}:{c}" for m, c in trained.items()]
+    kwargs: dict[str, Any] = _resolved_model_kwargs(cfg)
+    if reference:  # the reference keeps its own architecture: model_kwargs go per label
+        specs.append(f"{PRETRAINED_LABEL}={cfg.pretrained_model}:pretrained")
+        kwargs = {label.split("=")[0]: _resolved_model_kwargs(cfg) for label in specs[:-1]}
+        kwargs[PRETRAINED_LABEL] = {}
     for root in cfg.eval_data:
         key = _dataset_key(root)
         out = run / f"evaluate_{key}"
         data_root = "" if root == SYNTHETIC else str(Path(root).expanduser().resolve())
         params = {
-            "models": specs, "model_kwargs": _resolved_model_kwargs(cfg), "data_root": data_root,
+            "models": specs, "model_kwargs": kwargs, "pos_embed_rule": cfg.pos_embed_rule,
+            "data_root": data_root,
             "sequences": list(cfg.eval_sequences.get(key, [])), "resolution": cfg.eval_resolution,
             "max_frames": cfg.eval_max_frames, "device": cfg.device, "seed": cfg.seed,
             **cfg.evaluate, "out_dir": str(out),

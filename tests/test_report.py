@@ -26,3 +26,29 @@ def test_verdict_none_and_all():
     better = evaluation(dora=(0.9, 0.9, 0.9, 0.9), dino=(0.2, 0.2, 0.2, 0.2))
     assert "DoRA beats dino on all 4 measures." in verdict(better, "d", "b")
     assert verdict({"summary": [{"model": "dino", "J&F": 0.5}]}, "d", "b") == "On d: no DoRA model was evaluated."
+
+
+def test_weights_section_names_every_model_and_the_missing_reference(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from labkit.report import weights_section
+
+    ev = tmp_path / "evaluate_synthetic"
+    ex = tmp_path / "explore_dora"
+    ev.mkdir()
+    ex.mkdir()
+    (ev / "metrics.json").write_text(json.dumps({"models": {
+        "random": {"info": {"weights_label": "vit_tiny_patch16_224, random init, seed 0"}},
+        "dora": {"info": {"weights_label": "vit_tiny_patch16_224, checkpoint checkpoint.pth"}},
+    }}))
+    (ex / "metrics.json").write_text(json.dumps({"weights": "vit_tiny_patch16_224, checkpoint checkpoint.pth"}))
+    stages = [SimpleNamespace(name="explore_dora", group="explore", out_dir=ex),
+              SimpleNamespace(name="evaluate_synthetic", group="evaluate", out_dir=ev)]
+    text = weights_section({"pretrained": "auto", "pretrained_model": "vit_small_patch16_224.dino"}, stages)
+    assert "<b>random</b>: vit_tiny_patch16_224, random init, seed 0" in text
+    assert "<b>explore_dora</b>: vit_tiny_patch16_224, checkpoint checkpoint.pth" in text
+    assert "not in the local Hugging Face cache" in text and "-o pretrained=true" in text
+    assert "switched off" in weights_section({"pretrained": False}, stages)
+    stages.append(SimpleNamespace(name="explore_pretrained", group="explore", out_dir=tmp_path / "none"))
+    assert "explored and evaluated beside the trained models" in weights_section({}, stages)
