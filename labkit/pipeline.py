@@ -44,7 +44,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence, Union
 from labkit.environment import describe
 from labkit.models import resolve_pretrained
 from labkit.pos_embed import PosEmbedRule
-from labkit.runfolder import RunLock, write_atomic
+from labkit.runfolder import RunLock, remove_stale_temporaries, write_atomic
 from labkit.zoo import DEFAULT_PRETRAINED
 from labkit.validation import (
     check_device,
@@ -568,6 +568,9 @@ def _run_stages(
 
     from labkit.notebooks import NotebookError, run_notebook
 
+    for folder in [run_dir] + [s.out_dir for s in stages if s.group != "report"]:
+        for path in remove_stale_temporaries(folder):  # left by writes that were killed
+            say(f"removed {path}, left by a write that was killed")
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     write_atomic(run_dir / "environment.json", json.dumps(describe(cfg.device), indent=2).encode())
     say(f"run folder {run_dir}")
