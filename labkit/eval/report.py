@@ -46,7 +46,11 @@ SUMMARY_COLUMNS = (
     "attn stability", "DoRA best object J", "DoRA stability", "k-means frame_hungarian mIoU",
     "k-means clip_hungarian mIoU", "k-means dataset_hungarian mIoU",
     "k-means frame_overcluster mIoU", "k-means clip_overcluster mIoU",
-    "k-means dataset_overcluster mIoU", "k-NN top-1", "k-NN top-5", "seconds",
+    "k-means dataset_overcluster mIoU",
+    "LOST J", "LOST CorLoc", "LOST stability", "TokenCut J", "TokenCut CorLoc", "TokenCut stability",
+    "attn object J", "attn object CorLoc", "attn object stability",
+    "DoRA union J", "DoRA union CorLoc", "DoRA union stability",
+    "k-NN top-1", "k-NN top-5", "seconds",
 )
 
 
@@ -145,7 +149,8 @@ def run_description(result: EvalResult) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-BAR_METRICS = ("J&F", "attn best head J", "DoRA best object J", "k-means clip_hungarian mIoU")
+BAR_METRICS = ("J&F", "attn best head J", "DoRA best object J", "k-means clip_hungarian mIoU",
+               "LOST J", "TokenCut J")
 
 
 def bar_metrics(result: EvalResult, candidates: Sequence[str] = BAR_METRICS) -> list[str]:
@@ -214,9 +219,11 @@ def example_panels(
 
     Returns:
         Mapping of panel name to uint8 ``(n, h, w, 3)``: ``"ground truth"``, ``"propagated"``,
-        ``"attention head <i>"``, ``"head average"``, ``"DoRA object <j>"`` (those evaluated).
+        ``"attention head <i>"``, ``"head average"``, ``"DoRA object <j>"``, and one per
+        discovery method (``"LOST"``, ``"TokenCut"``, ...: its mask and box) (those evaluated).
     """
-    from labkit.viz import mask_overlay
+    from labkit.eval.results import DISCOVERY_NAMES
+    from labkit.viz import box_overlay, mask_overlay
 
     ex = seq.examples
     if ex is None:
@@ -247,6 +254,12 @@ def example_panels(
         out[f"DoRA object {j}"] = np.stack(
             [mask_overlay(f, m[j].numpy(), alpha=0.45, patch_size=p)
              for f, m in zip(ex.frames, ex.object_masks)]
+        )
+    for method, (masks, boxes) in (ex.discovery or {}).items():
+        out[DISCOVERY_NAMES.get(method, method)] = np.stack(
+            [box_overlay(mask_overlay(f, m.numpy(), alpha=0.45, patch_size=p), b.numpy(),
+                         color=(255, 255, 0), patch_size=p)
+             for f, m, b in zip(ex.frames, masks, boxes)]
         )
     return out
 

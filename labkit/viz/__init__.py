@@ -13,6 +13,7 @@ functions that need them.
 from labkit.viz.animate import write_animation
 from labkit.viz.plot import plot_attention_strip, plot_grid, plot_strip
 from labkit.viz.render import (
+    box_overlay,
     features_to_rgb,
     heads_to_rgb,
     mask_overlay,
@@ -24,6 +25,7 @@ from labkit.viz.render import (
 )
 
 __all__ = [
+    "box_overlay",
     "features_to_rgb",
     "heads_to_rgb",
     "mask_overlay",

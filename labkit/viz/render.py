@@ -29,6 +29,7 @@ __all__ = [
     "heads_to_rgb",
     "overlay",
     "mask_overlay",
+    "box_overlay",
     "segments_to_rgb",
     "segment_overlay",
     "features_to_rgb",
@@ -405,6 +406,59 @@ def mask_overlay(
         if contour and mk.any():
             inner = binary_erosion(mk, iterations=thickness, border_value=1)
             out[mk & ~inner] = col
+    return out
+
+
+def box_overlay(
+    frame: Any,
+    boxes: Any,
+    color: Sequence[int] | np.ndarray | None = None,
+    *,
+    thickness: int = 2,
+    patch_size: int | None = None,
+) -> np.ndarray:
+    """Draw box outlines over a frame (e.g. the boxes of :mod:`labkit.discovery`).
+
+    Args:
+        frame: uint8 ``(H, W, 3)``.
+        boxes: ``(4,)`` or ``(K, 4)`` ``(row0, col0, row1, col1)``, end exclusive; in pixels, or
+            in patches with ``patch_size`` (patch ``(i, j)`` covers ``[i*p:(i+1)*p, j*p:(j+1)*p]``).
+            Empty boxes (``row1 <= row0`` or ``col1 <= col0``) are not drawn.
+        color: One RGB colour, or ``(K, 3)``; default :func:`palette` colours from 3 (red) on.
+        thickness: Line width in pixels, drawn inside the box.
+        patch_size: ``p`` for boxes on the patch grid; None for pixel boxes.
+
+    Returns:
+        uint8 ``(H, W, 3)`` array, a copy of the frame with the outlines.
+    """
+    out = _frame(frame, "box_overlay: frame").copy()
+    b = _to_numpy(boxes, "box_overlay: boxes").astype(np.float64).reshape(-1, 4)
+    if thickness < 1:
+        raise ValueError(f"box_overlay: thickness must be >= 1, got {thickness}")
+    if patch_size is not None:
+        b = b * patch_size
+    K = len(b)
+    if color is None:
+        colours = palette(K + 3)[[(3 + i) % (K + 3) for i in range(K)]]
+    else:
+        colours = np.asarray(color, dtype=np.int64).reshape(-1, 3)
+        if len(colours) == 1:
+            colours = np.repeat(colours, K, axis=0)
+        if len(colours) != K or (colours < 0).any() or (colours > 255).any():
+            raise ValueError(f"box_overlay: color must be one RGB or {K} RGB in 0..255")
+    H, W = out.shape[:2]
+    for (r0, c0, r1, c1), col in zip(b, colours.astype(np.uint8)):
+        if not np.isfinite([r0, c0, r1, c1]).all() or r1 <= r0 or c1 <= c0:
+            continue
+        r0, c0 = max(0, int(round(r0))), max(0, int(round(c0)))
+        r1, c1 = min(H, int(round(r1))), min(W, int(round(c1)))
+        if r1 <= r0 or c1 <= c0:
+            continue
+        t = min(thickness, r1 - r0, c1 - c0)
+        out[r0 : r0 + t, c0:c1] = col
+        out[r1 - t : r1, c0:c1] = col
+        out[r0:r1, c0 : c0 + t] = col
+        out[r0:r1, c1 - t : c1] = col
     return out
 
 
