@@ -213,3 +213,16 @@ def test_case4_two_pipelines_on_one_run_folder(trained, tmp_path):
         steps = [json.loads(line)["step"] for line in log.read_text().splitlines()
                  if line.strip().endswith("}")]
         assert len(steps) == len(set(steps))
+
+
+def test_case5_temporaries_of_killed_writes_are_removed_at_start(trained):
+    """5. A kill -9 during a write leaves .<name>.tmp-<pid>; the next run removes it."""
+    run = trained.run_dir.resolve()
+    litter = [run / ".config.yaml.tmp-999999", run / "train_dora" / ".checkpoint.pth.tmp-999999"]
+    for path in litter:
+        path.write_bytes(b"x" * 1000)
+    said: list[str] = []
+    run_pipeline(trained, only="train", progress=False, say=said.append)
+    assert not any(path.exists() for path in litter)
+    assert sum("left by a write that was killed" in m for m in said) == 2
+    assert all("complete, skipped" in m for m in said if m.startswith("["))
