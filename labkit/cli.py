@@ -322,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--evaluations", nargs="+",
                    default=["propagation", "attention", "tracking", "segmentation"],
-                   choices=["propagation", "attention", "tracking", "segmentation", "knn"])
+                   choices=["propagation", "attention", "tracking", "segmentation", "discovery",
+                            "knn"],
+                   help="discovery (LOST, TokenCut, attention, DoRA objects: J, CorLoc, stability) "
+                   "and knn run only when named")
     p.add_argument("--knn-root", help="labelled image folder (<class>/*.jpg or train|val/<class>/)")
     p.add_argument("--model-kwargs", help="extra timm arguments for every model, e.g. '{depth: 2}', "
                    "or per model label, e.g. '{tiny: {depth: 2}}'")
