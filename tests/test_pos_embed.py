@@ -174,3 +174,37 @@ def test_checkpoint_keeps_its_own_grid(reference, weights_file):
     model = load_backbone("vit_small_patch16_224", checkpoint=weights_file, **TINY)
     assert model.patch_embed.grid_size == (14, 14)
     assert torch.equal(model.pos_embed, reference["state_dict"]["pos_embed"])
+
+
+# -- DINOv2: fixtures/dinov2_official_pos_embed.pt (see its .md) ----------------------------------
+
+DINOV2 = __import__("pathlib").Path(__file__).parent / "fixtures" / "dinov2_official_pos_embed.pt"
+DINOV2_SIZES = ["224x224", "224x322", "322x224", "480x854"]
+
+
+@pytest.fixture(scope="module")
+def dinov2_reference():
+    return torch.load(DINOV2, weights_only=True)
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+@pytest.mark.parametrize("size", DINOV2_SIZES)
+def test_dinov2_checkpoint_matches_official_model(dinov2_reference, tmp_path, registers, size):
+    path = tmp_path / "dinov2_tiny.pth"  # facebookresearch/dinov2's own key names
+    torch.save(dinov2_reference[f"reg{registers}/state_dict"], path)
+    arch = "vit_small_patch14_reg4_dinov2" if registers else "vit_small_patch14_dinov2"
+    model = load_backbone(arch, checkpoint=path, **TINY)
+    assert model.pos_embed_rule == "dinov2" and model.num_reg_tokens == registers
+    h, w = map(int, size.split("x"))
+    attention, feats = labkit_outputs(model, h, w)  # 480x854 is cropped to 476x854 as DINOv2 needs
+    key = f"reg{registers}/{size}"
+    stride = int(dinov2_reference[f"{key}/stride"])
+    assert torch.allclose(attention, dinov2_reference[f"{key}/attention"], atol=1e-6, rtol=0)
+    for kind in ("tokens", "keys", "queries"):
+        got, want = feats[kind][::stride], dinov2_reference[f"{key}/{kind}"]
+        assert got.shape == want.shape
+        assert (got - want).abs().max().item() < 1e-5, kind
+    if size != "224x224":  # the wrong rule would not match: the test can fail
+        other = load_backbone(arch, checkpoint=path, pos_embed_rule="timm" if not registers else "dino", **TINY)
+        _, wrong = labkit_outputs(other, h, w)
+        assert (wrong["tokens"][::stride] - dinov2_reference[f"{key}/tokens"]).abs().max().item() > 1e-3
