@@ -182,7 +182,9 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/train"  # checkpoint.pth, log.jsonl, log.csv, metrics.json
     checkpoint_every: int = 100  # steps between checkpoints (and one at the end); 0: end only
-    resume: bool = False  # continue from out_dir/checkpoint.pth when it exists
+    # continue from out_dir/checkpoint.pth when it exists; off, a run already in out_dir is
+    # refused (labkit train --force moves it to out_dir/replaced-<time>/ instead)
+    resume: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731

@@ -28,7 +28,15 @@ docstring for what differs there):
   ``labkit.models.load_backbone(name, checkpoint=path)`` loads the teacher's backbone;
   :func:`load_trained` rebuilds the architecture from the stored config.
 * **Divergence**: a NaN or infinite loss raises :class:`TrainingDiverged` before the update,
-  naming the step and the last good checkpoint, which is left untouched.
+  naming the step (counted from 1, as in the log) and the last good checkpoint, which is left
+  untouched.
+* **The run folder** (see ``docs/reliability.md``): a :class:`labkit.runfolder.RunLock` keeps a
+  second process out of ``out_dir`` while a Trainer lives (released by :meth:`Trainer.close`, or
+  by the system when the process ends); temporaries of killed checkpoint writes are removed at
+  start; a run already in ``out_dir`` is refused unless ``resume`` continues it or ``force``
+  moves it to ``out_dir/replaced-<time>/``. Ctrl-C stops after the step under way with a
+  checkpoint at that step (:class:`TrainingInterrupted`); a checkpoint that cannot be written
+  (disk full) raises :class:`CheckpointWriteError` and leaves the last good one.
 * **Distributed**: under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised from
   the environment (gloo on CPU, nccl on GPU); the student is wrapped in DDP, each process takes
   its slice of the step's global batch, the loss's center is all-reduced, and only rank 0 writes.
