@@ -72,9 +72,10 @@ class _Mismatch(Exception):
     pass
 
 
-def _coerce(value: Any, annotation: Any) -> Any:
-    """``value`` as ``annotation`` wants it (lists to tuples, ints and numeric strings to
-    floats, paths to strings), or :class:`_Mismatch`."""
+def _coerce(value: Any, annotation: Any, strict: bool = False, in_union: bool = False) -> Any:
+    """``value`` as ``annotation`` wants it (lists to tuples, paths to strings; unless ``strict``
+    also numeric strings to floats and whole numbers to strings, as YAML reads ``name=2026`` as
+    a number), or :class:`_Mismatch`."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is Any:
         return value
@@ -93,7 +94,7 @@ def _coerce(value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return value  # range checks convert; an int stays an int here
-        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+        if isinstance(value, str) and not strict:  # PyYAML reads 1e-4 (no dot) as a string
             try:
                 return float(value)
             except ValueError:
@@ -104,6 +105,8 @@ def _coerce(value: Any, annotation: Any) -> Any:
             return value
         if isinstance(value, os.PathLike):
             return str(value)
+        if isinstance(value, int) and not isinstance(value, bool) and not (strict or in_union):
+            return str(value)  # a plain string field only: `heads: str | tuple` keeps 3 an error
         raise _Mismatch
     if annotation in (dict, Mapping) or origin in (dict, Mapping):
         if isinstance(value, Mapping):
@@ -117,20 +120,21 @@ def _coerce(value: Any, annotation: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise _Mismatch
         if len(args) == 2 and args[1] is Ellipsis:
-            items = tuple(_coerce(v, args[0]) for v in value)
+            items = tuple(_coerce(v, args[0], strict) for v in value)
         elif args:
             if len(value) != len(args):
                 raise _Mismatch
-            items = tuple(_coerce(v, a) for v, a in zip(value, args))
+            items = tuple(_coerce(v, a, strict) for v, a in zip(value, args))
         else:
             items = tuple(value)
         return items if origin is tuple or annotation is tuple else list(items)
     if origin in (Union, types.UnionType):
-        for alternative in args:
-            try:
-                return _coerce(value, alternative)
-            except _Mismatch:
-                continue
+        for exact in (True,) if strict else (True, False):
+            for alternative in args:  # an exact match first: 1 for `str | float` stays a number
+                try:
+                    return _coerce(value, alternative, strict=exact, in_union=True)
+                except _Mismatch:
+                    continue
         raise _Mismatch
     return value  # an annotation this checker does not know: left to the config's own checks
 

@@ -474,3 +474,22 @@ def test_shared_davis_still_pairs_every_frame(davis_root):
 
     for seq in davis_sequences(davis_root):
         assert seq.unannotated == () and [m.stem for m in seq.masks] == [f.stem for f in seq.frames]
+
+
+def test_check_value_forms():
+    from labkit.validation import check_value
+
+    assert check_value("threshold", 1, str | float) == 1  # an exact match wins in a union
+    assert check_value("name", 2026, str) == "2026"  # YAML reads -o name=2026 as a number
+    assert check_value("lr", "1e-4", float | None) == pytest.approx(1e-4)  # PyYAML: a string
+    assert check_value("heads", [2, 0], str | tuple[int, ...]) == (2, 0)
+    for key, value, annotation, message in [
+        ("heads", 3, str | tuple[int, ...], "heads must be a string or a list of integers"),
+        ("sinkhorn", "yes", bool, "sinkhorn must be true or false, got 'yes'"),
+        ("steps", 2.5, int, "steps must be an integer, got 2.5"),
+        ("name", True, str, "name must be a string"),
+        ("train", {"aug": {"blur:0.5": None}}, dict, r"train\.aug: \{blur:0\.5\}.*\{blur: 0\.5\}"),
+        ("model_kwargs", {"depth": None}, dict, "key 'depth' has no value"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_value(key, value, annotation)
