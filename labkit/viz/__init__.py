@@ -10,10 +10,11 @@ Importing this package imports numpy only; matplotlib, Pillow, PyAV and torch ar
 functions that need them.
 """
 
-from labkit.viz.animate import write_animation
+from labkit.viz.animate import Mp4Writer, write_animation
 from labkit.viz.plot import plot_attention_strip, plot_grid, plot_strip
 from labkit.viz.render import (
     box_overlay,
+    caption,
     features_to_rgb,
     heads_to_rgb,
     mask_overlay,
@@ -25,7 +26,9 @@ from labkit.viz.render import (
 )
 
 __all__ = [
+    "Mp4Writer",
     "box_overlay",
+    "caption",
     "features_to_rgb",
     "heads_to_rgb",
     "mask_overlay",

@@ -7,6 +7,7 @@ Notation::
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 
 from labkit.viz.render import _to_numpy
 
-__all__ = ["write_animation"]
+__all__ = ["Mp4Writer", "write_animation"]
 
 
 def _frames(frames: Any) -> np.ndarray:
@@ -51,24 +52,114 @@ def _write_gif(frames: np.ndarray, path: Path, fps: float, loop: int) -> None:
     )
 
 
-def _write_mp4(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
-    import av
+class Mp4Writer:
+    """Stream frames into an H.264 MP4 one frame (or one batch) at a time, never holding the video.
 
-    # yuv420p subsamples colour 2x2, so libx264 needs even sizes: repeat the last row/column.
-    T, H, W, _ = frames.shape
-    frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
-    rate = Fraction(fps).limit_denominator(1001)
-    options = {"movflags": "+faststart"}  # index first: plays while loading in a browser
-    with av.open(str(path), mode="w", format="mp4", options=options) as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
+    The file is written to a temporary ``.<name>.tmp-<pid>`` beside ``path`` (the form
+    :func:`labkit.runfolder.remove_stale_temporaries` cleans up after a killed process) and moved
+    to ``path`` by :meth:`close`, so ``path`` is either absent or a complete, playable file.
+    libx264, ``yuv420p``, ``+faststart``; odd heights or widths are padded by one row/column
+    repeating the edge (yuv420p needs even sizes). Memory: the encoder's own look-ahead (a few
+    frames with ``preset="veryfast"``), whatever the length of the video.
+
+    Use as a context manager: leaving the block without an exception closes (finishes) the file;
+    an exception deletes the temporary and leaves no ``path``.
+
+    Args:
+        path: Output ``.mp4`` file; missing parent folders are created.
+        fps: Frames per second, > 0 (kept as a fraction, e.g. 30000/1001).
+        crf: x264 constant rate factor (0 lossless .. 51 worst; 18 looks lossless).
+        preset: x264 speed preset (``"veryfast"`` ... ``"veryslow"``): slower is smaller, not better.
+    """
+
+    def __init__(self, path: str | Path, fps: float, *, crf: int = 18, preset: str = "medium") -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".mp4":
+            raise ValueError(f"Mp4Writer: {self.path}: the file name must end in .mp4")
+        if not fps > 0:
+            raise ValueError(f"Mp4Writer: fps must be > 0, got {fps}")
+        if not 0 <= int(crf) <= 51:
+            raise ValueError(f"Mp4Writer: crf must be in 0..51, got {crf}")
+        self.fps, self.crf, self.preset = float(fps), int(crf), str(preset)
+        self.frames_written = 0
+        self.size: tuple[int, int] | None = None  # (H, W) of the first frame, as given
+        self._container: Any = None
+        self._stream: Any = None
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+
+    def _open(self, height: int, width: int) -> None:
+        import av
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        options = {"movflags": "+faststart"}  # index first: plays while loading in a browser
+        self._container = av.open(str(self._tmp), mode="w", format="mp4", options=options)
+        stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"  # the format every player decodes
-        stream.options = {"crf": str(crf)}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():  # flush the encoder
-            container.mux(packet)
+        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        self._stream = stream
+        self.size = (height, width)
+
+    def write(self, frames: Any) -> None:
+        """Encode one uint8 ``(H, W, 3)`` frame or a batch ``(n, H, W, 3)``, all of the first size."""
+        import av
+
+        a = _to_numpy(frames, "Mp4Writer.write: frames")
+        a = a[None] if a.ndim == 3 else a
+        if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or 0 in a.shape[1:3]:
+            raise ValueError(f"Mp4Writer.write: frames must be uint8 (H, W, 3) or (n, H, W, 3), got {a.dtype} {a.shape}")
+        if self._container is None:
+            if self.frames_written:
+                raise ValueError(f"Mp4Writer: {self.path} is closed")
+            self._open(a.shape[1], a.shape[2])
+        if a.shape[1:3] != self.size:
+            raise ValueError(f"Mp4Writer.write: frames of {a.shape[1:3]} after frames of {self.size}")
+        H, W = self.size
+        a = np.pad(a, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge") if H % 2 or W % 2 else a
+        for f in a:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames_written += 1
+
+    def close(self) -> Path:
+        """Flush the encoder, close the file and move it to ``path``; returns ``path``."""
+        if self._container is None:
+            if not self.frames_written:
+                raise ValueError(f"Mp4Writer: no frames were written to {self.path}")
+            return self.path
+        try:
+            for packet in self._stream.encode():  # flush the encoder
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._container = None
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close without finishing: the temporary file is deleted, ``path`` is not written."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - the file is being thrown away
+                pass
+            self._container = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _write_mp4(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
+    with Mp4Writer(path, fps, crf=crf) as writer:
+        writer.write(frames)
 
 
 def write_animation(
