@@ -155,7 +155,11 @@ def test_checkpoint_layout_and_loading(tmp_path):
     for key, value in state["student"].items():  # no teacher: both names hold the tuned model
         assert torch.equal(value, state["teacher"][key])
     assert "head.prototypes" in state["student"]
-    assert TrainConfig(**state["config"]) == config(tmp_path, steps=2, seed=3)
+    # the checkpoint records the position-embedding rule actually used ("auto" resolved)
+    assert TrainConfig(**state["config"]) == config(tmp_path, steps=2, seed=3).replace(
+        pos_embed_rule=state["config"]["pos_embed_rule"]
+    )
+    assert state["config"]["pos_embed_rule"] == "timm"
 
     trainer = Trainer(config(tmp_path, steps=2, seed=3, resume=True), progress=False)
     images = torch.randn(2, 3, 64, 64)
