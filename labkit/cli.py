@@ -143,6 +143,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+    print(f"[labkit] weights: {exp.weights}")
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The pipeline with the CPU defaults on the synthetic default video."""
     args.config = None
