@@ -4,6 +4,7 @@
     labkit models                                    the supported pretrained weights, cached or not
     labkit run attention_explorer -p k 5 -p num_frames 8
     labkit attention VIDEO --out DIR                 RGB head maps, masks, segments, animation
+    labkit attention VIDEO --film --out DIR          every frame: one MP4 per method (film)
     labkit pipeline [--config lab.yaml] [-o k=v]     train -> explore -> evaluate -> report
     labkit train --config run.yaml -o steps=500      DoRA / DINO training (torchrun for DDP)
     labkit eval --models random=vit_small_patch16_224 --data ROOT --out DIR
@@ -93,9 +94,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attention_film(args: argparse.Namespace) -> int:
+    from labkit.data import default_video
+    from labkit.film import FilmConfig, write_films
+    from labkit.models import load_backbone
+
+    cfg = FilmConfig(  # checked before the model loads: a bad value fails in a second
+        methods=tuple(args.film_methods), batch_size=args.batch_size, max_side=args.max_side,
+        num_frames=args.film_frames, layer=args.layer, heads=tuple(args.heads), k=args.k,
+        rediscover=args.rediscover, device=args.device,
+    )  # fmt: skip
+    video = Path(args.video) if args.video else default_video()
+    if not video.exists():
+        raise ValueError(f"{video}: no such video file or frame folder")
+    model = load_backbone(
+        args.model, checkpoint=args.checkpoint or None, pretrained=True if args.pretrained else None,
+        device=args.device, pos_embed_rule=args.pos_embed_rule, **_model_kwargs(args.model_kwargs),
+    )  # fmt: skip
+    start = time.perf_counter()
+    written = write_films(video, model, args.out, cfg, progress=True)
+    print(f"[labkit] films of {video.name} in {time.perf_counter() - start:.1f} s")
+    for name, path in written.items():
+        print(f"[labkit] {name}: {path}")
+    return 0
+
+
 def _cmd_attention(args: argparse.Namespace) -> int:
     from labkit.explore import ExploreConfig, explore, save_exploration
 
+    if args.film:
+        return _cmd_attention_film(args)
     cfg = ExploreConfig(
         video_path=args.video,
         model=args.model,
@@ -138,6 +166,10 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     except StageFailed as err:
         print(f"labkit: error: {one_line(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("labkit: interrupted; run the same command again to go on (complete stages are "
+              "skipped, an interrupted training resumes from its checkpoint)", file=sys.stderr)
+        return 130
     print(f"[labkit] report: {report}")
     print(f"[labkit] open it in a browser: file://{report}")
     return 0
@@ -283,6 +315,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
+    p.add_argument(
+        "--film", action="store_true",
+        help="film every frame at the video's own size: one MP4 per method in --out, streamed "
+        "batch by batch, so any length fits in memory (--num-frames, --start-frame, --frame-step "
+        "and --img-size are for the clip and are not used)",
+    )
+    p.add_argument(
+        "--film-methods", nargs="+", default=["heads", "mean", "dora", "discovery", "kmeans"],
+        metavar="METHOD",
+        help="films to write: heads (three heads as RGB), mean (head mean, as DINO's "
+        "video_generation.py), dora (DoRA objects), discovery (LOST), kmeans (whole-video segments)",
+    )
+    p.add_argument("--max-side", type=int, help="film: scale frames down so the longer side is at most N")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="film: frames per forward pass; memory grows with it, not with the video")
+    p.add_argument("--film-frames", type=int, help="film: only the first N frames (default: all)")
+    p.add_argument("--rediscover", type=int, default=0,
+                   help="film: DoRA rediscovers its objects every N frames (0: on the first frame "
+                   "only; a video with scene cuts wants about one shot's length)")
         help="train a ViT with DoRA or DINO on videos (torchrun --nproc_per_node N -m labkit.cli train ...)",
         description="Train with a TrainConfig read from YAML; -o overrides single fields.",
     )

@@ -237,6 +237,10 @@ def run_notebook(
             stdout_file=sys.stderr if log_output else None,
             stderr_file=sys.stderr if log_output else None,
             execution_timeout=timeout,
+            # the kernel's own log (a transport warning on every start; tracebacks of its message
+            # handlers when it is stopped by Ctrl-C) is noise to the user; LABKIT_DEBUG keeps it
+            extra_arguments=[] if os.environ.get("LABKIT_DEBUG", "") not in ("", "0")
+            else ["--IPKernelApp.log_level=CRITICAL"],
         )
     except pm.PapermillExecutionError as err:
         raise NotebookError(source, err.cell_index, err.ename, err.evalue, output) from None

@@ -226,3 +226,32 @@ def test_case5_temporaries_of_killed_writes_are_removed_at_start(trained):
     assert not any(path.exists() for path in litter)
     assert sum("left by a write that was killed" in m for m in said) == 2
     assert all("complete, skipped" in m for m in said if m.startswith("["))
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_pipeline_is_one_line_and_the_training_keeps_its_step(trained, tmp_path):
+    """U: Ctrl-C printed a traceback and wrote no checkpoint (here in a pipeline: the terminal's
+    Ctrl-C reaches the pipeline and its notebook kernel, as a process group)."""
+    config = lab_yaml(tiny(Path(trained.runs_dir), Path(trained.video_path), steps=400,
+                           train={"out_dim": 256, "num_local": 1, "local_size": 32,
+                                  "checkpoint_every": 100, "num_workers": 0}),
+                      tmp_path / "lab.yaml")
+    log = trained.run_dir.resolve() / "train_dora" / "log.jsonl"
+    first = run_cli("pipeline", "--config", str(config), "--quiet", cwd=tmp_path,
+                    start_new_session=True)
+    try:
+        wait_for(lambda: log.is_file() and len(log.read_text().splitlines()) >= 3,
+                 what="the training's steps")
+        os.killpg(first.pid, signal.SIGINT)
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert first.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("labkit: interrupted")
+    import torch
+
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    state = torch.load(log.parent / "checkpoint.pth", weights_only=True)
+    assert state["step"] == steps[-1] and 3 <= steps[-1] < 100  # written at Ctrl-C, not at 100
