@@ -143,6 +143,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     exp = explore(cfg, progress=True)
+    print(f"[labkit] weights: {exp.weights}")
     written = save_exploration(exp, args.out)
     print(f"[labkit] {len(exp.indices)} frames in {time.perf_counter() - start:.1f} s")
     for name, path in written.items():
@@ -175,7 +176,6 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
-    print(f"[labkit] weights: {exp.weights}")
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The pipeline with the CPU defaults on the synthetic default video."""
     args.config = None
@@ -311,10 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=224, help="shorter side fed to the model")
     p.add_argument("--k", type=int, default=5, help="k-means segments")
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_cmd_attention)
-
-    p = sub.add_parser(
-        "train",
     p.add_argument(
         "--film", action="store_true",
         help="film every frame at the video's own size: one MP4 per method in --out, streamed "
@@ -334,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rediscover", type=int, default=0,
                    help="film: DoRA rediscovers its objects every N frames (0: on the first frame "
                    "only; a video with scene cuts wants about one shot's length)")
+    p.set_defaults(func=_cmd_attention)
+
+    p = sub.add_parser(
+        "train",
         help="train a ViT with DoRA or DINO on videos (torchrun --nproc_per_node N -m labkit.cli train ...)",
         description="Train with a TrainConfig read from YAML; -o overrides single fields.",
     )
