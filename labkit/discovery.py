@@ -3,7 +3,8 @@
 Each method looks at one frame's last-block features and names one object: a mask on the patch
 grid, the box around it and the seed patch it grew from, all returned as one
 :class:`ObjectDiscovery`, batched over frames (torch throughout; the eigensolver is
-``torch.linalg.eigh``; connected components are ``scipy.ndimage.label``, one call per batch).
+``torch.linalg.eigh``, or scipy's ``eigh`` on the CPU; connected components are
+``scipy.ndimage.label``, one call per batch).
 
 Notation::
 
@@ -41,7 +42,8 @@ Differences from the official code (valeoai/LOST ``object_discovery.py``, Yangta
   here the mask is the seed patch alone.
 * TokenCut: the generalised problem is solved as the normalised symmetric one (same eigenvalues,
   ``x = D^-1/2 y`` with the same ``x^T D x = 1`` normalisation as ``scipy.linalg.eigh(D - W, D)``),
-  batched, in float64.
+  in float64: ``torch.linalg.eigh`` batched on accelerators, scipy's subset solver frame by frame
+  on the CPU (``solver``).
 * Attention: LOST's ``dino_seg`` looks for the biggest component among labels ``0 .. max - 1``
   (so it misses the last one and picks the background when there is a single component); here
   every component counts and the largest wins (ties: first in raster order).
@@ -235,8 +237,27 @@ def lost(keys: torch.Tensor, grid: tuple[int, int] | None = None, k: int = 100) 
     return _result(masks, seeds, M.view(batch, gh, gw))
 
 
+def _second_eigenvectors(laplacian: torch.Tensor, solver: Literal["auto", "torch", "scipy"]) -> torch.Tensor:
+    """(B, N) eigenvectors of the second smallest eigenvalue of symmetric (B, N, N) matrices."""
+    if solver == "auto":
+        solver = "scipy" if laplacian.device.type == "cpu" else "torch"
+    if solver == "torch":
+        return torch.linalg.eigh(laplacian)[1][:, :, 1]  # columns by ascending eigenvalue
+    from scipy.linalg import eigh
+
+    # one eigenvector per frame (LAPACK's subset driver): 4-5x faster than the full
+    # decomposition at 480p (N = 1560), where the full one takes seconds a frame on a CPU
+    vectors = [eigh(m, subset_by_index=[1, 1], driver="evx")[1][:, 0]
+               for m in laplacian.cpu().numpy()]
+    return torch.from_numpy(np.stack(vectors)).to(laplacian.device)  # (B, N)
+
+
 def tokencut(
-    keys: torch.Tensor, grid: tuple[int, int] | None = None, tau: float = 0.2, eps: float = 1e-5
+    keys: torch.Tensor,
+    grid: tuple[int, int] | None = None,
+    tau: float = 0.2,
+    eps: float = 1e-5,
+    solver: Literal["auto", "torch", "scipy"] = "auto",
 ) -> ObjectDiscovery:
     """TokenCut: normalised cut of the thresholded cosine graph of the patch keys.
 
@@ -245,6 +266,9 @@ def tokencut(
         grid: (gh, gw), needed for (B, N, D) keys.
         tau: edges where the cosine similarity exceeds tau weigh 1 (TokenCut: 0.2).
         eps: weight of the other edges, keeping the graph connected (TokenCut: 1e-5).
+        solver: ``"torch"``: ``torch.linalg.eigh``, batched (the full decomposition);
+            ``"scipy"``: ``scipy.linalg.eigh`` of the one eigenvector needed, frame by frame;
+            ``"auto"``: scipy for CPU tensors, torch on accelerators.
 
     Returns:
         :class:`ObjectDiscovery`; ``scores`` (B, gh, gw) float64 are the second smallest
@@ -253,6 +277,8 @@ def tokencut(
     """
     if not 0 < eps <= 1:
         raise ValueError(f"tokencut: eps must be in (0, 1], got {eps}")
+    if solver not in ("auto", "torch", "scipy"):
+        raise ValueError(f"tokencut: solver must be 'auto', 'torch' or 'scipy', got {solver!r}")
     x, (gh, gw) = _patches(keys, grid, "tokencut")
     batch, n, _ = x.shape
     unit = F.normalize(x, p=2, dim=-1)  # (B, N, D)
@@ -262,8 +288,7 @@ def tokencut(
     inv_sqrt = d.rsqrt()
     # I - D^-1/2 W D^-1/2 shares its eigenvalues with (D - W) x = lambda D x, x = D^-1/2 y
     laplacian = torch.eye(n, dtype=W.dtype, device=W.device) - inv_sqrt[:, :, None] * W * inv_sqrt[:, None, :]
-    _, vectors = torch.linalg.eigh(laplacian)  # (B, N, N) columns by ascending eigenvalue
-    second = vectors[:, :, 1] * inv_sqrt  # (B, N) generalised eigenvector, x^T D x = 1
+    second = _second_eigenvectors(laplacian, solver) * inv_sqrt  # (B, N) x^T D x = 1
     seeds = second.abs().argmax(dim=1)  # (B,)
     side = second > second.mean(dim=1, keepdim=True)  # (B, N) bipartition
     flip = ~side.gather(1, seeds[:, None])  # (B, 1) seed on the low side: swap the sides

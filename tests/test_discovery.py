@@ -142,12 +142,13 @@ def test_lost_matches_official(official, case, k):
     torch.testing.assert_close(res.scores[0], out["M"].float(), rtol=0, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("solver", ["torch", "scipy"])
 @pytest.mark.parametrize("case", CASES)
-def test_tokencut_matches_official(official, case):
+def test_tokencut_matches_official(official, case, solver):
     ref = official["cases"][case]
     out = ref["tokencut"]
     assert out["eigenvalues"][2] - out["eigenvalues"][1] > 1e-3  # a well-defined 2nd eigenvector
-    res = tokencut(ref["keys"][None], ref["grid"], tau=0.2, eps=1e-5)
+    res = tokencut(ref["keys"][None], ref["grid"], tau=0.2, eps=1e-5, solver=solver)
     assert torch.equal(res.masks[0], out["mask"])
     assert res.boxes[0].tolist() == _xyxy_to_grid(out["box_xyxy"])
     torch.testing.assert_close(res.scores[0], out["eigenvector"], rtol=0, atol=1e-9)
@@ -272,11 +273,12 @@ def test_bright_square_found(seed):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["lost", "tokencut"])
+@pytest.mark.parametrize("method", ["lost", "tokencut", "tokencut_torch"])
 def test_batch_equals_frames(official, method):
     keys = torch.stack([official["cases"][c]["keys"] for c in ("planted_6x8",)]
                        + [torch.randn(48, 16, generator=torch.Generator().manual_seed(s)) for s in (4, 5)])
-    fn = {"lost": lost, "tokencut": tokencut}[method]
+    fn = {"lost": lost, "tokencut": tokencut,
+          "tokencut_torch": lambda k, g: tokencut(k, g, solver="torch")}[method]
     whole = fn(keys, (6, 8))
     again = fn(keys, (6, 8))
     for b in range(3):
@@ -311,6 +313,11 @@ def test_shapes_and_dtypes():
         lost(keys, k=0)
     with pytest.raises(ValueError, match="floating"):
         tokencut(keys.long())
+    with pytest.raises(ValueError, match="solver"):
+        tokencut(keys, solver="numpy")
+    a, b = tokencut(keys, solver="torch"), tokencut(keys, solver="scipy")
+    assert torch.equal(a.masks, b.masks) and torch.equal(a.seeds, b.seeds)
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-9)
 
 
 # --------------------------------------------------------------------------------------------
