@@ -25,6 +25,8 @@ from labkit.pos_embed import PosEmbedRule, model_rule
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from labkit.artifacts import Artifacts
+
 __all__ = ["ExploreConfig", "Exploration", "explore", "save_exploration", "clip_indices_for"]
 
 
@@ -136,6 +138,9 @@ class Exploration:
         seconds: wall time of each step.
         weights: the network and its weights in words, e.g. ``"vit_small_patch16_224.dino,
             pretrained dino"``; every figure's title says it.
+        artifacts: patch-token norms, high-norm outliers and [CLS]/register attention of every
+            block for every frame (:func:`labkit.artifacts.token_artifacts`; register maps at
+            ``layer``), or None.
     """
 
     config: ExploreConfig
@@ -153,6 +158,7 @@ class Exploration:
     video_info: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     weights: str = ""  # which network and weights, in words (labkit.models.weights_label)
+    artifacts: Artifacts | None = field(default=None, repr=False)  # token norms of every block
 
     @property
     def size(self) -> tuple[int, int]:
@@ -286,6 +292,54 @@ class Exploration:
             suptitle=self._suptitle("segments"),
         )
 
+    def artifact_frame(self) -> int:
+        """Position in the clip of the frame with the most outlier patches at the last block."""
+        if self.artifacts is None:
+            raise ValueError("this exploration has no artifacts (explore computes them)")
+        return int(self.artifacts.outliers[:, -1].flatten(1).sum(-1).argmax())
+
+    def figure_artifacts(self, frame: int | None = None, max_layers: int = 8) -> Figure:
+        """High-norm artifact tokens (Darcet et al.): norm maps per block for one frame with the
+        outliers outlined, the outlier fraction and the [CLS] attention on outliers (and on the
+        registers) per block, the registers' own attention (:func:`labkit.viz.artifacts.plot_artifacts`).
+
+        Args:
+            frame: position in the clip; default :meth:`artifact_frame`, a frame with outliers.
+            max_layers: most norm maps shown.
+        """
+        from labkit.viz.artifacts import plot_artifacts
+
+        frame = self.artifact_frame() if frame is None else int(frame)
+        return plot_artifacts(
+            self.artifacts, self.frames, self.patch_size, frame=frame, max_layers=max_layers,
+            frame_label=f"frame {self.indices[frame]}",
+            title=self._suptitle("high-norm tokens, [CLS] and register attention"),
+            register_layer=self.config.layer % self.artifacts.norms.shape[1],
+        )
+
+    def artifact_metrics(self) -> dict[str, Any]:
+        """Per block, over the clip: outlier fraction, [CLS] share on outliers and on registers."""
+        art = self.artifacts
+        if art is None:
+            return {}
+        flat = art.norms.flatten(2)  # (T, L, P)
+        ratio = flat.max(-1).values / flat.median(-1).values.clamp_min(1e-12)  # (T, L)
+        register = art.cls_register_mass
+
+        def rounded(values: torch.Tensor) -> list[float]:
+            return [round(float(v), 5) for v in values]
+
+        return {
+            "outlier_rule": f"patch-token norm at a block's output (before the final norm) > "
+                            f"{art.factor:g} x the median patch norm of the same frame and block",
+            "num_registers": int(art.num_registers),
+            "outlier_fraction_per_layer": rounded(art.outlier_fraction().mean(0)),
+            "cls_outlier_mass_per_layer": rounded(art.cls_outlier_mass.mean((0, 2))),
+            "cls_register_mass_per_layer": None if register is None else rounded(register.mean((0, 2))),
+            "max_over_median_norm_per_layer": rounded(ratio.mean(0)),
+            "median_norm_per_layer": rounded(flat.median(-1).values.mean(0)),
+        }
+
     # ---- numbers --------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
         """Plain numbers describing the clip's attention and segments (JSON-serialisable)."""
@@ -316,6 +370,7 @@ class Exploration:
             "mask_patch_fraction": float(self.masks.float().mean()),
             "segment_persistence_frame": persistence,
             "segment_persistence_clip": persistence_clip,
+            "artifacts": self.artifact_metrics(),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "frames_per_second": float(len(self.indices) / max(self.seconds.get("extract", 0.0), 1e-9)),
         }
@@ -331,6 +386,7 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
     Returns:
         An :class:`Exploration` holding tensors on the CPU.
     """
+    from labkit.artifacts import Artifacts, token_artifacts
     from labkit.attention import extract, mass_threshold
     from labkit.clustering import kmeans_segments
     from labkit.data import default_video
@@ -381,6 +437,14 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
     seconds["extract"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    artifacts = Artifacts.concat([
+        token_artifacts(model, prepare_images(frames[s : s + cfg.batch_size], model, device=cfg.device),
+                        register_layers=(cfg.layer,)).cpu()
+        for s in range(0, len(frames), cfg.batch_size)
+    ])  # every block's norms in one more pass per batch
+    seconds["artifacts"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     masks = mass_threshold(attention, keep=cfg.keep)
     seg_frame = kmeans_segments(features, cfg.k, mode="frame", seed=cfg.seed).labels
     seg_clip = kmeans_segments(features, cfg.k, mode="clip", seed=cfg.seed).labels
@@ -402,6 +466,7 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         video_info=info,
         seconds=seconds,
         weights=weights_label(model),
+        artifacts=artifacts,
     )
 
 
@@ -424,6 +489,7 @@ def save_exploration(
             ("all_heads", exp.figure_all_heads()),
             ("masks", exp.figure_masks()),
             ("segments", exp.figure_segments()),
+            *((("artifacts", exp.figure_artifacts()),) if exp.artifacts is not None else ()),
         ):
             path = out / f"{name}.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -102,13 +102,14 @@ def test_one_pass_over_the_blocks(registers: torch.nn.Module) -> None:
 
 def test_outlier_rule_on_constructed_norms() -> None:
     norms = torch.ones(2, 3, 4, 5)
-    norms[0, 1, 2, 3] = 2.5  # > 2 x median 1
-    norms[1, 2, 0, 0] = 1.99  # below the cut
-    norms[1, 0, 3, 4] = 2.0  # equal to the cut: not an outlier (strictly above)
+    norms[0, 1, 2, 3] = 3.5  # > 3 x median 1
+    norms[1, 2, 0, 0] = 2.99  # below the cut
+    norms[1, 0, 3, 4] = 3.0  # equal to the cut: not an outlier (strictly above)
     mask = outlier_mask(norms)
     assert mask.sum() == 1 and mask[0, 1, 2, 3]
     torch.testing.assert_close(outlier_mask(norms * 1000.0), mask)  # scale-free
-    assert outlier_mask(norms, factor=3.0).sum() == 0
+    assert outlier_mask(norms, factor=4.0).sum() == 0
+    assert outlier_mask(norms, factor=2.0).sum() == 3  # 3.5, 2.99 and 3.0: above 2x their medians
     spread = torch.tensor([[1.0, 1.0, 4.0, 4.0]])  # even count: lower median 1, both 4s out
     assert outlier_mask(spread[None].reshape(1, 2, 2)).sum() == 2
     with pytest.raises(ValueError, match="factor"):

@@ -90,6 +90,35 @@ def test_save_exploration(exploration: Exploration, tmp_path: Path) -> None:
     assert metrics["config"]["heads"] == [2, 0, 1]
 
 
+def test_artifacts_in_exploration(exploration: Exploration, small_video: Path, tmp_path: Path) -> None:
+    from labkit.artifacts import token_artifacts
+    from labkit.models import prepare_images
+
+    exp = exploration
+    art = exp.artifacts
+    assert art.norms.shape == (6, 2, 4, 6) and art.cls_attention.shape == (6, 2, 3, 4, 6)
+    direct = token_artifacts(exp.model, prepare_images(exp.frames, exp.model))  # one batch of all frames
+    torch.testing.assert_close(art.norms, direct.norms, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(art.cls_attention[:, -1], exp.attention, rtol=1e-5, atol=1e-6)  # layer -1
+    found = exp.metrics()["artifacts"]
+    assert found["num_registers"] == 0 and found["cls_register_mass_per_layer"] is None
+    assert len(found["outlier_fraction_per_layer"]) == 2 and len(found["cls_outlier_mass_per_layer"]) == 2
+    assert found["outlier_fraction_per_layer"][1] == pytest.approx(float(direct.outliers[:, 1].float().mean()), abs=1e-5)
+    fig = exp.figure_artifacts()
+    assert exp.weights in fig._suptitle.get_text() and len(fig.axes) >= 3 + 3
+    written = save_exploration(exp, tmp_path, figures=True)
+    assert written["artifacts"].stat().st_size > 0
+
+    reg = explore(ExploreConfig(video_path=str(small_video), model="vit_small_patch14_reg4_dinov2",
+                                model_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 3}, num_frames=2,
+                                img_size=56, k=2, pretrained=False), progress=False)
+    found = reg.metrics()["artifacts"]
+    assert found["num_registers"] == 4 and len(found["cls_register_mass_per_layer"]) == 2
+    assert reg.artifacts.register_attention.shape == (2, 1, 4, 3, 4, 6) and reg.artifacts.register_layers == (1,)
+    json.dumps(reg.metrics())
+    assert len(reg.figure_artifacts(frame=1).axes) > len(fig.axes)  # a row of register maps
+
+
 def test_explore_is_deterministic(small_video: Path) -> None:
     cfg = ExploreConfig(video_path=str(small_video), model_kwargs=TINY, num_frames=3, img_size=64, k=3)
     torch.manual_seed(1)
