@@ -158,17 +158,27 @@ def _batches(video: Any, indices: np.ndarray, batch_size: int) -> Iterator[tuple
         yield chunk, video.get(chunk)
 
 
-def _fit_kmeans(model: torch.nn.Module, video: Any, indices: np.ndarray, cfg: FilmConfig) -> torch.Tensor:
+def _fit_kmeans(
+    model: torch.nn.Module, video: Any, indices: np.ndarray, cfg: FilmConfig, progress: bool
+) -> torch.Tensor:
     """(k, D) centroids fitted on the tokens of ``sample_frames`` evenly spaced frames."""
+    from tqdm.auto import tqdm
+
     from labkit.attention import extract_video
     from labkit.clustering import fit_video_kmeans
     from labkit.segments import sample_frame_indices
 
     sample = indices[sample_frame_indices(len(indices), cfg.sample_frames)]  # (S,)
-    feats = extract_video(
-        model, video, sample, layer=cfg.layer, attention=False, kinds=("tokens",),
-        batch_size=cfg.batch_size, device=cfg.device, progress=False,
-    ).features["tokens"]  # (S, gh, gw, D)
+    parts = []
+    with tqdm(total=len(sample), unit="frame", desc="k-means sample", disable=not progress) as bar:
+        for start in range(0, len(sample), cfg.batch_size):  # one call per batch: its frames die with it
+            parts.append(extract_video(
+                model, video, sample[start : start + cfg.batch_size], layer=cfg.layer, attention=False,
+                kinds=("tokens",), batch_size=cfg.batch_size, device=cfg.device, progress=False,
+            ).features["tokens"])  # (n, gh, gw, D)
+            bar.update(len(parts[-1]))
+    feats = torch.cat(parts)  # (S, gh, gw, D)
+    del parts
     if feats.shape[0] * feats.shape[1] * feats.shape[2] < cfg.k:
         raise ValueError(f"write_films: k={cfg.k} segments but the sample has only {feats[..., 0].numel()} patches")
     return fit_video_kmeans(feats.to(cfg.device), cfg.k, seed=cfg.seed, max_points=cfg.max_points)
@@ -201,13 +211,20 @@ def film_batches(
 
     cfg = config or FilmConfig()
     video = _open(video, cfg)
+    num_heads, depth = model.blocks[0].attn.num_heads, len(model.blocks)
+    if not all(-num_heads <= h < num_heads for h in cfg.heads):
+        raise ValueError(f"write_films: heads {cfg.heads} out of range, the model has {num_heads} heads")
+    if "dora" in cfg.methods and cfg.objects > num_heads:
+        raise ValueError(f"write_films: {cfg.objects} DoRA objects need as many heads, the model has {num_heads}")
+    if not -depth <= cfg.layer < depth:
+        raise ValueError(f"write_films: layer {cfg.layer} out of range, the model has {depth} blocks")
     param = next(model.parameters(), None)
     if param is not None and param.device != torch.device(cfg.device):
         raise ValueError(f"write_films: the model is on {param.device}, device is {cfg.device}")
     total = len(video) if cfg.num_frames is None else min(cfg.num_frames, len(video))
     indices = np.arange(total, dtype=np.int64)
     methods = set(cfg.methods)
-    centroids = _fit_kmeans(model, video, indices, cfg) if "kmeans" in methods else None
+    centroids = _fit_kmeans(model, video, indices, cfg, progress) if "kmeans" in methods else None
     prototypes: torch.Tensor | None = None  # (1, k, D) DoRA objects being tracked
     position = 0  # frames filmed so far
     with tqdm(total=total, unit="frame", desc="film", disable=not progress) as bar:
@@ -237,6 +254,7 @@ def film_batches(
             attn = out.attention.cpu() if out.attention is not None and methods & {"heads", "mean"} else None
             del out
             yield FilmBatch(idx, frames, attn, objects, discovered, boxes, segments)
+            del frames, attn, objects, discovered, boxes, segments  # before the next batch is read
             position += n
             bar.update(n)
 
@@ -434,6 +452,7 @@ def write_films(
         for batch in film_batches(opened, model, replace(cfg, max_side=None), progress=progress):
             for method, writer in writers.items():
                 writer.write(render_film(method, batch, p, cfg, label=label, total=total))
+            del batch  # so the next batch is read with this one gone
     except BaseException:
         for writer in writers.values():
             writer.abort()
