@@ -5,6 +5,7 @@ Modules::
     metrics       J, F (DAVIS conventions), per-sequence and dataset J&F, grid <-> frame label maps
     propagation   semi-supervised VOS by label propagation (DINO's protocol), streaming
     segmentation  cluster-to-class matching (Hungarian, many-to-one), mIoU, attention/object masks
+    discovery     J, CorLoc and stability of discovered objects (LOST, TokenCut, ...)
     knn           weighted k-NN classification of features (DINO's eval_knn)
 
 Importing this package imports torch and numpy only (scipy is imported by the Hungarian matching

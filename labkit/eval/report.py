@@ -268,7 +268,8 @@ def plot_examples(
     model: ModelResult, sequences: Sequence[str] | None = None, *, max_sequences: int = 2
 ) -> Figure:
     """A few frames per sequence: ground truth, propagated masks, the best attention head's mask,
-    the head-average mask and DoRA's best object, drawn over the frames.
+    the head-average mask, DoRA's best object and each discovery method's mask and box, drawn
+    over the frames (those evaluated).
 
     Args:
         model: One model's result.
