@@ -78,7 +78,6 @@ __all__ = [
 ]
 
 METHODS: tuple[str, ...] = ("lost", "tokencut", "attention", "dora")
-Method = Literal["lost", "tokencut", "attention", "dora"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,9 @@ class ObjectDiscovery:
 # --------------------------------------------------------------------------------------------
 
 
-def _patches(features: torch.Tensor, grid: tuple[int, int] | None, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+def _patches(
+    features: torch.Tensor, grid: tuple[int, int] | None, name: str
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """(B, N, D) float features and the grid, from (B, gh, gw, D) or (B, N, D) with ``grid``."""
     if not isinstance(features, torch.Tensor) or not features.is_floating_point():
         raise ValueError(f"{name}: keys must be a floating-point tensor")
@@ -118,9 +119,13 @@ def _patches(features: torch.Tensor, grid: tuple[int, int] | None, name: str) ->
         grid = (int(features.shape[1]), int(features.shape[2]))
         features = features.flatten(1, 2)  # (B, N, D)
     if features.ndim != 3:
-        raise ValueError(f"{name}: keys must be (B, gh, gw, D) or (B, N, D), got {tuple(features.shape)}")
+        raise ValueError(
+            f"{name}: keys must be (B, gh, gw, D) or (B, N, D), got {tuple(features.shape)}"
+        )
     if grid is None or len(grid) != 2 or grid[0] * grid[1] != features.shape[1]:
-        raise ValueError(f"{name}: grid {grid} must be (gh, gw) with gh * gw = N = {features.shape[1]}")
+        raise ValueError(
+            f"{name}: grid {grid} must be (gh, gw) with gh * gw = N = {features.shape[1]}"
+        )
     if features.shape[1] < 2:
         raise ValueError(f"{name}: need at least 2 patches, got {features.shape[1]}")
     x = features if features.dtype == torch.float64 else features.float()
@@ -128,7 +133,8 @@ def _patches(features: torch.Tensor, grid: tuple[int, int] | None, name: str) ->
 
 
 def _label(masks: torch.Tensor) -> np.ndarray:
-    """4-connected components of each (gh, gw) slice of (B, gh, gw) masks, labels unique per batch."""
+    """4-connected components of every (gh, gw) slice of (B, gh, gw) masks (labels unique
+    over the batch)."""
     from scipy import ndimage
 
     structure = np.zeros((3, 3, 3), dtype=bool)
@@ -237,7 +243,9 @@ def lost(keys: torch.Tensor, grid: tuple[int, int] | None = None, k: int = 100) 
     return _result(masks, seeds, M.view(batch, gh, gw))
 
 
-def _second_eigenvectors(laplacian: torch.Tensor, solver: Literal["auto", "torch", "scipy"]) -> torch.Tensor:
+def _second_eigenvectors(
+    laplacian: torch.Tensor, solver: Literal["auto", "torch", "scipy"]
+) -> torch.Tensor:
     """(B, N) eigenvectors of the second smallest eigenvalue of symmetric (B, N, N) matrices."""
     if solver == "auto":
         solver = "scipy" if laplacian.device.type == "cpu" else "torch"
@@ -287,7 +295,8 @@ def tokencut(
     d = W.sum(dim=2)  # (B, N) degrees
     inv_sqrt = d.rsqrt()
     # I - D^-1/2 W D^-1/2 shares its eigenvalues with (D - W) x = lambda D x, x = D^-1/2 y
-    laplacian = torch.eye(n, dtype=W.dtype, device=W.device) - inv_sqrt[:, :, None] * W * inv_sqrt[:, None, :]
+    identity = torch.eye(n, dtype=W.dtype, device=W.device)
+    laplacian = identity - inv_sqrt[:, :, None] * W * inv_sqrt[:, None, :]  # (B, N, N)
     second = _second_eigenvectors(laplacian, solver) * inv_sqrt  # (B, N) x^T D x = 1
     seeds = second.abs().argmax(dim=1)  # (B,)
     side = second > second.mean(dim=1, keepdim=True)  # (B, N) bipartition
@@ -327,12 +336,16 @@ def attention_discovery(
         if head is None:
             maps = maps.mean(dim=1)  # (B, gh, gw)
         elif not 0 <= head < maps.shape[1]:
-            raise ValueError(f"attention_discovery: head {head} out of range ({maps.shape[1]} heads)")
+            raise ValueError(
+                f"attention_discovery: head {head} out of range ({maps.shape[1]} heads)"
+            )
         else:
             maps = maps[:, head]  # (B, gh, gw)
     masks = largest_components(mass_threshold(maps, keep))
     inside = torch.where(masks, maps, torch.full_like(maps, -float("inf"))).flatten(1)  # (B, N)
-    seeds = torch.where(masks.flatten(1).any(dim=1), inside.argmax(dim=1), maps.flatten(1).argmax(dim=1))
+    seeds = torch.where(
+        masks.flatten(1).any(dim=1), inside.argmax(dim=1), maps.flatten(1).argmax(dim=1)
+    )
     return _result(masks, seeds, maps)
 
 

@@ -92,18 +92,23 @@ def _pixel_boxes(masks: torch.Tensor) -> torch.Tensor:
     r = torch.arange(H, device=masks.device)
     c = torch.arange(W, device=masks.device)
     box = torch.stack([
-        torch.where(rows, r, H).min(dim=-1).values, torch.where(cols, c, W).min(dim=-1).values,
-        torch.where(rows, r + 1, 0).max(dim=-1).values, torch.where(cols, c + 1, 0).max(dim=-1).values,
-    ], dim=-1).double()
+        torch.where(rows, r, H).min(dim=-1).values,
+        torch.where(cols, c, W).min(dim=-1).values,
+        torch.where(rows, r + 1, 0).max(dim=-1).values,
+        torch.where(cols, c + 1, 0).max(dim=-1).values,
+    ], dim=-1).double()  # (..., 4)
     return torch.where(rows.any(dim=-1, keepdim=True), box, torch.full_like(box, math.nan))
 
 
-def grid_boxes_to_pixels(boxes: torch.Tensor, index_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def grid_boxes_to_pixels(
+    boxes: torch.Tensor, index_map: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
     """Patch-grid boxes to pixel boxes, through the map that draws patches on the frame.
 
     Args:
         boxes: (T, 4) int ``(row0, col0, row1, col1)`` in patches; ``(0, 0, 0, 0)`` for none.
-        index_map: (H, W) patch index of every pixel (:func:`labkit.eval.patchgrid.patch_index_map`).
+        index_map: (H, W) patch index of every pixel
+            (:func:`labkit.eval.patchgrid.patch_index_map`).
         grid: (gh, gw).
 
     Returns:
