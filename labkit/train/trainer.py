@@ -338,8 +338,9 @@ class Trainer:
                 what = "a finished training run"
             raise ValueError(
                 f"out_dir {self.out_dir} already holds {what} ({', '.join(existing)}); set "
-                "resume=true to continue it, or force it (labkit train --force) to move it to "
-                f"{self.out_dir}/replaced-<time>/ and start afresh, or choose another out_dir"
+                "resume=true to continue it, or force it (labkit train --force; in Python "
+                f"Trainer(config, force=True)) to move it to {self.out_dir}/replaced-<time>/ and "
+                "start afresh, or choose another out_dir"
             )
         if self.rank == 0:
             for path in remove_stale_temporaries(self.out_dir):
