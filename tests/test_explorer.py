@@ -302,3 +302,52 @@ def test_notebook_under_papermill(small_video: Path, tmp_path: Path) -> None:
     nb = json.loads(run.output.read_text())
     images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
     assert images >= 2  # the explorer's and the embedding's static pictures
+
+
+def test_artifact_panels(small_video: Path, model: torch.nn.Module, monkeypatch) -> None:
+    import labkit.artifacts
+    from labkit.artifacts import token_artifacts
+    from labkit.models import load_backbone, prepare_images
+    from labkit.viz.artifacts import OUTLIER_COLOUR
+
+    ex = AttentionExplorer(small_video, model, num_frames=4, frame_step=3, img_size=64, k=3, batch_size=3,
+                           progress=False, panels=("frame", "artifacts", "heads"))
+    calls = []
+    real = labkit.artifacts.token_artifacts
+    monkeypatch.setattr(labkit.artifacts, "token_artifacts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    panel = ex.panel("artifacts")
+    assert panel.shape == ex.frames.shape[1:] and panel.dtype == np.uint8
+    assert ex.render().shape == (64, 3 * 106, 3)
+    other_frame = ex.panel("artifacts", replace(ex.state, frame=2))
+    other_layer = ex.panel("artifacts", replace(ex.state, layer=0))
+    assert not np.array_equal(panel, other_frame) and not np.array_equal(panel, other_layer)
+    np.testing.assert_array_equal(panel, ex.panel("artifacts"))  # deterministic
+    assert len(calls) == 2  # the whole clip in batches of 3, once, for every layer and frame
+    data = ex.artifacts()
+    direct = token_artifacts(model, prepare_images(ex.frames, model))
+    torch.testing.assert_close(data.norms, direct.norms, rtol=1e-5, atol=1e-5)
+    assert data.register_maps is None and data.cls_register_mass is None
+    assert "registers" not in AttentionExplorer(ex.frames, model, progress=False, panels="all").panels
+    assert "outliers" in ex.title() and len(ex.figure().axes) == 3
+    with pytest.raises(ValueError, match="panels"):
+        AttentionExplorer(ex.frames, model, progress=False, panels=("frame", "norms"))
+
+    # a register model with a planted high-norm token: outlined in cyan, registers panel tiled
+    reg = load_backbone("vit_small_patch14_reg4_dinov2", seed=0, depth=2, embed_dim=48, num_heads=3)
+    frames = np.full((2, 56, 84, 3), 120, np.uint8)
+    frames[0, 14:28, 28:42] = 255  # patch (1, 2) of frame 0 bright, in a flat frame
+    with torch.no_grad():
+        reg.patch_embed.proj.weight.mul_(20.0)  # the bright patch's token norm grows the most
+    rx = AttentionExplorer(frames, reg, k=2, progress=False, panels="all", alpha=0.5)
+    assert rx.panels == ("frame", "heads", "objects", "segments", "artifacts", "registers")
+    outliers = rx.artifacts().outliers
+    expected = torch.zeros_like(outliers)
+    expected[0, :, 1, 2] = True
+    assert torch.equal(outliers, expected)
+    panel = rx.panel("artifacts")
+    assert (panel[14, 28:42] == OUTLIER_COLOUR).all() and (panel[27, 28:42] == OUTLIER_COLOUR).all()
+    assert not (rx.panel("artifacts", replace(rx.state, frame=1)) == OUTLIER_COLOUR).all(-1).any()
+    tiles = rx.panel("registers")
+    assert tiles.shape == (56, 84, 3) and tiles.dtype == np.uint8 and tiles.std() > 0
+    assert rx.artifacts().register_maps.shape == (2, 2, 4, 4, 6)
+    assert "registers" in rx.title() and len(rx.figure().axes) == 6

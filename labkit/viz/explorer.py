@@ -50,14 +50,20 @@ if TYPE_CHECKING:
 
     from labkit.viz.embedding import EmbeddingView
 
-__all__ = ["AttentionExplorer", "ExplorerState", "LayerData", "PANELS", "is_headless"]
+__all__ = ["AttentionExplorer", "ArtifactData", "ExplorerState", "LayerData", "PANELS", "ALL_PANELS",
+           "is_headless"]
 
-PANELS: tuple[str, ...] = ("frame", "heads", "objects", "segments")
+PANELS: tuple[str, ...] = ("frame", "heads", "objects", "segments")  # the default panels
+# every panel: also the token norms of the block with high-norm outliers outlined (labkit.artifacts),
+# and the register tokens' own attention (models with registers)
+ALL_PANELS: tuple[str, ...] = (*PANELS, "artifacts", "registers")
 _TITLES = {
     "frame": "frame",
     "heads": "[CLS] heads as R, G, B",
     "objects": "DoRA objects as R, G, B",
     "segments": "k-means segments",
+    "artifacts": "token norms, outliers in cyan",
+    "registers": "registers' attention",
 }
 
 
@@ -92,6 +98,17 @@ class LayerData(NamedTuple):
     tokens: torch.Tensor  # (T, gh, gw, D) float32 output tokens (final norm applied)
     keys: torch.Tensor | None  # (T, gh, gw, D) float32 keys, heads concatenated; None until needed
     queries: torch.Tensor | None  # (gh, gw, D) float32 queries of the clip's first frame
+
+
+class ArtifactData(NamedTuple):
+    """Token norms and outliers of every block for the whole clip (CPU), from one pass per batch."""
+
+    norms: torch.Tensor  # (T, L, gh, gw) float32 patch-token norms at each block's output
+    outliers: torch.Tensor  # (T, L, gh, gw) bool, norm > factor x the median (labkit.artifacts)
+    cls_outlier_mass: torch.Tensor  # (T, L) float32 [CLS] patch-attention share on outliers, mean over heads
+    cls_register_mass: torch.Tensor | None  # (T, L) float32 [CLS] share on the registers, or None
+    register_maps: torch.Tensor | None  # (T, L, G, gh, gw) float32 registers' attention, mean over heads
+    factor: float  # the outlier rule's multiple of the median
 
 
 class _BytesLRU:
@@ -213,6 +230,13 @@ class AttentionExplorer:
         cache_mb: memory for encoded panels.
         panel_width: width in screen pixels of one panel in the app (default: the frame's width,
             at least 256).
+        panels: the panels shown, in order, from :data:`ALL_PANELS` (default :data:`PANELS`);
+            ``"all"``: every panel the model has (``"registers"`` only with register tokens).
+            ``"artifacts"``: the patch-token norms of the block at the current frame (0 .. 3x the
+            median, magma, over the frame at the opacity) with the high-norm outliers outlined in
+            cyan (:func:`labkit.artifacts.outlier_mask`); ``"registers"``: each register token's
+            attention over the patches (mean over heads, white), tiled; the title line gives the
+            outlier count and the [CLS] attention on the outliers and on the registers.
     """
 
     def __init__(
@@ -241,6 +265,7 @@ class AttentionExplorer:
         image_format: Literal["jpeg", "png"] = "jpeg",
         cache_mb: float = 256.0,
         panel_width: int | None = None,
+        panels: Sequence[str] | Literal["all"] = PANELS,
     ) -> None:
         from labkit.models import load_backbone, patch_size
 
@@ -274,7 +299,17 @@ class AttentionExplorer:
         self.progress = progress
         self.image_format = image_format
         self.panel_width = int(panel_width) if panel_width else max(width, 256)
+        self.num_registers = int(getattr(model, "num_reg_tokens", 0) or 0)
+        if isinstance(panels, str):
+            if panels != "all":
+                raise ValueError(f"panels must be a list of panel names or 'all', got {panels!r}")
+            panels = [p for p in ALL_PANELS if p != "registers" or self.num_registers]
+        self.panels: tuple[str, ...] = tuple(panels)
+        bad = [p for p in self.panels if p not in ALL_PANELS]
+        if bad or not self.panels or len(set(self.panels)) != len(self.panels):
+            raise ValueError(f"panels must be distinct names from {ALL_PANELS}, got {list(self.panels)}")
         self._layers: dict[int, LayerData] = {}
+        self._artifacts: ArtifactData | None = None
         self._segments: dict[tuple[int, int], np.ndarray] = {}
         self._head_rgb: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
         self._objects: dict[tuple[int, tuple[int, ...], bool], np.ndarray] = {}
@@ -460,6 +495,8 @@ class AttentionExplorer:
         self.segments(s.layer, s.k)
         self._heads_grid(s.layer, s.heads)
         self._objects_grid(s.layer, s.heads, s.sinkhorn)
+        if "artifacts" in self.panels or "registers" in self.panels:
+            self.artifacts()
 
     # ---- render ---------------------------------------------------------------------------
     def _key(self, name: str, s: ExplorerState) -> tuple:
@@ -471,7 +508,9 @@ class AttentionExplorer:
             return ("objects", s.frame, s.layer, s.heads, s.sinkhorn, s.alpha)
         if name == "segments":
             return ("segments", s.frame, s.layer, s.k, s.alpha)
-        raise ValueError(f"panel must be one of {PANELS}, got {name!r}")
+        if name in ("artifacts", "registers"):
+            return (name, s.frame, s.layer, s.alpha)
+        raise ValueError(f"panel must be one of {ALL_PANELS}, got {name!r}")
 
     def panel(self, name: str, state: ExplorerState | None = None) -> np.ndarray:
         """One panel of a state (default: the current one).
@@ -481,7 +520,8 @@ class AttentionExplorer:
         (segments), by a faster path: the uint8 grid is upsampled by repetition, then blended.
 
         Args:
-            name: ``"frame"``, ``"heads"``, ``"objects"`` or ``"segments"``.
+            name: ``"frame"``, ``"heads"``, ``"objects"``, ``"segments"``, ``"artifacts"`` or
+                ``"registers"`` (see the class docstring); any of them, shown or not.
             state: what to show.
 
         Returns:
@@ -491,6 +531,10 @@ class AttentionExplorer:
         frame = self.frames[s.frame]
         if name == "frame":
             return frame.copy()
+        if name == "artifacts":
+            return self._artifact_panel(s)
+        if name == "registers":
+            return self._register_panel(s)
         if name == "heads":
             grid = self._heads_grid(s.layer, s.heads)[s.frame]  # (gh, gw, 3)
         elif name == "objects":
@@ -498,8 +542,82 @@ class AttentionExplorer:
         elif name == "segments":
             grid = self._segment_grid(s.layer, s.k)[s.frame]
         else:
-            raise ValueError(f"panel must be one of {PANELS}, got {name!r}")
+            raise ValueError(f"panel must be one of {ALL_PANELS}, got {name!r}")
         return _blend_grid(frame, grid, s.alpha, self.patch_size)
+
+    def _artifact_panel(self, s: ExplorerState) -> np.ndarray:
+        """Token norms of block ``s.layer`` at frame ``s.frame`` over the frame, outliers outlined."""
+        from labkit.viz.artifacts import norms_to_rgb, outline_patches
+
+        data = self.artifacts()
+        norms = data.norms[s.frame, s.layer]  # (gh, gw)
+        grid = norms_to_rgb(norms, vmax=data.factor * float(norms.flatten().median()))
+        blended = _blend_grid(self.frames[s.frame], grid, s.alpha, self.patch_size)
+        return outline_patches(blended, data.outliers[s.frame, s.layer], self.patch_size)
+
+    def _register_panel(self, s: ExplorerState) -> np.ndarray:
+        """Each register's attention at block ``s.layer`` (mean over heads, white), tiled over the
+        panel: uint8 (H, W, 3); a model without registers gets the frame, darkened, saying so."""
+        from labkit.viz.render import caption
+
+        frame = self.frames[s.frame]
+        maps = self.artifacts().register_maps
+        if maps is None:
+            return caption((frame * 0.3).astype(np.uint8), "no register tokens")
+        from PIL import Image
+
+        regs = maps[s.frame, s.layer]  # (G, gh, gw)
+        g = regs.shape[0]
+        cols = int(np.ceil(np.sqrt(g)))
+        rows = int(np.ceil(g / cols))
+        height, width = frame.shape[:2]
+        tile_h, tile_w = height // rows, width // cols
+        out = np.zeros_like(frame)
+        for i in range(g):
+            m = regs[i].numpy()
+            lo, span = m.min(), m.max() - m.min()
+            unit = (m - lo) / span if span > 0 else np.zeros_like(m)
+            grid = np.repeat(np.rint(unit * 255).astype(np.uint8)[..., None], 3, axis=-1)  # (gh, gw, 3)
+            full = _blend_grid(frame, grid, max(s.alpha, 0.5), self.patch_size)
+            tile = np.asarray(Image.fromarray(full).resize((tile_w, tile_h), Image.BILINEAR))
+            tile = caption(tile, f"register {i}")
+            r, c = divmod(i, cols)
+            out[r * tile_h : (r + 1) * tile_h, c * tile_w : (c + 1) * tile_w] = tile
+        return out
+
+    def artifacts(self) -> ArtifactData:
+        """Token norms, outliers and [CLS]/register attention of every block for the clip, cached.
+
+        One pass over all blocks per batch of frames (:func:`labkit.artifacts.token_artifacts`),
+        register maps averaged over heads as they come.
+        """
+        if self._artifacts is None:
+            from labkit.artifacts import token_artifacts
+            from labkit.models import prepare_images
+
+            parts: dict[str, list[torch.Tensor]] = {}
+            every = tuple(range(self.depth)) if self.num_registers else ()
+            factor = 0.0
+            for start in range(0, len(self.frames), self.batch_size):
+                chunk = self.frames[start : start + self.batch_size]
+                art = token_artifacts(self.model, prepare_images(chunk, self.model, device=self.device),
+                                      register_layers=every)
+                factor = art.factor
+                values = {"norms": art.norms, "outliers": art.outliers,
+                          "cls_outlier_mass": art.cls_outlier_mass.mean(-1),
+                          "cls_register_mass": None if art.cls_register_mass is None else art.cls_register_mass.mean(-1),
+                          "register_maps": None if art.register_attention is None else art.register_attention.mean(3)}
+                for name, value in values.items():
+                    if value is not None:
+                        parts.setdefault(name, []).append(value.float().cpu() if value.is_floating_point()
+                                                          else value.cpu())
+                self._report(min(start + self.batch_size, len(self.frames)), len(self.frames), "token norms")
+            joined = {name: torch.cat(p) for name, p in parts.items()}
+            self._artifacts = ArtifactData(
+                joined["norms"], joined["outliers"], joined["cls_outlier_mass"], joined.get("cls_register_mass"),
+                joined.get("register_maps"), factor,
+            )  # fmt: skip
+        return self._artifacts
 
     def _segment_grid(self, layer: int, k: int) -> np.ndarray:
         """uint8 (T, gh, gw, 3): the segment colours (labkit.viz.render.palette) of every patch."""
@@ -509,9 +627,9 @@ class AttentionExplorer:
         return palette(int(labels.max()) + 1)[labels]
 
     def render(self, state: ExplorerState | None = None) -> np.ndarray:
-        """The four panels of a state side by side: uint8 (H, 4 W, 3), in the order of PANELS."""
+        """The panels of a state side by side: uint8 (H, n W, 3), in the order of ``self.panels``."""
         s = self.state if state is None else self._validated(state)
-        return np.concatenate([self.panel(name, s) for name in PANELS], axis=1)
+        return np.concatenate([self.panel(name, s) for name in self.panels], axis=1)
 
     def encoded(self, name: str, state: ExplorerState | None = None) -> bytes:
         """A panel as the app sends it (``image_format`` bytes), from the LRU cache when there."""
@@ -529,28 +647,57 @@ class AttentionExplorer:
         self.compute(s)
         todo = range(len(self.frames)) if frames is None else frames
         for n, t in enumerate(todo):
-            for name in PANELS:
+            for name in self.panels:
                 self.encoded(name, replace(s, frame=int(t)))
             self._report(n + 1, len(todo), "rendering")
 
     def title(self, state: ExplorerState | None = None) -> str:
         """One line saying what a state shows."""
         s = self.state if state is None else state
+        norms = ""
+        if "artifacts" in self.panels or "registers" in self.panels:
+            data = self.artifacts()
+            norms = (f"norms: {int(data.outliers[s.frame, s.layer].sum())} outliers; [CLS] "
+                     f"{float(data.cls_outlier_mass[s.frame, s.layer]):.0%} on the block input's outliers")
+            if data.cls_register_mass is not None:
+                norms += f", {float(data.cls_register_mass[s.frame, s.layer]):.0%} on the registers"
+            norms += " | "
         return (f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | "
                 f"layer {s.layer} | heads {s.heads} as R,G,B | DoRA objects, Sinkhorn-Knopp "
                 f"{'on' if s.sinkhorn else 'off'} | k-means k={s.k} | opacity {s.alpha:.2f} | "
-                f"{self.weights}")
+                f"{norms}{self.weights}")
 
     def figure(self, state: ExplorerState | None = None) -> Figure:
-        """A state (default: the current one) as a static matplotlib Figure, one panel per view."""
+        """A state (default: the current one) as a static matplotlib Figure, one panel per view
+        (one row; rows of three for more than four panels)."""
         from labkit.viz.plot import plot_strip
 
         s = self.state if state is None else self._validated(state)
-        titles = [_TITLES[n] if n != "segments" else f"k-means k={s.k}" for n in PANELS]
+        images, titles = [self.panel(n, s) for n in self.panels], self.panel_titles(s)
+        if len(images) <= 4:
+            return plot_strip(images, titles=titles, suptitle=self.title(s), panel_size=3.0)
+        from labkit.viz.plot import plot_grid
+
+        per = 3  # more than four panels: rows of three, so that the figure stays readable
+        return plot_grid([images[i : i + per] for i in range(0, len(images), per)],
+                         col_titles=[titles[i : i + per] for i in range(0, len(titles), per)],
+                         suptitle=self.title(s).replace(" | norms:", "\nnorms:"), panel_size=3.0)
+
+    def panel_titles(self, state: ExplorerState | None = None) -> list[str]:
+        """A short title per shown panel (what the static figure writes above each)."""
+        s = self.state if state is None else state
+        titles = {**_TITLES, "segments": f"k-means k={s.k}"}
         if not s.sinkhorn:
-            titles[2] = "DoRA objects (no Sinkhorn-Knopp)"
-        return plot_strip([self.panel(n, s) for n in PANELS], titles=titles, suptitle=self.title(s),
-                          panel_size=3.0)
+            titles["objects"] = "DoRA objects (no Sinkhorn-Knopp)"
+        if "artifacts" in self.panels or "registers" in self.panels:
+            data = self.artifacts()
+            count = int(data.outliers[s.frame, s.layer].sum())
+            titles["artifacts"] = (f"token norms, {count} outlier{'s' if count != 1 else ''} "
+                                   f"(> {data.factor:g}x median)")
+            if data.cls_register_mass is not None:
+                share = float(data.cls_register_mass[s.frame, s.layer])
+                titles["registers"] = f"registers' attention ([CLS] {share:.0%} on them)"
+        return [titles[n] for n in self.panels]
 
     def save_png(self, path: str | Path, state: ExplorerState | None = None) -> Path:
         """Write the four panels of a state (:meth:`render`) as one PNG; returns the path."""
@@ -631,7 +778,7 @@ class AttentionExplorer:
         ui["status"] = w.Label(self.title())
         ui["images"] = {}
         cells = []
-        for name in PANELS:
+        for name in self.panels:
             image = w.Image(format=self.image_format, layout=w.Layout(width=f"{self.panel_width}px"))
             image.add_class(f"labkit-panel-{name}")
             ui["images"][name] = image
@@ -694,7 +841,7 @@ class AttentionExplorer:
         self._on_progress = ui["on_progress"]
         try:
             self.compute(s)
-            for name in PANELS:
+            for name in self.panels:
                 data = self.encoded(name, s)
                 if ui["images"][name].value != data:
                     ui["images"][name].value = data
