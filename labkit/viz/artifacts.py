@@ -95,7 +95,7 @@ def norm_overlay(
     from labkit.viz.render import overlay
 
     grid = norms_to_rgb(norms, vmax)  # (gh, gw, 3)
-    blended = overlay(frame, grid, alpha, patch_size=patch_size)
+    blended = overlay(frame, grid, alpha, patch_size=patch_size, mode="nearest")
     return outline_patches(blended, outliers, patch_size)
 
 
@@ -227,7 +227,7 @@ def plot_artifacts(
         axes = bottom[0].subplots(1, max(g, 6), squeeze=False)[0]
         for i in range(g):
             rgb = heads_to_rgb(maps[i][None], (0, 0, 0), size=(height, width), patch_size=patch_size)
-            axes[i].imshow(overlay(frames[frame], rgb, 0.7, patch_size=patch_size))
+            axes[i].imshow(overlay(frames[frame], rgb, 0.7, patch_size=patch_size, mode="nearest"))
             axes[i].set_title(f"register {i}: max {float(maps[i].max()):.2g}", fontsize="small")
         for ax in axes[g:]:
             ax.set_axis_off()
