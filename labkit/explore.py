@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from labkit.artifacts import Artifacts
+    from labkit.viz.comparison import ModelComparison
 
 __all__ = ["ExploreConfig", "Exploration", "explore", "save_exploration", "clip_indices_for"]
 
@@ -54,6 +55,9 @@ class ExploreConfig:
     device: str = "cpu"
     seed: int = 0
     out_dir: str = "runs/attention_explorer"
+    # models compared frame by frame, one row each (labkit.viz.comparison.ModelComparison), as
+    # eval model specs "LABEL=ARCH[:CHECKPOINT|:pretrained]"; empty: no comparison
+    compare_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from labkit.validation import (
@@ -92,6 +96,15 @@ class ExploreConfig:
             raise ValueError(f"checkpoint {self.checkpoint!r} is not a file")
         if not str(self.device).startswith(("cpu", "cuda", "mps")):
             raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'mps', got {self.device!r}")
+        if self.compare_models:
+            from labkit.eval.specs import parse_model_spec
+
+            try:
+                labels = [parse_model_spec(spec).label for spec in self.compare_models]
+            except ValueError as err:
+                raise ValueError(f"compare_models: {err}") from None
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"compare_models: labels {labels} repeat; give each spec its own as LABEL=ARCH...")
 
 
 def clip_indices_for(num_video_frames: int, num_frames: int, start: int, step: int) -> np.ndarray:
@@ -292,6 +305,30 @@ class Exploration:
             suptitle=self._suptitle("segments"),
         )
 
+    def comparison(self, models: Any = None, **kwargs: Any) -> ModelComparison:
+        """The clip's frames under several models, one row each, same block, heads and k.
+
+        Args:
+            models: model specs, backbones or ``(label, backbone)`` pairs
+                (:class:`labkit.viz.comparison.ModelComparison`); default ``config.compare_models``.
+            kwargs: passed on to ``ModelComparison`` (e.g. ``panels="all"``).
+
+        Returns:
+            :class:`labkit.viz.comparison.ModelComparison` over this exploration's frames.
+        """
+        from labkit.viz.comparison import ModelComparison
+
+        cfg = self.config
+        models = list(cfg.compare_models if models is None else models)
+        if not models:
+            raise ValueError("comparison: no models (set compare_models)")
+        options = dict(
+            indices=[int(i) for i in self.indices], model_kwargs=cfg.model_kwargs, pos_embed_rule=cfg.pos_embed_rule,
+            layer=cfg.layer, heads=cfg.heads, k=cfg.k, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
+            name=Path(self.video_info["path"]).name if self.video_info.get("path") else None,
+        )  # fmt: skip
+        return ModelComparison(self.frames, models, **{**options, **kwargs})
+
     def artifact_frame(self) -> int:
         """Position in the clip of the frame with the most outlier patches at the last block."""
         if self.artifacts is None:
@@ -471,9 +508,14 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
 
 
 def save_exploration(
-    exp: Exploration, out_dir: str | Path, *, figures: bool = True, fps: float = 6.0
+    exp: Exploration, out_dir: str | Path, *, figures: bool = True, fps: float = 6.0,
+    comparison: ModelComparison | None = None,
 ) -> dict[str, Path]:
     """Write the figures (PNG), the animation (GIF and MP4) and ``metrics.json`` into ``out_dir``.
+
+    With a ``comparison`` (:meth:`Exploration.comparison`) also ``comparison.png`` (its current
+    state), and ``metrics.json`` gets ``"comparison"``: per model label, its weights and artifact
+    numbers per block.
 
     Returns:
         Mapping of what was written to its path.
@@ -498,6 +540,9 @@ def save_exploration(
     written["animation_gif"] = write_animation(anim, out / "attention.gif", fps=fps)
     written["animation_mp4"] = write_animation(anim, out / "attention.mp4", fps=fps)
     metrics = exp.metrics()
+    if comparison is not None:
+        written["comparison"] = comparison.save_png(out / "comparison.png")
+        metrics["comparison"] = comparison.metrics()
     metrics["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(exp.config).items()}
     path = out / "metrics.json"
     path.write_text(json.dumps(metrics, indent=2))

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from labkit.models import load_backbone
 from labkit.viz.comparison import ModelComparison

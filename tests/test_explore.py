@@ -179,4 +179,57 @@ def test_notebook_under_papermill(small_video: Path, tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0
     nb = json.loads(run.output.read_text())
     images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
-    assert images >= 5  # every figure cell and the explorer's static picture rendered
+    assert images >= 6  # every figure cell (artifacts included) and the explorer's static picture rendered
+    assert len(metrics["artifacts"]["outlier_fraction_per_layer"]) == 2 and "comparison" not in metrics
+    assert (out / "artifacts.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_notebook_compares_models_under_papermill(small_video: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from labkit.notebooks import run_notebook
+
+    checkpoint = tmp_path / "other.pth"
+    other = load_backbone_tiny(seed=5)
+    torch.save(other.state_dict(), checkpoint)
+    out = tmp_path / "run"
+    run = run_notebook(
+        "attention_explorer", out,
+        {"video_path": str(small_video), "model_kwargs": TINY, "num_frames": 3, "img_size": 64, "k": 3,
+         "out_dir": str(out), "compare_models": ["random=vit_small_patch16_224", f"other=vit_small_patch16_224:{checkpoint}"]},
+        progress=False,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["comparison"]) == ["random", "other"]
+    assert "random init" in metrics["comparison"]["random"]["weights"]
+    assert "other.pth" in metrics["comparison"]["other"]["weights"]
+    assert metrics["config"]["compare_models"][0] == "random=vit_small_patch16_224"
+    picture = np.asarray(Image.open(out / "comparison.png"))
+    assert picture.ndim == 3 and picture.std() > 0
+    nb = json.loads(run.output.read_text())
+    cell = next(c for c in nb["cells"] if "exp.comparison()" in "".join(c["source"]))
+    shown = [o for o in cell["outputs"] if "image/png" in o.get("data", {})]
+    assert len(shown) == 3  # the comparison, then one artifacts figure per model
+
+
+def load_backbone_tiny(seed: int) -> torch.nn.Module:
+    from labkit.models import load_backbone
+
+    return load_backbone("vit_small_patch16_224", seed=seed, **TINY)
+
+
+def test_compare_models_field() -> None:
+    cfg = ExploreConfig(compare_models=["a=vit_small_patch16_224", "b=vit_small_patch16_224:random"])
+    assert cfg.compare_models == ("a=vit_small_patch16_224", "b=vit_small_patch16_224:random")
+    with pytest.raises(ValueError, match="compare_models.*repeat"):
+        ExploreConfig(compare_models=("a=vit_small_patch16_224", "a=vit_tiny_patch16_224"))
+    with pytest.raises(ValueError, match="compare_models.*not found"):
+        ExploreConfig(compare_models=("a=vit_small_patch16_224:/no/such.pth",))
+    with pytest.raises(ValueError, match="compare_models"):
+        ExploreConfig(compare_models="a=vit_small_patch16_224")  # a string, not a list
+    from labkit.notebooks import check_parameters
+
+    check_parameters("attention_explorer", {"compare_models": ["a=vit_small_patch16_224"]})
+    with pytest.raises(ValueError, match="compare_models"):
+        check_parameters("attention_explorer", {"compare_models": 3})

@@ -11,7 +11,6 @@ Notation::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -210,6 +209,9 @@ def plot_artifacts(
     ax3.set_ylabel("largest norm / median")
     ax3.set_title("largest patch norm over the median", fontsize="medium")
     ax3.legend(fontsize="small", loc="best")
+    for ax in (ax1, ax2):  # percentages from 0; at least 0 .. 1 % so that all-zero lines sit at the bottom
+        top = max(line.get_ydata().max() for line in ax.get_lines())
+        ax.set_ylim(0, max(1.0, 1.15 * float(top)))
     for ax in (ax1, ax2, ax3):
         ax.set_xlabel("block")
         ax.set_xticks(x if depth <= 16 else x[::2])

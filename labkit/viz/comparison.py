@@ -37,11 +37,10 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from labkit.artifacts import Artifacts
-    from labkit.eval.specs import ModelSpec
 
 __all__ = ["ModelComparison"]
 
-ModelEntry = Any  # torch.nn.Module | str | ModelSpec | tuple[str, torch.nn.Module]
+ModelEntry = Any  # torch.nn.Module | str | labkit.eval.specs.ModelSpec | tuple[str, torch.nn.Module]
 
 
 class ModelComparison:
@@ -57,6 +56,7 @@ class ModelComparison:
         layer, heads, k, alpha, sinkhorn: the shared initial state (:class:`ExplorerState`).
         device, batch_size, seed, progress, image_format, cache_mb, panel_width, panels: as
             :class:`AttentionExplorer`, for every row (``seed`` also seeds random-init specs).
+        name: what titles call the clip (default: the video's file name, ``"frames"`` for an array).
     """
 
     def __init__(
@@ -85,12 +85,14 @@ class ModelComparison:
         cache_mb: float = 256.0,
         panel_width: int | None = None,
         panels: Sequence[str] | Literal["all"] = PANELS,
+        name: str | None = None,
     ) -> None:
         models = list(models)
         if not models:
             raise ValueError("ModelComparison: give at least one model")
         if labels is not None and len(labels) != len(models):
             raise ValueError(f"ModelComparison: {len(models)} models but {len(labels)} labels")
+        clip_name = name
         frames, numbers, name = _load_clip(video, indices, start_frame, num_frames, frame_step, img_size)
         loaded = [_load(entry, device=device, seed=seed, model_kwargs=model_kwargs,
                         pos_embed_rule=pos_embed_rule) for entry in models]  # fmt: skip
@@ -123,7 +125,7 @@ class ModelComparison:
                 e.panels = tuple(union)
         self.frames = self.explorers[0].frames
         self.indices = numbers
-        self.name = name
+        self.name = name if clip_name is None else str(clip_name)
         self.weights = [e.weights for e in self.explorers]
         self._ui: dict[str, Any] = {}
         self.last_update_ms: float | None = None
