@@ -240,6 +240,9 @@ def load_backbone(
             grid = _stored_grid(state, timm_kwargs)
             if grid:
                 timm_kwargs["img_size"] = grid
+    if pretrained and in_local_cache(name) is None and not _hub_reachable():
+        # without this, huggingface_hub retries for about a minute before it gives up
+        raise PretrainedWeightsError(_pretrained_message(name, OSError("the hub cannot be reached")))
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     try:
         with rng:
@@ -324,6 +327,23 @@ def resolve_pretrained(
     return pretrained, ""
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub's host resolves and accepts a connection (False offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False  # timm then reads the cache only, and fails at once if it is not there
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _pretrained_message(name: str, err: Exception) -> str:
     """One line: the model, the cache folder looked in, the two ways out, the hub's error."""
     import os
@@ -336,11 +356,11 @@ def _pretrained_message(name: str, err: Exception) -> str:
     except ImportError:  # pragma: no cover - timm depends on huggingface_hub
         cache, offline = Path("~/.cache/huggingface/hub").expanduser(), False
     folder = cache / f"models--timm--{name}"
-    state = "offline (HF_HUB_OFFLINE=1)" if offline or os.environ.get("HF_HUB_OFFLINE") else "online"
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    state = "HF_HUB_OFFLINE=1: " if offline or os.environ.get("HF_HUB_OFFLINE") else ""
     return (
         f"pretrained weights for {name!r} are not in the local cache ({folder}) and could not be "
-        f"downloaded ({state}: {reason}); run once with network access to download them, or pass "
+        f"downloaded ({state}{reason}); run once with network access to download them, or pass "
         f"checkpoint=FILE with the weights file"
     )
 

@@ -181,3 +181,23 @@ def test_auto_takes_cached_weights_or_says_they_were_missing(tmp_path, monkeypat
     assert loaded.pos_embed_rule == "dino"
     with pytest.raises(ValueError, match="^pretrained: expected"):
         load_backbone("vit_small_patch16_224", pretrained="yes", depth=1)
+
+
+def test_unreachable_hub_fails_at_once_without_retries(tmp_path, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    import labkit.models as models
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    start = time.perf_counter()
+    with pytest.raises(models.PretrainedWeightsError) as err:
+        models.load_backbone("vit_small_patch8_224.dino")
+    assert time.perf_counter() - start < 5  # huggingface_hub's own retries take about a minute
+    text = str(err.value)
+    assert "\n" not in text and "(the hub cannot be reached)" in text
+    assert str(tmp_path / "hub" / "models--timm--vit_small_patch8_224.dino") in text
