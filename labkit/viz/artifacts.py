@@ -25,13 +25,17 @@ __all__ = ["OUTLIER_COLOUR", "norms_to_rgb", "outline_patches", "norm_overlay", 
 OUTLIER_COLOUR = (0, 255, 255)  # cyan: not in the magma colour map of the norms
 
 
-def norms_to_rgb(norms: Any, vmax: float | None = None, cmap: str = "magma") -> np.ndarray:
-    """Token norms as colours, 0 .. ``vmax`` over the colour map (default: the maps' maximum).
+def norms_to_rgb(
+    norms: Any, vmax: float | None = None, cmap: str = "magma", vmin: float = 0.0
+) -> np.ndarray:
+    """Token norms as colours, ``vmin`` .. ``vmax`` over the colour map.
 
     Args:
         norms: (..., gh, gw) non-negative norms (tensor or array).
-        vmax: the norm drawn at the top of the colour map; larger norms are clipped to it.
+        vmax: the norm drawn at the top of the colour map (default: the maps' maximum); larger
+            norms are clipped to it.
         cmap: a matplotlib colour map name.
+        vmin: the norm drawn at the bottom; smaller norms are clipped to it.
 
     Returns:
         uint8 (..., gh, gw, 3).
@@ -40,7 +44,8 @@ def norms_to_rgb(norms: Any, vmax: float | None = None, cmap: str = "magma") -> 
 
     a = np.asarray(norms.detach().cpu() if hasattr(norms, "detach") else norms, dtype=np.float32)
     top = float(a.max()) if vmax is None else float(vmax)
-    unit = np.clip(a / top, 0.0, 1.0) if top > 0 else np.zeros_like(a)
+    span = top - float(vmin)
+    unit = np.clip((a - float(vmin)) / span, 0.0, 1.0) if span > 0 else np.zeros_like(a)
     lut = (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)  # (256, 3)
     return lut[np.rint(unit * 255).astype(np.int64)]
 
@@ -76,7 +81,7 @@ def outline_patches(
 
 def norm_overlay(
     frame: np.ndarray, norms: Any, outliers: Any, patch_size: int, *, alpha: float = 1.0,
-    vmax: float | None = None,
+    vmax: float | None = None, vmin: float = 0.0,
 ) -> np.ndarray:
     """One frame's token-norm map (magma, nearest upsampling) over the frame, outliers outlined.
 
@@ -87,13 +92,14 @@ def norm_overlay(
         patch_size: p.
         alpha: opacity of the norm colours (1: the map alone).
         vmax: top of the colour scale (default: this map's maximum).
+        vmin: bottom of the colour scale.
 
     Returns:
         uint8 (H, W, 3).
     """
     from labkit.viz.render import overlay
 
-    grid = norms_to_rgb(norms, vmax)  # (gh, gw, 3)
+    grid = norms_to_rgb(norms, vmax, vmin=vmin)  # (gh, gw, 3)
     blended = overlay(frame, grid, alpha, patch_size=patch_size, mode="nearest")
     return outline_patches(blended, outliers, patch_size)
 
@@ -117,8 +123,8 @@ def plot_artifacts(
     attention on outliers and registers per block, and the registers' own attention maps.
 
     Row 1: the frame, then the patch-token norms of up to ``max_layers`` blocks spread over the
-    depth, each on its own scale (0 .. the outlier cut, ``factor`` x its median, since norms grow
-    with depth; outliers saturate and are outlined). Row 2: per
+    depth, each on its own scale (its minimum .. the outlier cut, ``factor`` x its median, since
+    norms grow with depth; outliers saturate and are outlined). Row 2: per
     block, over all frames of ``art`` (mean, with min and max shaded): the fraction of outlier
     patches; the share of the [CLS] attention on the outliers of the block's input against that
     fraction (what attention blind to norms gives) and, with registers, the [CLS] share on them;
@@ -168,7 +174,8 @@ def plot_artifacts(
     for ax, layer in zip(axes[1:], layers):
         n = norms[layer]
         median = float(n.flatten().median())
-        image = norm_overlay(frames[frame], n, outliers[layer], patch_size, vmax=art.factor * median)
+        image = norm_overlay(frames[frame], n, outliers[layer], patch_size, vmax=art.factor * median,
+                             vmin=float(n.min()))
         ax.imshow(image, interpolation="nearest")
         ax.set_title(f"block {layer}: median {median:.3g}, max {float(n.max()):.3g}, "
                      f"{int(outliers[layer].sum())} out", fontsize="small")
@@ -178,7 +185,7 @@ def plot_artifacts(
     for ax in axes[panels:]:
         ax.set_axis_off()
     top.suptitle(f"patch-token norms at each block's output (before the final norm), {label}; colours "
-                 f"0 .. {art.factor:g} x the median (magma); cyan outline: outlier, norm > {art.factor:g} x median",
+                 f"from the map's minimum to {art.factor:g} x its median (magma); cyan outline: outlier, norm > {art.factor:g} x median",
                  fontsize="medium")
 
     x = np.arange(depth)

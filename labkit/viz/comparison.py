@@ -201,7 +201,12 @@ class ModelComparison:
     # ---- artifacts ------------------------------------------------------------------------
     def artifacts(self, model: int) -> Artifacts:
         """Token norms, outliers and attention of every block of one model over the clip, cached
-        (:func:`labkit.artifacts.token_artifacts`; register maps at the state's block)."""
+        (:func:`labkit.artifacts.token_artifacts`; register maps at the state's block when first
+        asked).
+
+        Args:
+            model: the row, 0 .. M-1.
+        """
         if model not in self._artifacts:
             from labkit.artifacts import Artifacts, token_artifacts
             from labkit.models import prepare_images

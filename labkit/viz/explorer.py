@@ -232,8 +232,8 @@ class AttentionExplorer:
             at least 256).
         panels: the panels shown, in order, from :data:`ALL_PANELS` (default :data:`PANELS`);
             ``"all"``: every panel the model has (``"registers"`` only with register tokens).
-            ``"artifacts"``: the patch-token norms of the block at the current frame (0 .. 3x the
-            median, magma, over the frame at the opacity) with the high-norm outliers outlined in
+            ``"artifacts"``: the patch-token norms of the block at the current frame (magma from
+            the frame's smallest norm to 3x its median, over the frame at the opacity) with the high-norm outliers outlined in
             cyan (:func:`labkit.artifacts.outlier_mask`); ``"registers"``: each register token's
             attention over the patches (mean over heads, white), tiled; the title line gives the
             outlier count and the [CLS] attention on the outliers and on the registers.
@@ -338,6 +338,8 @@ class AttentionExplorer:
             None if keys is None else keys.float(), None if queries is None else queries.float(),
         )  # fmt: skip
         explorer._segments[(layer, cfg.k)] = np.asarray(exp.segments_clip, dtype=np.int64)
+        if getattr(exp, "video_info", {}).get("path"):
+            explorer.name = Path(exp.video_info["path"]).name  # titles name the video, not "frames"
         return explorer
 
     # ---- state ----------------------------------------------------------------------------
@@ -551,7 +553,7 @@ class AttentionExplorer:
 
         data = self.artifacts()
         norms = data.norms[s.frame, s.layer]  # (gh, gw)
-        grid = norms_to_rgb(norms, vmax=data.factor * float(norms.flatten().median()))
+        grid = norms_to_rgb(norms, vmax=data.factor * float(norms.flatten().median()), vmin=float(norms.min()))
         blended = _blend_grid(self.frames[s.frame], grid, s.alpha, self.patch_size)
         return outline_patches(blended, data.outliers[s.frame, s.layer], self.patch_size)
 
