@@ -397,6 +397,7 @@ class DINOLoss(nn.Module):
         center_momentum: float = 0.9,
         teacher_views: int = 2,
         dora_loss: Literal["corrected", "published"] = "corrected",
+        center_init: Literal["zeros", "first_batch"] = "zeros",
     ) -> None:
         """Configure the loss.
 
@@ -417,6 +418,11 @@ class DINOLoss(nn.Module):
                 ``"published"``: the official DoRA code's loss, quirks included (objects
                 weighted unequally, local crop 0 never scored, see the class docstring);
                 matches the official code to 1e-6 (``tests/test_dora_loss_published.py``).
+            center_init: the center before the first update. ``"zeros"`` (DINO, DoRA): the
+                first steps are barely centred (after one update the center is a tenth of the
+                batch mean). ``"first_batch"``: the first call sets the center to its batch's
+                mean teacher output before computing the loss (:meth:`start_center`), so even
+                step 0 is centred; a small run's first steps cannot drift to one dimension.
         """
         super().__init__()
         if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
@@ -449,6 +455,12 @@ class DINOLoss(nn.Module):
         self.center_momentum = float(center_momentum)
         self.teacher_views = int(teacher_views)
         self.dora_loss = dora_loss
+        if center_init not in ("zeros", "first_batch"):
+            raise ValueError(
+                f"DINOLoss: center_init must be 'zeros' or 'first_batch', got {center_init!r}"
+            )
+        self.center_init = center_init
+        self._center_started = center_init == "zeros"
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def teacher_temperature(self, epoch: float) -> float:
@@ -584,6 +596,7 @@ class DINOLoss(nn.Module):
         weights = weights / total
 
         temperature = self.teacher_temperature(epoch)
+        self.start_center(teacher)
         center = self.center.to(teacher.dtype)
         with torch.no_grad():
             targets = F.softmax((teacher.detach() - center) / temperature, dim=-1)  # (G, B, K)
@@ -670,12 +683,35 @@ class DINOLoss(nn.Module):
         return loss * scale if scale != 1.0 else loss
 
     @torch.no_grad()
+    def start_center(self, teacher_out: ViewsLike) -> None:
+        """With ``center_init="first_batch"``: set a center that was never updated (all zeros)
+        to the mean of ``teacher_out`` (over all rows and ranks). Otherwise, or once started, a
+        no-op. :meth:`forward` calls it; call it earlier to read the center the loss will use.
+
+        Args:
+            teacher_out: teacher outputs, (rows, K), (views, rows, K) or a list of (rows, K).
+        """
+        if self._center_started:
+            return
+        if not bool(self.center.any()):  # fresh, or a checkpoint written before any update
+            self.center.copy_(self._batch_center(teacher_out).to(self.center.dtype))
+        self._center_started = True
+
+    @torch.no_grad()
     def update_center(self, teacher_out: ViewsLike) -> None:
         """EMA update of the center with the mean teacher output over all rows (and all ranks).
 
         Args:
             teacher_out: teacher outputs, (rows, K), (views, rows, K) or a list of (rows, K).
         """
+        batch_center = self._batch_center(teacher_out)  # (1, K)
+        self.center.mul_(self.center_momentum).add_(
+            batch_center.to(self.center.dtype), alpha=1.0 - self.center_momentum
+        )
+
+    @torch.no_grad()
+    def _batch_center(self, teacher_out: ViewsLike) -> torch.Tensor:
+        """The mean teacher output (1, K) over all rows of ``teacher_out`` and all ranks."""
         if isinstance(teacher_out, torch.Tensor):
             rows = teacher_out.reshape(-1, teacher_out.shape[-1])
         else:
@@ -691,7 +727,4 @@ class DINOLoss(nn.Module):
         stats = torch.cat([rows.sum(dim=0, keepdim=True), count], dim=1)  # (1, K + 1)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)  # sums and row counts of all ranks (batches may differ)
-        batch_center = stats[:, :-1] / stats[:, -1:]  # (1, K)
-        self.center.mul_(self.center_momentum).add_(
-            batch_center.to(self.center.dtype), alpha=1.0 - self.center_momentum
-        )
+        return stats[:, :-1] / stats[:, -1:]  # (1, K)

@@ -42,6 +42,7 @@ __all__ = [
     "plot_objects",
     "plot_log",
     "LiveLossPlot",
+    "CollapseWarning",
 ]
 
 _LAZY = {
@@ -55,6 +56,7 @@ _LAZY = {
     "plot_objects": "labkit.train.report",
     "plot_log": "labkit.train.report",
     "LiveLossPlot": "labkit.train.report",
+    "CollapseWarning": "labkit.train.watchdog",
 }
 
 

@@ -166,7 +166,10 @@ class TrainConfig:
     min_lr: float = 1e-6  # learning rate at the end of the cosine
     weight_decay: float = 0.04  # start of the cosine weight-decay schedule
     weight_decay_end: float = 0.4
-    clip_grad: float = 3.0  # max global gradient norm; 0 disables
+    clip_grad: float = 3.0  # max gradient norm; 0 disables
+    # "global": one norm over all parameters (torch's clip_grad_norm_); "per_parameter": each
+    # tensor clipped on its own, as DINO's and DoRA's utils.clip_gradients (docs/science.md)
+    clip_grad_mode: Literal["global", "per_parameter"] = "global"
     freeze_last_layer: int = 1  # epochs during which the head's last layer stays fixed
     momentum_teacher: float = 0.996  # EMA momentum at step 0, cosine to 1 at the end
     teacher_temp: float = 0.04
@@ -174,11 +177,20 @@ class TrainConfig:
     warmup_teacher_temp_epochs: int = 0
     student_temp: float = 0.1  # DINO: student softmax; TimeTuning: its cross-entropy's (0.1)
     center_momentum: float = 0.9
+    # the teacher centre at step 0: "zeros" (DINO, DoRA), or "first_batch": the mean teacher
+    # output of the first batch, so the first steps are centred too (docs/science.md)
+    center_init: Literal["zeros", "first_batch"] = "zeros"
+    # steps the teacher must look collapsed (entropy within 1% of log K, or the batch-mean
+    # distribution's top dimension above half the mass) before a CollapseWarning; 0: no watchdog
+    collapse_patience: int = 20
     # -- run ----------------------------------------------------------------------------------
     device: str = "cpu"  # "cuda" under torchrun means cuda:LOCAL_RANK
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on cuda only
     compile: bool = False  # torch.compile the student
     num_workers: int = 0  # DataLoader workers per process (each opens its own video readers)
+    # torch CPU threads; 0: the CPUs this process may use (affinity, cgroup quota) less the
+    # workers (labkit.environment.configure_threads)
+    threads: int = 0
     seed: int = 0
     out_dir: str = "runs/train"  # checkpoint.pth, log.jsonl, log.csv, metrics.json
     checkpoint_every: int = 100  # steps between checkpoints (and one at the end); 0: end only
@@ -216,7 +228,7 @@ class TrainConfig:
             "num_local": 0, "k": 1, "sinkhorn_iterations": 1, "out_dim": 1, "hidden_dim": 1,
             "bottleneck_dim": 1, "steps": 1, "steps_per_epoch": 0, "batch_size": 1,
             "freeze_last_layer": 0, "warmup_teacher_temp_epochs": 0, "num_workers": 0,
-            "checkpoint_every": 0, "seed": 0, "num_prototypes": 1, "trainable_blocks": 0,
+            "checkpoint_every": 0, "seed": 0, "threads": 0, "collapse_patience": 0, "num_prototypes": 1, "trainable_blocks": 0,
             "forwarder_n_last": 0, "forwarder_topk": 1, "forwarder_radius": 0,
         }  # fmt: skip
         for name, low in ints.items():
@@ -290,6 +302,8 @@ class TrainConfig:
             "precision": ("auto", "fp32", "bf16"),
             "video_backend": ("auto", "decord", "pyav"),
             "dora_loss": ("corrected", "published"),
+            "clip_grad_mode": ("global", "per_parameter"),
+            "center_init": ("zeros", "first_batch"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

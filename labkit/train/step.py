@@ -385,6 +385,7 @@ def dora_step(
     teacher_logits = (
         teacher_out.logits.float().reshape(clips, num_frames, out_dim).transpose(0, 1)
     )  # (T, B, K)
+    loss_fn.start_center(teacher_logits)  # center_init="first_batch": centred from step 0
     center = loss_fn.center.detach().clone()
     if not all(
         torch.isfinite(t).all()
@@ -456,6 +457,7 @@ def dino_step(
         torch.cat(outputs).float().reshape(2 + num_local, rows, out_dim)
     )  # (2 + n, R, K)
     teacher_views = teacher_logits.float().reshape(2, rows, out_dim)  # (2, R, K)
+    loss_fn.start_center(teacher_views)
     center = loss_fn.center.detach().clone()
     loss = loss_fn(student_views, teacher_views, epoch)
     return StepOutput(loss, teacher_views.reshape(-1, out_dim), center, None, None, rows)
@@ -473,6 +475,9 @@ def teacher_statistics(
       (towards ``log K``): all rows put their mass on the same dimensions (collapse to one
       dimension, too much sharpening). A healthy run keeps the entropy well below ``log K`` and
       this KL small.
+    * ``teacher_top_mass``: ``max_K mean_r q_r``, the share of the batch's mass on its most
+      used dimension. Above 0.5: most rows pick the same dimension (the one-dimension collapse,
+      read directly; :mod:`labkit.train.watchdog` uses it).
 
     Args:
         logits: (R, K) teacher outputs.
@@ -480,13 +485,17 @@ def teacher_statistics(
         temperature: the teacher temperature used.
 
     Returns:
-        ``{"teacher_entropy": float, "teacher_kl_uniform": float}``.
+        ``{"teacher_entropy": float, "teacher_kl_uniform": float, "teacher_top_mass": float}``.
     """
     q = F.softmax((logits.float() - center.float()) / temperature, dim=-1)  # (R, K)
     entropy = -(q * torch.log(q.clamp_min(1e-30))).sum(-1).mean()
     mean = q.mean(0)  # (K,)
     kl = math.log(q.shape[-1]) + (mean * torch.log(mean.clamp_min(1e-30))).sum()
-    return {"teacher_entropy": float(entropy), "teacher_kl_uniform": float(kl)}
+    return {
+        "teacher_entropy": float(entropy),
+        "teacher_kl_uniform": float(kl),
+        "teacher_top_mass": float(mean.max()),
+    }
 
 
 @torch.no_grad()

@@ -8,9 +8,11 @@ docstring for what differs there):
 * **Optimiser**: AdamW with DINO's parameter groups (weight decay on weight matrices only, none
   on biases and norm parameters). Per step: learning rate with a linear warm-up then a cosine to
   ``min_lr``, weight decay on a cosine from ``weight_decay`` to ``weight_decay_end``, teacher
-  momentum on a cosine from ``momentum_teacher`` to 1 (:func:`cosine_schedule`). Gradients are
-  clipped to a global norm of ``clip_grad``; the head's last layer gets no update during the
-  first ``freeze_last_layer`` epochs. bf16 autocast on GPU (``precision``); ``compile`` wraps the
+  momentum on a cosine from ``momentum_teacher`` to 1 (:func:`cosine_schedule`). The head's last
+  layer gets no update during the first ``freeze_last_layer`` epochs (its gradient is dropped
+  before clipping, so it does not shrink the others'); gradients are then clipped to a norm of
+  ``clip_grad``, one global norm or, with ``clip_grad_mode="per_parameter"``, each tensor's own
+  as DINO does (:func:`clip_gradients`). bf16 autocast on GPU (``precision``); ``compile`` wraps the
   student in ``torch.compile``.
 * **Determinism**: step ``s``'s data (clips and augmentations), attention heads and the global
   torch RNG (stochastic depth) are all seeded from ``(seed, s[, rank])``, so a run resumed from a
@@ -41,8 +43,14 @@ docstring for what differs there):
   the environment (gloo on CPU, nccl on GPU); the student is wrapped in DDP, each process takes
   its slice of the step's global batch, the loss's center is all-reduced, and only rank 0 writes.
 * **Logging**: one JSON line per step in ``out_dir/log.jsonl`` (and ``log.csv``): step, epoch,
-  loss, teacher entropy and KL to uniform (collapse signals), lr, wd, momentum, teacher
-  temperature, gradient norm, images per second; ``metrics.json`` at the end of ``fit``.
+  loss, teacher entropy, KL to uniform and top mass (collapse signals), lr, wd, momentum,
+  teacher temperature, gradient norm, images per second; ``metrics.json`` at the end of ``fit``.
+* **Collapse watchdog** (:mod:`labkit.train.watchdog`): when the teacher looks collapsed for
+  ``collapse_patience`` steps in a row, a :class:`labkit.train.watchdog.CollapseWarning` names
+  the step it began and the remedies; that step's log record and ``metrics.json`` carry
+  ``collapse`` (``{"step", "kind", "detected_at", "patience"}``; None in metrics if not).
+* **Threads**: torch's thread count follows the CPUs this process may use, less the data
+  workers (``threads``; :func:`labkit.environment.configure_threads`), restored by ``close``.
 
 **TimeTuning** (``method="timetuning"``) runs in the same loop, with the same data (clips of
 ``ClipDataset(mode="dora")``: one crop and flip per clip, colour per frame; no local crops), seeds,
@@ -102,6 +110,7 @@ from labkit.runfolder import (
 from labkit.pos_embed import model_rule
 from labkit.train.config import TrainConfig, architecture_fields
 from labkit.train.data import ClipDataset, StepBatchSampler, preview_clip, step_seed
+from labkit.train.watchdog import CollapseWarning, CollapseWatchdog
 from labkit.train.step import (
     build_networks,
     build_timetuning,
@@ -120,6 +129,7 @@ __all__ = [
     "train",
     "load_trained",
     "cosine_schedule",
+    "clip_gradients",
     "param_groups",
     "read_log",
     "log_columns",
@@ -129,8 +139,8 @@ CHECKPOINT_NAME = "checkpoint.pth"
 # what a run leaves in out_dir: a new run there moves these aside (force) or refuses
 RUN_FILES = (CHECKPOINT_NAME, "log.jsonl", "log.csv", "metrics.json")
 LOG_COLUMNS = (
-    "step", "epoch", "loss", "teacher_entropy", "teacher_kl_uniform", "lr", "wd", "momentum",
-    "teacher_temp", "grad_norm", "images_per_s", "seconds",
+    "step", "epoch", "loss", "teacher_entropy", "teacher_kl_uniform", "teacher_top_mass", "lr",
+    "wd", "momentum", "teacher_temp", "grad_norm", "images_per_s", "seconds",
 )  # fmt: skip
 TIMETUNING_LOG_COLUMNS = (
     "step", "epoch", "loss", "agreement", "target_confidence", "target_clusters",
@@ -213,6 +223,40 @@ def cosine_schedule(
     span = max(total - warmup, 1)
     progress = min(step - warmup, span) / span
     return final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * progress))
+
+
+def clip_gradients(
+    parameters: Sequence[torch.nn.Parameter] | Any,
+    max_norm: float,
+    mode: str = "global",
+) -> float:
+    """Clip gradients in place; returns the global gradient norm before clipping.
+
+    Args:
+        parameters: the parameters (those without a gradient are skipped).
+        max_norm: the largest norm kept; 0 or inf: no clipping (the norm is still returned).
+        mode: ``"global"``: scale all gradients together so that their joint L2 norm is at most
+            ``max_norm`` (``torch.nn.utils.clip_grad_norm_``). ``"per_parameter"``: scale each
+            tensor's gradient on its own to norm at most ``max_norm`` (DINO's and DoRA's
+            ``utils.clip_gradients``: coefficient ``max_norm / (norm + 1e-6)`` where below 1).
+
+    Returns:
+        The L2 norm of all gradients together, before clipping (float).
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    limit = max_norm if max_norm > 0 else math.inf
+    if mode == "global":
+        return float(torch.nn.utils.clip_grad_norm_(grads, limit))
+    if mode != "per_parameter":
+        raise ValueError(f"clip_gradients: mode must be 'global' or 'per_parameter', got {mode!r}")
+    norms = torch._foreach_norm(grads)  # one 0-d tensor per parameter
+    total = float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
+    if math.isfinite(limit):
+        coefficients = [(limit / (n + 1e-6)).clamp(max=1.0) for n in norms]
+        torch._foreach_mul_(grads, coefficients)
+    return total
 
 
 def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -318,11 +362,20 @@ class Trainer:
         self._lock = RunLock(self.out_dir, what=f"{config.method} training")
         if self.rank == 0:
             self._lock.acquire()  # a second process on this folder fails here, at once
+        self._threads_before = torch.get_num_threads()
         try:
+            from labkit.environment import configure_threads
+
+            # the processes of a job on one machine share its CPUs (torchrun: LOCAL_WORLD_SIZE)
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+            self.threads = configure_threads(
+                config.threads or None, workers=config.num_workers, processes=local
+            )
             self._claim_folder(force)
             self._build()
         except BaseException:
             self._lock.release()
+            torch.set_num_threads(self._threads_before)
             raise
 
     def _claim_folder(self, force: bool) -> None:
@@ -391,6 +444,7 @@ class Trainer:
                 student_temp=config.student_temp,
                 center_momentum=config.center_momentum,
                 dora_loss=config.dora_loss,
+                center_init=config.center_init,
             ).to(self.device)
             groups = param_groups(self.student)
             self._group_rules = [(1.0, True), (1.0, False)]  # only the first group is regularised
@@ -417,6 +471,11 @@ class Trainer:
             self.load_checkpoint(self.checkpoint_path)
         else:
             self._truncate_logs(0)  # a fresh run does not append to an old run's log
+        self.watchdog: CollapseWatchdog | None = None
+        if not self.timetuning:
+            self.watchdog = CollapseWatchdog(config.out_dim, config.collapse_patience)
+            for record in self.log:  # a resumed run picks up its streak (and a past event)
+                self.watchdog.update(record)
 
         if config.precision == "bf16" or (
             config.precision == "auto" and self.device.type == "cuda"
@@ -535,14 +594,16 @@ class Trainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        max_norm = cfg.clip_grad if cfg.clip_grad > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), max_norm))
+        if not self.timetuning:  # a frozen layer's gradient must not enter the clipping norm
+            cancel_last_layer_gradients(self.student, epoch, cfg.freeze_last_layer)
+        grad_norm = clip_gradients(
+            list(self.student.parameters()), cfg.clip_grad, cfg.clip_grad_mode
+        )
         if self.timetuning:
             self.optimizer.step()
             self.student.after_optimizer_step()  # prototypes back on the unit sphere
             statistics = {n: float(v) for n, v in zip(TIMETUNING_METRICS, reduced[1:].tolist())}
         else:
-            cancel_last_layer_gradients(self.student, epoch, cfg.freeze_last_layer)
             self.optimizer.step()
             update_teacher(self.teacher, self.student, values["momentum"])
             statistics = teacher_statistics(out.teacher_logits, out.center, values["teacher_temp"])
@@ -561,6 +622,11 @@ class Trainer:
             "images_per_s": out.images * self.world_size / max(seconds, 1e-9),
             "seconds": seconds,
         }
+        if self.watchdog is not None and (event := self.watchdog.update(record)):
+            record["collapse"] = event
+            if self.rank == 0:
+                name = "DoRA" if cfg.method == "dora" else "DINO"
+                warnings.warn(self.watchdog.message(name), CollapseWarning, stacklevel=2)
         return record
 
     # -- the loop ----------------------------------------------------------------------------
@@ -666,7 +732,11 @@ class Trainer:
         recent = [r for r in self.log if r["step"] > first]
         speed = [r["images_per_s"] for r in recent[1:]] or [r["images_per_s"] for r in recent]
         last = self.log[-1] if self.log else {}
-        names = TIMETUNING_METRICS if self.timetuning else ("teacher_entropy", "teacher_kl_uniform")
+        names = (
+            TIMETUNING_METRICS
+            if self.timetuning
+            else ("teacher_entropy", "teacher_kl_uniform", "teacher_top_mass")
+        )
         return {
             "method": self.config.method,
             "steps": self.step,
@@ -676,11 +746,13 @@ class Trainer:
             "final_loss": last.get("loss"),
             "first_loss": self.log[0]["loss"] if self.log else None,
             **{name: last.get(name) for name in names},
+            **({} if self.timetuning else {"collapse": self.watchdog.event}),
             "images_per_second": float(np.mean(speed)) if speed else None,
             "images_per_step": self.global_batch * self.config.num_frames,
             "seconds": seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "world_size": self.world_size,
+            "torch_threads": self.threads,
             "device": str(self.device),
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "out_dir": str(self.out_dir),
@@ -849,6 +921,7 @@ class Trainer:
         started."""
         self.dataset.close()
         self._lock.release()
+        torch.set_num_threads(self._threads_before)
         if self._started_group and dist.is_initialized():
             dist.destroy_process_group()
             self._started_group = False
