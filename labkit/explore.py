@@ -201,8 +201,11 @@ class Exploration:
         heads = list(self.config.heads) if head is None else [head]
         out = []
         for frame, mask in zip(self.frames, self.masks):
+        from labkit.viz.render import HEAD_COLOURS
             m = mask[heads].any(dim=0).numpy()
             out.append(mask_overlay(frame, m, patch_size=self.patch_size))
+        chosen = list(self.config.heads)
+        colours = [HEAD_COLOURS[chosen.index(h)] if h in chosen else (255, 255, 255) for h in heads]
         return np.stack(out)
 
     def segment_overlays(self, mode: str = "frame", alpha: float = 0.55) -> np.ndarray:
@@ -268,7 +271,7 @@ class Exploration:
         for a in attn:
             a = a / a.max().clamp_min(1e-12)
             heat = upsample_map(a, self.size, self.patch_size, mode="nearest")
-            images.append(overlay(self.frames[frame], heat, alpha=0.7))
+            images.append((self.frames[frame], heat))  # heat map over the frame, with a colour bar
         return plot_grid(
             [images], col_titles=[f"head {i}" for i in range(len(images))],
             row_titles=[f"frame {self.indices[frame]}"],

@@ -42,6 +42,71 @@ def _bare(ax: Axes) -> None:
         spine.set_visible(False)
 
 
+def _is_pair(im: Any) -> bool:
+    return isinstance(im, tuple) and len(im) == 2
+
+
+def _panel(im: Any, where: str) -> Any:
+    """An image, a (background RGB, heat map) pair, or None, checked and as numpy."""
+    if im is None:
+        return None
+    if _is_pair(im):
+        back, heat = _image(im[0], where + "[0]"), _image(im[1], where + "[1]")
+        if back.ndim != 3 or heat.ndim != 2 or back.shape[:2] != heat.shape:
+            raise ValueError(
+                f"{where}: a (frame, heat) pair needs an RGB (H, W, 3) frame and an (H, W) map of "
+                f"the same size, got {back.shape} and {heat.shape}"
+            )
+        return back, heat
+    return _image(im, where)
+
+
+def _wrap(
+    rows: list[list[Any]], row_titles: list[str] | None, col_titles: list[list[str] | None],
+    max_columns: int | None,
+) -> tuple[list[list[Any]], list[str] | None, list[list[str] | None]]:
+    """Rows longer than ``max_columns`` cut into balanced chunks (8 -> 4 + 4, 6 -> 3 + 3).
+
+    Rows of equal length wrap together in blocks, so a column keeps one frame's panels above each
+    other (block 1: every row's first chunk, block 2: every row's second chunk ...); rows of
+    different lengths wrap one after the other. Titles follow their panels.
+    """
+    ncols = max(len(r) for r in rows)
+    if max_columns is None or ncols <= max_columns:
+        return rows, row_titles, col_titles
+    chunks = -(-ncols // max_columns)  # ceil
+    width = -(-ncols // chunks)
+    out, out_rt, out_ct = [], [] if row_titles is not None else None, []
+
+    def add(i: int, c: int) -> None:
+        part = rows[i][c * width : (c + 1) * width]
+        if not part and c > 0:
+            return
+        out.append(part)
+        if out_rt is not None:
+            out_rt.append(row_titles[i])
+        titles = col_titles[i]
+        out_ct.append(None if titles is None else list(titles[c * width : (c + 1) * width]))
+
+    if len({len(r) for r in rows}) == 1:
+        for c in range(chunks):
+            for i in range(len(rows)):
+                add(i, c)
+    else:
+        for i in range(len(rows)):
+            for c in range(chunks):
+                add(i, c)
+    return out, out_rt, out_ct
+
+
+# Text sizes in points. Figures are about ``max_width`` inches wide and are saved or shown at
+# 100-110 dpi, i.e. 1300-1450 px, and viewed in a ~1400 px wide report or notebook: 11 pt is
+# about 15 px there, the size of the page's own text.
+TITLE_SIZE = 11.0  # panel titles and row labels
+SUPTITLE_SIZE = 13.0  # the figure's title
+MAX_WIDTH = 13.0  # inches: default widest figure (1430 px at 110 dpi)
+
+
 def plot_grid(
     rows: Sequence[Sequence[Any]],
     row_titles: Sequence[str] | None = None,
@@ -50,20 +115,43 @@ def plot_grid(
     panel_size: float = 2.5,
     cmap: str = "viridis",
     suptitle: str | None = None,
+    max_columns: int | None = 4,
+    max_width: float | None = MAX_WIDTH,
+    colorbar: bool | str = False,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    heat_alpha: float = 0.6,
 ) -> Figure:
     """Images in a grid of rows; rows may have different lengths (missing panels stay blank).
 
+    Rows longer than ``max_columns`` wrap into several rows of balanced length (8 panels: two
+    rows of 4; 6: two of 3); rows of equal length wrap in blocks, so each column still shows one
+    frame's panels above each other, and every wrapped row keeps its row title. The figure is at
+    most ``max_width`` inches wide (panels shrink to fit), so that with the fixed text sizes
+    (``TITLE_SIZE`` points) the labels stay legible where the figure is viewed (a ~1400 px page).
+
     Args:
         rows: Rows of images; each image ``(H, W)`` (shown with ``cmap``), ``(H, W, 3)`` or
-            ``(H, W, 4)`` (uint8 0..255 or float 0..1), tensor or array; ``None`` leaves a blank.
+            ``(H, W, 4)`` (uint8 0..255 or float 0..1), tensor or array; ``None`` leaves a blank;
+            a pair ``(frame, heat)`` draws the ``(H, W)`` heat map with ``cmap`` at opacity
+            ``heat_alpha`` over the ``(H, W, 3)`` frame.
         row_titles: One label per row, written left of the row.
         col_titles: One title per column (above the first row), or one list of titles per row.
-        panel_size: Height of one panel in inches; widths follow the first image's aspect ratio.
-        cmap: Colormap for single-channel images.
+        panel_size: Height of one panel in inches (before shrinking to ``max_width``); widths
+            follow the first image's aspect ratio.
+        cmap: Colormap for single-channel images and heat maps.
         suptitle: Title of the whole figure.
+        max_columns: Most panels in one row of the figure; ``None``: never wrap.
+        max_width: Widest figure in inches; ``None``: no limit.
+        colorbar: Colour bars for the single-channel panels and heat maps (a string labels them):
+            one shared bar when ``vmin`` and ``vmax`` are both given, else one per panel.
+        vmin: Value at the low end of ``cmap`` (default: each panel's minimum).
+        vmax: Value at the high end of ``cmap`` (default: each panel's maximum).
+        heat_alpha: Opacity of heat maps drawn over frames.
 
     Returns:
-        ``matplotlib.figure.Figure`` with ``len(rows) x max(len(row))`` axes.
+        ``matplotlib.figure.Figure`` whose first ``rows x columns`` axes hold the panels
+        (row-major, wrapped rows included; colour bars come after them).
     """
     from matplotlib.figure import Figure
 
@@ -79,13 +167,37 @@ def plot_grid(
             raise ValueError(f"plot_grid: {nrows} rows but {len(col_titles)} lists of col_titles")
         if not per_row and len(col_titles) != ncols:
             raise ValueError(f"plot_grid: {ncols} columns but {len(col_titles)} col_titles")
+    if max_columns is not None and max_columns < 1:
+        raise ValueError(f"plot_grid: max_columns must be >= 1 or None, got {max_columns}")
+    if not 0.0 <= heat_alpha <= 1.0:
+        raise ValueError(f"plot_grid: heat_alpha must be in [0, 1], got {heat_alpha}")
 
-    images = [[None if im is None else _image(im, f"plot_grid: rows[{i}][{j}]")
-               for j, im in enumerate(r)] for i, r in enumerate(rows)]  # fmt: skip
+    images = [[_panel(im, f"plot_grid: rows[{i}][{j}]") for j, im in enumerate(r)]
+              for i, r in enumerate(rows)]  # fmt: skip
+    if col_titles is None:
+        titles: list[list[str] | None] = [None] * nrows
+    elif per_row:
+        titles = [list(t) for t in col_titles]
+    else:
+        titles = [list(col_titles) if i == 0 else None for i in range(nrows)]
+    images, row_titles, titles = _wrap(images, None if row_titles is None else list(row_titles),
+                                       titles, max_columns)
+    nrows, ncols = len(images), max(len(r) for r in images)
+
     first = next(im for r in images for im in r if im is not None)
+    first = first[0] if isinstance(first, tuple) else first
     aspect = first.shape[1] / first.shape[0]  # W / H
-    fig = Figure(figsize=(ncols * panel_size * aspect, nrows * panel_size), layout="constrained")
+    panel_w = panel_size * aspect
+    if max_width is not None:
+        panel_w = min(panel_w, max_width / ncols)
+    panel_h = panel_w / aspect
+    bar = 0.5 if colorbar else 0.0  # room for colour bars (inches)
+    text_h = 0.3 if any(titles) else 0.05  # a title line above each row
+    label_w = 0.35 if row_titles is not None else 0.0
+    figsize = (ncols * panel_w + label_w + bar, nrows * (panel_h + text_h) + (0.45 if suptitle else 0.1))
+    fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
+    mappables = []
     for i in range(nrows):
         for j in range(ncols):
             ax = axes[i, j]
@@ -94,21 +206,38 @@ def plot_grid(
             if im is None:
                 ax.set_axis_off()
                 continue
-            if im.ndim == 2:
-                ax.imshow(im, cmap=cmap, interpolation="nearest")
+            if isinstance(im, tuple):
+                ax.imshow(im[0], interpolation="nearest")
+                m = ax.imshow(im[1], cmap=cmap, vmin=vmin, vmax=vmax, alpha=heat_alpha,
+                              interpolation="nearest")
+                mappables.append((ax, m))
+            elif im.ndim == 2:
+                m = ax.imshow(im, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+                mappables.append((ax, m))
             else:
                 ax.imshow(im, interpolation="nearest")
-            title = None
-            if per_row and j < len(col_titles[i]):
-                title = col_titles[i][j]
-            elif col_titles is not None and not per_row and i == 0:
-                title = col_titles[j]
-            if title:
-                ax.set_title(title, fontsize="small")
+            if titles[i] is not None and j < len(titles[i]) and titles[i][j]:
+                ax.set_title(titles[i][j], fontsize=TITLE_SIZE)
         if row_titles is not None:
-            axes[i, 0].set_ylabel(row_titles[i])
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=TITLE_SIZE)
+    label = colorbar if isinstance(colorbar, str) else None
+    if colorbar and mappables:
+        if vmin is not None and vmax is not None:  # one scale: one bar beside the whole grid
+            cb = fig.colorbar(mappables[0][1], ax=axes.ravel().tolist(), shrink=0.8, aspect=30,
+                              pad=0.01)
+            cb.solids.set_alpha(1.0)
+            if label:
+                cb.set_label(label, fontsize=TITLE_SIZE)
+            cb.ax.tick_params(labelsize=TITLE_SIZE - 2)
+        else:
+            for ax, m in mappables:
+                cb = fig.colorbar(m, ax=ax, fraction=0.046, pad=0.02)
+                cb.solids.set_alpha(1.0)
+                if label:
+                    cb.set_label(label, fontsize=TITLE_SIZE - 2)
+                cb.ax.tick_params(labelsize=TITLE_SIZE - 3)
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle, fontsize=SUPTITLE_SIZE)
     return fig
 
 
@@ -119,8 +248,10 @@ def plot_strip(
     panel_size: float = 2.5,
     cmap: str = "viridis",
     suptitle: str | None = None,
+    max_columns: int | None = 4,
+    colorbar: bool | str = False,
 ) -> Figure:
-    """Images side by side in one row.
+    """Images side by side in one row, wrapped into rows of at most ``max_columns``.
 
     Args:
         images: A sequence of images or an array ``(N, H, W[, 3])`` (see :func:`plot_grid`).
@@ -128,15 +259,18 @@ def plot_strip(
         panel_size: Height of the row in inches.
         cmap: Colormap for single-channel images.
         suptitle: Title of the whole figure.
+        max_columns: Most panels per row (``None``: one row however long).
+        colorbar: Colour bars on single-channel images (a string labels them).
 
     Returns:
-        ``matplotlib.figure.Figure`` with ``N`` axes in one row.
+        ``matplotlib.figure.Figure`` with ``N`` image axes (row-major), then any colour bars.
     """
     images = list(images)
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"plot_strip: {len(images)} images but {len(titles)} titles")
     return plot_grid(
-        [images], col_titles=titles, panel_size=panel_size, cmap=cmap, suptitle=suptitle
+        [images], col_titles=titles, panel_size=panel_size, cmap=cmap, suptitle=suptitle,
+        max_columns=max_columns, colorbar=colorbar,
     )
 
 

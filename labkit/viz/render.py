@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "palette",
+    "HEAD_COLOURS",
     "upsample_map",
     "heads_to_rgb",
     "overlay",
@@ -44,6 +45,9 @@ _TAB20 = (
     (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 )  # fmt: skip
+# the colours of the three heads shown as R, G, B (heads_to_rgb): their masks and curves get the
+# same colour; blue lightened a little so that a blue outline stays visible on dark frames
+HEAD_COLOURS = np.array([(255, 0, 0), (0, 230, 0), (40, 110, 255)], dtype=np.uint8)
 _GOLDEN = 0.618033988749895
 _SV = ((0.75, 0.90), (0.95, 0.65), (0.55, 0.95), (0.85, 0.50))  # (saturation, value) cycle past 20
 
@@ -351,6 +355,7 @@ def mask_overlay(
     contour: bool = True,
     thickness: int = 1,
     patch_size: int | None = None,
+    halo: bool = False,
 ) -> np.ndarray:
     """Draw boolean masks over a frame: a translucent fill and a solid contour (DINO style).
 
@@ -368,6 +373,8 @@ def mask_overlay(
         contour: Draw the contour in the solid colour.
         thickness: Contour width in pixels.
         patch_size: ``p`` for grid-resolution masks; inferred when ``None``.
+        halo: Also draw a black line ``thickness`` pixels wide just outside each contour, so the
+            contour stands out on frames of its own colour.
 
     Returns:
         uint8 array shaped like ``frame``.
@@ -380,7 +387,7 @@ def mask_overlay(
             raise ValueError(
                 f"mask_overlay: {len(f)} frames need masks (T, H, W) or (T, K, H, W), got {m.shape}"
             )
-        kw = dict(contour=contour, thickness=thickness, patch_size=patch_size)
+        kw = dict(contour=contour, thickness=thickness, patch_size=patch_size, halo=halo)
         return np.stack([mask_overlay(fi, mi, color, alpha, **kw) for fi, mi in zip(f, m)])
     out = _frame(f, "mask_overlay: frame").copy()
     masks = m[None] if m.ndim == 2 else m  # (K, ., .)
@@ -398,12 +405,14 @@ def mask_overlay(
             raise ValueError(f"mask_overlay: color must be one RGB or {K} RGB in 0..255")
     if thickness < 1:
         raise ValueError(f"mask_overlay: thickness must be >= 1, got {thickness}")
-    from scipy.ndimage import binary_erosion
+    from scipy.ndimage import binary_dilation, binary_erosion
 
     H, W = out.shape[:2]
     for mk, col in zip(masks, colours.astype(np.uint8)):
         mk = _mask_to_frame(mk, (H, W), patch_size, "mask_overlay: mask")
         out[mk] = _blend(out[mk], col[None], alpha)
+        if contour and halo and mk.any():
+            out[binary_dilation(mk, np.ones((3, 3), bool), iterations=thickness) & ~mk] = 0
         if contour and mk.any():
             inner = binary_erosion(mk, iterations=thickness, border_value=1)
             out[mk & ~inner] = col
