@@ -191,21 +191,24 @@ class Exploration:
         )
 
     def mask_overlays(self, head: int | None = None) -> np.ndarray:
-        """Thresholded masks drawn over the frames: uint8 (T, H, W, 3).
+        """Thresholded masks drawn over the frames in their head's colour: uint8 (T, H, W, 3).
 
         Args:
-            head: one head's mask, or None for the union over the three chosen heads.
+            head: one head's mask, or None for the three chosen heads' masks, each in its colour
+                (the chosen heads are red, green and blue as in :meth:`rgb_maps`; another head
+                is drawn in white).
         """
         from labkit.viz import mask_overlay
+        from labkit.viz.render import HEAD_COLOURS
 
         heads = list(self.config.heads) if head is None else [head]
-        out = []
-        for frame, mask in zip(self.frames, self.masks):
-        from labkit.viz.render import HEAD_COLOURS
-            m = mask[heads].any(dim=0).numpy()
-            out.append(mask_overlay(frame, m, patch_size=self.patch_size))
         chosen = list(self.config.heads)
         colours = [HEAD_COLOURS[chosen.index(h)] if h in chosen else (255, 255, 255) for h in heads]
+        out = []
+        for frame, mask in zip(self.frames, self.masks):
+            m = mask[heads].numpy()  # (K, gh, gw), one mask per head
+            out.append(mask_overlay(frame, m, colours, alpha=0.35, patch_size=self.patch_size,
+                                    thickness=2, halo=True))
         return np.stack(out)
 
     def segment_overlays(self, mode: str = "frame", alpha: float = 0.55) -> np.ndarray:
@@ -264,7 +267,7 @@ class Exploration:
 
     def figure_all_heads(self, frame: int = 0) -> Figure:
         """Every head's map for one frame of the clip (its position in the clip)."""
-        from labkit.viz import overlay, plot_grid, upsample_map
+        from labkit.viz import plot_grid, upsample_map
 
         attn = self.attention[frame]
         images = []
@@ -276,6 +279,7 @@ class Exploration:
             [images], col_titles=[f"head {i}" for i in range(len(images))],
             row_titles=[f"frame {self.indices[frame]}"],
             suptitle=self._suptitle("every head's [CLS] attention"),
+            cmap="inferno", vmin=0.0, vmax=1.0, heat_alpha=0.7, colorbar="attention / head's maximum",
         )
 
     def figure_masks(self, max_columns: int = 8) -> Figure:
