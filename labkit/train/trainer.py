@@ -243,14 +243,15 @@ def clip_gradients(
     Returns:
         The L2 norm of all gradients together, before clipping (float).
     """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+    if mode not in ("global", "per_parameter"):
+        raise ValueError(f"clip_gradients: mode must be 'global' or 'per_parameter', got {mode!r}")
+    with_grads = [p for p in parameters if p.grad is not None]
+    if not with_grads:
         return 0.0
     limit = max_norm if max_norm > 0 else math.inf
     if mode == "global":
-        return float(torch.nn.utils.clip_grad_norm_(grads, limit))
-    if mode != "per_parameter":
-        raise ValueError(f"clip_gradients: mode must be 'global' or 'per_parameter', got {mode!r}")
+        return float(torch.nn.utils.clip_grad_norm_(with_grads, limit))
+    grads = [p.grad for p in with_grads]
     norms = torch._foreach_norm(grads)  # one 0-d tensor per parameter
     total = float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
     if math.isfinite(limit):
