@@ -657,8 +657,8 @@ class AttentionExplorer:
         """One line saying what a state shows."""
         s = self.state if state is None else state
         norms = ""
-        if "artifacts" in self.panels or "registers" in self.panels:
-            data = self.artifacts()
+        if self._artifacts is not None and ("artifacts" in self.panels or "registers" in self.panels):
+            data = self._artifacts  # once computed (compute() does it), so the title never waits
             norms = (f"norms: {int(data.outliers[s.frame, s.layer].sum())} outliers; [CLS] "
                      f"{float(data.cls_outlier_mass[s.frame, s.layer]):.0%} on the block input's outliers")
             if data.cls_register_mass is not None:
