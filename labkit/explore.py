@@ -229,11 +229,26 @@ class Exploration:
 
         return features_to_rgb(self.features)
 
-    def animation_frames(self) -> np.ndarray:
-        """Frame | heads as RGB | k-means (clip) side by side: uint8 (T, H, 3 W, 3)."""
-        return np.concatenate(
+    def animation_frames(self, labels: bool = False) -> np.ndarray:
+        """Frame | heads as RGB | k-means (clip) side by side: uint8 (T, H, 3 W, 3).
+
+        Args:
+            labels: add a band above the panels (:func:`labkit.viz.render.label_panels`) saying
+                what each panel is, the frame number and the weights: uint8 (T, band + H, 3 W, 3).
+        """
+        anim = np.concatenate(
             [self.frames, self.rgb_maps(), self.segment_overlays("clip")], axis=2
         )
+        if not labels:
+            return anim
+        from labkit.viz.render import label_panels
+
+        cfg, T = self.config, len(self.indices)
+        titles = ["frame", f"heads {cfg.heads[0]}, {cfg.heads[1]}, {cfg.heads[2]} as R, G, B (block {cfg.layer})",
+                  f"k-means over the clip, k={cfg.k}"]
+        info = [f"frame {int(i)} ({t + 1}/{T})" + (f"  ·  {self.weights}" if self.weights else "")
+                for t, i in enumerate(self.indices)]
+        return label_panels(anim, titles, info)
 
     # ---- plot: Figures --------------------------------------------------------------------
     def _titles(self) -> list[str]:
@@ -543,7 +558,7 @@ def save_exploration(
             path = out / f"{name}.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")
             written[name] = path
-    anim = exp.animation_frames()
+    anim = exp.animation_frames(labels=True)  # what each panel is, frame number, weights
     written["animation_gif"] = write_animation(anim, out / "attention.gif", fps=fps)
     written["animation_mp4"] = write_animation(anim, out / "attention.mp4", fps=fps)
     metrics = exp.metrics()

@@ -16,7 +16,7 @@ import numpy as np
 
 from labkit.viz.render import _to_numpy
 
-__all__ = ["Mp4Writer", "write_animation"]
+__all__ = ["Mp4Writer", "write_animation", "animation_html"]
 
 
 def _frames(frames: Any) -> np.ndarray:
@@ -203,3 +203,34 @@ def write_animation(
     else:
         _write_mp4(a, path, float(fps), int(crf))
     return path
+
+
+def animation_html(path: str | Path, *, width: int | None = None) -> str:
+    """An HTML element that plays a GIF or MP4 file with the file's bytes inside it (base64).
+
+    ``IPython.display.HTML(animation_html(path))`` plays in JupyterLab and stays playing in the
+    notebook's HTML export (nbconvert keeps ``text/html`` outputs; ``Image(filename=...)`` of a
+    GIF is exported as the text ``<IPython.core.display.Image object>``). A GIF becomes
+    ``<img src="data:image/gif;base64,...">``, an MP4 a looping, muted, autoplaying ``<video>``.
+
+    Args:
+        path: a ``.gif`` or ``.mp4`` file (e.g. from :func:`write_animation`).
+        width: display width in CSS pixels; default the file's own width (at most the page's).
+
+    Returns:
+        The HTML text (about 4/3 of the file's size).
+    """
+    import base64
+    import html
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"animation_html: {path}: unsupported suffix {path.suffix!r} (use .gif or .mp4)")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    style = "max-width: 100%;" + (f" width: {int(width)}px;" if width else "")
+    alt = html.escape(path.name, quote=True)
+    if suffix == ".gif":
+        return f'<img src="data:image/gif;base64,{data}" alt="{alt}" style="{style}">'
+    return (f'<video autoplay loop muted playsinline controls style="{style}" title="{alt}">'
+            f'<source src="data:video/mp4;base64,{data}" type="video/mp4"></video>')

@@ -35,6 +35,7 @@ __all__ = [
     "segment_overlay",
     "features_to_rgb",
     "caption",
+    "label_panels",
 ]
 
 # matplotlib's "tab20" colours, reordered: the ten dark ones (tab10) first, then the ten light ones,
@@ -642,3 +643,90 @@ def caption(frame: Any, text: str, *, font_size: int | None = None) -> np.ndarra
     )
     out[:band] = np.asarray(image)
     return out
+
+
+def _font(size: int) -> Any:
+    """DejaVu Sans (matplotlib's bundled copy) at ``size`` pixels, else Pillow's scalable default."""
+    from pathlib import Path
+
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default(size=size)
+
+
+def label_panels(
+    frames: Any,
+    panel_titles: Sequence[str],
+    info: str | Sequence[str] = "",
+    *,
+    font_size: int | None = None,
+) -> np.ndarray:
+    """Add a dark band above frames made of side-by-side panels: each panel's title over it and,
+    below the titles, one line of information per frame (frame number, weights ...).
+
+    The band is added above the frames (nothing of the picture is covered); text is white (the
+    information line light grey) in DejaVu Sans, cut at the panel's or frame's edge if too long.
+
+    Args:
+        frames: uint8 ``(T, H, W, 3)`` or one frame ``(H, W, 3)``, ``len(panel_titles)`` panels of
+            equal width side by side (e.g. :meth:`labkit.explore.Exploration.animation_frames`).
+        panel_titles: What each panel shows, left to right.
+        info: One line under the titles, the same for every frame (a string) or one per frame.
+        font_size: Text height in pixels; default ``H / 16``, between 12 and 24 (legible in a
+            GIF shown at its own size on a 1400 px page).
+
+    Returns:
+        uint8 ``([T,] H + band, W, 3)``: the band (``2.9 x font_size`` rows with an info line,
+        ``1.6 x`` without), then the frames unchanged.
+    """
+    from PIL import Image, ImageDraw
+
+    f = _to_numpy(frames, "label_panels: frames")
+    single = f.ndim == 3
+    f = f[None] if single else f
+    if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
+        raise ValueError(f"label_panels: frames must be uint8 (T, H, W, 3), got {f.dtype} {f.shape}")
+    T, H, W, _ = f.shape
+    n = len(panel_titles)
+    if n < 1:
+        raise ValueError("label_panels: need at least one panel title")
+    infos = [str(info)] * T if isinstance(info, str) else [str(i) for i in info]
+    if len(infos) != T:
+        raise ValueError(f"label_panels: {T} frames but {len(infos)} info lines")
+    size = int(font_size) if font_size is not None else int(min(24, max(12, round(H / 16))))
+    if size < 1:
+        raise ValueError(f"label_panels: font_size must be >= 1, got {font_size}")
+    font = _font(size)
+    has_info = any(infos)
+    band = round(size * (2.9 if has_info else 1.6))
+    pad = max(2, size // 3)
+    # the titles are the same in every frame: draw them once
+    top = Image.new("RGB", (W, band), (24, 24, 24))
+    draw = ImageDraw.Draw(top)
+    width = W / n
+    for i, title in enumerate(panel_titles):
+        text = " ".join(str(title).split())
+        while text and draw.textlength(text, font=font) > width - 2 * pad:
+            text = text[:-1]
+        x = i * width + (width - draw.textlength(text, font=font)) / 2
+        draw.text((x, pad // 2), text, fill=(255, 255, 255), font=font)
+        if i:
+            draw.line([(round(i * width), 0), (round(i * width), band)], fill=(90, 90, 90), width=1)
+    out = np.empty((T, H + band, W, 3), np.uint8)
+    out[:, band:] = f
+    for t in range(T):
+        image = top.copy()
+        if infos[t]:
+            d = ImageDraw.Draw(image)
+            text = " ".join(infos[t].split())
+            while text and d.textlength(text, font=font) > W - 2 * pad:
+                text = text[:-1]
+            d.rectangle([(0, round(size * 1.45)), (W, band)], fill=(24, 24, 24))
+            d.text((pad, round(size * 1.5)), text, fill=(200, 200, 200), font=font)
+        out[t, :band] = np.asarray(image)
+    return out[0] if single else out
