@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-step", type=int, default=4, help="0 spreads the frames over the whole video")
     p.add_argument("--img-size", type=int, default=224, help="shorter side fed to the model")
     p.add_argument("--k", type=int, default=5, help="k-means segments")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda[:n] or mps")
     p.add_argument(
         "--film", action="store_true",
         help="film every frame at the video's own size: one MP4 per method in --out, streamed "
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=0,
                    help="only the first N frames of each sequence, for a quick look (0: all)")
     p.add_argument("--batch-size", type=int, default=8, help="frames per forward pass")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda[:n] or mps")
     p.add_argument("--seed", type=int, default=0, help="random weights, k-means, samples")
     p.add_argument("--out", default="runs/evaluate", help="output folder")
     p.add_argument(

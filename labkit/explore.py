@@ -52,7 +52,7 @@ class ExploreConfig:
     k: int = 5  # k-means segments
     keep: float = 0.6  # attention mass kept by the thresholded masks (DINO uses 0.6)
     batch_size: int = 8  # frames per forward pass
-    device: str = "cpu"
+    device: str = "auto"  # "auto": CUDA when available, else the CPU
     seed: int = 0
     out_dir: str = "runs/attention_explorer"
     # models compared frame by frame, one row each (labkit.viz.comparison.ModelComparison), as
@@ -66,12 +66,14 @@ class ExploreConfig:
             check_model_kwargs,
             check_output_dir,
             check_value,
+            resolve_device,
         )
 
         check_fields(self, skip=("heads",))  # every value of its annotated type, or the key is named
         check_value("heads", self.heads, tuple[int, ...])
         check_model_kwargs("model_kwargs", self.model_kwargs)
         check_device("device", self.device)
+        object.__setattr__(self, "device", resolve_device(self.device))
         check_output_dir("out_dir", self.out_dir)
         heads = tuple(int(h) for h in self.heads)
         object.__setattr__(self, "heads", heads)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from labkit.pos_embed import PosEmbedRule, apply_rule, check_rule, rule_for_weights
+from labkit.validation import resolve_device
 from labkit.zoo import in_local_cache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -195,7 +196,7 @@ def load_backbone(
             folder looked in, and the two ways out. ``"auto"``: the tag's weights if they are in
             the local cache now, else a random init whose :func:`weights_label` says that the
             weights were not there (what the notebooks and the demo default to).
-        device: where the model lives.
+        device: where the model lives; ``"auto"``: CUDA when available, else the CPU.
         which: network to take from a training checkpoint, ``"teacher"`` or ``"student"``.
         pos_embed_rule: how the position embedding is resized to a frame's patch grid,
             ``"dino"``, ``"dinov2"`` or ``"timm"`` (:mod:`labkit.pos_embed`). ``"auto"``: as
@@ -290,7 +291,7 @@ def load_backbone(
     cfg["pos_embed_rule"] = rule
     model.pretrained_cfg = cfg
     apply_rule(model, rule)  # type: ignore[arg-type]
-    return model.to(device).eval()
+    return model.to(resolve_device(device)).eval()
 
 
 class PretrainedWeightsError(OSError):

@@ -52,6 +52,7 @@ from labkit.validation import (
     check_model_kwargs,
     check_output_dir,
     yaml_error,
+    resolve_device,
 )
 
 __all__ = [
@@ -86,7 +87,7 @@ class PipelineConfig:
     name: str = "demo"  # run folder: <runs_dir>/<name>
     runs_dir: str = "runs"
     video_path: str = ""  # training and exploration video; empty: the synthetic default video
-    device: str = "cpu"
+    device: str = "auto"  # "auto": CUDA when available, else the CPU (resolved once, for every stage)
     seed: int = 0
     # ---- training: every method gets the same budget ----
     methods: tuple[str, ...] = ("dora", "dino")  # trained models; the random init is always evaluated
@@ -155,6 +156,7 @@ class PipelineConfig:
         if "." not in self.pretrained_model:
             raise ValueError(
                 f"pretrained_model: {self.pretrained_model!r} has no pretrained tag; give a name "
+        object.__setattr__(self, "device", resolve_device(self.device))
                 "such as vit_small_patch16_224.dino (labkit models lists them)"
             )
         _check_model_name(self.pretrained_model)

@@ -29,6 +29,7 @@ __all__ = [
     "check_value",
     "expected_form",
     "field_types",
+    "resolve_device",
     "yaml_error",
 ]
 
@@ -237,21 +238,37 @@ def check_model_kwargs(key: str, kwargs: Mapping[str, Any]) -> None:
         raise ValueError(f"{key}: embed_dim {dim} is not divisible by num_heads {heads}")
 
 
+def resolve_device(device: Any) -> str:
+    """``"auto"`` as the device this machine has (``cuda`` when available, else ``mps``, else
+    ``cpu``); any other value unchanged, as a string."""
+    text = str(device)
+    if text != "auto":
+        return text
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def check_device(key: str, device: Any) -> None:
-    """``cpu``, ``cuda[:n]`` or ``mps``, and present on this machine.
+    """``auto``, ``cpu``, ``cuda[:n]`` or ``mps``, and present on this machine.
 
     Raises:
         ValueError: naming ``key`` and what this machine has.
     """
     import torch
 
-    text = str(device)
+    text = resolve_device(device)
     if not text.startswith(("cpu", "cuda", "mps")):
-        raise ValueError(f"{key} must be 'cpu', 'cuda[:n]' or 'mps', got {device!r}")
+        raise ValueError(f"{key} must be 'auto', 'cpu', 'cuda[:n]' or 'mps', got {device!r}")
     try:
         parsed = torch.device(text)
     except RuntimeError:
-        raise ValueError(f"{key} must be 'cpu', 'cuda[:n]' or 'mps', got {device!r}") from None
+        raise ValueError(f"{key} must be 'auto', 'cpu', 'cuda[:n]' or 'mps', got {device!r}") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{key} {text!r}: CUDA is not available on this machine (use cpu)")

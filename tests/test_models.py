@@ -214,7 +214,10 @@ def test_pretrained_is_passed_to_timm(monkeypatch):
         seen.update(name=name, pretrained=pretrained, **kwargs)
         return real(name, pretrained=False, **kwargs)
 
+    import labkit.models
+
     monkeypatch.setattr(timm, "create_model", spy)
+    monkeypatch.setattr(labkit.models, "_hub_reachable", lambda timeout=3.0: True)  # as if online
     load_backbone("vit_small_patch16_224", pretrained=True, depth=1, embed_dim=32, num_heads=2)
     assert seen["pretrained"] is True and seen["num_classes"] == 0 and seen["dynamic_img_size"] is True
 

@@ -59,7 +59,13 @@ from labkit.eval.sequence import dataset_segmentation, evaluate_sequence, model_
 from labkit.eval.specs import ModelSpec, parse_model_spec
 from labkit.models import weights_label
 from labkit.pos_embed import PosEmbedRule, model_rule
-from labkit.validation import check_device, check_fields, check_model_kwargs, check_output_dir
+from labkit.validation import (
+    check_device,
+    check_fields,
+    check_model_kwargs,
+    check_output_dir,
+    resolve_device,
+)
 
 __all__ = [
     "EVALUATIONS",
@@ -114,7 +120,7 @@ class EvalConfig:
     example_frames: int = 3  # frames per sequence kept for figures
     max_frames: int = 0  # only the first N frames of each sequence (quick looks, tests); 0: all
     batch_size: int = 8  # frames per forward pass
-    device: str = "cpu"
+    device: str = "auto"  # "auto": CUDA when available, else the CPU
     seed: int = 0  # k-means, random weights, the dataset sample
     out_dir: str = "runs/evaluate"
 
@@ -178,6 +184,7 @@ class EvalConfig:
 
     @property
     def specs(self) -> list[ModelSpec]:
+        object.__setattr__(self, "device", resolve_device(self.device))
         return [parse_model_spec(m) for m in self.models]
 
     def _per_model_kwargs(self) -> bool:

@@ -47,6 +47,7 @@ from typing import Any, Literal
 from labkit.pos_embed import PosEmbedRule, check_rule
 
 from labkit.validation import (
+    resolve_device,
     check_device,
     check_fields,
     check_model_kwargs,
@@ -184,7 +185,7 @@ class TrainConfig:
     # distribution's top dimension above half the mass) before a CollapseWarning; 0: no watchdog
     collapse_patience: int = 20
     # -- run ----------------------------------------------------------------------------------
-    device: str = "cpu"  # "cuda" under torchrun means cuda:LOCAL_RANK
+    device: str = "auto"  # "auto": CUDA when available, else the CPU; "cuda" under torchrun: cuda:LOCAL_RANK
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on cuda only
     compile: bool = False  # torch.compile the student
     num_workers: int = 0  # DataLoader workers per process (each opens its own video readers)
@@ -374,6 +375,7 @@ class TrainConfig:
                 "checkpoint and pretrained both set; choose one source of initial weights"
             )
         check_device("device", self.device)
+        set_("device", resolve_device(self.device))
         if not isinstance(self.out_dir, str) or not self.out_dir:
             raise ValueError(f"out_dir must be a folder path, got {self.out_dir!r}")
         check_output_dir("out_dir", self.out_dir)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from labkit.models import weights_label
+from labkit.validation import resolve_device
 from labkit.pos_embed import PosEmbedRule
 
 if TYPE_CHECKING:
@@ -258,7 +259,7 @@ class AttentionExplorer:
         k: int = 5,
         alpha: float = 0.5,
         sinkhorn: bool = True,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "auto",
         batch_size: int = 8,
         seed: int = 0,
         progress: bool = True,
@@ -293,7 +294,7 @@ class AttentionExplorer:
         if height < self.patch_size or width < self.patch_size:
             raise ValueError(f"frames {height}x{width} are smaller than one {self.patch_size}-pixel patch")
         self.grid = (height // self.patch_size, width // self.patch_size)
-        self.device = device
+        self.device = resolve_device(device)  # "auto": CUDA when available, else the CPU
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.progress = progress
