@@ -122,6 +122,9 @@ def _cmd_attention_film(args: argparse.Namespace) -> int:
 def _cmd_attention(args: argparse.Namespace) -> int:
     from labkit.explore import ExploreConfig, explore, save_exploration
 
+    from labkit.environment import configure_threads
+
+    configure_threads(args.threads or None)
     if args.film:
         return _cmd_attention_film(args)
     cfg = ExploreConfig(
@@ -161,7 +164,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from labkit.pipeline import StageFailed, load_pipeline_config, run_pipeline
 
-    cfg = load_pipeline_config(args.config, args.override or [])
+    threads = [f"threads={args.threads}"] if args.threads else []
+    cfg = load_pipeline_config(args.config, [*(args.override or []), *threads])
     try:
         report = run_pipeline(cfg, force=args.force, only=args.only, progress=not args.quiet)
     except StageFailed as err:
@@ -190,7 +194,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from labkit.train import load_config
     from labkit.train.trainer import TrainingDiverged, TrainingInterrupted, train
 
-    config = load_config(args.config, args.override or ())
+    threads = [f"threads={args.threads}"] if args.threads else []
+    config = load_config(args.config, [*(args.override or ()), *threads])
     if args.print_config:
         import yaml
 
@@ -215,14 +220,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from labkit.eval.report import markdown_table, run_description, save_report, summary_rows
     from labkit.eval.runner import EvalConfig, evaluate
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = EvalConfig(
+        threads=args.threads,
         models=tuple(args.models),
         model_kwargs=_model_kwargs(args.model_kwargs),
         pos_embed_rule=args.pos_embed_rule,
@@ -251,6 +253,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for name, path in written.items():
         print(f"[labkit] {name}: {path}")
     return 0
+
+
+THREADS_HELP = (
+    "torch CPU threads (default 0: the CPUs this process may use, by affinity and cgroup quota, "
+    "less data workers); 1 is several times faster on a CPU other jobs are using, where threads "
+    "spin waiting for each other"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rediscover", type=int, default=0,
                    help="film: DoRA rediscovers its objects every N frames (0: on the first frame "
                    "only; a video with scene cuts wants about one shot's length)")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.set_defaults(func=_cmd_attention)
 
     p = sub.add_parser(
@@ -350,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and start afresh (without it, labkit refuses rather than overwrite finished work)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP + " (the field threads)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -391,11 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda[:n] or mps")
     p.add_argument("--seed", type=int, default=0, help="random weights, k-means, samples")
     p.add_argument("--out", default="runs/evaluate", help="output folder")
-    p.add_argument(
-        "--threads", type=int, default=0,
-        help="torch CPU threads (default: torch's choice); 1 is several times faster on a CPU "
-        "other jobs are using, where threads spin waiting for each other",
-    )
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.add_argument("--no-figures", action="store_true", help="metrics.json and summary.md only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)
@@ -413,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=["train", "explore", "evaluate", "report"],
                    help="run one stage group (the stages it needs must be complete)")
     p.add_argument("--quiet", action="store_true", help="do not stream the training's progress")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP + ", in every stage")
     p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser("demo", help="the main job: the pipeline with CPU defaults on the default video")
@@ -420,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--override", action="append", metavar="KEY=VALUE", help="as for pipeline")
     p.add_argument("--force", action="store_true", help="rerun complete stages too")
     p.add_argument("--quiet", action="store_true", help="do not stream the training's progress")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP + ", in every stage")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -14,12 +14,14 @@ less the data-loading workers (each worker runs one torch thread: torch's DataLo
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,22 @@ def configure_threads(threads: int | None = None, workers: int = 0, processes: i
     count = threads if threads else automatic_threads(workers, processes)
     torch.set_num_threads(count)
     return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def threads_for(threads: int | None = None, workers: int = 0, processes: int = 1) -> Iterator[int]:
+    """:func:`configure_threads` for a ``with`` block; torch's previous count is restored after.
+
+    Yields:
+        The thread count set.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        yield configure_threads(threads, workers, processes)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def cpu_name() -> str:

@@ -33,15 +33,16 @@ Finished work is never lost (see ``docs/reliability.md``):
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import json
 import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, Union
 
-from labkit.environment import describe
+from labkit.environment import describe, threads_for
 from labkit.models import resolve_pretrained
 from labkit.pos_embed import PosEmbedRule
 from labkit.runfolder import RunLock, remove_stale_temporaries, write_atomic
@@ -51,8 +52,8 @@ from labkit.validation import (
     check_fields,
     check_model_kwargs,
     check_output_dir,
-    yaml_error,
     resolve_device,
+    yaml_error,
 )
 
 __all__ = [
@@ -89,6 +90,10 @@ class PipelineConfig:
     video_path: str = ""  # training and exploration video; empty: the synthetic default video
     device: str = "auto"  # "auto": CUDA when available, else the CPU (resolved once, for every stage)
     seed: int = 0
+    # torch CPU threads of the pipeline and the most of every stage's kernel (OMP_NUM_THREADS);
+    # 0: the CPUs this process may use (affinity, cgroup quota); a training stage leaves room
+    # for its data workers (labkit.environment.configure_threads)
+    threads: int = 0
     # ---- training: every method gets the same budget ----
     methods: tuple[str, ...] = ("dora", "dino")  # trained models; the random init is always evaluated
     model: str = "vit_tiny_patch16_224"  # timm ViT
@@ -140,6 +145,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: automatic), got {self.threads}")
         if self.eval_max_frames < 0:
             raise ValueError(f"eval_max_frames must be >= 0, got {self.eval_max_frames}")
         if not self.lr > 0:
@@ -149,6 +156,7 @@ class PipelineConfig:
         if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             raise ValueError(f"checkpoint {self.checkpoint!r} is not a file")
         check_device("device", self.device)
+        object.__setattr__(self, "device", resolve_device(self.device))
         for name in ("model_kwargs", "train", "evaluate", "eval_sequences"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
@@ -156,7 +164,6 @@ class PipelineConfig:
         if "." not in self.pretrained_model:
             raise ValueError(
                 f"pretrained_model: {self.pretrained_model!r} has no pretrained tag; give a name "
-        object.__setattr__(self, "device", resolve_device(self.device))
                 "such as vit_small_patch16_224.dino (labkit models lists them)"
             )
         _check_model_name(self.pretrained_model)
@@ -553,8 +560,26 @@ def run_pipeline(
                                      f"{by_name[need].group}) first")
 
     run_dir = cfg.run_dir.resolve()
-    with RunLock(run_dir, what="labkit pipeline"):  # a second pipeline here fails at once
+    # this process and every stage's kernel (OMP_NUM_THREADS, read by torch at import) use the
+    # CPUs available; a training stage also leaves room for its data workers
+    with RunLock(run_dir, what="labkit pipeline"), threads_for(cfg.threads or None) as threads, \
+            _environment(OMP_NUM_THREADS=str(threads)):
         return _run_stages(cfg, stages, selected, run_dir, force, progress, say)
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Environment variables set for a ``with`` block (the kernels it starts inherit them)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _run_stages(

@@ -69,12 +69,19 @@ def one_thread():
     """One intra-op torch thread for the test: on tiny tensors more threads only add
     synchronisation (5x slower on a busy 2-core machine). Use with
     ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import os
+
     import torch
 
-    threads = torch.get_num_threads()
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # what labkit's automatic thread count honours too
     yield
     torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
 
 
 @pytest.fixture(autouse=True)

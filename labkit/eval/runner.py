@@ -52,7 +52,7 @@ from typing import Any, Literal
 
 import torch
 
-from labkit.environment import describe
+from labkit.environment import describe, threads_for
 from labkit.eval.datasets import DatasetError, DavisSequence, davis_sequences, image_folder_split
 from labkit.eval.results import EvalResult, ModelResult
 from labkit.eval.sequence import dataset_segmentation, evaluate_sequence, model_input_size
@@ -122,6 +122,8 @@ class EvalConfig:
     batch_size: int = 8  # frames per forward pass
     device: str = "auto"  # "auto": CUDA when available, else the CPU
     seed: int = 0  # k-means, random weights, the dataset sample
+    # torch CPU threads; 0: the CPUs this process may use (affinity, cgroup quota)
+    threads: int = 0
     out_dir: str = "runs/evaluate"
 
     def __post_init__(self) -> None:
@@ -179,12 +181,14 @@ class EvalConfig:
             raise ValueError("temperature and knn_temperature must be > 0")
         if not 0 < self.keep <= 1:
             raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: automatic), got {self.threads}")
         check_device("device", self.device)
+        object.__setattr__(self, "device", resolve_device(self.device))
         check_output_dir("out_dir", self.out_dir)
 
     @property
     def specs(self) -> list[ModelSpec]:
-        object.__setattr__(self, "device", resolve_device(self.device))
         return [parse_model_spec(m) for m in self.models]
 
     def _per_model_kwargs(self) -> bool:
@@ -304,6 +308,9 @@ def score_sequences(
 def evaluate(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     """Evaluate every model of ``cfg`` on its dataset; checks everything before the first frame.
 
+    Runs with ``cfg.threads`` torch threads (0: the CPUs available to the process, see
+    :func:`labkit.environment.configure_threads`); torch's previous count is restored after.
+
     Args:
         cfg: Models, data and evaluations.
         progress: tqdm progress bars (sequences, frames).
@@ -316,6 +323,11 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
         ValueError: (:class:`labkit.eval.datasets.DatasetError` for data) naming the spec, folder
             or file at fault, before any model runs over the data.
     """
+    with threads_for(cfg.threads or None):
+        return _evaluate(cfg, progress=progress)
+
+
+def _evaluate(cfg: EvalConfig, *, progress: bool) -> EvalResult:
     start = time.perf_counter()
     video_on = any(cfg.runs(e) for e in VIDEO_EVALUATIONS)
     if cfg.data_root:
