@@ -227,7 +227,8 @@ def film_batches(
     centroids = _fit_kmeans(model, video, indices, cfg, progress) if "kmeans" in methods else None
     prototypes: torch.Tensor | None = None  # (1, k, D) DoRA objects being tracked
     position = 0  # frames filmed so far
-    with tqdm(total=total, unit="frame", desc="film", disable=not progress) as bar:
+    rate = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"  # frame/s, even below 1
+    with tqdm(total=total, unit="frame", desc="film", disable=not progress, bar_format=rate) as bar:
         for idx, frames in _batches(video, indices, cfg.batch_size):
             n = len(idx)
             starts = [i for i in range(n) if (position + i == 0) or (cfg.rediscover and (position + i) % cfg.rediscover == 0)]
@@ -457,4 +458,7 @@ def write_films(
         for writer in writers.values():
             writer.abort()
         raise
+    finally:
+        if opened is not video:  # opened here from a path
+            opened.close()
     return {method: writer.close() for method, writer in writers.items()}
