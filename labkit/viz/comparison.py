@@ -180,16 +180,23 @@ class ModelComparison:
 
     def figure(self, state: ExplorerState | None = None) -> Figure:
         """A state as a static Figure: one row per model (label and weights at its left), one
-        column per panel, every row on the same frame, block, heads and k."""
+        column per panel, every row on the same frame, block, heads and k; past four panels each
+        model's row goes on in lines of at most three (row title ``"label (cont.)"``)."""
         from labkit.viz.plot import plot_grid
 
         s = self.state if state is None else self._validated(state)
-        images = [[explorer.panel(name, s) for name in self.panels] for explorer in self.explorers]
-        titles: Any = [explorer.panel_titles(s) for explorer in self.explorers]
-        if all(t == titles[0] for t in titles):
-            titles = titles[0]  # once, above the first row
-        row_titles = [f"{label}\n{_wrap(weights)}" for label, weights in zip(self.labels, self.weights)]
-        return plot_grid(images, row_titles=row_titles, col_titles=titles, suptitle=self.title(s), panel_size=2.6)
+        n = len(self.panels)
+        per = n if n <= 4 else -(-n // -(-n // 3))  # more than 4 panels: each model's row in lines of <= 3
+        rows, row_titles, titles = [], [], []
+        for label, weights, explorer in zip(self.labels, self.weights, self.explorers):
+            images, names = [explorer.panel(name, s) for name in self.panels], explorer.panel_titles(s)
+            for start in range(0, n, per):
+                rows.append(images[start : start + per])
+                titles.append(names[start : start + per])
+                row_titles.append(f"{label}\n{_wrap(weights)}" if start == 0 else f"{label} (cont.)")
+        same = all(t == titles[0] for t in titles) and per == n
+        return plot_grid(rows, row_titles=row_titles, col_titles=titles[0] if same else titles,
+                         suptitle=self.title(s), panel_size=2.6, max_columns=None)  # fmt: skip
 
     def save_png(self, path: str | Path, state: ExplorerState | None = None) -> Path:
         """Write :meth:`figure` as a PNG (110 dpi); returns the path."""

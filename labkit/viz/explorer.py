@@ -695,11 +695,10 @@ class AttentionExplorer:
         if "artifacts" in self.panels or "registers" in self.panels:
             data = self.artifacts()
             count = int(data.outliers[s.frame, s.layer].sum())
-            titles["artifacts"] = (f"token norms, {count} outlier{'s' if count != 1 else ''} "
-                                   f"(> {data.factor:g}x median)")
+            titles["artifacts"] = f"token norms, {count} outlier{'s' if count != 1 else ''}"
             if data.cls_register_mass is not None:
                 share = float(data.cls_register_mass[s.frame, s.layer])
-                titles["registers"] = f"registers' attention ([CLS] {share:.0%} on them)"
+                titles["registers"] = f"registers' attention, [CLS] {share:.0%}"
         return [titles[n] for n in self.panels]
 
     def save_png(self, path: str | Path, state: ExplorerState | None = None) -> Path:
