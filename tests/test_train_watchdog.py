@@ -143,3 +143,50 @@ def test_report_sentence(method):
     one = describe_collapse({**event, "kind": "one_dimension"}, method)
     assert "one output dimension" in one and "step 12" in one
     assert describe_collapse(None, method) == f"the {method} teacher did not collapse."
+
+
+def test_plot_log_marks_the_collapse():
+    from labkit.train import plot_log
+
+    base = {"loss": 5.0, "teacher_entropy": 5.5, "teacher_kl_uniform": 0.0, "lr": 1e-3, "wd": 0.04}
+    log = [{"step": s, **base} for s in range(1, 9)]
+    healthy = plot_log(log)
+    assert not any("collapse" in str(line.get_label()) for line in healthy.axes[0].lines)
+    log[5]["collapse"] = {"step": 3, "kind": "uniform", "detected_at": 6, "patience": 4}
+    fig = plot_log(log)
+    marks = [line for line in fig.axes[0].lines if "collapse" in str(line.get_label())]
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [3, 3]
+    assert any("collapse from step 3" in str(line.get_label()) for line in fig.axes[1].lines)
+
+
+def test_collapse_sentence_from_metrics():
+    from labkit.train.watchdog import collapse_sentence
+
+    event = {"step": 7, "kind": "one_dimension", "detected_at": 26, "patience": 20}
+    assert collapse_sentence({"method": "dora", "collapse": event}).startswith(
+        "The DoRA teacher collapsed at step 7"
+    )
+    assert collapse_sentence({"method": "dino", "collapse": None}) == (
+        "The DINO teacher did not collapse."
+    )
+    assert "predates" in collapse_sentence({"method": "dino"})
+    assert "TimeTuning" in collapse_sentence({"method": "timetuning"})
+
+
+def test_pipeline_report_says_whether_a_run_collapsed(tmp_path):
+    from labkit.pipeline import PipelineConfig, plan
+    from labkit.report import write_report
+
+    cfg = PipelineConfig(runs_dir=str(tmp_path), pretrained=False, eval_data=("synthetic",))
+    stages = plan(cfg)
+    event = {"step": 12, "kind": "uniform", "detected_at": 31, "patience": 20}
+    for stage, collapse in (("train_dora", None), ("train_dino", event)):
+        folder = next(s.out_dir for s in stages if s.name == stage)
+        folder.mkdir(parents=True)
+        metrics = {"method": stage.removeprefix("train_"), "steps": 40, "collapse": collapse}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    text = write_report(cfg.run_dir, stages).read_text()
+    training = text[text.index("<h2>Training</h2>"):]
+    assert "The DoRA teacher did not collapse." in training
+    assert ("The DINO teacher collapsed at step 12: entropy within 1% of log K for 20 steps."
+            in training)

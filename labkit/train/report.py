@@ -222,7 +222,8 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
     A TimeTuning log (records with ``agreement``) shows its own diagnostics in the middle panel:
     the agreement of the last frame's best prototypes with the forwarded targets and the
     targets' confidence (left axis), and the number of distinct clusters in the targets and in
-    the first frames' assignments (right axis).
+    the first frames' assignments (right axis). Where the collapse watchdog fired (a record with
+    ``collapse``), a dotted line marks the step the collapse began on the first two panels.
 
     Args:
         log: records (``TrainResult.log``), a ``log.jsonl`` or a run folder.
@@ -272,6 +273,13 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
             steps, [r["teacher_kl_uniform"] for r in records], label="KL(mean q || uniform)"
         )
         axes[1].set(xlabel="step", ylabel="nats", title="teacher collapse signals")
+        events = [r["collapse"] for r in records if r.get("collapse")]
+        if events:  # the watchdog fired: mark where the collapse began
+            began = events[0]["step"]
+            for ax in axes[:2]:
+                ax.axvline(began, color="C3", ls=":", lw=1.2,
+                           label=f"collapse from step {began} ({events[0]['kind']})")
+            axes[0].legend(fontsize=8)
         axes[1].legend(fontsize=8)
     axes[2].plot(steps, [r["lr"] for r in records], label="lr", color="C2")
     if timetuning:

@@ -27,7 +27,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["CollapseWarning", "CollapseWatchdog", "collapse_kind", "REMEDIES", "describe_collapse"]
+__all__ = [
+    "CollapseWarning",
+    "CollapseWatchdog",
+    "collapse_kind",
+    "REMEDIES",
+    "describe_collapse",
+    "collapse_sentence",
+]
 
 ENTROPY_TOLERANCE = 0.01  # "within 1% of log K"
 TOP_MASS_LIMIT = 0.5  # the batch-mean distribution's top dimension above half the mass
@@ -86,6 +93,25 @@ def describe_collapse(event: dict[str, Any] | None, method: str = "DINO") -> str
     steps = event.get("patience")
     lasting = f" for {steps} steps" if steps else ""
     return f"the {method} teacher collapsed at step {event.get('step')}: {why}{lasting}."
+
+
+def collapse_sentence(metrics: dict[str, Any]) -> str:
+    """What a training run's ``metrics.json`` says about collapse, as one sentence.
+
+    Args:
+        metrics: ``Trainer.summary`` / ``metrics.json`` of a run (``method``, ``collapse``).
+
+    Returns:
+        :func:`describe_collapse`'s sentence, capitalised; for TimeTuning (no teacher) or a run
+        written before the watchdog existed (no ``collapse`` key), a sentence saying so.
+    """
+    method = metrics.get("method", "dino")
+    if method == "timetuning":
+        return "TimeTuning has no teacher to collapse (its collapse signal is the cluster count)."
+    if "collapse" not in metrics:
+        return "This run predates the collapse watchdog (no record of collapse)."
+    sentence = describe_collapse(metrics["collapse"], "DoRA" if method == "dora" else "DINO")
+    return sentence[0].upper() + sentence[1:]
 
 
 @dataclass
