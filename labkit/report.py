@@ -120,67 +120,6 @@ def verdict(evaluation: dict[str, Any], dataset: str, budget: str, tie: float = 
 def weights_section(cfg: dict[str, Any], stages: Sequence[Any]) -> str:
     """HTML: which network and weights every figure and number of the run comes from.
 
-def learned_nothing(evaluation: dict[str, Any], model: str, tie: float = 0.005) -> bool | None:
-    """Whether ``model`` is within ``tie`` of random init, or below it, on every key metric.
-
-    Returns:
-        True / False, or None when ``model`` or ``random`` was not evaluated on any key metric.
-    """
-    rows = {r["model"]: r for r in comparison_rows(evaluation)}
-    if model not in rows or "random" not in rows:
-        return None
-    pairs = [(rows[model].get(k), rows["random"].get(k)) for k, _ in KEY_METRICS]
-    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-    if not pairs:
-        return None
-    return all(a <= b + tie for a, b in pairs)
-
-
-def _out_dim(stage: Any, cfg: dict[str, Any]) -> int | None:
-    """K of the stage's DINO head: its parameters, the run's train options, else TrainConfig's."""
-    value = (getattr(stage, "params", None) or {}).get("out_dim") or (cfg.get("train") or {}).get("out_dim")
-    if value is None:
-        from labkit.train.config import TrainConfig
-
-        value = TrainConfig.__dataclass_fields__["out_dim"].default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def training_health(stage: Any, metrics: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, bool]:
-    """One plain sentence about a training stage's teacher, and whether it collapsed.
-
-    A collapse is the watchdog's ``collapse`` event in ``metrics.json`` when there is one
-    (:func:`labkit.train.watchdog.describe_collapse`), else the last step's teacher statistics
-    (:func:`labkit.train.watchdog.collapse_kind`: entropy within 1% of log K, or over half the
-    mass on one output dimension).
-    """
-    from labkit.train.watchdog import collapse_kind, describe_collapse
-
-    method = {"dora": "DoRA", "dino": "DINO"}.get(stage.name.removeprefix("train_"), stage.name)
-    k = _out_dim(stage, cfg)
-    entropy = metrics.get("teacher_entropy")
-    numbers = ""
-    if entropy is not None and k and k > 1:
-        numbers = (f" (final teacher entropy {entropy:.3f} nats = {entropy / math.log(k):.1%} of "
-                   f"log K = ln {k} = {math.log(k):.3f})")
-    if metrics.get("collapse"):
-        text = describe_collapse(metrics["collapse"], method)
-        return text[0].upper() + text[1:].rstrip(".") + numbers + ".", True
-    kind = collapse_kind(metrics, k) if k else None
-    if kind == "uniform":
-        return (f"The {method} teacher collapsed: its output is uniform{numbers}; the features carry "
-                "no information about the frames.", True)
-    if kind == "one_dimension":
-        return (f"The {method} teacher collapsed: over half of its mass is on one output dimension "
-                f"(top mass {metrics.get('teacher_top_mass'):.2f}){numbers}.", True)
-    if entropy is None:
-        return f"{method}: no teacher statistics recorded.", False
-    return f"The {method} teacher did not collapse{numbers}.", False
-
-
     One line per model of the evaluations (``weights_label`` recorded in their metrics) and per
     exploration, then whether the pretrained reference ran and, if not, why and how to add it.
     """
@@ -245,38 +184,15 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
 
     # verdicts first: what a reader wants to know
     evaluations = [s for s in stages if s.group == "evaluate"]
-    verdicts, headlines = [], []
-    collapsed = []
-    for stage in (s for s in stages if s.group == "train"):
-        m = _read_json(stage.out_dir / "metrics.json")
-        if m is None:
-            continue
-        sentence, bad = training_health(stage, m, cfg)
-        verdicts.append(f"<p{' class=bad' if bad else ''}>{html.escape(sentence)}</p>")
-        if bad:
-            collapsed.append(stage.name.removeprefix("train_"))
-    trained = [s.name.removeprefix("train_") for s in stages if s.group == "train"]
+    verdicts = []
     for stage in evaluations:
         metrics = _read_json(stage.out_dir / "metrics.json")
         if metrics is None:
             verdicts.append(f"<p>{html.escape(stage.name)}: not run (no dataset or not complete).</p>")
             continue
-        text = verdict(metrics, dataset, budget)
-        overall = text.partition(": ")[2].partition(". ")[0].rstrip(".")
-        headlines.append(f"On {dataset}: {overall}.")
-        nothing = [m for m in trained if learned_nothing(metrics, m)]
-        if nothing:
-            names = " and ".join({"dora": "DoRA", "dino": "DINO"}.get(m, m) for m in nothing)
-            headlines.append(f"On {dataset}, {names} learned nothing measurable: no better than random "
-                             f"init on any key metric.")
-        verdicts.append(f"<p>{html.escape(text)}</p>")
-    if collapsed:
-        headlines.insert(0, "Training collapsed for " + " and ".join(collapsed)
-                         + ": its features carry no information, so its numbers below say nothing about "
-                           "the method.")
-    parts.append("<h2>Verdict</h2><div class='verdict'>"
-                 + "".join(f"<p class='headline'>{html.escape(h)}</p>" for h in headlines)
-                 + "".join(verdicts) + "<p class='muted'>All scores: higher is better, 0 to 1.</p></div>")
+        dataset = stage.name.removeprefix("evaluate_")
+        verdicts.append(f"<p>{html.escape(verdict(metrics, dataset, budget))}</p>")
+    parts.append("<h2>Verdict</h2><div class='verdict'>" + "".join(verdicts) + "</div>")
     parts.append(weights_section(cfg, stages))
 
     # stages
@@ -298,16 +214,16 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     train_rows, train_figures, collapse_notes = [], [], []
     for stage in (s for s in stages if s.group == "train"):
         m = _read_json(stage.out_dir / "metrics.json") or {}
+        if m:  # the collapse watchdog's verdict, in plain words
+            from labkit.train.watchdog import collapse_sentence
+
+            collapse_notes.append(f"<p>{html.escape(collapse_sentence(m))}</p>")
         train_rows.append({"method": stage.name.removeprefix("train_"), "steps": m.get("steps"),
                            "first loss": m.get("first_loss"), "final loss": m.get("final_loss"),
                            "teacher entropy": m.get("teacher_entropy"),
                            "teacher KL to uniform": m.get("teacher_kl_uniform"),
                            "images/s": m.get("images_per_second"), "seconds": m.get("seconds")})
         log = stage.out_dir / "log.jsonl"
-        if m:  # the collapse watchdog's verdict, in plain words
-            from labkit.train.watchdog import collapse_sentence
-
-            collapse_notes.append(f"<p>{html.escape(collapse_sentence(m))}</p>")
         if log.is_file():
             png = stage.out_dir / "log.png"
             plot_log(log, title=stage.name).savefig(png, dpi=90, bbox_inches="tight")
