@@ -187,6 +187,24 @@ def export_html(executed: Path, html: Path | None = None) -> Path:
     return html
 
 
+class _ProgressLines:
+    """A file papermill writes the kernel's stream output to: passes on only whole lines that
+    start with ``[labkit] `` (labkit's progress lines, e.g. the evaluation's one per sequence)."""
+
+    def __init__(self, out: Any) -> None:
+        self.out, self.pending = out, ""
+
+    def write(self, text: str) -> None:
+        self.pending += text
+        *done, self.pending = self.pending.split("\n")
+        for line in done:
+            if line.startswith("[labkit] "):
+                self.out.write(line + "\n")
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def run_notebook(
     notebook: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -196,6 +214,7 @@ def run_notebook(
     progress: bool = True,
     log_output: bool = False,
     timeout: float | None = None,
+    progress_lines: bool = True,
 ) -> NotebookRun:
     """Execute a notebook with papermill into ``out_dir``.
 
@@ -208,6 +227,8 @@ def run_notebook(
         log_output: stream the notebook's own output (stdout and stderr: prints, progress) to this
             process's stderr.
         timeout: seconds allowed per cell (None: no limit).
+        progress_lines: without ``log_output``, still pass the notebook's ``[labkit] ...``
+            progress lines (a long cell's per-sequence progress) on to this process's stderr.
 
     Returns:
         A :class:`NotebookRun` with the paths written.
@@ -235,7 +256,7 @@ def run_notebook(
             kernel_name="python3",
             progress_bar=progress,
             stdout_file=sys.stderr if log_output else None,
-            stderr_file=sys.stderr if log_output else None,
+            stderr_file=sys.stderr if log_output else _ProgressLines(sys.stderr) if progress_lines else None,
             execution_timeout=timeout,
             # the kernel's own log (a transport warning on every start; tracebacks of its message
             # handlers when it is stopped by Ctrl-C) is noise to the user; LABKIT_DEBUG keeps it

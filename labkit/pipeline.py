@@ -628,6 +628,7 @@ def _run_stages(
                 result = run_notebook(
                     stage.notebook, stage.out_dir, stage.params,
                     progress=False, log_output=progress and stage.group == "train",
+                    progress_lines=progress,  # e.g. the evaluation's line per sequence
                 )
                 _write_marker(stage, time.perf_counter() - t0, html=str(result.html))
             except Exception as err:

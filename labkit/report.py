@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from labkit.runfolder import write_atomic
 
-__all__ = ["write_report", "verdict", "comparison_rows"]
+__all__ = ["write_report", "verdict", "comparison_rows", "training_health", "learned_nothing"]
 
 # headline metrics of the comparison, higher is better for all
 KEY_METRICS = (
@@ -33,6 +33,9 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
 .verdict { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.8em 1em; }
+.verdict p { margin: 0.4em 0; } .headline { font-size: 1.1em; font-weight: 600; }
+.bad { color: #a00000; font-weight: 600; }
+details { margin: 0.5em 0; } summary { cursor: pointer; color: #245; }
 .muted { color: #777; font-size: 0.9em; } code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
@@ -117,6 +120,67 @@ def verdict(evaluation: dict[str, Any], dataset: str, budget: str, tie: float = 
             + f" (Differences under {tie} count as ties.)")
 
 
+def learned_nothing(evaluation: dict[str, Any], model: str, tie: float = 0.005) -> bool | None:
+    """Whether ``model`` is within ``tie`` of random init, or below it, on every key metric.
+
+    Returns:
+        True / False, or None when ``model`` or ``random`` was not evaluated on any key metric.
+    """
+    rows = {r["model"]: r for r in comparison_rows(evaluation)}
+    if model not in rows or "random" not in rows:
+        return None
+    pairs = [(rows[model].get(k), rows["random"].get(k)) for k, _ in KEY_METRICS]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    if not pairs:
+        return None
+    return all(a <= b + tie for a, b in pairs)
+
+
+def _out_dim(stage: Any, cfg: dict[str, Any]) -> int | None:
+    """K of the stage's DINO head: its parameters, the run's train options, else TrainConfig's."""
+    value = (getattr(stage, "params", None) or {}).get("out_dim") or (cfg.get("train") or {}).get("out_dim")
+    if value is None:
+        from labkit.train.config import TrainConfig
+
+        value = TrainConfig.__dataclass_fields__["out_dim"].default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def training_health(stage: Any, metrics: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, bool]:
+    """One plain sentence about a training stage's teacher, and whether it collapsed.
+
+    A collapse is the watchdog's ``collapse`` event in ``metrics.json`` when there is one
+    (:func:`labkit.train.watchdog.describe_collapse`), else the last step's teacher statistics
+    (:func:`labkit.train.watchdog.collapse_kind`: entropy within 1% of log K, or over half the
+    mass on one output dimension).
+    """
+    from labkit.train.watchdog import collapse_kind, describe_collapse
+
+    method = {"dora": "DoRA", "dino": "DINO"}.get(stage.name.removeprefix("train_"), stage.name)
+    k = _out_dim(stage, cfg)
+    entropy = metrics.get("teacher_entropy")
+    numbers = ""
+    if entropy is not None and k and k > 1:
+        numbers = (f" (final teacher entropy {entropy:.3f} nats = {entropy / math.log(k):.1%} of "
+                   f"log K = ln {k} = {math.log(k):.3f})")
+    if metrics.get("collapse"):
+        text = describe_collapse(metrics["collapse"], method)
+        return text[0].upper() + text[1:].rstrip(".") + numbers + ".", True
+    kind = collapse_kind(metrics, k) if k else None
+    if kind == "uniform":
+        return (f"The {method} teacher collapsed: its output is uniform{numbers}; the features carry "
+                "no information about the frames.", True)
+    if kind == "one_dimension":
+        return (f"The {method} teacher collapsed: over half of its mass is on one output dimension "
+                f"(top mass {metrics.get('teacher_top_mass'):.2f}){numbers}.", True)
+    if entropy is None:
+        return f"{method}: no teacher statistics recorded.", False
+    return f"The {method} teacher did not collapse{numbers}.", False
+
+
 def weights_section(cfg: dict[str, Any], stages: Sequence[Any]) -> str:
     """HTML: which network and weights every figure and number of the run comes from.
 
@@ -182,17 +246,41 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     )
     budget = _budget(run_dir, cfg)
 
-    # verdicts first: what a reader wants to know
+    # verdicts first: what a reader wants to know, in plain words
     evaluations = [s for s in stages if s.group == "evaluate"]
-    verdicts = []
+    verdicts, headlines = [], []
+    collapsed = []
+    for stage in (s for s in stages if s.group == "train"):
+        m = _read_json(stage.out_dir / "metrics.json")
+        if m is None:
+            continue
+        sentence, bad = training_health(stage, m, cfg)
+        verdicts.append(f"<p{' class=bad' if bad else ''}>{html.escape(sentence)}</p>")
+        if bad:
+            collapsed.append(stage.name.removeprefix("train_"))
+    trained = [s.name.removeprefix("train_") for s in stages if s.group == "train"]
     for stage in evaluations:
         metrics = _read_json(stage.out_dir / "metrics.json")
-        if metrics is None:
-            verdicts.append(f"<p>{html.escape(stage.name)}: not run (no dataset or not complete).</p>")
-            continue
         dataset = stage.name.removeprefix("evaluate_")
-        verdicts.append(f"<p>{html.escape(verdict(metrics, dataset, budget))}</p>")
-    parts.append("<h2>Verdict</h2><div class='verdict'>" + "".join(verdicts) + "</div>")
+        if metrics is None:
+            verdicts.append(f"<p>{html.escape(dataset)}: not evaluated (no dataset or not complete).</p>")
+            continue
+        text = verdict(metrics, dataset, budget)
+        overall = text.partition(": ")[2].partition(". ")[0].rstrip(".")
+        headlines.append(f"On {dataset}: {overall}.")
+        nothing = [m for m in trained if learned_nothing(metrics, m)]
+        if nothing:
+            names = " and ".join({"dora": "DoRA", "dino": "DINO"}.get(m, m) for m in nothing)
+            headlines.append(f"On {dataset}, {names} learned nothing measurable: no better than random "
+                             f"init on any key metric.")
+        verdicts.append(f"<p>{html.escape(text)}</p>")
+    if collapsed:
+        headlines.insert(0, "Training collapsed for " + " and ".join(collapsed)
+                         + ": its features carry no information, so its numbers below say nothing about "
+                           "the method.")
+    parts.append("<h2>Verdict</h2><div class='verdict'>"
+                 + "".join(f"<p class='headline'>{html.escape(h)}</p>" for h in headlines)
+                 + "".join(verdicts) + "<p class='muted'>All scores: higher is better, 0 to 1.</p></div>")
     parts.append(weights_section(cfg, stages))
 
     # stages
@@ -202,11 +290,13 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             continue
         marker = _read_json(stage.out_dir / "stage.json") or {}
         nb = stage.out_dir / f"{stage.notebook}.html"
+        method = (getattr(stage, "params", None) or {}).get("method")  # train_dora runs both methods
+        label = f"{stage.notebook} notebook" + (f" (method {method})" if method else "")
         rows.append({
             "stage": stage.name,
             "status": "done" if marker else "not run",
             "seconds": marker.get("seconds"),
-            "notebook": _link(run_dir, nb, f"{stage.notebook}.html") if nb.is_file() else "–",
+            "notebook": _link(run_dir, nb, label) if nb.is_file() else "–",
         })
     parts.append("<h2>Stages</h2>" + _table_html_cells(rows))
 
@@ -238,10 +328,16 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         parts.append(f"<h3>{html.escape(stage.name)}</h3>")
         if weights:
             parts.append(f"<p class='muted'>weights: {html.escape(str(weights))}</p>")
-        for name, alt in (("heads.png", "three heads as R, G, B"), ("masks.png", "thresholded attention masks"),
-                          ("segments.png", "k-means segments and PCA"), ("objects.png", "DoRA objects"),
-                          ("attention.gif", "animation: frame | heads | segments")):
+        for name, alt in (("attention.gif", "animation: frame | heads | segments"),
+                          ("heads.png", "three heads as R, G, B")):
             parts.append(_img(run_dir, stage.out_dir / name, f"{stage.name}: {alt}"))
+        more = "".join(_img(run_dir, stage.out_dir / name, f"{stage.name}: {alt}") for name, alt in (
+            ("all_heads.png", "every head's attention"), ("masks.png", "thresholded attention masks"),
+            ("segments.png", "k-means segments and PCA"), ("objects.png", "DoRA objects"),
+            ("artifacts.png", "high-norm tokens")))
+        if more:
+            parts.append(f"<details><summary>more figures of {html.escape(stage.name)}: every head, masks, "
+                         f"segments, artifacts</summary>{more}</details>")
 
     # evaluation
     parts.append("<h2>Evaluation</h2>")
@@ -262,10 +358,17 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         rows = comparison_rows(metrics)
         cols = [c for c in cols if any(c in r for r in rows)]
         parts.append(html_table(rows, columns=cols))
-        for png in sorted(stage.out_dir.glob("bars_*.png"))[:3]:
-            parts.append(_img(run_dir, png, png.stem.replace("_", " ")))
-        for png in sorted(stage.out_dir.glob("examples_*.png")):
-            parts.append(_img(run_dir, png, png.stem.replace("_", " ")))
+        parts.append("<p class='muted'>Bars: each sequence; legend: each model over all sequences, "
+                     "the number in the table above.</p>")
+        for png in _bar_charts(stage.out_dir):
+            parts.append(_img(run_dir, png, "per sequence: " + png.stem.removeprefix("bars_").replace("_", " ")))
+        parts.append(_img(run_dir, stage.out_dir / "examples.png",
+                          "one example frame under every model (white: ground truth)"))
+        per_model = sorted(stage.out_dir.glob("examples_*.png"))
+        if per_model:
+            parts.append("<p class='muted'>More example frames per model: "
+                         + " · ".join(_link(run_dir, png, png.stem.removeprefix("examples_")) for png in per_model)
+                         + "</p>")
 
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(cfg, indent=2)) + "</pre>")
     parts.append(f"<p class='muted'>{_link(run_dir, run_dir / 'environment.json', 'environment.json')} · "
@@ -275,6 +378,15 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     out = run_dir / "report.html"
     write_atomic(out, page.encode("utf-8"))  # the previous report stays whole until then
     return out
+
+
+def _bar_charts(folder: Path) -> list[Path]:
+    """The evaluation's bar charts: the headline metrics first (J&F first), then any others."""
+    from labkit.eval.report import BAR_METRICS, bar_file_name
+
+    first = [folder / f"{bar_file_name(m)}.png" for m in BAR_METRICS]
+    first = [p for p in first if p.is_file()]
+    return first + [p for p in sorted(folder.glob("bars_*.png")) if p not in first]
 
 
 def _table_html_cells(rows: Sequence[dict[str, Any]]) -> str:

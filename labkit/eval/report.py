@@ -33,7 +33,10 @@ __all__ = [
     "markdown_table",
     "run_description",
     "bar_metrics",
+    "bar_file_name",
+    "sequence_values",
     "example_panels",
+    "plot_examples_compact",
     "plot_sequence_bars",
     "plot_examples",
     "write_metrics",
@@ -59,13 +62,53 @@ def summary_rows(result: EvalResult, columns: Sequence[str] | None = SUMMARY_COL
     return _select(result.summary_rows(), columns)
 
 
+def _table_head(model: ModelResult) -> int | None:
+    """The attention head of the model's summary: the one head best on average over sequences."""
+    a = model.attention_summary()
+    return None if a is None else int(a["best_head"])
+
+
+def _sequence_row(seq: SequenceResult, head: int | None) -> dict[str, Any]:
+    """``seq.row()`` with ``attn best head J`` measured on ``head`` (the summary's definition);
+    the head best on this sequence alone moves to ``attn per-sequence best head J``."""
+    r = seq.row()
+    if head is not None and seq.attention is not None and "attn best head J" in r:
+        own, own_head = r["attn best head J"], r.get("attn best head")
+        r["attn best head J"] = float(seq.attention["per_head"][head])
+        r["attn best head"] = head
+        r["attn per-sequence best head J"] = own
+        r["attn per-sequence best head"] = own_head
+    return r
+
+
+def sequence_values(model: ModelResult, metric: str) -> dict[str, float | None]:
+    """Per sequence, the value of ``metric`` under the same definition as the summary table.
+
+    Every column is a sequence's mean over its frames; ``attn best head J`` is measured on the
+    summary's head (the one head best on average over all sequences) in every sequence, so the
+    mean over sequences equals the table's value. (``J&F`` in the table weighs every object of the
+    dataset once, as DAVIS does; with one object per sequence that is the same mean.)
+
+    Returns:
+        Mapping of sequence name to value (None where not measured).
+    """
+    head = _table_head(model)
+    out: dict[str, float | None] = {}
+    for s in model.sequences:
+        v = _sequence_row(s, head).get(metric)
+        out[s.name] = None if v is None else float(v)
+    return out
+
+
 def sequence_rows(model: ModelResult, columns: Sequence[str] | None = None) -> list[dict]:
     """One row per sequence for one model, plus a last row of column means over sequences.
 
-    (The model's summary differs where it should: DAVIS J&F weighs every object once, and its
-    attention ``best head`` is the one head best over all sequences.)
+    ``attn best head J`` is measured on the summary's head in every sequence (see
+    :func:`sequence_values`), so its mean row equals the summary; the head best on each sequence
+    alone is in ``attn per-sequence best head J`` (an optimistic number: chosen with the masks).
     """
-    rows = [s.row() for s in model.sequences]
+    head = _table_head(model)
+    rows = [_sequence_row(s, head) for s in model.sequences]
     if rows:
         mean: dict[str, Any] = {"sequence": "mean over sequences"}
         for key in rows[0]:
@@ -74,8 +117,10 @@ def sequence_rows(model: ModelResult, columns: Sequence[str] | None = None) -> l
             values = [r.get(key) for r in rows]
             if key in ("frames", "seconds"):
                 mean[key] = sum(v for v in values if v is not None)
-            elif key in ("objects", "attn best head"):
+            elif key in ("objects", "attn per-sequence best head"):
                 mean[key] = None
+            elif key == "attn best head":
+                mean[key] = head
             else:
                 finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
                 mean[key] = float(np.mean(finite)) if finite else None
@@ -159,10 +204,18 @@ def bar_metrics(result: EvalResult, candidates: Sequence[str] = BAR_METRICS) -> 
     return [c for c in candidates if any(c in r for r in rows)]
 
 
+def bar_file_name(metric: str) -> str:
+    """File stem of a metric's bar chart, e.g. ``"bars_J_F"`` for ``"J&F"``."""
+    return "bars_" + "".join(c if c.isalnum() else "_" for c in metric).strip("_")
+
+
 def plot_sequence_bars(
     result: EvalResult, metric: str = "J&F", *, sequences: Sequence[str] | None = None
 ) -> Figure:
     """Grouped bars: one group per sequence, one bar per model, for one per-sequence metric.
+
+    The bars use the summary table's definition (:func:`sequence_values`) and each model's legend
+    gives the table's number, so chart and table agree.
 
     Args:
         result: The run.
@@ -171,7 +224,7 @@ def plot_sequence_bars(
         sequences: Sequences to show; default all.
 
     Returns:
-        ``matplotlib.figure.Figure``.
+        ``matplotlib.figure.Figure``, at most 13 inches wide.
     """
     from matplotlib.figure import Figure
 
@@ -181,41 +234,55 @@ def plot_sequence_bars(
     models = result.models
     values = np.full((len(models), len(names)), np.nan)
     for i, m in enumerate(models):
-        rows = {s.name: s.row() for s in m.sequences}
+        per_sequence = sequence_values(m, metric)
         for j, n in enumerate(names):
-            v = rows.get(n, {}).get(metric)
-            values[i, j] = np.nan if v is None else float(v)
+            v = per_sequence.get(n)
+            values[i, j] = np.nan if v is None else v
     if np.isnan(values).all():
         raise ValueError(f"plot_sequence_bars: no model has per-sequence values of {metric!r}")
     colours = palette(max(1, len(models))) / 255.0
     width = 0.8 / max(1, len(models))
-    fig = Figure(figsize=(min(14.0, max(6.0, 0.22 * len(names) * max(1, len(models)) + 2.5)), 3.8))
+    fig = Figure(figsize=(min(13.0, max(7.0, 0.3 * len(names) * max(1, len(models)) + 3.0)), 3.6),
+                 layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
     for i, m in enumerate(models):
-        mean = np.nanmean(values[i]) if np.isfinite(values[i]).any() else np.nan
+        table = m.summary().get(metric)
+        if table is None or not math.isfinite(float(table)):
+            table = float(np.nanmean(values[i])) if np.isfinite(values[i]).any() else float("nan")
         ax.bar(x + (i - (len(models) - 1) / 2) * width, values[i], width, color=colours[i],
-               label=f"{m.label} (mean {mean:.3f})")
+               label=f"{m.label}: {float(table):.3f}")
     ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=45, ha="right")
-    ax.set_ylabel(metric)
+    ax.set_xticklabels(names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center",
+                       fontsize=10)
+    ax.tick_params(axis="y", labelsize=10)
+    ax.set_ylabel(metric, fontsize=11)
     ax.set_ylim(0, max(1.0, float(np.nanmax(values)) * 1.05))
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(f"{metric} per sequence")
+    ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+              title="model: all sequences\n(as in the table)", title_fontsize=10)
+    ax.set_title(f"{metric} per sequence", fontsize=12)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
+GT_COLOUR = (255, 255, 255)  # ground truth: white, a colour no prediction uses
+PREDICTION_COLOUR = (255, 127, 14)  # one predicted mask (a head, an object, a method): orange
+
+
 def example_panels(
-    seq: SequenceResult, *, head: int | None = None, obj: int | None = None
+    seq: SequenceResult, *, head: int | None = None, obj: int | None = None, frames: Sequence[int] | None = None
 ) -> dict[str, np.ndarray]:
     """Overlays of the kept example frames of one sequence (the render layer of the figure).
+
+    The ground truth is drawn in white (fill and outline) and, on every other panel, as a thin
+    white outline over the prediction, so each panel can be judged against it; predictions are
+    orange (one mask) or one colour per object (propagated labels); discovery boxes are yellow.
 
     Args:
         seq: A sequence result with ``examples``.
         head: Attention head drawn; default the sequence's best head.
         obj: DoRA object drawn; default the sequence's best object.
+        frames: Positions among the kept example frames to draw; default all.
 
     Returns:
         Mapping of panel name to uint8 ``(n, h, w, 3)``: ``"ground truth"``, ``"propagated"``,
@@ -223,43 +290,46 @@ def example_panels(
         discovery method (``"LOST"``, ``"TokenCut"``, ...: its mask and box) (those evaluated).
     """
     from labkit.eval.results import DISCOVERY_NAMES
-    from labkit.viz import box_overlay, mask_overlay
+    from labkit.viz import box_overlay, mask_overlay, palette
 
     ex = seq.examples
     if ex is None:
         raise ValueError(f"example_panels: sequence {seq.name!r} kept no example frames")
     p = ex.frames.shape[1] // seq.grid[0]
     K = max(seq.num_objects, 1)
+    keep = list(range(len(ex.frames))) if frames is None else [int(i) for i in frames]
+    images = ex.frames[keep]
+    gt = np.asarray(ex.gt)[keep]
+    gt_any = gt > 0  # (n, h, w)
 
-    def labels_overlay(labels: np.ndarray) -> np.ndarray:
-        masks = np.stack([labels == k for k in range(1, K + 1)], axis=1)  # (n, K, h, w)
-        return np.stack([mask_overlay(f, m, alpha=0.45) for f, m in zip(ex.frames, masks)])
+    def with_gt(drawn: np.ndarray) -> np.ndarray:
+        return np.stack([mask_overlay(d, g, GT_COLOUR, alpha=0.0, thickness=1) for d, g in zip(drawn, gt_any)])
 
-    out = {"ground truth": labels_overlay(ex.gt)}
+    def one_mask(masks: Any) -> np.ndarray:
+        drawn = np.stack([mask_overlay(f, np.asarray(m), PREDICTION_COLOUR, alpha=0.45, patch_size=p, halo=True)
+                          for f, m in zip(images, masks)])
+        return with_gt(drawn)
+
+    out = {"ground truth": np.stack([mask_overlay(f, g, GT_COLOUR, alpha=0.4, thickness=2, halo=True)
+                                     for f, g in zip(images, gt_any)])}
     if ex.propagated is not None:
-        out["propagated"] = labels_overlay(ex.propagated)
+        prop = np.asarray(ex.propagated)[keep]
+        colours = palette(K + 1)[[1] + list(range(2, K + 1)) + [0]][:K]  # orange first, as one mask
+        drawn = np.stack([mask_overlay(f, np.stack([lab == k for k in range(1, K + 1)]), colours,
+                                       alpha=0.45, halo=True) for f, lab in zip(images, prop)])
+        out["propagated"] = with_gt(drawn)
     if ex.head_masks is not None:
         h = seq.attention["best_head"] if head is None else head
-        out[f"attention head {h}"] = np.stack(
-            [mask_overlay(f, m[h].numpy(), alpha=0.45, patch_size=p)
-             for f, m in zip(ex.frames, ex.head_masks)]
-        )
+        out[f"attention head {h}"] = one_mask([ex.head_masks[i][h].numpy() for i in keep])
     if ex.average_mask is not None:
-        out["head average"] = np.stack(
-            [mask_overlay(f, m.numpy(), alpha=0.45, patch_size=p)
-             for f, m in zip(ex.frames, ex.average_mask)]
-        )
+        out["head average"] = one_mask([ex.average_mask[i].numpy() for i in keep])
     if ex.object_masks is not None:
         j = seq.tracking["best_head"] if obj is None else obj
-        out[f"DoRA object {j}"] = np.stack(
-            [mask_overlay(f, m[j].numpy(), alpha=0.45, patch_size=p)
-             for f, m in zip(ex.frames, ex.object_masks)]
-        )
+        out[f"DoRA object {j}"] = one_mask([ex.object_masks[i][j].numpy() for i in keep])
     for method, (masks, boxes) in (ex.discovery or {}).items():
+        drawn = one_mask([masks[i].numpy() for i in keep])
         out[DISCOVERY_NAMES.get(method, method)] = np.stack(
-            [box_overlay(mask_overlay(f, m.numpy(), alpha=0.45, patch_size=p), b.numpy(),
-                         color=(255, 255, 0), patch_size=p)
-             for f, m, b in zip(ex.frames, masks, boxes)]
+            [box_overlay(d, boxes[i].numpy(), color=(255, 255, 0), patch_size=p) for d, i in zip(drawn, keep)]
         )
     return out
 
@@ -269,7 +339,7 @@ def plot_examples(
 ) -> Figure:
     """A few frames per sequence: ground truth, propagated masks, the best attention head's mask,
     the head-average mask, DoRA's best object and each discovery method's mask and box, drawn
-    over the frames (those evaluated).
+    over the frames (those evaluated; ground truth white, see :func:`example_panels`).
 
     Args:
         model: One model's result.
@@ -296,7 +366,43 @@ def plot_examples(
     if not rows:
         raise ValueError(f"plot_examples: {model.label!r} has no sequences")
     return plot_grid(rows, row_titles=row_titles, col_titles=col_titles, panel_size=1.8,
-                     suptitle=model.label)
+                     suptitle=f"{model.label} (white: ground truth)")
+
+
+def plot_examples_compact(
+    result: EvalResult, sequence: str | None = None, *, max_width: float = 11.0
+) -> Figure:
+    """One frame of one sequence under every model: one row per model, one column per panel kind
+    (ground truth, propagated, best head, head average, DoRA object, discovery methods).
+
+    Args:
+        result: The run.
+        sequence: Sequence name; default the first with example frames.
+        max_width: Width of the figure in inches.
+
+    Returns:
+        ``matplotlib.figure.Figure`` (rows wrap past 4 panel kinds, see :func:`labkit.viz.plot_grid`).
+    """
+    from labkit.viz import plot_grid
+
+    candidates = [s for m in result.models for s in m.sequences
+                  if s.examples is not None and (sequence is None or s.name == sequence)]
+    if not candidates:
+        raise ValueError(f"plot_examples_compact: no example frames{f' of {sequence!r}' if sequence else ''}")
+    name = candidates[0].name
+    rows, row_titles, col_titles, frame = [], [], [], None
+    for m in result.models:
+        seq = next((s for s in m.sequences if s.name == name and s.examples is not None), None)
+        if seq is None:
+            continue
+        middle = len(seq.examples.frames) // 2
+        frame = int(seq.examples.indices[middle])
+        panels = example_panels(seq, frames=[middle])
+        rows.append([a[0] for a in panels.values()])
+        row_titles.append(m.label)
+        col_titles.append(list(panels))
+    return plot_grid(rows, row_titles=row_titles, col_titles=col_titles, panel_size=2.0, max_width=max_width,
+                     suptitle=f"{name}, frame {frame}: every model (white: ground truth)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,8 +419,9 @@ def write_metrics(result: EvalResult, path: str | Path) -> Path:
 
 
 def save_report(result: EvalResult, out_dir: str | Path, *, figures: bool = True) -> dict[str, Path]:
-    """Write ``metrics.json``, ``summary.md`` (tables) and, with ``figures``, PNGs of the bars and
-    the examples into ``out_dir``.
+    """Write ``metrics.json``, ``summary.md`` (tables) and, with ``figures``, PNGs of the bars
+    (``bars_<metric>.png``, :func:`bar_file_name`), one compact example figure (``examples.png``:
+    one frame, every model) and each model's examples (``examples_<label>.png``) into ``out_dir``.
 
     Returns:
         Mapping of what was written to its path.
@@ -330,9 +437,12 @@ def save_report(result: EvalResult, out_dir: str | Path, *, figures: bool = True
     written["summary"].write_text("".join(text))
     if figures and result.sequences:
         for metric in bar_metrics(result):
-            name = "bars_" + "".join(c if c.isalnum() else "_" for c in metric).strip("_")
+            name = bar_file_name(metric)
             written[name] = out / f"{name}.png"
             plot_sequence_bars(result, metric).savefig(written[name], dpi=110, bbox_inches="tight")
+        if any(s.examples is not None for m in result.models for s in m.sequences):
+            written["examples"] = out / "examples.png"  # one frame, every model: the report's figure
+            plot_examples_compact(result).savefig(written["examples"], dpi=100, bbox_inches="tight")
         for m in result.models:
             if m.sequences and m.sequences[0].examples is not None:
                 name = "examples_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in m.label)

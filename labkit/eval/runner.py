@@ -43,6 +43,8 @@ Notation::
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -282,6 +284,23 @@ def _model_info(spec: ModelSpec, model: torch.nn.Module, cfg: EvalConfig) -> dic
 
 
 
+def _progress_lines() -> bool:
+    """Progress as plain lines on stderr instead of bars: in a notebook run by papermill
+    (``LABKIT_HEADLESS=1``), where bar widgets reach neither the pipeline's log nor the HTML
+    export, and a cell may run for many minutes."""
+    return os.environ.get("LABKIT_HEADLESS", "") not in ("", "0")
+
+
+def _progress_line(text: str) -> None:
+    """One ``[labkit] ...`` progress line on stderr (labkit.notebooks forwards these lines)."""
+    print(f"[labkit] {text}", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
 def score_sequences(
     model: torch.nn.Module,
     sequences: Sequence[DavisSequence],
@@ -289,19 +308,37 @@ def score_sequences(
     result: ModelResult,
     *,
     progress: bool = True,
+    position: tuple[int, int] | None = None,
 ) -> None:
     """Run the video evaluations of ``cfg`` for one loaded model over the sequences.
 
     Appends one :class:`labkit.eval.results.SequenceResult` per sequence to ``result.sequences``
     and, with segmentation on, sets ``result.dataset_segmentation`` (the dataset-level k-means,
     fitted on patches stashed in a temporary folder while the sequences stream).
+
+    With ``progress``: a tqdm bar per model (and per sequence's frames) or, under papermill, one
+    line per sequence on stderr (``[labkit] evaluate dino (model 2/3): sequence 4/14 cows ...``).
+    ``position`` is ``(i, n)``: the model's place among the run's models, for those lines.
     """
     from tqdm.auto import tqdm
 
+    lines = progress and _progress_lines()
+    where = result.label + (f" (model {position[0]}/{position[1]})" if position else "")
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="labkit-eval-") as tmp:
         stash = Path(tmp) if cfg.runs("segmentation") else None
-        for seq in tqdm(sequences, desc=result.label, unit="seq", disable=not progress):
-            result.sequences.append(evaluate_sequence(model, seq, cfg, progress=progress, stash=stash))
+        todo = sequences if lines else tqdm(sequences, desc=where, unit="seq", disable=not progress)
+        for done, seq in enumerate(todo, 1):
+            t0 = time.perf_counter()
+            result.sequences.append(
+                evaluate_sequence(model, seq, cfg, progress=progress and not lines, stash=stash))
+            if lines:
+                elapsed = time.perf_counter() - start
+                left = elapsed / done * (len(sequences) - done)
+                _progress_line(
+                    f"evaluate {where}: sequence {done}/{len(sequences)} {seq.name} "
+                    f"({result.sequences[-1].num_frames} frames) in {_duration(time.perf_counter() - t0)}; "
+                    f"{_duration(elapsed)} so far, about {_duration(left)} left for this model")
         if stash is not None and sequences:
             result.dataset_segmentation = dataset_segmentation(stash, result.sequences, cfg)
 
@@ -355,15 +392,21 @@ def _evaluate(cfg: EvalConfig, *, progress: bool) -> EvalResult:
         del model
 
     results = []
-    for spec in cfg.specs:
+    lines = progress and _progress_lines()
+    for i, spec in enumerate(cfg.specs, 1):
         t_model = time.perf_counter()
+        if lines:
+            _progress_line(f"evaluate: model {i}/{len(cfg.specs)} {spec.label} "
+                           f"({infos[spec.label].get('weights_label') or spec.text}), {len(sequences)} sequences")
         model = spec.load(device=cfg.device, seed=cfg.seed,
                           model_kwargs=cfg.kwargs_for(spec.label), pos_embed_rule=cfg.pos_embed_rule)
         res = ModelResult(label=spec.label, spec=spec.text, info=infos[spec.label])
-        score_sequences(model, sequences, cfg, res, progress=progress)
+        score_sequences(model, sequences, cfg, res, progress=progress, position=(i, len(cfg.specs)))
         if cfg.runs("knn"):
             res.knn = _knn(model, cfg, progress)
         res.seconds = time.perf_counter() - t_model
+        if lines:
+            _progress_line(f"evaluate: model {i}/{len(cfg.specs)} {spec.label} done in {_duration(res.seconds)}")
         results.append(res)
         del model
     return EvalResult(
