@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +37,8 @@ img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
 .verdict p { margin: 0.4em 0; } .headline { font-size: 1.1em; font-weight: 600; }
 .bad { color: #a00000; font-weight: 600; }
 details { margin: 0.5em 0; } summary { cursor: pointer; color: #245; }
+.charts { display: flex; flex-wrap: wrap; gap: 0 1em; } .charts figure { margin: 0.3em 0; }
+.charts figure.half { width: calc(50% - 0.5em); }
 .muted { color: #777; font-size: 0.9em; } code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
@@ -60,11 +63,34 @@ def _link(run_dir: Path, path: Path, text: str) -> str:
     return f"<a href='{html.escape(rel)}'>{html.escape(text)}</a>"
 
 
-def _img(run_dir: Path, path: Path, alt: str) -> str:
+def _img(run_dir: Path, path: Path, alt: str, css: str = "") -> str:
     if not path.is_file():
         return ""
     rel = path.relative_to(run_dir).as_posix()
-    return f"<figure><img src='{html.escape(rel)}' alt='{html.escape(alt)}'><figcaption class='muted'>{html.escape(alt)}</figcaption></figure>"
+    cls = f" class='{css}'" if css else ""
+    return (f"<figure{cls}><img src='{html.escape(rel)}' alt='{html.escape(alt)}'>"
+            f"<figcaption class='muted'>{html.escape(alt)}</figcaption></figure>")
+
+
+def _png_width(path: Path) -> int:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return int(im.size[0])
+    except (OSError, ImportError):
+        return 0
+
+
+def _verdict_html(text: str) -> str:
+    """A verdict sentence block as a lead line and one bullet per measure."""
+    lead, _, rest = text.partition(": ")
+    overall, _, details = rest.partition(". ")
+    items = [d.strip() for d in re.split(r"(?<=\)\.) ", details) if d.strip()]
+    if not items:
+        return f"<p>{html.escape(text)}</p>"
+    return (f"<p>{html.escape(lead)}: {html.escape(overall.rstrip('.'))}.</p><ul>"
+            + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
 
 
 def comparison_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
@@ -273,7 +299,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             names = " and ".join({"dora": "DoRA", "dino": "DINO"}.get(m, m) for m in nothing)
             headlines.append(f"On {dataset}, {names} learned nothing measurable: no better than random "
                              f"init on any key metric.")
-        verdicts.append(f"<p>{html.escape(text)}</p>")
+        verdicts.append(_verdict_html(text))
     if collapsed:
         headlines.insert(0, "Training collapsed for " + " and ".join(collapsed)
                          + ": its features carry no information, so its numbers below say nothing about "
@@ -328,16 +354,15 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         parts.append(f"<h3>{html.escape(stage.name)}</h3>")
         if weights:
             parts.append(f"<p class='muted'>weights: {html.escape(str(weights))}</p>")
-        for name, alt in (("attention.gif", "animation: frame | heads | segments"),
-                          ("heads.png", "three heads as R, G, B")):
-            parts.append(_img(run_dir, stage.out_dir / name, f"{stage.name}: {alt}"))
+        parts.append(_img(run_dir, stage.out_dir / "attention.gif", f"{stage.name}: animation: frame | heads | segments"))
         more = "".join(_img(run_dir, stage.out_dir / name, f"{stage.name}: {alt}") for name, alt in (
+            ("heads.png", "three heads as R, G, B"),
             ("all_heads.png", "every head's attention"), ("masks.png", "thresholded attention masks"),
             ("segments.png", "k-means segments and PCA"), ("objects.png", "DoRA objects"),
             ("artifacts.png", "high-norm tokens")))
         if more:
-            parts.append(f"<details><summary>more figures of {html.escape(stage.name)}: every head, masks, "
-                         f"segments, artifacts</summary>{more}</details>")
+            parts.append(f"<details><summary>more figures of {html.escape(stage.name)}: heads over 8 frames, "
+                         f"every head, masks, segments, artifacts</summary>{more}</details>")
 
     # evaluation
     parts.append("<h2>Evaluation</h2>")
@@ -360,8 +385,11 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         parts.append(html_table(rows, columns=cols))
         parts.append("<p class='muted'>Bars: each sequence; legend: each model over all sequences, "
                      "the number in the table above.</p>")
-        for png in _bar_charts(stage.out_dir):
-            parts.append(_img(run_dir, png, "per sequence: " + png.stem.removeprefix("bars_").replace("_", " ")))
+        charts = []
+        for png, metric in _bar_charts(stage.out_dir):
+            css = "half" if 0 < _png_width(png) <= 900 else ""  # two narrow charts side by side
+            charts.append(_img(run_dir, png, f"{metric} per sequence", css))
+        parts.append("<div class='charts'>" + "".join(charts) + "</div>")
         parts.append(_img(run_dir, stage.out_dir / "examples.png",
                           "one example frame under every model (white: ground truth)"))
         per_model = sorted(stage.out_dir.glob("examples_*.png"))
@@ -380,13 +408,16 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     return out
 
 
-def _bar_charts(folder: Path) -> list[Path]:
-    """The evaluation's bar charts: the headline metrics first (J&F first), then any others."""
+def _bar_charts(folder: Path) -> list[tuple[Path, str]]:
+    """The evaluation's bar charts and their metrics: the headline metrics first (J&F first),
+    then any others."""
     from labkit.eval.report import BAR_METRICS, bar_file_name
 
-    first = [folder / f"{bar_file_name(m)}.png" for m in BAR_METRICS]
-    first = [p for p in first if p.is_file()]
-    return first + [p for p in sorted(folder.glob("bars_*.png")) if p not in first]
+    first = [(folder / f"{bar_file_name(m)}.png", m) for m in BAR_METRICS]
+    first = [(p, m) for p, m in first if p.is_file()]
+    known = {p for p, _ in first}
+    return first + [(p, p.stem.removeprefix("bars_").replace("_", " "))
+                    for p in sorted(folder.glob("bars_*.png")) if p not in known]
 
 
 def _table_html_cells(rows: Sequence[dict[str, Any]]) -> str:

@@ -242,7 +242,7 @@ def plot_sequence_bars(
         raise ValueError(f"plot_sequence_bars: no model has per-sequence values of {metric!r}")
     colours = palette(max(1, len(models))) / 255.0
     width = 0.8 / max(1, len(models))
-    fig = Figure(figsize=(min(13.0, max(7.0, 0.3 * len(names) * max(1, len(models)) + 3.0)), 3.6),
+    fig = Figure(figsize=(min(13.0, max(6.0, 0.3 * len(names) * max(1, len(models)) + 3.0)), 3.0),
                  layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
@@ -250,8 +250,9 @@ def plot_sequence_bars(
         table = m.summary().get(metric)
         if table is None or not math.isfinite(float(table)):
             table = float(np.nanmean(values[i])) if np.isfinite(values[i]).any() else float("nan")
+        head = _table_head(m) if metric == "attn best head J" else None
         ax.bar(x + (i - (len(models) - 1) / 2) * width, values[i], width, color=colours[i],
-               label=f"{m.label}: {float(table):.3f}")
+               label=f"{m.label}: {float(table):.3f}" + (f" (head {head})" if head is not None else ""))
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center",
                        fontsize=10)
@@ -266,7 +267,7 @@ def plot_sequence_bars(
 
 
 GT_COLOUR = (255, 255, 255)  # ground truth: white, a colour no prediction uses
-PREDICTION_COLOUR = (255, 127, 14)  # one predicted mask (a head, an object, a method): orange
+PREDICTION_COLOUR = (255, 0, 255)  # one predicted mask (a head, an object, a method): magenta, rare in video
 
 
 def example_panels(
@@ -276,7 +277,8 @@ def example_panels(
 
     The ground truth is drawn in white (fill and outline) and, on every other panel, as a thin
     white outline over the prediction, so each panel can be judged against it; predictions are
-    orange (one mask) or one colour per object (propagated labels); discovery boxes are yellow.
+    magenta (one mask) or one colour per object (propagated labels, magenta first); discovery
+    boxes are yellow.
 
     Args:
         seq: A sequence result with ``examples``.
@@ -314,7 +316,7 @@ def example_panels(
                                      for f, g in zip(images, gt_any)])}
     if ex.propagated is not None:
         prop = np.asarray(ex.propagated)[keep]
-        colours = palette(K + 1)[[1] + list(range(2, K + 1)) + [0]][:K]  # orange first, as one mask
+        colours = np.concatenate([[PREDICTION_COLOUR], palette(K)[1:]])[:K]  # magenta first, as one mask
         drawn = np.stack([mask_overlay(f, np.stack([lab == k for k in range(1, K + 1)]), colours,
                                        alpha=0.45, halo=True) for f, lab in zip(images, prop)])
         out["propagated"] = with_gt(drawn)
@@ -372,8 +374,9 @@ def plot_examples(
 def plot_examples_compact(
     result: EvalResult, sequence: str | None = None, *, max_width: float = 11.0
 ) -> Figure:
-    """One frame of one sequence under every model: one row per model, one column per panel kind
-    (ground truth, propagated, best head, head average, DoRA object, discovery methods).
+    """One frame of one sequence under every model: the ground truth once, then one row per
+    model with its predictions (propagated, best head, head average, DoRA object, discovery
+    methods), each with the ground truth outlined in white (see :func:`example_panels`).
 
     Args:
         result: The run.
@@ -381,7 +384,8 @@ def plot_examples_compact(
         max_width: Width of the figure in inches.
 
     Returns:
-        ``matplotlib.figure.Figure`` (rows wrap past 4 panel kinds, see :func:`labkit.viz.plot_grid`).
+        ``matplotlib.figure.Figure`` (a model's row wraps past 4 panels, see
+        :func:`labkit.viz.plot_grid`).
     """
     from labkit.viz import plot_grid
 
@@ -398,11 +402,17 @@ def plot_examples_compact(
         middle = len(seq.examples.frames) // 2
         frame = int(seq.examples.indices[middle])
         panels = example_panels(seq, frames=[middle])
-        rows.append([a[0] for a in panels.values()])
-        row_titles.append(m.label)
-        col_titles.append(list(panels))
+        if not rows:
+            rows.append([seq.examples.frames[middle], panels["ground truth"][0]])
+            row_titles.append("data")
+            col_titles.append(["frame", "ground truth"])
+        predictions = {k: v for k, v in panels.items() if k != "ground truth"}
+        if predictions:
+            rows.append([a[0] for a in predictions.values()])
+            row_titles.append(m.label)
+            col_titles.append(list(predictions))
     return plot_grid(rows, row_titles=row_titles, col_titles=col_titles, panel_size=2.0, max_width=max_width,
-                     suptitle=f"{name}, frame {frame}: every model (white: ground truth)")
+                     suptitle=f"{name}, frame {frame}: each model's masks (magenta), ground truth outlined in white")
 
 
 # --------------------------------------------------------------------------------------------
