@@ -196,3 +196,25 @@ def test_evaluation_prints_a_line_per_sequence_under_papermill(tmp_path, monkeyp
     monkeypatch.delenv("LABKIT_HEADLESS")
     evaluate(cfg, progress=False)
     assert "[labkit]" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_notebook_shows_progress_under_papermill(tmp_path, capsys):
+    """The long evaluation cell prints a line per sequence: in the notebook, its HTML and the log."""
+    from labkit.data.synthetic import generate_synthetic
+    from labkit.notebooks import run_notebook
+
+    root = generate_synthetic(tmp_path / "davis", num_frames=6, size=(64, 96)).root
+    out = tmp_path / "run"
+    run = run_notebook("evaluate", out, {
+        "models": ["tiny=vit_small_patch16_224"], "model_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 3},
+        "data_root": str(root), "resolution": 64, "evaluations": ["attention"], "out_dir": str(out)},
+        progress=False)
+    nb = json.loads(run.output.read_text())
+    streams = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
+                      if o.get("output_type") == "stream")
+    assert "[labkit] evaluate tiny (model 1/1): sequence 1/1 synthetic (6 frames)" in streams
+    assert "[labkit] evaluate tiny (model 1/1): sequence 1/1" in run.html.read_text()
+    err = capsys.readouterr().err
+    assert "[labkit] evaluate: model 1/1 tiny" in err and "sequence 1/1 synthetic" in err  # the log
+    assert (out / "examples.png").is_file()
