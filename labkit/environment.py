@@ -84,8 +84,12 @@ def _quota(quota: float, period: float) -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
-def available_cpus(*, affinity: set[int] | None = None, cgroup_root: str | os.PathLike = CGROUP_ROOT,
-                   proc_cgroup: str | os.PathLike = "/proc/self/cgroup") -> int:
+def available_cpus(
+    *,
+    affinity: set[int] | None = None,
+    cgroup_root: str | os.PathLike = CGROUP_ROOT,
+    proc_cgroup: str | os.PathLike = "/proc/self/cgroup",
+) -> int:
     """The CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota.
 
     Args:

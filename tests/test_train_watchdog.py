@@ -48,8 +48,10 @@ def test_conditions_are_the_documented_thresholds():
     stats = teacher_statistics(constant, constant[:1], 0.04)
     assert collapse_kind(stats, K) == "uniform"
     # ... and uncentred, every row peaks on the same dimension
-    assert collapse_kind(teacher_statistics(constant, torch.zeros(1, K), 0.04), K) == "one_dimension"
-    assert collapse_kind(teacher_statistics(torch.randn(64, K) * 3, torch.zeros(1, K), 0.04), K) is None
+    uncentred = teacher_statistics(constant, torch.zeros(1, K), 0.04)
+    assert collapse_kind(uncentred, K) == "one_dimension"
+    spread = teacher_statistics(torch.randn(64, K) * 3, torch.zeros(1, K), 0.04)
+    assert collapse_kind(spread, K) is None
 
 
 def test_fires_once_at_patience_naming_the_first_step():
