@@ -148,3 +148,19 @@ def test_exploration_masks_in_their_heads_colours():
     np.testing.assert_array_equal(one[1, 31, 16], HEAD_COLOURS[1])
     np.testing.assert_array_equal(one[1, 0, 0], [128, 128, 128])  # head 2 not drawn
     np.testing.assert_array_equal(exp.mask_overlays(), out)  # deterministic
+
+
+def test_token_norm_maps_have_colour_bars(small_video):
+    from labkit.explore import ExploreConfig, explore
+
+    exp = explore(ExploreConfig(video_path=str(small_video), model_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 3},
+                                num_frames=2, img_size=64, k=2), progress=False)
+    fig = exp.figure_artifacts(frame=0)
+    bars = [ax._colorbar for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+    norms = exp.artifacts.norms[0]  # (L, gh, gw)
+    assert len(bars) == norms.shape[0]  # one per block shown (2 blocks)
+    for bar, n in zip(bars, norms):
+        lo, hi = bar.mappable.get_clim()
+        assert lo == pytest.approx(float(n.min()))
+        assert hi == pytest.approx(exp.artifacts.factor * float(n.flatten().median()))
+        assert bar.mappable.get_cmap().name == "magma"

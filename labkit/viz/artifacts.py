@@ -167,6 +167,9 @@ def plot_artifacts(
     fig = Figure(figsize=(14.0, sum(rows) + 0.6), layout="constrained")
     top, middle, *bottom = fig.subfigures(len(rows), 1, height_ratios=rows)
 
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     axes = top.subplots(top_rows, ncols, squeeze=False).reshape(-1)
     axes[0].imshow(frames[frame])
     axes[0].set_title(label, fontsize="medium")
@@ -177,6 +180,9 @@ def plot_artifacts(
         image = norm_overlay(frames[frame], n, outliers[layer], patch_size, vmax=art.factor * median,
                              vmin=float(n.min()))
         ax.imshow(image, interpolation="nearest")
+        bar = top.colorbar(ScalarMappable(Normalize(float(n.min()), art.factor * median), cmap="magma"),
+                           ax=ax, fraction=0.046, pad=0.02, shrink=0.7)  # this map's scale: norms
+        bar.ax.tick_params(labelsize=7)
         ax.set_title(f"block {layer}: median {median:.3g}, max {float(n.max()):.3g}, "
                      f"{int(outliers[layer].sum())} out", fontsize="small")
     for ax in axes:
