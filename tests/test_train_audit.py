@@ -144,3 +144,60 @@ def test_trainer_uses_the_first_batch_center(tmp_path):
 def test_new_fields_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+@pytest.fixture(scope="module")
+def frames_folder(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("frames")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def test_dora_pre_crop_feeds_the_global_view_and_the_local_crops(frames_folder):
+    from labkit.train.data import ClipDataset
+
+    args = dict(num_frames=3, frame_step=2, img_size=32, local_size=16, num_local=2,
+                photometric=False)  # fmt: skip
+    ds = ClipDataset(frames_folder, pre_crop=True, **args)
+    seen = {"global": [], "local": []}
+
+    def spy(name, crop):
+        def call(x):
+            seen[name].append(tuple(x.shape))
+            return crop(x)
+
+        return call
+
+    ds._global_crop = spy("global", ds._global_crop)
+    ds._local_crop = spy("local", ds._local_crop)
+    item = ds[(0, 7)]
+    side = round(32 * 300 / 224)  # DoRA's 300 px at 224
+    assert seen["global"] == [(3, 3, side, side)]  # one crop of the whole pre-cropped clip
+    assert seen["local"] == [(3, side, side)] * 6  # n local crops per frame, from the pre-crop
+    assert item["global"].shape == (1, 3, 3, 32, 32) and item["local"].shape == (2, 3, 3, 16, 16)
+    again = ClipDataset(frames_folder, pre_crop=True, **args)[(0, 7)]
+    torch.testing.assert_close(again["global"], item["global"])  # seeded, as without it
+    plain = ClipDataset(frames_folder, **args)[(0, 7)]
+    assert not torch.allclose(plain["global"], item["global"])
+    with pytest.raises(ValueError, match="pre_crop"):
+        ClipDataset(frames_folder, pre_crop=True, mode="dino", **args)
+
+
+def test_trainer_passes_pre_crop_for_dora_only(tmp_path):
+    from labkit.train import Trainer
+
+    for method, expected in (("dora", True), ("dino", False)):
+        cfg = TrainConfig(**{**TINY, "out_dir": str(tmp_path / method), "steps": 1,
+                             "method": method, "pre_crop": True})  # fmt: skip
+        trainer = Trainer(cfg, progress=False)
+        try:
+            assert trainer.dataset.pre_crop is expected
+            if method == "dora":
+                trainer.fit()  # a step runs on the pre-cropped clips
+        finally:
+            trainer.close()

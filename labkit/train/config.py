@@ -117,6 +117,9 @@ class TrainConfig:
     num_local: int = 4  # n, local crops per frame (DINO and DoRA use 8 or 10 on GPUs)
     global_scale: tuple[float, float] = (0.4, 1.0)  # area range of the global crop
     local_scale: tuple[float, float] = (0.05, 0.4)  # area range of a local crop
+    # DoRA only: the official pre-crop of each clip (area 0.2 to 1, 300 px at img_size 224) that
+    # the global view and the local crops are then cut from (docs/science.md)
+    pre_crop: bool = False
     # -- method -------------------------------------------------------------------------------
     # dino: frames as independent images, no tracking; timetuning: see the module docstring
     method: Literal["dora", "dino", "timetuning"] = "dora"
@@ -272,7 +275,7 @@ class TrainConfig:
             if at_most is not None and value > at_most:
                 raise ValueError(f"{name} must be <= {at_most}, got {value}")
         for name in ("sinkhorn", "norm_last_layer", "pretrained", "scale_lr", "compile", "resume",
-                     "train_norm", "hard_targets"):
+                     "train_norm", "hard_targets", "pre_crop"):
             if name == "pretrained" and self.pretrained in (None, "auto"):
                 continue
             if not isinstance(getattr(self, name), bool):

@@ -13,6 +13,10 @@ all videos). Views, built with ``torchvision.transforms.v2``:
   drawn once per clip and applied to the whole clip (v2 treats a ``tv_tensors.Video`` (T, C, H, W)
   as one sample), so an object stays where the tracker expects it; colour jitter, grayscale and
   blur are drawn per frame. Local crops are drawn per frame (as the official DoRA code does).
+  With ``pre_crop``, DoRA's "aggressive cropping before DINO crops" comes first: one random
+  resized crop of the clip (area 0.2 to 1, side ``round(S * 300 / 224)``, 300 px at S = 224),
+  and the global view and the local crops are then cut from it, as the official
+  ``DataAugmentationDINO`` of DoRA does (docs/science.md).
 * ``mode="dino"``: every frame is an independent image with DINO's multi-crop: two global views
   with their own crops (view 0 always blurred, view 1 rarely blurred and sometimes solarised) and
   n local crops.
@@ -96,6 +100,8 @@ class ClipDataset(Dataset):
         mean, std: normalisation (ImageNet's, as DINO and DoRA train with).
         photometric: apply colour jitter, grayscale, blur, solarisation (off: crops and flips only,
             for inspecting the geometry).
+        pre_crop: ``mode="dora"`` only: DoRA's pre-crop of the clip before the global and local
+            crops (see the module docstring).
 
     Items (:meth:`__getitem__`) are dicts:
         ``"global"``: float32 (G, T, 3, S, S) normalised; ``"local"``: float32 (n, T, 3, s, s);
@@ -119,6 +125,7 @@ class ClipDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         photometric: bool = True,
+        pre_crop: bool = False,
     ) -> None:
         from labkit.video import open_video
 
@@ -129,6 +136,9 @@ class ClipDataset(Dataset):
             raise ValueError("ClipDataset: no videos given")
         if mode not in ("dora", "dino"):
             raise ValueError(f"ClipDataset: mode must be 'dora' or 'dino', got {mode!r}")
+        if pre_crop and mode != "dora":
+            raise ValueError("ClipDataset: pre_crop is DoRA's; it needs mode='dora'")
+        self.pre_crop = bool(pre_crop)
         if num_frames < 1 or frame_step < 1 or num_local < 0:
             raise ValueError(
                 f"ClipDataset: need num_frames >= 1, frame_step >= 1, num_local >= 0; got "
@@ -238,6 +248,12 @@ class ClipDataset(Dataset):
         on = self.photometric
         self._global_crop = crop(self.img_size, self.global_scale)
         self._local_crop = crop(self.local_size, self.local_scale)
+        self._pre_crop = None
+        if self.pre_crop:  # DoRA: RandomResizedCropVideo(300, (0.2, 1)) before the DINO crops
+            self._pre_crop = v2.RandomResizedCrop(
+                round(self.img_size * 300 / 224), scale=(0.2, 1.0),
+                interpolation=v2.InterpolationMode.BICUBIC, antialias=True,
+            )  # fmt: skip
         if self.mode == "dora":
             # DoRA's global frames: blur rarely (p = 0.1), no solarisation
             self._global_colour = [_photometric(self.img_size, 0.1) if on else identity]
@@ -256,6 +272,8 @@ class ClipDataset(Dataset):
         from torchvision import tv_tensors
 
         frames = clip.shape[0]
+        if self._pre_crop is not None:  # one crop of the whole clip: (T, 3, P, P)
+            clip = self._pre_crop(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
         if self.mode == "dora":
             shared = self._global_crop(tv_tensors.Video(clip))  # (T, 3, S, S): one crop and flip
             colour = self._global_colour[0]

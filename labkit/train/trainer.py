@@ -460,7 +460,7 @@ class Trainer:
             local_size=config.local_size, num_local=0 if self.timetuning else config.num_local,
             global_scale=config.global_scale,
             local_scale=config.local_scale, decode_size=decode, backend=config.video_backend,
-            mean=mean, std=std,
+            mean=mean, std=std, pre_crop=config.pre_crop and config.method == "dora",
         )  # fmt: skip
         self.global_batch = config.batch_size * self.world_size
         self.steps_per_epoch = config.steps_per_epoch or max(
