@@ -64,7 +64,7 @@ def plot_cls_attention(
 
     attn = _np(attention)
     size = frame.shape[:2]
-    maps = [overlay(frame, upsample_map(a / max(a.max(), 1e-12), size, patch_size), alpha=0.7) for a in attn]
+    maps = [(frame, upsample_map(a / max(a.max(), 1e-12), size, patch_size)) for a in attn]  # heat over frame
     rgb = heads_to_rgb(attn, tuple(heads), size=size, patch_size=patch_size)
     rows = [maps, [frame, rgb, overlay(frame, rgb, alpha=0.6)]]
     return plot_grid(
@@ -72,6 +72,7 @@ def plot_cls_attention(
         row_titles=["each head", "heads as RGB"],
         col_titles=[[f"head {i}" for i in range(len(attn))],
                     ["frame", f"heads {tuple(heads)} as R, G, B", "over the frame"]],
+        cmap="inferno", vmin=0.0, vmax=1.0, heat_alpha=0.7, colorbar="attention / head's maximum",
     )
 
 
@@ -87,14 +88,16 @@ def plot_prototype_scores(
         patch_size: p.
         heads: the head behind each prototype.
     """
-    from labkit.viz import overlay, plot_grid, upsample_map
+    from labkit.viz import plot_grid, upsample_map
 
     maps = _grid_maps(logits, grid)  # (k, gh, gw)
     size = frame.shape[:2]
-    panels = [overlay(frame, upsample_map(m, size, patch_size), alpha=0.7, cmap="viridis") for m in maps]
+    panels = [(frame, upsample_map(m, size, patch_size)) for m in maps]  # heat over the frame
     return plot_grid(
         [[frame, *panels]],
         col_titles=["frame"] + [f"prototype {j} (head {h})" for j, h in enumerate(heads)],
+        cmap="viridis", vmin=float(maps.min()), vmax=float(maps.max()), heat_alpha=0.7,
+        colorbar="token · prototype",
     )
 
 
@@ -164,17 +167,18 @@ def plot_tracked_maps(
         patch_size: p.
         indices: frame numbers for the column titles.
     """
-    from labkit.viz import overlay, plot_grid, upsample_map
+    from labkit.viz import plot_grid, upsample_map
 
     m = _np(maps)
     size = frames.shape[1:3]
     rows = [list(frames)]
     for j in range(m.shape[1]):
-        rows.append([overlay(f, upsample_map(mj / max(mj.max(), 1e-12), size, patch_size), alpha=0.7)
+        rows.append([(f, upsample_map(mj / max(mj.max(), 1e-12), size, patch_size))  # heat over the frame
                      for f, mj in zip(frames, m[:, j])])
     titles = [f"frame {i}" for i in (indices if indices is not None else range(len(frames)))]
     return plot_grid(rows, row_titles=["frames"] + [f"object {j}" for j in range(m.shape[1])],
-                     col_titles=titles, panel_size=1.9)
+                     col_titles=titles, panel_size=1.9, cmap="inferno", vmin=0.0, vmax=1.0, heat_alpha=0.7,
+                     colorbar="attention / its maximum in the frame")
 
 
 def plot_object_masks(
