@@ -71,6 +71,7 @@ def test_notebook_tunes_and_writes_metrics(tmp_path, monkeypatch):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = sum("image/png" in o.get("data", {}) for o in outputs)
     assert images >= 3  # segment maps before, training curves, segment maps after
-    assert any("image/gif" in o.get("data", {}) for o in outputs)  # the animation
+    # the animation, embedded as HTML so that nbconvert's export plays it (it drops image/gif)
+    assert any("data:image/gif;base64," in "".join(o.get("data", {}).get("text/html", "")) for o in outputs)
     table = [o for o in outputs if "text/html" in o.get("data", {})]
     assert any("clip_hungarian" in "".join(o["data"]["text/html"]) for o in table)
