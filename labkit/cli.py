@@ -109,7 +109,7 @@ def _cmd_attention_film(args: argparse.Namespace) -> int:
         raise ValueError(f"{video}: no such video file or frame folder")
     model = load_backbone(
         args.model, checkpoint=args.checkpoint or None, pretrained=True if args.pretrained else None,
-        device=args.device, pos_embed_rule=args.pos_embed_rule, **_model_kwargs(args.model_kwargs),
+        device=cfg.device, pos_embed_rule=args.pos_embed_rule, **_model_kwargs(args.model_kwargs),
     )  # fmt: skip
     start = time.perf_counter()
     written = write_films(video, model, args.out, cfg, progress=True)

@@ -58,7 +58,10 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["FILM_METHODS", "FilmConfig", "FilmBatch", "film_batches", "render_film", "head_mean_to_rgb", "write_films"]
+__all__ = [
+    "FILM_METHODS", "FilmConfig", "FilmBatch", "film_batches", "render_film", "head_mean_to_rgb",
+    "write_films",
+]
 
 FILM_METHODS: tuple[str, ...] = ("heads", "mean", "dora", "discovery", "kmeans")
 FilmMethod = Literal["heads", "mean", "dora", "discovery", "kmeans"]
@@ -85,9 +88,16 @@ class FilmConfig:
     preset: str = "veryfast"  # x264 speed; its short look-ahead also keeps the encoders' memory small
     captions: bool = True  # method, weights and frame number on every frame
     backend: Literal["auto", "decord", "pyav"] = "pyav"  # PyAV decodes forward without seeking
-    device: str = "cpu"
+    # "cpu", "cuda[:n]", "mps", "auto" (CUDA when available, else mps, else the CPU; stored
+    # resolved); None: wherever the model's parameters are
+    device: str | None = None
 
     def __post_init__(self) -> None:
+        from labkit.validation import check_device, resolve_device
+
+        if self.device is not None:
+            check_device("FilmConfig.device", self.device)
+            object.__setattr__(self, "device", resolve_device(self.device))
         methods = tuple(self.methods)
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "heads", tuple(self.heads))
@@ -107,7 +117,8 @@ class FilmConfig:
                 raise ValueError(f"FilmConfig: {name} must be None or an int >= {low}, got {value!r}")
         if isinstance(self.rediscover, bool) or not isinstance(self.rediscover, int) or self.rediscover < 0:
             raise ValueError(f"FilmConfig: rediscover must be an int >= 0, got {self.rediscover!r}")
-        if len(self.heads) != 3 or not all(isinstance(h, int) and not isinstance(h, bool) for h in self.heads):
+        ints = all(isinstance(h, int) and not isinstance(h, bool) for h in self.heads)
+        if len(self.heads) != 3 or not ints:
             raise ValueError(f"FilmConfig: heads must be three ints (R, G, B), got {self.heads!r}")
         if self.discovery not in ("lost", "tokencut"):
             raise ValueError(f"FilmConfig: discovery must be 'lost' or 'tokencut', got {self.discovery!r}")
@@ -180,7 +191,9 @@ def _fit_kmeans(
     feats = torch.cat(parts)  # (S, gh, gw, D)
     del parts
     if feats.shape[0] * feats.shape[1] * feats.shape[2] < cfg.k:
-        raise ValueError(f"write_films: k={cfg.k} segments but the sample has only {feats[..., 0].numel()} patches")
+        raise ValueError(
+            f"write_films: k={cfg.k} segments but the sample has only {feats[..., 0].numel()} patches"
+        )
     return fit_video_kmeans(feats.to(cfg.device), cfg.k, seed=cfg.seed, max_points=cfg.max_points)
 
 
@@ -196,7 +209,8 @@ def film_batches(
         video: a path (video file or frame folder; opened with ``config.backend`` and
             ``config.max_side``) or an open :class:`labkit.video.Video` (anything with ``__len__``
             and ``get(indices)`` returning uint8 (n, H, W, 3)).
-        model: a timm VisionTransformer on ``config.device`` (:func:`labkit.models.load_backbone`).
+        model: a timm VisionTransformer (:func:`labkit.models.load_backbone`), on ``config.device``
+            where that is set.
         config: what to compute; default :class:`FilmConfig()`.
         progress: a tqdm bar over the frames (frames per second on the right), on stderr.
 
@@ -215,10 +229,14 @@ def film_batches(
     if not all(-num_heads <= h < num_heads for h in cfg.heads):
         raise ValueError(f"write_films: heads {cfg.heads} out of range, the model has {num_heads} heads")
     if "dora" in cfg.methods and cfg.objects > num_heads:
-        raise ValueError(f"write_films: {cfg.objects} DoRA objects need as many heads, the model has {num_heads}")
+        raise ValueError(
+            f"write_films: {cfg.objects} DoRA objects need as many heads, the model has {num_heads}"
+        )
     if not -depth <= cfg.layer < depth:
         raise ValueError(f"write_films: layer {cfg.layer} out of range, the model has {depth} blocks")
     param = next(model.parameters(), None)
+    if cfg.device is None:
+        cfg = replace(cfg, device=str(param.device) if param is not None else "cpu")
     if param is not None and param.device != torch.device(cfg.device):
         raise ValueError(f"write_films: the model is on {param.device}, device is {cfg.device}")
     total = len(video) if cfg.num_frames is None else min(cfg.num_frames, len(video))
@@ -227,11 +245,16 @@ def film_batches(
     centroids = _fit_kmeans(model, video, indices, cfg, progress) if "kmeans" in methods else None
     prototypes: torch.Tensor | None = None  # (1, k, D) DoRA objects being tracked
     position = 0  # frames filmed so far
-    rate = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"  # frame/s, even below 1
+    # frames per second even below 1 (tqdm would switch to seconds per frame)
+    rate = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
     with tqdm(total=total, unit="frame", desc="film", disable=not progress, bar_format=rate) as bar:
         for idx, frames in _batches(video, indices, cfg.batch_size):
             n = len(idx)
-            starts = [i for i in range(n) if (position + i == 0) or (cfg.rediscover and (position + i) % cfg.rediscover == 0)]
+            # positions in this batch where DoRA discovers its objects afresh
+            starts = [
+                i for i in range(n)
+                if position + i == 0 or (cfg.rediscover and (position + i) % cfg.rediscover == 0)
+            ]
             kinds: list[str] = []
             if methods & {"dora", "discovery"}:
                 kinds.append("keys")
@@ -313,7 +336,10 @@ def head_mean_to_rgb(attn: torch.Tensor | np.ndarray, size: tuple[int, int], pat
 
     from labkit.viz import upsample_map
 
-    a = attn.detach().float().cpu().numpy() if isinstance(attn, torch.Tensor) else np.asarray(attn, np.float32)
+    if isinstance(attn, torch.Tensor):
+        a = attn.detach().float().cpu().numpy()
+    else:
+        a = np.asarray(attn, np.float32)
     single = a.ndim == 3
     a = a[None] if single else a
     if a.ndim != 4:
@@ -380,7 +406,8 @@ def render_film(
     elif method == "dora":
         if batch.objects is None:
             raise ValueError("render_film: the batch has no DoRA objects")
-        out = mask_overlay(frames, batch.objects.numpy(), alpha=0.45, thickness=max(1, size[0] // 240), patch_size=p)
+        thickness = max(1, size[0] // 240)
+        out = mask_overlay(frames, batch.objects.numpy(), alpha=0.45, thickness=thickness, patch_size=p)
     elif method == "discovery":
         if batch.discovered is None:
             raise ValueError("render_film: the batch has no discovery masks")
@@ -400,7 +427,7 @@ def render_film(
         what = _describe(method, cfg, heads)
         of = f"/{total}" if total else ""
         out = np.stack([
-            caption(f, f"{what}  |  {label}  |  frame {int(i) + 1}{of}" if label else f"{what}  |  frame {int(i) + 1}{of}")
+            caption(f, "  |  ".join(t for t in (what, label, f"frame {int(i) + 1}{of}") if t))
             for f, i in zip(out, batch.indices)
         ])
     return out
@@ -424,7 +451,7 @@ def write_films(
 
     Args:
         video: a video file, a frame folder, or an open :class:`labkit.video.Video`.
-        model: a timm VisionTransformer on ``config.device``.
+        model: a timm VisionTransformer, on ``config.device`` where that is set.
         out_dir: folder for ``<method>.mp4`` (created; existing films of the same names replaced).
         config: :class:`FilmConfig`; default ``FilmConfig()``.
         progress: a tqdm bar with frames per second on stderr.

@@ -170,6 +170,22 @@ def test_memory_is_bounded_by_the_batch_not_the_video(small_video, model, tmp_pa
         assert len(film) == 60
 
 
+def test_numpy_memory_does_not_grow_with_the_video(small_video, model, tmp_path):
+    """Peak traced (numpy, Python) memory of a 60-frame film is that of a 20-frame one."""
+    import tracemalloc
+
+    peaks = {}
+    with open_video(small_video) as source:
+        for length in (20, 60):
+            video = _CountingVideo(source, length=length)
+            tracemalloc.start()
+            write_films(video, model, tmp_path / str(length), batch_size=4, sample_frames=4)
+            peaks[length] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    frame = 96 * 160 * 3  # bytes of one frame; holding the 40 extra frames would add 40 of them
+    assert peaks[60] < peaks[20] + 8 * frame, peaks
+
+
 def test_max_side_and_num_frames(small_video, model, tmp_path):
     written = write_films(small_video, model, tmp_path, methods=("mean", "dora"), max_side=80, num_frames=5)
     for path in written.values():

@@ -107,7 +107,9 @@ class Mp4Writer:
         a = _to_numpy(frames, "Mp4Writer.write: frames")
         a = a[None] if a.ndim == 3 else a
         if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or 0 in a.shape[1:3]:
-            raise ValueError(f"Mp4Writer.write: frames must be uint8 (H, W, 3) or (n, H, W, 3), got {a.dtype} {a.shape}")
+            raise ValueError(
+                f"Mp4Writer.write: frames must be uint8 (H, W, 3) or (n, H, W, 3), got {a.dtype} {a.shape}"
+            )
         if self._container is None:
             if self.frames_written:
                 raise ValueError(f"Mp4Writer: {self.path} is closed")
