@@ -97,20 +97,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_attention_film(args: argparse.Namespace) -> int:
     from labkit.data import default_video
     from labkit.film import FilmConfig, write_films
-    from labkit.models import load_backbone
+    from labkit.models import load_backbone, weights_label
 
     cfg = FilmConfig(  # checked before the model loads: a bad value fails in a second
         methods=tuple(args.film_methods), batch_size=args.batch_size, max_side=args.max_side,
         num_frames=args.film_frames, layer=args.layer, heads=tuple(args.heads), k=args.k,
-        rediscover=args.rediscover, device=args.device,
+        rediscover=args.rediscover, device=args.device, seed=args.seed,
     )  # fmt: skip
     video = Path(args.video) if args.video else default_video()
     if not video.exists():
         raise ValueError(f"{video}: no such video file or frame folder")
     model = load_backbone(
         args.model, checkpoint=args.checkpoint or None, pretrained=True if args.pretrained else None,
-        device=cfg.device, pos_embed_rule=args.pos_embed_rule, **_model_kwargs(args.model_kwargs),
+        device=cfg.device, pos_embed_rule=args.pos_embed_rule, seed=args.seed,
+        **_model_kwargs(args.model_kwargs),
     )  # fmt: skip
+    print(f"[labkit] weights: {weights_label(model)}")
     start = time.perf_counter()
     written = write_films(video, model, args.out, cfg, progress=True)
     print(f"[labkit] films of {video.name} in {time.perf_counter() - start:.1f} s")
@@ -142,6 +144,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
         img_size=args.img_size,
         k=args.k,
         device=args.device,
+        seed=args.seed,
         out_dir=args.out,
     )
     start = time.perf_counter()
@@ -319,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-step", type=int, default=4, help="0 spreads the frames over the whole video")
     p.add_argument("--img-size", type=int, default=224, help="shorter side fed to the model")
     p.add_argument("--k", type=int, default=5, help="k-means segments")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random weights (a model without --checkpoint or pretrained weights) and k-means")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda[:n] or mps")
     p.add_argument(
         "--film", action="store_true",

@@ -266,3 +266,20 @@ def test_cli_writes_films_and_reports_bad_input_in_one_line(small_video, tmp_pat
     err = capsys.readouterr().err.strip()
     assert code == 2 and "missing.mp4" in err and "\n" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_random_weights_are_seeded(small_video, tmp_path, capsys):
+    # the same --seed is the same network (and says so); another seed is another network
+    from labkit.cli import main
+
+    tiny = "{depth: 1, embed_dim: 48, num_heads: 3}"
+    runs = {}
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        out = tmp_path / name
+        assert main(["attention", str(small_video), "--film", "--film-methods", "mean", "--film-frames", "3",
+                     "--out", str(out), "--model-kwargs", tiny, "--seed", seed]) == 0
+        assert f"weights: vit_small_patch16_224, random init, seed {seed}" in capsys.readouterr().out
+        with open_video(out / "mean.mp4") as video:
+            runs[name] = video.get(np.arange(len(video)))
+    assert np.array_equal(runs["a"], runs["b"])
+    assert not np.array_equal(runs["a"], runs["c"])
