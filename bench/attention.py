@@ -37,9 +37,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from fractions import Fraction
 from pathlib import Path
+
+from measure import clock, elapsed, peak_rss_mb  # bench/measure.py
 
 from labkit.environment import describe
 
@@ -75,24 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 # one measurement, in its own process
 
 
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _clock() -> tuple[float, float]:
-    times = os.times()
-    return time.perf_counter(), times.user + times.system
 
 
-def _elapsed(start: tuple[float, float]) -> tuple[float, float]:
-    """Wall-clock and CPU seconds (all threads of this process) since ``start``."""
-    wall, cpu = _clock()
-    return wall - start[0], cpu - start[1]
 
 
 def _build_model(name: str):
@@ -113,9 +100,9 @@ def _run_labkit(cfg: dict):
     indices = list(range(cfg["frames"]))
     if cfg["warmup"]:
         extract_video(model, video, [0], batch_size=1, progress=False)
-    start = _clock()
+    start = clock()
     out = extract_video(model, video, indices, batch_size=cfg["batch_size"], progress=False)
-    return out.attention.numpy(), _elapsed(start)
+    return out.attention.numpy(), elapsed(start)
 
 
 def _run_plain(cfg: dict):
@@ -152,11 +139,11 @@ def _run_plain(cfg: dict):
             one()
             container.seek(0)
             decoded = container.decode(stream)
-        start = _clock()
+        start = clock()
         maps = [one() for _ in range(cfg["frames"])]
-        elapsed = _elapsed(start)
+        spent = elapsed(start)
     container.close()
-    return torch.stack(maps).numpy(), elapsed
+    return torch.stack(maps).numpy(), spent
 
 
 def worker(cfg: dict) -> None:
@@ -171,7 +158,7 @@ def worker(cfg: dict) -> None:
         "cpu_seconds": cpu_seconds,
         "frames_per_cpu_second": cfg["frames"] / cpu_seconds,
         "fps": cfg["frames"] / seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "threads": torch.get_num_threads(),
         "maps_shape": list(maps.shape),
     }))

@@ -37,9 +37,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from fractions import Fraction
 from pathlib import Path
+
+from measure import clock, peak_rss_mb  # bench/measure.py
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "davis-tour.mp4"
@@ -66,18 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 # one measurement, in its own process
 
 
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _clock() -> tuple[float, float]:
-    times = os.times()
-    return time.perf_counter(), times.user + times.system
 
 
 def _build_model(name: str):
@@ -95,7 +86,7 @@ def _run_labkit(cfg: dict) -> tuple[float, float]:
     model = _build_model(cfg["model"])
     with open_video(cfg["video"], backend="pyav") as video:  # warm-up: one frame, untimed
         extract(model, prepare_images(video.get([0]), model), attention=True, kinds=())
-    start = _clock()
+    start = clock()
     write_films(cfg["video"], model, cfg["out_dir"], methods=("heads", "mean"),
                 batch_size=cfg["batch_size"], num_frames=cfg["frames"])
     return start
@@ -139,7 +130,7 @@ def _run_dino(cfg: dict) -> tuple[float, float]:
         container.seek(0)
         decoded = container.decode(stream)
         out = Path(cfg["out_dir"])
-        start = _clock()
+        start = clock()
         with Mp4Writer(out / "heads.mp4", fps, crf=film_cfg.crf, preset=film_cfg.preset) as heads, \
                 Mp4Writer(out / "mean.mp4", fps, crf=film_cfg.crf, preset=film_cfg.preset) as means:
             for i in range(cfg["frames"]):
@@ -155,9 +146,9 @@ def worker(cfg: dict) -> None:
 
     torch.set_num_threads(cfg["threads"])
     start = (_run_labkit if cfg["method"] == "labkit" else _run_dino)(cfg)  # after load and warm-up
-    wall, cpu = _clock()
+    wall, cpu = clock()
     print(json.dumps({"seconds": wall - start[0], "cpu_seconds": cpu - start[1],
-                      "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads()}))
+                      "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()}))
 
 
 # ------------------------------------------------------------------------------------------------

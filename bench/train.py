@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import peak_rss_mb  # bench/measure.py
+
 from labkit.environment import describe
 
 METHODS = ("labkit", "teacher-loop", "official-loops")
@@ -221,11 +223,6 @@ def _teacher_part(method, teacher, batch, k_obj, autocast):
         return float(_loop_objects(attns, queries, keys, tokens, k_obj, heads, grid).sum())
 
 
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def worker(cfg: dict) -> None:
@@ -287,7 +284,7 @@ def worker(cfg: dict) -> None:
         "best_seconds_per_step": min(times),
         "step_times": times,
         "images_per_second": b * t / median,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "peak_cuda_mb": (
             torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
         ),

@@ -41,7 +41,7 @@ Feature kinds (each (B, gh, gw, D), patch tokens only, prefix tokens dropped):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit.models import patch_size, prepare_images
+from labkit.video import frame_batches
 
 FeatureKind = Literal["tokens", "keys", "queries"]
 FEATURE_KINDS: tuple[str, ...] = ("tokens", "keys", "queries")
@@ -410,7 +411,7 @@ def extract_video(
     stacked: dict[str, list[torch.Tensor]] = {name: [] for name in rows}
     feats: dict[str, list[torch.Tensor]] = {k: [] for k in dict.fromkeys(kinds)}
     with tqdm(total=len(indices), unit="frame", disable=not progress, desc="extract") as bar:
-        for _, frames in _frame_batches(video, indices, batch_size):
+        for _, frames in frame_batches(video, indices, batch_size):
             images = prepare_images(frames, model, device=device, dtype=dtype)
             out = extract(
                 model, images, layer, attention=attention, kinds=tuple(feats), registers=registers
@@ -427,15 +428,6 @@ def extract_video(
         indices=indices,
         **{name: torch.cat(values) if values else None for name, values in stacked.items()},
     )
-
-
-def _frame_batches(video: Any, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, Any]]:
-    if hasattr(video, "batches"):
-        yield from video.batches(indices, batch_size)
-        return
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start : start + batch_size]
-        yield chunk, video.get(chunk)
 
 
 def mass_threshold(attn: torch.Tensor, keep: float = 0.6) -> torch.Tensor:

@@ -58,6 +58,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
+from labkit.video import frame_batches
+
 __all__ = [
     "FILM_METHODS", "FilmConfig", "FilmBatch", "film_batches", "render_film", "head_mean_to_rgb",
     "write_films",
@@ -160,15 +162,6 @@ def _open(video: Any, cfg: FilmConfig) -> Any:
     return video
 
 
-def _batches(video: Any, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    if hasattr(video, "batches"):
-        yield from video.batches(indices, batch_size)
-        return
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start : start + batch_size]
-        yield chunk, video.get(chunk)
-
-
 def _fit_kmeans(
     model: torch.nn.Module, video: Any, indices: np.ndarray, cfg: FilmConfig, progress: bool
 ) -> torch.Tensor:
@@ -248,7 +241,7 @@ def film_batches(
     # frames per second even below 1 (tqdm would switch to seconds per frame)
     rate = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
     with tqdm(total=total, unit="frame", desc="film", disable=not progress, bar_format=rate) as bar:
-        for idx, frames in _batches(video, indices, cfg.batch_size):
+        for idx, frames in frame_batches(video, indices, cfg.batch_size):
             n = len(idx)
             # positions in this batch where DoRA discovers its objects afresh
             starts = [

@@ -533,3 +533,26 @@ def test_decord_does_not_read_ahead_into_memory(tour_video) -> None:
         time.sleep(1.5)  # unchecked, decord fills ~100 MB/s of decoded 480p frames here
         grown = rss_mb() - before
     assert grown < 60, f"memory grew by {grown:.0f} MB while the reader was idle"
+
+
+def test_frame_batches_reads_one_chunk_at_a_time(small_video):
+    from labkit.video import frame_batches, open_video
+
+    class Counting:  # a reader without batches(): get() is called once per chunk
+        def __init__(self, video):
+            self.video, self.calls = video, []
+
+        def get(self, idx):
+            self.calls.append(list(idx))
+            return self.video.get(idx)
+
+    with open_video(small_video) as video:
+        idx = np.arange(0, len(video), 2)
+        chunks = list(frame_batches(video, idx, 3))
+        counting = Counting(video)
+        plain = list(frame_batches(counting, idx, 3))
+    assert [len(i) for i, _ in chunks] == [len(i) for i, _ in plain]
+    assert all(f.shape[0] <= 3 for _, f in chunks)
+    assert counting.calls == [list(idx[i : i + 3]) for i in range(0, len(idx), 3)]
+    for (i1, f1), (i2, f2) in zip(chunks, plain):
+        assert np.array_equal(i1, i2) and np.array_equal(f1, f2)

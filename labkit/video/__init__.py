@@ -37,8 +37,11 @@ decoder, so DataLoader workers can each reopen it).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
 
 from labkit.video.base import IMAGE_SUFFIXES, Size, Video, VideoError, resolve_size
 from labkit.video.decord_reader import DecordVideo
@@ -58,7 +61,30 @@ __all__ = [
     "resolve_size",
     "IMAGE_SUFFIXES",
     "Size",
+    "frame_batches",
 ]
+
+
+def frame_batches(
+    video: Any, indices: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Frames ``indices`` of ``video`` in chunks of at most ``batch_size``, one chunk in memory.
+
+    Args:
+        video: a :class:`Video` (its own ``batches``, indices checked first) or anything with
+            ``get(indices)`` returning uint8 (n, H, W, 3).
+        indices: int64 (T,) frame numbers, in reading order.
+        batch_size: n, frames per chunk (the last may be shorter).
+
+    Yields:
+        (indices int64 (n,), frames uint8 (n, H, W, 3)).
+    """
+    if hasattr(video, "batches"):
+        yield from video.batches(indices, batch_size)
+        return
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        yield chunk, video.get(chunk)
 
 
 def open_video(
