@@ -269,7 +269,7 @@ def load_backbone(
             state = _from_official_dinov2(state, model)
         _load_into(model, state, source=str(checkpoint))
         cfg.update(mean=IMAGENET_MEAN, std=IMAGENET_STD, file=str(checkpoint))
-        cfg["labkit_weights"] = f"checkpoint {Path(checkpoint).name}" + (
+        cfg["labkit_weights"] = f"checkpoint {_short_path(Path(checkpoint))}" + (
             f" ({which})" if which == "student" else ""
         )
         source = "checkpoint"
@@ -296,6 +296,11 @@ def load_backbone(
 
 class PretrainedWeightsError(OSError):
     """Pretrained weights were asked for and are neither in the local cache nor downloadable."""
+
+
+def _short_path(path: Path) -> str:
+    """``folder/file`` (the run's folder tells checkpoint.pth files apart), or the file name."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
 def resolve_pretrained(
