@@ -162,9 +162,12 @@ def learned_nothing(evaluation: dict[str, Any], model: str, tie: float = 0.005) 
     return all(a <= b + tie for a, b in pairs)
 
 
-def _out_dim(stage: Any, cfg: dict[str, Any]) -> int | None:
-    """K of the stage's DINO head: its parameters, the run's train options, else TrainConfig's."""
-    value = (getattr(stage, "params", None) or {}).get("out_dim") or (cfg.get("train") or {}).get("out_dim")
+def _out_dim(stage: Any, cfg: dict[str, Any], metrics: dict[str, Any] | None = None) -> int | None:
+    """K of the stage's DINO head: what its training recorded in metrics.json, else its
+    parameters, the run's train options, else TrainConfig's (the train notebook's own default
+    differs from TrainConfig's, so the recorded value comes first)."""
+    value = ((metrics or {}).get("out_dim") or (getattr(stage, "params", None) or {}).get("out_dim")
+             or (cfg.get("train") or {}).get("out_dim"))
     if value is None:
         from labkit.train.config import TrainConfig
 
@@ -186,7 +189,7 @@ def training_health(stage: Any, metrics: dict[str, Any], cfg: dict[str, Any]) ->
     from labkit.train.watchdog import collapse_kind, describe_collapse
 
     method = {"dora": "DoRA", "dino": "DINO"}.get(stage.name.removeprefix("train_"), stage.name)
-    k = _out_dim(stage, cfg)
+    k = _out_dim(stage, cfg, metrics)
     entropy = metrics.get("teacher_entropy")
     numbers = ""
     if entropy is not None and k and k > 1:
@@ -302,8 +305,8 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         verdicts.append(_verdict_html(text))
     if collapsed:
         headlines.insert(0, "Training collapsed for " + " and ".join(collapsed)
-                         + ": its features carry no information, so its numbers below say nothing about "
-                           "the method.")
+                         + ": once its teacher is uniform it teaches nothing, so its numbers below "
+                           "show a barely trained network, not what the method can do.")
     parts.append("<h2>Verdict</h2><div class='verdict'>"
                  + "".join(f"<p class='headline'>{html.escape(h)}</p>" for h in headlines)
                  + "".join(verdicts) + "<p class='muted'>All scores: higher is better, 0 to 1.</p></div>")

@@ -52,3 +52,17 @@ def test_weights_section_names_every_model_and_the_missing_reference(tmp_path):
     assert "switched off" in weights_section({"pretrained": False}, stages)
     stages.append(SimpleNamespace(name="explore_pretrained", group="explore", out_dir=tmp_path / "none"))
     assert "explored and evaluated beside the trained models" in weights_section({}, stages)
+
+
+def test_collapse_is_judged_against_the_recorded_head_size():
+    # the train notebook's out_dim (4096) is not TrainConfig's default (65536): the report must
+    # read the K the training recorded, or a uniform teacher reads as 75% of log K
+    import math
+    from types import SimpleNamespace
+
+    from labkit.report import training_health
+
+    stage = SimpleNamespace(name="train_dino", params={})
+    metrics = {"teacher_entropy": math.log(4096) - 0.002, "teacher_kl_uniform": 2e-5, "out_dim": 4096}
+    text, collapsed = training_health(stage, metrics, {})
+    assert collapsed and "ln 4096" in text and "100.0% of log K" in text

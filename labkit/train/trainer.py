@@ -740,6 +740,8 @@ class Trainer:
         )
         return {
             "method": self.config.method,
+            # K of the DINO head: the report judges a collapse against log K
+            "out_dim": None if self.timetuning else self.config.out_dim,
             "steps": self.step,
             "steps_this_run": len(recent),
             "epochs": self.step / self.steps_per_epoch,
