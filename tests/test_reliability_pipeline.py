@@ -237,17 +237,27 @@ def test_ctrl_c_in_a_pipeline_is_one_line_and_the_training_keeps_its_step(traine
                                   "checkpoint_every": 100, "num_workers": 0}),
                       tmp_path / "lab.yaml")
     log = trained.run_dir.resolve() / "train_dora" / "log.jsonl"
-    first = run_cli("pipeline", "--config", str(config), "--quiet", cwd=tmp_path,
-                    start_new_session=True)
-    try:
-        wait_for(lambda: log.is_file() and len(log.read_text().splitlines()) >= 3,
-                 what="the training's steps")
-        os.killpg(first.pid, signal.SIGINT)
-        out, err = first.communicate(timeout=120)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
+    # the pipeline's output goes to files, not pipes: nobody reads a pipe while the training
+    # runs, and a pipeline blocked on a full pipe would not answer Ctrl-C
+    out_file, err_file = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("LABKIT_DEBUG", None)
+    with out_file.open("w") as out_handle, err_file.open("w") as err_handle:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "labkit.cli", "pipeline", "--config", str(config), "--quiet"],
+            cwd=tmp_path, env=env, text=True, stdout=out_handle, stderr=err_handle,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: log.is_file() and len(log.read_text().splitlines()) >= 3,
+                     what="the training's steps")
+            os.killpg(first.pid, signal.SIGINT)
+            first.wait(timeout=240)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
+    err = err_file.read_text()
     assert first.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("labkit: interrupted")
     import torch
