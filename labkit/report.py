@@ -168,6 +168,13 @@ def _out_dim(stage: Any, cfg: dict[str, Any], metrics: dict[str, Any] | None = N
     differs from TrainConfig's, so the recorded value comes first)."""
     value = ((metrics or {}).get("out_dim") or (getattr(stage, "params", None) or {}).get("out_dim")
              or (cfg.get("train") or {}).get("out_dim"))
+    if value is None and getattr(stage, "notebook", None):  # the notebook's own default
+        from labkit.notebooks import notebook_parameters
+
+        try:
+            value = notebook_parameters(stage.notebook).get("out_dim")
+        except (OSError, ValueError):
+            value = None
     if value is None:
         from labkit.train.config import TrainConfig
 
