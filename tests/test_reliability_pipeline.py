@@ -247,6 +247,9 @@ def test_ctrl_c_in_a_pipeline_is_one_line_and_the_training_keeps_its_step(traine
             [sys.executable, "-m", "labkit.cli", "pipeline", "--config", str(config), "--quiet"],
             cwd=tmp_path, env=env, text=True, stdout=out_handle, stderr=err_handle,
             start_new_session=True,
+            # as a terminal's foreground job: pytest-xdist's workers ignore SIGINT, and a child
+            # inherits an ignored signal (Python then installs no KeyboardInterrupt handler)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             wait_for(lambda: log.is_file() and len(log.read_text().splitlines()) >= 3,
