@@ -53,7 +53,7 @@ from labkit.validation import (
     check_model_kwargs,
     check_output_dir,
     resolve_device,
-    yaml_error,
+    read_config_file,
 )
 
 __all__ = [
@@ -207,26 +207,11 @@ def load_pipeline_config(
     Raises:
         ValueError: an unknown key (with the known ones) or a bad value, naming the key.
     """
-    import yaml
-
     from labkit.cli import parse_value
 
     values: dict[str, Any] = {}
     if path:
-        path = Path(path)
-        if path.is_dir():
-            raise ValueError(f"config file {path} is a folder; give a YAML file")
-        if not path.is_file():
-            raise ValueError(f"config file {path} not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except UnicodeDecodeError:
-            raise ValueError(f"config file {path} is not a text (YAML) file") from None
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {yaml_error(path, err)}") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys, got {type(loaded).__name__}")
-        values.update(loaded)
+        values.update(read_config_file(path, "PipelineConfig keys"))
     if isinstance(overrides, Mapping):
         values.update(overrides)
     else:

@@ -29,6 +29,7 @@ __all__ = [
     "check_value",
     "expected_form",
     "field_types",
+    "read_config_file",
     "resolve_device",
     "yaml_error",
 ]
@@ -298,6 +299,33 @@ def check_output_dir(key: str, path: str | os.PathLike) -> None:
         raise ValueError(f"{key} {str(path)!r}: {parent} is a file, not a folder")
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{key} {str(path)!r}: {parent} is not writable")
+
+
+def read_config_file(path: str | os.PathLike, what: str = "config keys") -> dict[str, Any]:
+    """A YAML config file's mapping (empty for an empty file), every failure one line naming it.
+
+    Raises:
+        ValueError: a folder, a missing or binary file, a YAML syntax error (with line and
+            column), or a document that is not a mapping of ``what``.
+    """
+    import yaml
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a folder; give a YAML file")
+    if not path.is_file():
+        raise ValueError(f"config file {path} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not a text (YAML) file") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {yaml_error(path, err)}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"config file {path} must hold a mapping of {what}, got {type(loaded).__name__}")
+    return dict(loaded)
 
 
 def yaml_error(source: str | os.PathLike, err: Exception) -> str:

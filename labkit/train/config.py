@@ -52,7 +52,7 @@ from labkit.validation import (
     check_fields,
     check_model_kwargs,
     check_output_dir,
-    yaml_error,
+    read_config_file,
 )
 
 __all__ = [
@@ -467,28 +467,10 @@ def load_config(
         ValueError: the file is missing or not a mapping, a key is unknown (the message names it
             and the nearest valid one), or a value is invalid (named by ``TrainConfig``).
     """
-    import yaml
-
     values: dict[str, Any] = {}
     source = ""
     if path is not None:
-        path = Path(path)
-        if path.is_dir():
-            raise ValueError(f"config file {path} is a folder; give a YAML file")
-        if not path.is_file():
-            raise ValueError(f"config file {path} not found")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except UnicodeDecodeError:
-            raise ValueError(f"config file {path} is not a text (YAML) file") from None
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {yaml_error(path, err)}") from err
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, Mapping):
-            raise ValueError(
-                f"config file {path} must hold a mapping of TrainConfig fields, got {type(loaded).__name__}"
-            )
+        loaded = read_config_file(path, "TrainConfig fields")
         source = str(path)
         _check_names(loaded, source)
         values.update(loaded)
