@@ -50,23 +50,48 @@ DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "davis-tour.mp4"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO,
-                        help="480p input video (default: the shared DAVIS tour, 854x480, cropped to 848x480)")
-    parser.add_argument("--model", default="vit_small_patch16_224",
-                        help="timm ViT, random init: speed and memory do not depend on the weights")
+    parser.add_argument(
+        "--video",
+        type=Path,
+        default=DEFAULT_VIDEO,
+        help="480p input video (default: the shared DAVIS tour, 854x480, cropped to 848x480)",
+    )
+    parser.add_argument(
+        "--model",
+        default="vit_small_patch16_224",
+        help="timm ViT, random init: speed and memory do not depend on the weights",
+    )
     parser.add_argument("--frames", type=int, default=32, help="frames timed at 480p")
-    parser.add_argument("--frames-1440", type=int, default=2,
-                        help="frames at 2560x1440; few, as one ViT-S/16 frame there has 14,401 tokens "
-                             "and takes about a minute on 2 CPU cores either way (0 skips the case)")
-    parser.add_argument("--batch-size", type=int, default=8, help="labkit's frames per forward pass")
-    parser.add_argument("--labkit-backend", choices=("pyav", "decord", "auto"), default="pyav",
-                        help="labkit.video backend; pyav, the plain loop's reader, by default (auto: "
-                             "decord, as open_video picks)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="runs per configuration, interleaved labkit/plain; the median is reported "
-                             "(other jobs on a shared machine make single runs noisy)")
-    parser.add_argument("--repeats-1440", type=int, default=1,
-                        help="runs per configuration at 2560x1440 (peak memory varies little)")
+    parser.add_argument(
+        "--frames-1440",
+        type=int,
+        default=2,
+        help="frames at 2560x1440; few, as one ViT-S/16 frame there has 14,401 tokens "
+        "and takes about a minute on 2 CPU cores either way (0 skips the case)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="labkit's frames per forward pass"
+    )
+    parser.add_argument(
+        "--labkit-backend",
+        choices=("pyav", "decord", "auto"),
+        default="pyav",
+        help="labkit.video backend; pyav, the plain loop's reader, by default (auto: "
+        "decord, as open_video picks)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs per configuration, interleaved labkit/plain; the median is reported "
+        "(other jobs on a shared machine make single runs noisy)",
+    )
+    parser.add_argument(
+        "--repeats-1440",
+        type=int,
+        default=1,
+        help="runs per configuration at 2560x1440 (peak memory varies little)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "attention.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON config: run one measurement
     return parser.parse_args(argv)
@@ -74,12 +99,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------------------------
 # one measurement, in its own process
-
-
-
-
-
-
 
 
 def _build_model(name: str):
@@ -153,15 +172,19 @@ def worker(cfg: dict) -> None:
     sys.path.insert(0, str(REPO))
     maps, (seconds, cpu_seconds) = (_run_labkit if cfg["method"] == "labkit" else _run_plain)(cfg)
     np.save(cfg["maps_out"], maps)
-    print(json.dumps({
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "frames_per_cpu_second": cfg["frames"] / cpu_seconds,
-        "fps": cfg["frames"] / seconds,
-        "peak_rss_mb": peak_rss_mb(),
-        "threads": torch.get_num_threads(),
-        "maps_shape": list(maps.shape),
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "frames_per_cpu_second": cfg["frames"] / cpu_seconds,
+                "fps": cfg["frames"] / seconds,
+                "peak_rss_mb": peak_rss_mb(),
+                "threads": torch.get_num_threads(),
+                "maps_shape": list(maps.shape),
+            }
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,10 +212,16 @@ def make_1440p_clip(source: Path, frames: int, out: Path) -> Path:
 
 
 def run_worker(cfg: dict) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(cfg)],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"worker {cfg['method']} {cfg['case']} failed:\n{proc.stderr[-3000:]}")
@@ -224,17 +253,25 @@ def main(argv=None) -> None:
             for repeat in range(repeats):
                 for method in ("labkit", "plain") if repeat % 2 == 0 else ("plain", "labkit"):
                     cfg = {
-                        "method": method, "case": case, "video": str(video), "frames": frames,
-                        "model": args.model, "batch_size": min(args.batch_size, frames),
+                        "method": method,
+                        "case": case,
+                        "video": str(video),
+                        "frames": frames,
+                        "model": args.model,
+                        "batch_size": min(args.batch_size, frames),
                         "backend": args.labkit_backend if method == "labkit" else "pyav",
-                        "warmup": warmup, "maps_out": str(Path(tmp) / f"{case}-{method}.npy"),
+                        "warmup": warmup,
+                        "maps_out": str(Path(tmp) / f"{case}-{method}.npy"),
                     }
                     run = {**cfg, **run_worker(cfg), "repeat": repeat}
                     del run["maps_out"]
                     results["runs"].append(run)
                     maps[method] = np.load(cfg["maps_out"])
-                    print(f"  {case} {method} #{repeat}: {run['fps']:.3f} fps, "
-                          f"peak {run['peak_rss_mb']:.0f} MB", file=sys.stderr)
+                    print(
+                        f"  {case} {method} #{repeat}: {run['fps']:.3f} fps, "
+                        f"peak {run['peak_rss_mb']:.0f} MB",
+                        file=sys.stderr,
+                    )
                     _write(args.out, results)  # so far, in case a later run fails
             diff = float(np.abs(maps["labkit"] - maps["plain"]).max())
             results.setdefault("max_abs_map_difference", {})[case] = diff
@@ -263,7 +300,9 @@ def summarize(runs: list[dict]) -> list[dict]:
             row[method] = {
                 "fps": statistics.median(r["fps"] for r in mine),
                 "fps_runs": [round(r["fps"], 4) for r in mine],
-                "frames_per_cpu_second": statistics.median(r["frames_per_cpu_second"] for r in mine),
+                "frames_per_cpu_second": statistics.median(
+                    r["frames_per_cpu_second"] for r in mine
+                ),
                 "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in mine),
                 "batch_size": mine[0]["batch_size"] if method == "labkit" else 1,
                 "frames": mine[0]["frames"],
@@ -292,8 +331,10 @@ def markdown(results: dict) -> str:
         for method in ("labkit", "plain"):
             if method in row:
                 r = row[method]
-                lines.append(f"| {row['case']} | {method} | {r['batch_size']} | {r['frames']} | "
-                             f"{r['fps']:.3f} | {r['frames_per_cpu_second']:.3f} | {r['peak_rss_mb']:.0f} |")
+                lines.append(
+                    f"| {row['case']} | {method} | {r['batch_size']} | {r['frames']} | "
+                    f"{r['fps']:.3f} | {r['frames_per_cpu_second']:.3f} | {r['peak_rss_mb']:.0f} |"
+                )
     lines.append("")
     for row in results["summary"]:
         if "speedup" in row:

@@ -42,10 +42,15 @@ DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "davis-tour.mp4"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--video", default=str(DEFAULT_VIDEO),
-                        help="mp4 or frame folder; empty string: the lab's synthetic default video")
+    parser.add_argument(
+        "--video",
+        default=str(DEFAULT_VIDEO),
+        help="mp4 or frame folder; empty string: the lab's synthetic default video",
+    )
     parser.add_argument("--model", default="vit_small_patch16_224", help="timm ViT, random init")
-    parser.add_argument("--frames", type=int, default=100, help="frames in the clip (the issue's case)")
+    parser.add_argument(
+        "--frames", type=int, default=100, help="frames in the clip (the issue's case)"
+    )
     parser.add_argument("--step", type=int, default=1, help="clip stride in video frames")
     parser.add_argument("--img-size", type=int, default=224, help="shorter side of the frames")
     parser.add_argument("--k", type=int, default=5, help="k-means segments")
@@ -74,8 +79,16 @@ def main(argv=None) -> int:
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
     t0 = time.perf_counter()
-    ex = AttentionExplorer(args.video or None, args.model, num_frames=args.frames, frame_step=args.step,
-                           img_size=args.img_size, k=args.k, batch_size=args.batch_size, progress=False)
+    ex = AttentionExplorer(
+        args.video or None,
+        args.model,
+        num_frames=args.frames,
+        frame_step=args.step,
+        img_size=args.img_size,
+        k=args.k,
+        batch_size=args.batch_size,
+        progress=False,
+    )
     load_s = time.perf_counter() - t0
     T, H, W = ex.frames.shape[:3]
 
@@ -147,10 +160,20 @@ def main(argv=None) -> int:
     result = {
         "date": date,
         "machine": info,
-        "clip": {"video": args.video or "synthetic default", "frames": T, "size": [H, W],
-                 "grid": list(ex.grid), "model": args.model, "k": args.k},
-        "seconds": {"load_model_and_read_clip": round(load_s, 2), "extract_layer": round(extract_s, 2),
-                    "kmeans_clip": round(kmeans_s, 2), "dora_and_colour_grids": round(dora_s, 2)},
+        "clip": {
+            "video": args.video or "synthetic default",
+            "frames": T,
+            "size": [H, W],
+            "grid": list(ex.grid),
+            "model": args.model,
+            "k": args.k,
+        },
+        "seconds": {
+            "load_model_and_read_clip": round(load_s, 2),
+            "extract_layer": round(extract_s, 2),
+            "kmeans_clip": round(kmeans_s, 2),
+            "dora_and_colour_grids": round(dora_s, 2),
+        },
         "slider_cold": stats_ms(cold),
         "slider_warm": stats_ms(warm),
         "random_jumps_cached": stats_ms(jumps),
@@ -164,22 +187,32 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(result, indent=2))
 
     print(f"# Explorer slider latency, {date}")
-    print(f"{info['processor']}, {info['cpu_count']} cores (load average {info['load_average_1m']} at start), "
-          f"torch {info['torch']}")
-    print(f"clip: {result['clip']['video']}, {T} frames at {H}x{W}, grid {ex.grid[0]}x{ex.grid[1]}, {args.model}\n")
+    print(
+        f"{info['processor']}, {info['cpu_count']} cores (load average {info['load_average_1m']} at start), "
+        f"torch {info['torch']}"
+    )
+    print(
+        f"clip: {result['clip']['video']}, {T} frames at {H}x{W}, grid {ex.grid[0]}x{ex.grid[1]}, {args.model}\n"
+    )
     print("| what | n | median ms | p95 ms | max ms |")
     print("| --- | --- | --- | --- | --- |")
-    for label, key in (("slider move, frame not shown before", "slider_cold"),
-                       ("slider move, frame shown before", "slider_warm"),
-                       ("random jumps, all cached", "random_jumps_cached"),
-                       ("slider move after a state change", "slider_cold_after_state_change")):
+    for label, key in (
+        ("slider move, frame not shown before", "slider_cold"),
+        ("slider move, frame shown before", "slider_warm"),
+        ("random jumps, all cached", "random_jumps_cached"),
+        ("slider move after a state change", "slider_cold_after_state_change"),
+    ):
         r = result[key]
         print(f"| {label} | {r['n']} | {r['median_ms']} | {r['p95_ms']} | {r['max_ms']} |")
     for name, r in panel_ms.items():
-        print(f"| render panel '{name}' | {r['n']} | {r['median_ms']} | {r['p95_ms']} | {r['max_ms']} |")
+        print(
+            f"| render panel '{name}' | {r['n']} | {r['median_ms']} | {r['p95_ms']} | {r['max_ms']} |"
+        )
     for fmt, r in enc.items():
-        print(f"| encode one panel, {fmt} ({r['bytes']} bytes) | {r['n']} | {r['median_ms']} | {r['p95_ms']} "
-              f"| {r['max_ms']} |")
+        print(
+            f"| encode one panel, {fmt} ({r['bytes']} bytes) | {r['n']} | {r['median_ms']} | {r['p95_ms']} "
+            f"| {r['max_ms']} |"
+        )
     print("\n| one-off | seconds |")
     print("| --- | --- |")
     for k, v in result["seconds"].items():

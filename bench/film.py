@@ -48,15 +48,28 @@ DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "davis-tour.mp4"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO,
-                        help="input video (default: the shared DAVIS tour, 854x480)")
-    parser.add_argument("--model", default="vit_small_patch16_224",
-                        help="timm ViT, random init (DINO ViT-S/16's shape)")
+    parser.add_argument(
+        "--video",
+        type=Path,
+        default=DEFAULT_VIDEO,
+        help="input video (default: the shared DAVIS tour, 854x480)",
+    )
+    parser.add_argument(
+        "--model",
+        default="vit_small_patch16_224",
+        help="timm ViT, random init (DINO ViT-S/16's shape)",
+    )
     parser.add_argument("--frames", type=int, default=24, help="frames filmed at 854x480")
-    parser.add_argument("--frames-1080", type=int, default=3,
-                        help="frames filmed at 1920x1080: one ViT-S/16 frame there has 8,041 tokens "
-                             "and takes tens of seconds on 2 CPU cores (0 skips the case)")
-    parser.add_argument("--batch-size", type=int, default=8, help="labkit's frames per forward pass")
+    parser.add_argument(
+        "--frames-1080",
+        type=int,
+        default=3,
+        help="frames filmed at 1920x1080: one ViT-S/16 frame there has 8,041 tokens "
+        "and takes tens of seconds on 2 CPU cores (0 skips the case)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="labkit's frames per forward pass"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every worker")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "film.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON config: run one measurement
@@ -65,10 +78,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------------------------
 # one measurement, in its own process
-
-
-
-
 
 
 def _build_model(name: str):
@@ -87,8 +96,14 @@ def _run_labkit(cfg: dict) -> tuple[float, float]:
     with open_video(cfg["video"], backend="pyav") as video:  # warm-up: one frame, untimed
         extract(model, prepare_images(video.get([0]), model), attention=True, kinds=())
     start = clock()
-    write_films(cfg["video"], model, cfg["out_dir"], methods=("heads", "mean"),
-                batch_size=cfg["batch_size"], num_frames=cfg["frames"])
+    write_films(
+        cfg["video"],
+        model,
+        cfg["out_dir"],
+        methods=("heads", "mean"),
+        batch_size=cfg["batch_size"],
+        num_frames=cfg["frames"],
+    )
     return start
 
 
@@ -131,13 +146,21 @@ def _run_dino(cfg: dict) -> tuple[float, float]:
         decoded = container.decode(stream)
         out = Path(cfg["out_dir"])
         start = clock()
-        with Mp4Writer(out / "heads.mp4", fps, crf=film_cfg.crf, preset=film_cfg.preset) as heads, \
-                Mp4Writer(out / "mean.mp4", fps, crf=film_cfg.crf, preset=film_cfg.preset) as means:
+        with (
+            Mp4Writer(out / "heads.mp4", fps, crf=film_cfg.crf, preset=film_cfg.preset) as heads,
+            Mp4Writer(out / "mean.mp4", fps, crf=film_cfg.crf, preset=film_cfg.preset) as means,
+        ):
             for i in range(cfg["frames"]):
                 frame = next(decoded).to_ndarray(format="rgb24")  # (H, W, 3) uint8
-                batch = FilmBatch(np.array([i]), frame[None], attention(frame), None, None, None, None)
-                heads.write(render_film("heads", batch, p, film_cfg, label=label, total=cfg["frames"]))
-                means.write(render_film("mean", batch, p, film_cfg, label=label, total=cfg["frames"]))
+                batch = FilmBatch(
+                    np.array([i]), frame[None], attention(frame), None, None, None, None
+                )
+                heads.write(
+                    render_film("heads", batch, p, film_cfg, label=label, total=cfg["frames"])
+                )
+                means.write(
+                    render_film("mean", batch, p, film_cfg, label=label, total=cfg["frames"])
+                )
     return start
 
 
@@ -147,8 +170,16 @@ def worker(cfg: dict) -> None:
     torch.set_num_threads(cfg["threads"])
     start = (_run_labkit if cfg["method"] == "labkit" else _run_dino)(cfg)  # after load and warm-up
     wall, cpu = clock()
-    print(json.dumps({"seconds": wall - start[0], "cpu_seconds": cpu - start[1],
-                      "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "seconds": wall - start[0],
+                "cpu_seconds": cpu - start[1],
+                "peak_rss_mb": peak_rss_mb(),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,7 +199,9 @@ def make_clip(source: Path, frames: int, size: tuple[int, int], out: Path) -> Pa
         for i, frame in enumerate(src.decode(video=0)):
             if i == frames:
                 break
-            big = frame.reformat(width=size[1], height=size[0], format="yuv420p", interpolation="BICUBIC")
+            big = frame.reformat(
+                width=size[1], height=size[0], format="yuv420p", interpolation="BICUBIC"
+            )
             big.pts, big.time_base = i, Fraction(1, 1) / rate
             for packet in stream.encode(big):
                 dst.mux(packet)
@@ -178,10 +211,18 @@ def make_clip(source: Path, frames: int, size: tuple[int, int], out: Path) -> Pa
 
 
 def run_worker(cfg: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg["threads"]),
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)],
-                          capture_output=True, text=True, env=env, check=False)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(cfg["threads"]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"worker {cfg['method']} {cfg['case']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -217,9 +258,16 @@ def main(argv=None) -> None:
         for case, video, frames in cases:
             films = {}
             for method in ("labkit", "dino"):
-                cfg = {"method": method, "case": case, "video": str(video), "frames": frames,
-                       "model": args.model, "batch_size": min(args.batch_size, frames),
-                       "threads": args.threads, "out_dir": str(Path(tmp) / f"{case}-{method}")}
+                cfg = {
+                    "method": method,
+                    "case": case,
+                    "video": str(video),
+                    "frames": frames,
+                    "model": args.model,
+                    "batch_size": min(args.batch_size, frames),
+                    "threads": args.threads,
+                    "out_dir": str(Path(tmp) / f"{case}-{method}"),
+                }
                 Path(cfg["out_dir"]).mkdir()
                 run = {**cfg, **run_worker(cfg)}
                 run["fps"] = frames / run["seconds"]
@@ -229,12 +277,16 @@ def main(argv=None) -> None:
                 with open_video(Path(cfg["out_dir"]) / "mean.mp4", backend="pyav") as film:
                     films[method] = film.get(np.arange(len(film))).astype(np.int16)
                     run["film_frames"], run["film_size"] = len(film), list(film.size)
-                print(f"  {case} {method}: {run['fps']:.3f} fps, peak {run['peak_rss_mb']:.0f} MB",
-                      file=sys.stderr)
+                print(
+                    f"  {case} {method}: {run['fps']:.3f} fps, peak {run['peak_rss_mb']:.0f} MB",
+                    file=sys.stderr,
+                )
                 _write(args.out, results)
             diff = np.abs(films["labkit"] - films["dino"])
             results.setdefault("mean_film_difference", {})[case] = {
-                "mean_abs": float(diff.mean()), "max_abs": int(diff.max())}
+                "mean_abs": float(diff.mean()),
+                "max_abs": int(diff.max()),
+            }
     results["load_average_end"] = os.getloadavg()
     results["summary"] = summarize(results["runs"])
     _write(args.out, results)
@@ -277,8 +329,10 @@ def markdown(results: dict) -> str:
             if method in row:
                 r = row[method]
                 batch = r["batch_size"] if method == "labkit" else 1
-                lines.append(f"| {row['case']} | {method} | {batch} | {r['frames']} | {r['fps']:.3f} | "
-                             f"{r['frames_per_cpu_second']:.3f} | {r['peak_rss_mb']:.0f} |")
+                lines.append(
+                    f"| {row['case']} | {method} | {batch} | {r['frames']} | {r['fps']:.3f} | "
+                    f"{r['frames_per_cpu_second']:.3f} | {r['peak_rss_mb']:.0f} |"
+                )
     lines.append("")
     for row in results["summary"]:
         if "speedup" in row:

@@ -22,11 +22,22 @@ from labkit.environment import available_cpus, describe
 from labkit.train import TrainConfig, train
 
 SMALL = dict(
-    model_kwargs=dict(depth=4, embed_dim=192, num_heads=3), img_size=96, local_size=48,
-    out_dim=1024, hidden_dim=256, bottleneck_dim=64, num_frames=4, frame_step=4, num_local=2,
-    batch_size=4, lr=5e-4, warmup_epochs=0.0, steps_per_epoch=10, checkpoint_every=0,
+    model_kwargs=dict(depth=4, embed_dim=192, num_heads=3),
+    img_size=96,
+    local_size=48,
+    out_dim=1024,
+    hidden_dim=256,
+    bottleneck_dim=64,
+    num_frames=4,
+    frame_step=4,
+    num_local=2,
+    batch_size=4,
+    lr=5e-4,
+    warmup_epochs=0.0,
+    steps_per_epoch=10,
+    checkpoint_every=0,
     collapse_patience=0,
-)  # fmt: skip
+)
 
 
 def main() -> None:
@@ -40,20 +51,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="labkit-threads-") as tmp:
         for rep in range(args.repeats):
             for threads in args.order:
-                cfg = TrainConfig(**SMALL, steps=args.steps, threads=threads,
-                                  out_dir=os.path.join(tmp, f"run_{threads}_{rep}"))  # fmt: skip
+                cfg = TrainConfig(
+                    **SMALL,
+                    steps=args.steps,
+                    threads=threads,
+                    out_dir=os.path.join(tmp, f"run_{threads}_{rep}"),
+                )
                 load = os.getloadavg()[0]
                 log = train(cfg, progress=False).log
                 seconds = [r["seconds"] for r in log[2:]]
-                rows.append({"threads": threads, "rep": rep, "load_1m_before": round(load, 2),
-                             "steps_per_s": len(seconds) / sum(seconds)})  # fmt: skip
+                rows.append(
+                    {
+                        "threads": threads,
+                        "rep": rep,
+                        "load_1m_before": round(load, 2),
+                        "steps_per_s": len(seconds) / sum(seconds),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
-    means = {t: sum(r["steps_per_s"] for r in rows if r["threads"] == t) / args.repeats
-             for t in args.order}  # fmt: skip
+    means = {
+        t: sum(r["steps_per_s"] for r in rows if r["threads"] == t) / args.repeats
+        for t in args.order
+    }
     env = describe()
-    print(json.dumps({"mean_steps_per_s": means, "available_cpus": available_cpus(),
-                      "cpu": env["processor"], "cpu_count": env["cpu_count"], "date": env["date"],
-                      "torch": env["torch"], "git_commit": env["git_commit"]}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "mean_steps_per_s": means,
+                "available_cpus": available_cpus(),
+                "cpu": env["processor"],
+                "cpu_count": env["cpu_count"],
+                "date": env["date"],
+                "torch": env["torch"],
+                "git_commit": env["git_commit"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -72,10 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument(
-        "--part", choices=("step", "teacher"), default="step",
+        "--part",
+        choices=("step", "teacher"),
+        default="step",
         help="time the whole step (forward + backward), or only the teacher's forward, discovery "
         "and tracking (official-loops = teacher-loop there)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/train.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -223,8 +225,6 @@ def _teacher_part(method, teacher, batch, k_obj, autocast):
         return float(_loop_objects(attns, queries, keys, tokens, k_obj, heads, grid).sum())
 
 
-
-
 def worker(cfg: dict) -> None:
     import contextlib
 
@@ -238,9 +238,14 @@ def worker(cfg: dict) -> None:
         torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
     train_cfg = TrainConfig(
-        model=cfg["model"], model_kwargs=cfg["model_kwargs"], img_size=cfg["img_size"],
-        local_size=cfg["local_size"], out_dim=cfg["out_dim"], drop_path_rate=0.0, k=cfg["k"],
-    )  # fmt: skip
+        model=cfg["model"],
+        model_kwargs=cfg["model_kwargs"],
+        img_size=cfg["img_size"],
+        local_size=cfg["local_size"],
+        out_dim=cfg["out_dim"],
+        drop_path_rate=0.0,
+        k=cfg["k"],
+    )
     torch.manual_seed(0)
     student, teacher = build_networks(train_cfg)
     student, teacher = student.to(device), teacher.to(device)
@@ -300,12 +305,22 @@ def main(argv=None) -> int:
         worker(json.loads(args.worker))
         return 0
     base = {
-        "model": args.model, "model_kwargs": json.loads(args.model_kwargs), "img_size": args.img_size,
-        "local_size": args.local_size, "num_local": args.num_local, "num_frames": args.num_frames,
-        "batch_size": args.batch_size, "k": args.k, "out_dim": args.out_dim, "steps": args.steps,
-        "warmup": args.warmup, "threads": args.threads, "device": args.device, "precision": args.precision,
+        "model": args.model,
+        "model_kwargs": json.loads(args.model_kwargs),
+        "img_size": args.img_size,
+        "local_size": args.local_size,
+        "num_local": args.num_local,
+        "num_frames": args.num_frames,
+        "batch_size": args.batch_size,
+        "k": args.k,
+        "out_dim": args.out_dim,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "device": args.device,
+        "precision": args.precision,
         "part": args.part,
-    }  # fmt: skip
+    }
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:

@@ -76,7 +76,9 @@ def outlier_mask(norms: torch.Tensor, factor: float = OUTLIER_FACTOR) -> torch.T
         Bool tensor of ``norms``' shape, True on outlier patches.
     """
     if not factor > 1:
-        raise ValueError(f"outlier_mask: factor must be > 1 (a multiple of the median), got {factor}")
+        raise ValueError(
+            f"outlier_mask: factor must be > 1 (a multiple of the median), got {factor}"
+        )
     if not isinstance(norms, torch.Tensor) or norms.ndim < 2:
         raise ValueError("outlier_mask: norms must be a tensor with at least 2 dims (..., gh, gw)")
     flat = norms.flatten(-2)  # (..., P)
@@ -136,16 +138,25 @@ class Artifacts:
 
         first = parts[0]
         return Artifacts(
-            norms=cat("norms"), embed_norms=cat("embed_norms"), outliers=cat("outliers"),
-            cls_attention=cat("cls_attention"), cls_outlier_mass=cat("cls_outlier_mass"),
-            cls_register_mass=cat("cls_register_mass"), register_attention=cat("register_attention"),
-            register_layers=first.register_layers, factor=first.factor, num_registers=first.num_registers,
-        )  # fmt: skip
+            norms=cat("norms"),
+            embed_norms=cat("embed_norms"),
+            outliers=cat("outliers"),
+            cls_attention=cat("cls_attention"),
+            cls_outlier_mass=cat("cls_outlier_mass"),
+            cls_register_mass=cat("cls_register_mass"),
+            register_attention=cat("register_attention"),
+            register_layers=first.register_layers,
+            factor=first.factor,
+            num_registers=first.num_registers,
+        )
 
     def cpu(self) -> Artifacts:
         """The same on the CPU."""
-        moved = {f.name: getattr(self, f.name).cpu() for f in fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).cpu()
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return replace(self, **moved)
 
 
@@ -194,7 +205,9 @@ def token_artifacts(
             qkv = qkv.view(batch, num_tokens, 3, attn.num_heads, attn.head_dim)  # (B, N, 3, h, d)
             q = attn.q_norm(qkv[:, :num_prefix, 0])  # (B, R, h, d): [CLS] and register queries
             k = attn.k_norm(qkv[:, :, 1])  # (B, N, h, d)
-            maps, prefix = _query_rows(attn, q, k, num_prefix, grid)  # (B, R, h, gh, gw), (B, R, h, R)
+            maps, prefix = _query_rows(
+                attn, q, k, num_prefix, grid
+            )  # (B, R, h, gh, gw), (B, R, h, R)
             cls_rows.append(maps[:, 0])
             cls_prefix.append(prefix[:, 0])
             if block_index in keep:
@@ -221,7 +234,9 @@ def token_artifacts(
     norms_t = torch.stack(norms, dim=1)  # (B, L, gh, gw)
     outliers = outlier_mask(norms_t, factor)
     attention = torch.stack(cls_rows, dim=1)  # (B, L, h, gh, gw)
-    inputs = torch.cat([outlier_mask(embed, factor)[:, None], outliers[:, :-1]], dim=1)  # (B, L, gh, gw)
+    inputs = torch.cat(
+        [outlier_mask(embed, factor)[:, None], outliers[:, :-1]], dim=1
+    )  # (B, L, gh, gw)
     on_outliers = (attention * inputs[:, :, None]).flatten(3).sum(-1)  # (B, L, h)
     total = attention.flatten(3).sum(-1).clamp_min(torch.finfo(torch.float32).tiny)
     prefix = torch.stack(cls_prefix, dim=1)  # (B, L, h, R)
@@ -231,7 +246,9 @@ def token_artifacts(
         outliers=outliers,
         cls_attention=attention,
         cls_outlier_mass=on_outliers / total,
-        cls_register_mass=prefix[..., num_prefix - num_registers :].sum(-1) if num_registers else None,
+        cls_register_mass=prefix[..., num_prefix - num_registers :].sum(-1)
+        if num_registers
+        else None,
         register_attention=torch.stack(reg_maps, dim=1) if reg_maps else None,
         register_layers=tuple(keep),
         factor=float(factor),

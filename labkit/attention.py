@@ -110,7 +110,9 @@ def cls_attention(model: torch.nn.Module, images: torch.Tensor, layer: int = -1)
     return extract(model, images, layer, attention=True, kinds=()).attention
 
 
-def register_attention(model: torch.nn.Module, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+def register_attention(
+    model: torch.nn.Module, images: torch.Tensor, layer: int = -1
+) -> torch.Tensor:
     """Per-head attention of each register token's query over the patches at one block.
 
     The register's own row of the block's attention matrix (DINOv2 with registers: the tokens
@@ -133,7 +135,9 @@ def register_attention(model: torch.nn.Module, images: torch.Tensor, layer: int 
     Raises:
         ValueError: the model has no register tokens.
     """
-    return extract(model, images, layer, attention=False, kinds=(), registers=True).register_attention
+    return extract(
+        model, images, layer, attention=False, kinds=(), registers=True
+    ).register_attention
 
 
 def patch_features(
@@ -189,7 +193,9 @@ def extract(
     if bad:
         raise ValueError(f"extract: unknown feature kind(s) {bad}; choose from {FEATURE_KINDS}")
     if not attention and not kinds and not registers:
-        raise ValueError("extract: nothing to compute (attention=False, registers=False, no feature kinds)")
+        raise ValueError(
+            "extract: nothing to compute (attention=False, registers=False, no feature kinds)"
+        )
     blocks = _check_model(model, attention)
     num_registers = int(getattr(model, "num_reg_tokens", 0) or 0)
     if registers and num_registers == 0:
@@ -218,14 +224,18 @@ def extract(
         for kind in kinds:
             src = {"tokens": tokens, "keys": k, "queries": q}[kind]  # (B, N, D) or (B, N, h, d)
             patches = src[:, num_prefix:]
-            result[kind] = patches.reshape(patches.shape[0], *grid, -1).contiguous()  # (B, gh, gw, D)
+            result[kind] = patches.reshape(
+                patches.shape[0], *grid, -1
+            ).contiguous()  # (B, gh, gw, D)
         maps = cls_prefix = reg_maps = reg_prefix = None
         if attention:
             maps, cls_prefix = _query_rows(block.attn, q[:, :1], k, num_prefix, grid)
             maps, cls_prefix = maps[:, 0], cls_prefix[:, 0]  # (B, h, gh, gw), (B, h, R)
         if registers:
             first = num_prefix - num_registers  # registers follow [CLS] in timm's token order
-            reg_maps, reg_prefix = _query_rows(block.attn, q[:, first:num_prefix], k, num_prefix, grid)
+            reg_maps, reg_prefix = _query_rows(
+                block.attn, q[:, first:num_prefix], k, num_prefix, grid
+            )
     return Extraction(
         attention=maps,
         features=result,
@@ -294,7 +304,9 @@ def _tokens_before(model: Any, images: torch.Tensor, index: int) -> torch.Tensor
     return x
 
 
-def _run_block_keeping_qkv(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _run_block_keeping_qkv(
+    block: torch.nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``block`` as it is and return its output and its qkv projection (B, N, 3 * h * d)."""
     captured: list[torch.Tensor] = []
     handle = block.attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
@@ -305,7 +317,9 @@ def _run_block_keeping_qkv(block: torch.nn.Module, x: torch.Tensor) -> tuple[tor
     return out, captured[0]
 
 
-def _split_qkv(attn: Any, qkv: torch.Tensor, need_q: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _split_qkv(
+    attn: Any, qkv: torch.Tensor, need_q: bool
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """q and k, each (B, N, h, d) after q_norm/k_norm, from a qkv projection (B, N, 3 * h * d)."""
     batch, num_tokens, _ = qkv.shape
     qkv = qkv.view(batch, num_tokens, 3, attn.num_heads, attn.head_dim)  # (B, N, 3, h, d)
@@ -396,7 +410,11 @@ def extract_video(
     """
     if batch_size < 1:
         raise ValueError(f"extract_video: batch_size must be >= 1, got {batch_size}")
-    indices = np.arange(len(video)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    indices = (
+        np.arange(len(video))
+        if indices is None
+        else np.asarray(indices, dtype=np.int64).reshape(-1)
+    )
     if indices.size == 0:
         raise ValueError("extract_video: no frame indices to process")
     if indices.min() < 0 or indices.max() >= len(video):

@@ -22,8 +22,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["main", "one_line", "parse_value"]
 
@@ -100,18 +101,29 @@ def _cmd_attention_film(args: argparse.Namespace) -> int:
     from labkit.models import load_backbone, weights_label
 
     cfg = FilmConfig(  # checked before the model loads: a bad value fails in a second
-        methods=tuple(args.film_methods), batch_size=args.batch_size, max_side=args.max_side,
-        num_frames=args.film_frames, layer=args.layer, heads=tuple(args.heads), k=args.k,
-        rediscover=args.rediscover, device=args.device, seed=args.seed,
-    )  # fmt: skip
+        methods=tuple(args.film_methods),
+        batch_size=args.batch_size,
+        max_side=args.max_side,
+        num_frames=args.film_frames,
+        layer=args.layer,
+        heads=tuple(args.heads),
+        k=args.k,
+        rediscover=args.rediscover,
+        device=args.device,
+        seed=args.seed,
+    )
     video = Path(args.video) if args.video else default_video()
     if not video.exists():
         raise ValueError(f"{video}: no such video file or frame folder")
     model = load_backbone(
-        args.model, checkpoint=args.checkpoint or None, pretrained=True if args.pretrained else None,
-        device=cfg.device, pos_embed_rule=args.pos_embed_rule, seed=args.seed,
+        args.model,
+        checkpoint=args.checkpoint or None,
+        pretrained=True if args.pretrained else None,
+        device=cfg.device,
+        pos_embed_rule=args.pos_embed_rule,
+        seed=args.seed,
         **_model_kwargs(args.model_kwargs),
-    )  # fmt: skip
+    )
     print(f"[labkit] weights: {weights_label(model)}")
     start = time.perf_counter()
     written = write_films(video, model, args.out, cfg, progress=True)
@@ -122,9 +134,8 @@ def _cmd_attention_film(args: argparse.Namespace) -> int:
 
 
 def _cmd_attention(args: argparse.Namespace) -> int:
-    from labkit.explore import ExploreConfig, explore, save_exploration
-
     from labkit.environment import configure_threads
+    from labkit.explore import ExploreConfig, explore, save_exploration
 
     configure_threads(args.threads or None)
     if args.film:
@@ -175,8 +186,11 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         print(f"labkit: error: {one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("labkit: interrupted; run the same command again to go on (complete stages are "
-              "skipped, an interrupted training resumes from its checkpoint)", file=sys.stderr)
+        print(
+            "labkit: interrupted; run the same command again to go on (complete stages are "
+            "skipped, an interrupted training resumes from its checkpoint)",
+            file=sys.stderr,
+        )
         return 130
     print(f"[labkit] report: {report}")
     print(f"[labkit] open it in a browser: file://{report}")
@@ -206,8 +220,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
-        print(f"[labkit] training {config.method} on {config.video_path or 'the synthetic video'} "
-              f"for {config.steps} steps -> {config.out_dir}", flush=True)
+        print(
+            f"[labkit] training {config.method} on {config.video_path or 'the synthetic video'} "
+            f"for {config.steps} steps -> {config.out_dir}",
+            flush=True,
+        )
     try:
         result = train(config, until=args.until, progress=not args.quiet, force=args.force)
     except TrainingDiverged as err:
@@ -243,9 +260,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         out_dir=args.out,
     )
-    print(f"[labkit] evaluating {', '.join(cfg.models)} on "
-          f"{cfg.data_root or 'the synthetic video'} at resolution {cfg.resolution} "
-          f"({', '.join(cfg.evaluations)}) -> {cfg.out_dir}", flush=True)
+    print(
+        f"[labkit] evaluating {', '.join(cfg.models)} on "
+        f"{cfg.data_root or 'the synthetic video'} at resolution {cfg.resolution} "
+        f"({', '.join(cfg.evaluations)}) -> {cfg.out_dir}",
+        flush=True,
+    )
     from labkit.runfolder import RunLock
 
     with RunLock(cfg.out_dir, what="labkit eval"):  # one evaluation writes a folder at a time
@@ -271,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="A lab for seeing how self-supervised ViTs discover and track objects in video.",
     )
     parser.add_argument(
-        "--debug", action="store_true",
+        "--debug",
+        action="store_true",
         help="show the traceback of an error (also LABKIT_DEBUG=1); accepted anywhere on the line",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -288,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="execute a notebook with papermill")
     p.add_argument("notebook", help="notebook name (e.g. attention_explorer) or .ipynb path")
     p.add_argument(
-        "-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
         help="set a parameter; values are read as YAML literals (5, 0.1, true, [0,1,2])",
     )
     p.add_argument("--out", help="run folder (default: runs/<notebook>)")
@@ -300,50 +325,80 @@ def build_parser() -> argparse.ArgumentParser:
         "attention",
         help="write per-head RGB maps, masks, segments and an animation for a video (no notebook)",
     )
-    p.add_argument("video", nargs="?", default="", help="mp4 or frame folder (default: the synthetic video)")
+    p.add_argument(
+        "video", nargs="?", default="", help="mp4 or frame folder (default: the synthetic video)"
+    )
     p.add_argument("--out", default="runs/attention", help="output folder")
     p.add_argument("--model", default="vit_small_patch16_224", help="timm model name")
     p.add_argument("--checkpoint", help="local checkpoint file (timm, DINO or DoRA format)")
     p.add_argument(
-        "--pretrained", action="store_true",
+        "--pretrained",
+        action="store_true",
         help="timm's pretrained weights of --model (a name with a tag, e.g. "
         "vit_small_patch16_224.dino, loads them anyway; see labkit models)",
     )
     p.add_argument("--model-kwargs", help="extra timm arguments as YAML, e.g. '{depth: 2}'")
     p.add_argument(
-        "--pos-embed-rule", default="auto", choices=["auto", "dino", "dinov2", "timm"],
+        "--pos-embed-rule",
+        default="auto",
+        choices=["auto", "dino", "dinov2", "timm"],
         help="how position embeddings are resized to the frame's patch grid; auto follows the "
         "weights (DINO's rule for DINO/DoRA files and .dino tags, DINOv2's for DINOv2, else timm's)",
     )
     p.add_argument("--layer", type=int, default=-1, help="block index; -1 is the last")
-    p.add_argument("--heads", type=int, nargs=3, default=[0, 1, 2], help="three heads shown as R G B")
+    p.add_argument(
+        "--heads", type=int, nargs=3, default=[0, 1, 2], help="three heads shown as R G B"
+    )
     p.add_argument("--num-frames", type=int, default=16)
     p.add_argument("--start-frame", type=int, default=0)
-    p.add_argument("--frame-step", type=int, default=4, help="0 spreads the frames over the whole video")
+    p.add_argument(
+        "--frame-step", type=int, default=4, help="0 spreads the frames over the whole video"
+    )
     p.add_argument("--img-size", type=int, default=224, help="shorter side fed to the model")
     p.add_argument("--k", type=int, default=5, help="k-means segments")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random weights (a model without --checkpoint or pretrained weights) and k-means")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda[:n] or mps")
     p.add_argument(
-        "--film", action="store_true",
+        "--seed",
+        type=int,
+        default=0,
+        help="random weights (a model without --checkpoint or pretrained weights) and k-means",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available, else cpu), cpu, cuda[:n] or mps",
+    )
+    p.add_argument(
+        "--film",
+        action="store_true",
         help="film every frame at the video's own size: one MP4 per method in --out, streamed "
         "batch by batch, so any length fits in memory (--num-frames, --start-frame, --frame-step "
         "and --img-size are for the clip and are not used)",
     )
     p.add_argument(
-        "--film-methods", nargs="+", default=["heads", "mean", "dora", "discovery", "kmeans"],
+        "--film-methods",
+        nargs="+",
+        default=["heads", "mean", "dora", "discovery", "kmeans"],
         metavar="METHOD",
         help="films to write: heads (three heads as RGB), mean (head mean, as DINO's "
         "video_generation.py), dora (DoRA objects), discovery (LOST), kmeans (whole-video segments)",
     )
-    p.add_argument("--max-side", type=int, help="film: scale frames down so the longer side is at most N")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="film: frames per forward pass; memory grows with it, not with the video")
+    p.add_argument(
+        "--max-side", type=int, help="film: scale frames down so the longer side is at most N"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="film: frames per forward pass; memory grows with it, not with the video",
+    )
     p.add_argument("--film-frames", type=int, help="film: only the first N frames (default: all)")
-    p.add_argument("--rediscover", type=int, default=0,
-                   help="film: DoRA rediscovers its objects every N frames (0: on the first frame "
-                   "only; a video with scene cuts wants about one shot's length)")
+    p.add_argument(
+        "--rediscover",
+        type=int,
+        default=0,
+        help="film: DoRA rediscovers its objects every N frames (0: on the first frame "
+        "only; a video with scene cuts wants about one shot's length)",
+    )
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.set_defaults(func=_cmd_attention)
 
@@ -354,13 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML file of TrainConfig fields (default: all defaults)")
     p.add_argument(
-        "-o", "--override", action="append", metavar="KEY=VALUE",
+        "-o",
+        "--override",
+        action="append",
+        metavar="KEY=VALUE",
         help="set a field, value read as a YAML literal (steps=500, heads=[0,2,5], model_kwargs.depth=4)",
     )
     p.add_argument("--until", type=int, help="stop after this many steps in all (resume later)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="out_dir holds a run and resume is off: move that run to out_dir/replaced-<time>/ "
         "and start afresh (without it, labkit refuses rather than overwrite finished work)",
     )
@@ -377,34 +436,58 @@ def build_parser() -> argparse.ArgumentParser:
         "labkit models lists them) or dino=vit_small_patch16_224:dino_deitsmall16_pretrain.pth "
         "(no weights: seeded random init). Writes metrics.json, summary.md and figures to --out.",
     )
-    p.add_argument("--models", nargs="+", default=["vit_small_patch16_224"],
-                   metavar="SPEC", help="model specs (see above)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["vit_small_patch16_224"],
+        metavar="SPEC",
+        help="model specs (see above)",
+    )
     p.add_argument("--data", default="", help="DAVIS-layout root (default: the synthetic video)")
     p.add_argument("--sequences", nargs="*", help="sequence names (default: sequences.txt or all)")
-    p.add_argument("--davis-folder", default="480p", help="JPEGImages/<this> and Annotations/<this>")
     p.add_argument(
-        "--resolution", type=int, default=224,
+        "--davis-folder", default="480p", help="JPEGImages/<this> and Annotations/<this>"
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=224,
         help="shorter side fed to the model; DINO reports at 480 (GPU); at 224 a ViT-S/16 takes "
         "the 14 shared DAVIS sequences in about 3 minutes on an idle 2-core CPU, 15 to 35 on a "
         "busy one",
     )
-    p.add_argument("--evaluations", nargs="+",
-                   default=["propagation", "attention", "tracking", "segmentation"],
-                   choices=["propagation", "attention", "tracking", "segmentation", "discovery",
-                            "knn"],
-                   help="discovery (LOST, TokenCut, attention, DoRA objects: J, CorLoc, stability) "
-                   "and knn run only when named")
-    p.add_argument("--knn-root", help="labelled image folder (<class>/*.jpg or train|val/<class>/)")
-    p.add_argument("--model-kwargs", help="extra timm arguments for every model, e.g. '{depth: 2}', "
-                   "or per model label, e.g. '{tiny: {depth: 2}}'")
     p.add_argument(
-        "--pos-embed-rule", default="auto", choices=["auto", "dino", "dinov2", "timm"],
+        "--evaluations",
+        nargs="+",
+        default=["propagation", "attention", "tracking", "segmentation"],
+        choices=["propagation", "attention", "tracking", "segmentation", "discovery", "knn"],
+        help="discovery (LOST, TokenCut, attention, DoRA objects: J, CorLoc, stability) "
+        "and knn run only when named",
+    )
+    p.add_argument("--knn-root", help="labelled image folder (<class>/*.jpg or train|val/<class>/)")
+    p.add_argument(
+        "--model-kwargs",
+        help="extra timm arguments for every model, e.g. '{depth: 2}', "
+        "or per model label, e.g. '{tiny: {depth: 2}}'",
+    )
+    p.add_argument(
+        "--pos-embed-rule",
+        default="auto",
+        choices=["auto", "dino", "dinov2", "timm"],
         help="position-embedding resize for every model; auto: as each model's weights' authors",
     )
-    p.add_argument("--max-frames", type=int, default=0,
-                   help="only the first N frames of each sequence, for a quick look (0: all)")
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        default=0,
+        help="only the first N frames of each sequence, for a quick look (0: all)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="frames per forward pass")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda[:n] or mps")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available, else cpu), cpu, cuda[:n] or mps",
+    )
     p.add_argument("--seed", type=int, default=0, help="random weights, k-means, samples")
     p.add_argument("--out", default="runs/evaluate", help="output folder")
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
@@ -419,16 +502,26 @@ def build_parser() -> argparse.ArgumentParser:
         "stages are skipped on a rerun; an interrupted training resumes from its checkpoint.",
     )
     p.add_argument("--config", help="YAML file of pipeline keys (default: the CPU demo)")
-    p.add_argument("-o", "--override", action="append", metavar="KEY=VALUE",
-                   help="set a key, value read as YAML (steps=500, device=cuda, train={num_local: 6})")
+    p.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set a key, value read as YAML (steps=500, device=cuda, train={num_local: 6})",
+    )
     p.add_argument("--force", action="store_true", help="rerun complete stages too")
-    p.add_argument("--only", choices=["train", "explore", "evaluate", "report"],
-                   help="run one stage group (the stages it needs must be complete)")
+    p.add_argument(
+        "--only",
+        choices=["train", "explore", "evaluate", "report"],
+        help="run one stage group (the stages it needs must be complete)",
+    )
     p.add_argument("--quiet", action="store_true", help="do not stream the training's progress")
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP + ", in every stage")
     p.set_defaults(func=_cmd_pipeline)
 
-    p = sub.add_parser("demo", help="the main job: the pipeline with CPU defaults on the default video")
+    p = sub.add_parser(
+        "demo", help="the main job: the pipeline with CPU defaults on the default video"
+    )
     p.add_argument("--name", default="demo", help="run folder runs/<name>")
     p.add_argument("-o", "--override", action="append", metavar="KEY=VALUE", help="as for pipeline")
     p.add_argument("--force", action="store_true", help="rerun complete stages too")

@@ -200,10 +200,15 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(masks.flatten(1).any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
 
 
-def _result(masks: torch.Tensor, seeds: torch.Tensor, scores: torch.Tensor,
-            objects: torch.Tensor | None = None) -> ObjectDiscovery:
-    return ObjectDiscovery(masks=masks, boxes=mask_boxes(masks), seeds=seeds.long(),
-                           scores=scores, objects=objects)
+def _result(
+    masks: torch.Tensor,
+    seeds: torch.Tensor,
+    scores: torch.Tensor,
+    objects: torch.Tensor | None = None,
+) -> ObjectDiscovery:
+    return ObjectDiscovery(
+        masks=masks, boxes=mask_boxes(masks), seeds=seeds.long(), scores=scores, objects=objects
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,8 +260,9 @@ def _second_eigenvectors(
 
     # one eigenvector per frame (LAPACK's subset driver): 4-5x faster than the full
     # decomposition at 480p (N = 1560), where the full one takes seconds a frame on a CPU
-    vectors = [eigh(m, subset_by_index=[1, 1], driver="evx")[1][:, 0]
-               for m in laplacian.cpu().numpy()]
+    vectors = [
+        eigh(m, subset_by_index=[1, 1], driver="evx")[1][:, 0] for m in laplacian.cpu().numpy()
+    ]
     return torch.from_numpy(np.stack(vectors)).to(laplacian.device)  # (B, N)
 
 

@@ -126,14 +126,18 @@ class PatchEmbedding:
         """Selected point indices -> their patches: int64 (m, 3) rows (t, i, j), in the given order."""
         pts = np.asarray(points, dtype=np.int64).reshape(-1)
         if len(pts) and (pts.min() < 0 or pts.max() >= len(self)):
-            raise ValueError(f"patches: point indices must be in [0, {len(self)}), got {pts.min()}..{pts.max()}")
+            raise ValueError(
+                f"patches: point indices must be in [0, {len(self)}), got {pts.min()}..{pts.max()}"
+            )
         return self.index[pts]
 
     def point_of(self, t: int, i: int, j: int) -> int | None:
         """The point showing patch (t, i, j), or None where the subsample left it out."""
         gh, gw = self.grid
         if not (0 <= t < self.num_frames and 0 <= i < gh and 0 <= j < gw):
-            raise ValueError(f"point_of: patch {(t, i, j)} outside a {self.num_frames}x{gh}x{gw} clip")
+            raise ValueError(
+                f"point_of: patch {(t, i, j)} outside a {self.num_frames}x{gh}x{gw} clip"
+            )
         flat = self._flat()
         key = (t * gh + i) * gw + j
         q = int(np.searchsorted(flat, key))
@@ -189,8 +193,11 @@ def umap_2d(
             warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)
             reducer = umap.UMAP(
-                n_components=2, n_neighbors=max(2, min(n_neighbors, len(x) - 1)), min_dist=min_dist,
-                random_state=seed, init="pca" if len(x) > 3 else "random",
+                n_components=2,
+                n_neighbors=max(2, min(n_neighbors, len(x) - 1)),
+                min_dist=min_dist,
+                random_state=seed,
+                init="pca" if len(x) > 3 else "random",
             )
             out = reducer.fit_transform(z)
         _umap_runs += 1
@@ -224,9 +231,13 @@ def embed_patches(
 
     from labkit.clustering import pca
 
-    feats = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    feats = torch.as_tensor(
+        np.asarray(features) if not isinstance(features, torch.Tensor) else features
+    )
     if feats.ndim != 4:
-        raise ValueError(f"embed_patches: features must be (T, gh, gw, D), got {tuple(feats.shape)}")
+        raise ValueError(
+            f"embed_patches: features must be (T, gh, gw, D), got {tuple(feats.shape)}"
+        )
     if method not in ("pca", "umap"):
         raise ValueError(f"embed_patches: method must be 'pca' or 'umap', got {method!r}")
     T, gh, gw, D = feats.shape
@@ -235,12 +246,20 @@ def embed_patches(
     start = time.perf_counter()
     if method == "pca":
         if len(x) < 2 or D < 2:
-            raise ValueError(f"embed_patches: PCA to 2-D needs >= 2 points and channels, got {tuple(x.shape)}")
+            raise ValueError(
+                f"embed_patches: PCA to 2-D needs >= 2 points and channels, got {tuple(x.shape)}"
+            )
         coords = pca(x, 2).numpy().astype(np.float32)
     else:
-        coords = umap_2d(x, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed, pca_dims=pca_dims)
+        coords = umap_2d(
+            x, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed, pca_dims=pca_dims
+        )
     return PatchEmbedding(
-        coords=coords, index=index, grid=(int(gh), int(gw)), num_frames=int(T), method=method,
+        coords=coords,
+        index=index,
+        grid=(int(gh), int(gw)),
+        num_frames=int(T),
+        method=method,
         seconds=time.perf_counter() - start,
     )
 
@@ -252,7 +271,9 @@ def _umap_worker() -> Any:
         from concurrent.futures import ProcessPoolExecutor
 
         # spawn, not fork: the parent is a kernel with threads (and maybe torch's thread pools)
-        _worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        _worker = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
     return _worker
 
 
@@ -280,9 +301,13 @@ def embed_patches_in_worker(
     """
     import time
 
-    feats = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    feats = torch.as_tensor(
+        np.asarray(features) if not isinstance(features, torch.Tensor) else features
+    )
     if feats.ndim != 4:
-        raise ValueError(f"embed_patches_in_worker: features must be (T, gh, gw, D), got {tuple(feats.shape)}")
+        raise ValueError(
+            f"embed_patches_in_worker: features must be (T, gh, gw, D), got {tuple(feats.shape)}"
+        )
     T, gh, gw, _ = feats.shape
     index = sample_patches(T, (gh, gw), max_points, seed)
     x = feats[index[:, 0], index[:, 1], index[:, 2]].float().numpy()  # (n, D)
@@ -298,10 +323,16 @@ def embed_patches_in_worker(
             result.set_exception(err)
             return
         _umap_runs += 1
-        result.set_result(PatchEmbedding(
-            coords=np.asarray(coords, dtype=np.float32), index=index, grid=(int(gh), int(gw)),
-            num_frames=int(T), method="umap", seconds=time.perf_counter() - start,
-        ))
+        result.set_result(
+            PatchEmbedding(
+                coords=np.asarray(coords, dtype=np.float32),
+                index=index,
+                grid=(int(gh), int(gw)),
+                num_frames=int(T),
+                method="umap",
+                seconds=time.perf_counter() - start,
+            )
+        )
 
     try:
         inner = _umap_worker().submit(umap_2d, x, **kwargs)

@@ -26,15 +26,29 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("labkit", "torch", "torchvision", "timm", "numpy", "decord", "av", "papermill",
-            "scikit-learn", "scipy", "umap-learn", "matplotlib", "plotly")  # fmt: skip
+PACKAGES = (
+    "labkit",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "decord",
+    "av",
+    "papermill",
+    "scikit-learn",
+    "scipy",
+    "umap-learn",
+    "matplotlib",
+    "plotly",
+)
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def cgroup_cpu_limit(root: str | os.PathLike = CGROUP_ROOT,
-                     proc_cgroup: str | os.PathLike = "/proc/self/cgroup") -> float | None:
+def cgroup_cpu_limit(
+    root: str | os.PathLike = CGROUP_ROOT, proc_cgroup: str | os.PathLike = "/proc/self/cgroup"
+) -> float | None:
     """The CPU quota of this process's cgroup, in CPUs (e.g. 2.0, or 1.5), or None if unlimited.
 
     cgroup v2: ``cpu.max`` reads ``"max 100000"`` (no limit) or ``"<quota> <period>"`` (in
@@ -149,8 +163,9 @@ def configure_threads(threads: int | None = None, workers: int = 0, processes: i
     """
     import torch
 
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 0):
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 0
+    ):
         raise ValueError(f"threads must be an int >= 0 (0: automatic), got {threads!r}")
     count = threads if threads else automatic_threads(workers, processes)
     torch.set_num_threads(count)
@@ -188,10 +203,21 @@ def git_state(repo: str | Path | None = None) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout labkit runs from; (None, None) outside a git checkout."""
     repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10).stdout
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(repo), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+        status = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit, (bool(status.strip()) if commit else None)

@@ -42,7 +42,9 @@ class ExploreConfig:
     # a random init that says so); None: true where the name has a tag
     pretrained: bool | Literal["auto"] | None = "auto"
     pos_embed_rule: PosEmbedRule = "auto"  # "dino", "dinov2", "timm"; auto: as the weights' authors
-    model_kwargs: dict = field(default_factory=dict)  # extra timm arguments, e.g. {"depth": 2} for tests
+    model_kwargs: dict = field(
+        default_factory=dict
+    )  # extra timm arguments, e.g. {"depth": 2} for tests
     layer: int = -1  # block whose [CLS] attention is shown; negative counts from the end
     heads: tuple[int, int, int] = (0, 1, 2)  # the three heads drawn as R, G, B
     num_frames: int = 16  # frames in the clip
@@ -69,7 +71,9 @@ class ExploreConfig:
             resolve_device,
         )
 
-        check_fields(self, skip=("heads",))  # every value of its annotated type, or the key is named
+        check_fields(
+            self, skip=("heads",)
+        )  # every value of its annotated type, or the key is named
         check_value("heads", self.heads, tuple[int, ...])
         check_model_kwargs("model_kwargs", self.model_kwargs)
         check_device("device", self.device)
@@ -106,7 +110,9 @@ class ExploreConfig:
             except ValueError as err:
                 raise ValueError(f"compare_models: {err}") from None
             if len(set(labels)) != len(labels):
-                raise ValueError(f"compare_models: labels {labels} repeat; give each spec its own as LABEL=ARCH...")
+                raise ValueError(
+                    f"compare_models: labels {labels} repeat; give each spec its own as LABEL=ARCH..."
+                )
 
 
 def clip_indices_for(num_video_frames: int, num_frames: int, start: int, step: int) -> np.ndarray:
@@ -124,7 +130,9 @@ def clip_indices_for(num_video_frames: int, num_frames: int, start: int, step: i
     if num_video_frames < 1:
         raise ValueError("the video has no frames")
     if start >= num_video_frames:
-        raise ValueError(f"start_frame {start} is past the video's last frame ({num_video_frames - 1})")
+        raise ValueError(
+            f"start_frame {start} is past the video's last frame ({num_video_frames - 1})"
+        )
     if step == 0:
         count = min(num_frames, num_video_frames)
         return np.unique(np.linspace(0, num_video_frames - 1, count).round().astype(np.int64))
@@ -180,7 +188,9 @@ class Exploration:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
 
     # ---- render: arrays -------------------------------------------------------------------
-    def rgb_maps(self, heads: tuple[int, int, int] | None = None, mode: str = "nearest") -> np.ndarray:
+    def rgb_maps(
+        self, heads: tuple[int, int, int] | None = None, mode: str = "nearest"
+    ) -> np.ndarray:
         """Three heads as R, G, B at frame resolution: uint8 (T, H, W, 3)."""
         from labkit.viz import heads_to_rgb
 
@@ -209,8 +219,17 @@ class Exploration:
         out = []
         for frame, mask in zip(self.frames, self.masks):
             m = mask[heads].numpy()  # (K, gh, gw), one mask per head
-            out.append(mask_overlay(frame, m, colours, alpha=0.35, patch_size=self.patch_size,
-                                    thickness=2, halo=True))
+            out.append(
+                mask_overlay(
+                    frame,
+                    m,
+                    colours,
+                    alpha=0.35,
+                    patch_size=self.patch_size,
+                    thickness=2,
+                    halo=True,
+                )
+            )
         return np.stack(out)
 
     def segment_overlays(self, mode: str = "frame", alpha: float = 0.55) -> np.ndarray:
@@ -238,18 +257,21 @@ class Exploration:
             labels: add a band above the panels (:func:`labkit.viz.render.label_panels`) saying
                 what each panel is, the frame number and the weights: uint8 (T, band + H, 3 W, 3).
         """
-        anim = np.concatenate(
-            [self.frames, self.rgb_maps(), self.segment_overlays("clip")], axis=2
-        )
+        anim = np.concatenate([self.frames, self.rgb_maps(), self.segment_overlays("clip")], axis=2)
         if not labels:
             return anim
         from labkit.viz.render import label_panels
 
         cfg, T = self.config, len(self.indices)
-        titles = ["frame", f"heads {cfg.heads[0]}, {cfg.heads[1]}, {cfg.heads[2]} as R, G, B (block {cfg.layer})",
-                  f"k-means over the clip, k={cfg.k}"]
-        info = [f"frame {int(i)} ({t + 1}/{T})" + (f"  ·  {self.weights}" if self.weights else "")
-                for t, i in enumerate(self.indices)]
+        titles = [
+            "frame",
+            f"heads {cfg.heads[0]}, {cfg.heads[1]}, {cfg.heads[2]} as R, G, B (block {cfg.layer})",
+            f"k-means over the clip, k={cfg.k}",
+        ]
+        info = [
+            f"frame {int(i)} ({t + 1}/{T})" + (f"  ·  {self.weights}" if self.weights else "")
+            for t, i in enumerate(self.indices)
+        ]
         return label_panels(anim, titles, info)
 
     # ---- plot: Figures --------------------------------------------------------------------
@@ -293,10 +315,15 @@ class Exploration:
             heat = upsample_map(a, self.size, self.patch_size, mode="nearest")
             images.append((self.frames[frame], heat))  # heat map over the frame, with a colour bar
         return plot_grid(
-            [images], col_titles=[f"head {i}" for i in range(len(images))],
+            [images],
+            col_titles=[f"head {i}" for i in range(len(images))],
             row_titles=[f"frame {self.indices[frame]}"],
             suptitle=self._suptitle("every head's [CLS] attention"),
-            cmap="inferno", vmin=0.0, vmax=1.0, heat_alpha=0.7, colorbar="attention / head's maximum",
+            cmap="inferno",
+            vmin=0.0,
+            vmax=1.0,
+            heat_alpha=0.7,
+            colorbar="attention / head's maximum",
         )
 
     def figure_masks(self, max_columns: int = 8) -> Figure:
@@ -324,7 +351,11 @@ class Exploration:
         k = self.config.k
         return plot_grid(
             [[per_frame[c] for c in cols], [per_clip[c] for c in cols], pca_full],
-            row_titles=[f"k-means per frame (k={k})", f"k-means per clip (k={k})", "PCA of features"],
+            row_titles=[
+                f"k-means per frame (k={k})",
+                f"k-means per clip (k={k})",
+                "PCA of features",
+            ],
             col_titles=[self._titles()[c] for c in cols],
             suptitle=self._suptitle("segments"),
         )
@@ -347,10 +378,17 @@ class Exploration:
         if not models:
             raise ValueError("comparison: no models (set compare_models)")
         options = dict(
-            indices=[int(i) for i in self.indices], model_kwargs=cfg.model_kwargs, pos_embed_rule=cfg.pos_embed_rule,
-            layer=cfg.layer, heads=cfg.heads, k=cfg.k, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
+            indices=[int(i) for i in self.indices],
+            model_kwargs=cfg.model_kwargs,
+            pos_embed_rule=cfg.pos_embed_rule,
+            layer=cfg.layer,
+            heads=cfg.heads,
+            k=cfg.k,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
             name=Path(self.video_info["path"]).name if self.video_info.get("path") else None,
-        )  # fmt: skip
+        )
         return ModelComparison(self.frames, models, **{**options, **kwargs})
 
     def artifact_frame(self) -> int:
@@ -372,7 +410,11 @@ class Exploration:
 
         frame = self.artifact_frame() if frame is None else int(frame)
         return plot_artifacts(
-            self.artifacts, self.frames, self.patch_size, frame=frame, max_layers=max_layers,
+            self.artifacts,
+            self.frames,
+            self.patch_size,
+            frame=frame,
+            max_layers=max_layers,
             frame_label=f"frame {self.indices[frame]}",
             title=self._suptitle("high-norm tokens, [CLS] and register attention"),
             register_layer=self.config.layer % self.artifacts.norms.shape[1],
@@ -392,11 +434,13 @@ class Exploration:
 
         return {
             "outlier_rule": f"patch-token norm at a block's output (before the final norm) > "
-                            f"{art.factor:g} x the median patch norm of the same frame and block",
+            f"{art.factor:g} x the median patch norm of the same frame and block",
             "num_registers": int(art.num_registers),
             "outlier_fraction_per_layer": rounded(art.outlier_fraction().mean(0)),
             "cls_outlier_mass_per_layer": rounded(art.cls_outlier_mass.mean((0, 2))),
-            "cls_register_mass_per_layer": None if register is None else rounded(register.mean((0, 2))),
+            "cls_register_mass_per_layer": None
+            if register is None
+            else rounded(register.mean((0, 2))),
             "max_over_median_norm_per_layer": rounded(ratio.mean(0)),
             "median_norm_per_layer": rounded(flat.median(-1).values.mean(0)),
         }
@@ -410,7 +454,9 @@ class Exploration:
         seg = self.segments_frame
         persistence = (seg[1:] == seg[:-1]).float().mean().item() if len(seg) > 1 else 1.0
         seg_c = self.segments_clip
-        persistence_clip = (seg_c[1:] == seg_c[:-1]).float().mean().item() if len(seg_c) > 1 else 1.0
+        persistence_clip = (
+            (seg_c[1:] == seg_c[:-1]).float().mean().item() if len(seg_c) > 1 else 1.0
+        )
         cfg = self.config
         return {
             "model": cfg.model,
@@ -433,7 +479,9 @@ class Exploration:
             "segment_persistence_clip": persistence_clip,
             "artifacts": self.artifact_metrics(),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-            "frames_per_second": float(len(self.indices) / max(self.seconds.get("extract", 0.0), 1e-9)),
+            "frames_per_second": float(
+                len(self.indices) / max(self.seconds.get("extract", 0.0), 1e-9)
+            ),
         }
 
 
@@ -458,9 +506,14 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
     t0 = time.perf_counter()
     path = Path(cfg.video_path) if cfg.video_path else default_video()
     model = load_backbone(
-        cfg.model, checkpoint=cfg.checkpoint or None, pretrained=cfg.pretrained, device=cfg.device,
-        pos_embed_rule=cfg.pos_embed_rule, seed=cfg.seed, **cfg.model_kwargs,
-    )  # fmt: skip
+        cfg.model,
+        checkpoint=cfg.checkpoint or None,
+        pretrained=cfg.pretrained,
+        device=cfg.device,
+        pos_embed_rule=cfg.pos_embed_rule,
+        seed=cfg.seed,
+        **cfg.model_kwargs,
+    )
     num_heads = model.blocks[0].attn.num_heads
     if max(cfg.heads) >= num_heads:
         raise ValueError(f"heads {cfg.heads} out of range: {cfg.model} has {num_heads} heads")
@@ -473,8 +526,13 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
     with open_video(path, size=cfg.img_size) as video:
         indices = clip_indices_for(len(video), cfg.num_frames, cfg.start_frame, cfg.frame_step)
         frames = video.get(indices)
-        info = {"path": str(path), "backend": video.backend, "fps": float(video.fps),
-                "length": len(video), "source_size": list(video.source_size)}
+        info = {
+            "path": str(path),
+            "backend": video.backend,
+            "fps": float(video.fps),
+            "length": len(video),
+            "source_size": list(video.source_size),
+        }
     seconds["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -486,8 +544,9 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         batches = tqdm(batches, desc="attention", unit="batch")
     for s in batches:
         images = prepare_images(frames[s : s + cfg.batch_size], model, device=cfg.device)
-        out = extract(model, images, layer=cfg.layer, attention=True,
-                      kinds=("tokens", "keys", "queries"))  # one pass: the block runs whole anyway
+        out = extract(
+            model, images, layer=cfg.layer, attention=True, kinds=("tokens", "keys", "queries")
+        )  # one pass: the block runs whole anyway
         attn_parts.append(out.attention.float().cpu())
         feat_parts.append(out.features["tokens"].float().cpu())
         key_parts.append(out.features["keys"].float().cpu())
@@ -498,11 +557,16 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
     seconds["extract"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    artifacts = Artifacts.concat([
-        token_artifacts(model, prepare_images(frames[s : s + cfg.batch_size], model, device=cfg.device),
-                        register_layers=(cfg.layer,)).cpu()
-        for s in range(0, len(frames), cfg.batch_size)
-    ])  # every block's norms in one more pass per batch
+    artifacts = Artifacts.concat(
+        [
+            token_artifacts(
+                model,
+                prepare_images(frames[s : s + cfg.batch_size], model, device=cfg.device),
+                register_layers=(cfg.layer,),
+            ).cpu()
+            for s in range(0, len(frames), cfg.batch_size)
+        ]
+    )  # every block's norms in one more pass per batch
     seconds["artifacts"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -532,7 +596,11 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
 
 
 def save_exploration(
-    exp: Exploration, out_dir: str | Path, *, figures: bool = True, fps: float = 6.0,
+    exp: Exploration,
+    out_dir: str | Path,
+    *,
+    figures: bool = True,
+    fps: float = 6.0,
     comparison: ModelComparison | None = None,
 ) -> dict[str, Path]:
     """Write the figures (PNG), the animation (GIF and MP4) and ``metrics.json`` into ``out_dir``.
@@ -567,7 +635,9 @@ def save_exploration(
     if comparison is not None:
         written["comparison"] = comparison.save_png(out / "comparison.png")
         metrics["comparison"] = comparison.metrics()
-    metrics["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(exp.config).items()}
+    metrics["config"] = {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(exp.config).items()
+    }
     path = out / "metrics.json"
     path.write_text(json.dumps(metrics, indent=2))
     written["metrics"] = path

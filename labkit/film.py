@@ -61,7 +61,12 @@ import torch
 from labkit.video import frame_batches
 
 __all__ = [
-    "FILM_METHODS", "FilmConfig", "FilmBatch", "film_batches", "render_film", "head_mean_to_rgb",
+    "FILM_METHODS",
+    "FilmConfig",
+    "FilmBatch",
+    "film_batches",
+    "render_film",
+    "head_mean_to_rgb",
     "write_films",
 ]
 
@@ -75,19 +80,25 @@ class FilmConfig:
 
     methods: tuple[str, ...] = FILM_METHODS  # one MP4 each, named <method>.mp4
     batch_size: int = 8  # frames decoded and passed through the model at once: bounds the memory
-    max_side: int | None = None  # scale frames so the longer side is at most this; None: source size
+    max_side: int | None = (
+        None  # scale frames so the longer side is at most this; None: source size
+    )
     num_frames: int | None = None  # film only the first frames; None: every frame of the video
     layer: int = -1  # block whose attention, keys and tokens are used; negative counts from the end
     heads: tuple[int, int, int] = (0, 1, 2)  # heads shown as R, G, B in the heads film
     objects: int = 3  # DoRA objects (heads 0 .. objects-1, as DoRA's 3 heads)
-    rediscover: int = 0  # DoRA: rediscover objects every this many frames; 0: on the first frame only
+    rediscover: int = (
+        0  # DoRA: rediscover objects every this many frames; 0: on the first frame only
+    )
     discovery: Literal["lost", "tokencut"] = "lost"  # the discovery film's method
     k: int = 5  # k-means segments
     sample_frames: int = 16  # frames the k-means is fitted on, evenly spaced over the film
     max_points: int = 50_000  # k-means fit on at most this many of the sample's patches
     seed: int = 0  # k-means seed
     crf: int = 20  # x264 quality (0 lossless .. 51); 20 keeps attention maps' edges clean
-    preset: str = "veryfast"  # x264 speed; its short look-ahead also keeps the encoders' memory small
+    preset: str = (
+        "veryfast"  # x264 speed; its short look-ahead also keeps the encoders' memory small
+    )
     captions: bool = True  # method, weights and frame number on every frame
     backend: Literal["auto", "decord", "pyav"] = "pyav"  # PyAV decodes forward without seeking
     # "cpu", "cuda[:n]", "mps", "auto" (CUDA when available, else mps, else the CPU; stored
@@ -115,17 +126,29 @@ class FilmConfig:
                 raise ValueError(f"FilmConfig: {name} must be an int >= 1, got {value!r}")
         for name, low in (("max_side", 16), ("num_frames", 1)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise ValueError(f"FilmConfig: {name} must be None or an int >= {low}, got {value!r}")
-        if isinstance(self.rediscover, bool) or not isinstance(self.rediscover, int) or self.rediscover < 0:
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < low
+            ):
+                raise ValueError(
+                    f"FilmConfig: {name} must be None or an int >= {low}, got {value!r}"
+                )
+        if (
+            isinstance(self.rediscover, bool)
+            or not isinstance(self.rediscover, int)
+            or self.rediscover < 0
+        ):
             raise ValueError(f"FilmConfig: rediscover must be an int >= 0, got {self.rediscover!r}")
         ints = all(isinstance(h, int) and not isinstance(h, bool) for h in self.heads)
         if len(self.heads) != 3 or not ints:
             raise ValueError(f"FilmConfig: heads must be three ints (R, G, B), got {self.heads!r}")
         if self.discovery not in ("lost", "tokencut"):
-            raise ValueError(f"FilmConfig: discovery must be 'lost' or 'tokencut', got {self.discovery!r}")
+            raise ValueError(
+                f"FilmConfig: discovery must be 'lost' or 'tokencut', got {self.discovery!r}"
+            )
         if self.backend not in ("auto", "decord", "pyav"):
-            raise ValueError(f"FilmConfig: backend must be 'auto', 'decord' or 'pyav', got {self.backend!r}")
+            raise ValueError(
+                f"FilmConfig: backend must be 'auto', 'decord' or 'pyav', got {self.backend!r}"
+            )
         if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not 0 <= self.crf <= 51:
             raise ValueError(f"FilmConfig: crf must be an int in 0..51, got {self.crf!r}")
 
@@ -158,7 +181,9 @@ def _open(video: Any, cfg: FilmConfig) -> Any:
     if cfg.max_side is not None:
         raise ValueError("write_films: max_side needs a path; open the video with size= instead")
     if not hasattr(video, "get") or not hasattr(video, "__len__"):
-        raise ValueError(f"write_films: video must be a path or a labkit Video, got {type(video).__name__}")
+        raise ValueError(
+            f"write_films: video must be a path or a labkit Video, got {type(video).__name__}"
+        )
     return video
 
 
@@ -175,11 +200,22 @@ def _fit_kmeans(
     sample = indices[sample_frame_indices(len(indices), cfg.sample_frames)]  # (S,)
     parts = []
     with tqdm(total=len(sample), unit="frame", desc="k-means sample", disable=not progress) as bar:
-        for start in range(0, len(sample), cfg.batch_size):  # one call per batch: its frames die with it
-            parts.append(extract_video(
-                model, video, sample[start : start + cfg.batch_size], layer=cfg.layer, attention=False,
-                kinds=("tokens",), batch_size=cfg.batch_size, device=cfg.device, progress=False,
-            ).features["tokens"])  # (n, gh, gw, D)
+        for start in range(
+            0, len(sample), cfg.batch_size
+        ):  # one call per batch: its frames die with it
+            parts.append(
+                extract_video(
+                    model,
+                    video,
+                    sample[start : start + cfg.batch_size],
+                    layer=cfg.layer,
+                    attention=False,
+                    kinds=("tokens",),
+                    batch_size=cfg.batch_size,
+                    device=cfg.device,
+                    progress=False,
+                ).features["tokens"]
+            )  # (n, gh, gw, D)
             bar.update(len(parts[-1]))
     feats = torch.cat(parts)  # (S, gh, gw, D)
     del parts
@@ -220,13 +256,17 @@ def film_batches(
     video = _open(video, cfg)
     num_heads, depth = model.blocks[0].attn.num_heads, len(model.blocks)
     if not all(-num_heads <= h < num_heads for h in cfg.heads):
-        raise ValueError(f"write_films: heads {cfg.heads} out of range, the model has {num_heads} heads")
+        raise ValueError(
+            f"write_films: heads {cfg.heads} out of range, the model has {num_heads} heads"
+        )
     if "dora" in cfg.methods and cfg.objects > num_heads:
         raise ValueError(
             f"write_films: {cfg.objects} DoRA objects need as many heads, the model has {num_heads}"
         )
     if not -depth <= cfg.layer < depth:
-        raise ValueError(f"write_films: layer {cfg.layer} out of range, the model has {depth} blocks")
+        raise ValueError(
+            f"write_films: layer {cfg.layer} out of range, the model has {depth} blocks"
+        )
     param = next(model.parameters(), None)
     if cfg.device is None:
         cfg = replace(cfg, device=str(param.device) if param is not None else "cpu")
@@ -245,7 +285,8 @@ def film_batches(
             n = len(idx)
             # positions in this batch where DoRA discovers its objects afresh
             starts = [
-                i for i in range(n)
+                i
+                for i in range(n)
                 if position + i == 0 or (cfg.rediscover and (position + i) % cfg.rediscover == 0)
             ]
             kinds: list[str] = []
@@ -268,7 +309,11 @@ def film_batches(
                 from labkit.clustering import assign
 
                 segments = assign(out.features["tokens"], centroids).cpu()  # (n, gh, gw)
-            attn = out.attention.cpu() if out.attention is not None and methods & {"heads", "mean"} else None
+            attn = (
+                out.attention.cpu()
+                if out.attention is not None and methods & {"heads", "mean"}
+                else None
+            )
             del out
             yield FilmBatch(idx, frames, attn, objects, discovered, boxes, segments)
             del frames, attn, objects, discovered, boxes, segments  # before the next batch is read
@@ -289,14 +334,18 @@ def _track(
     for start, stop in zip([0] + bounds[:-1], bounds):
         if start in starts:
             found = discover_objects(
-                out.attention[start : start + 1], out.features["queries"][start : start + 1],
-                out.features["tokens"][start : start + 1], k=cfg.objects,
+                out.attention[start : start + 1],
+                out.features["queries"][start : start + 1],
+                out.features["tokens"][start : start + 1],
+                k=cfg.objects,
             )
             prototypes = found.prototypes  # (1, k, D)
         if stop > start:
             if prototypes is None:  # pragma: no cover - frame 0 always discovers
                 raise RuntimeError("DoRA film: no prototypes before the first discovery")
-            pieces.append(track_objects(prototypes, keys[None, start:stop]).masks[0])  # (m, k, gh, gw)
+            pieces.append(
+                track_objects(prototypes, keys[None, start:stop]).masks[0]
+            )  # (m, k, gh, gw)
     return torch.cat(pieces).cpu(), prototypes
 
 
@@ -309,7 +358,9 @@ def _discover(keys: torch.Tensor, cfg: FilmConfig) -> tuple[torch.Tensor, torch.
     return torch.cat([f.masks for f in found]).cpu(), torch.cat([f.boxes for f in found]).cpu()
 
 
-def head_mean_to_rgb(attn: torch.Tensor | np.ndarray, size: tuple[int, int], patch_size: int) -> np.ndarray:
+def head_mean_to_rgb(
+    attn: torch.Tensor | np.ndarray, size: tuple[int, int], patch_size: int
+) -> np.ndarray:
     """DINO's video frame: the head-averaged [CLS] attention, min-max scaled, ``inferno``, nearest.
 
     As ``video_generation.py`` saves each frame (``plt.imsave`` of the mean over heads, which
@@ -336,13 +387,17 @@ def head_mean_to_rgb(attn: torch.Tensor | np.ndarray, size: tuple[int, int], pat
     single = a.ndim == 3
     a = a[None] if single else a
     if a.ndim != 4:
-        raise ValueError(f"head_mean_to_rgb: attn must be (n, h, gh, gw) or (h, gh, gw), got {a.shape}")
+        raise ValueError(
+            f"head_mean_to_rgb: attn must be (n, h, gh, gw) or (h, gh, gw), got {a.shape}"
+        )
     mean = a.mean(axis=1)  # (n, gh, gw)
     lo = mean.min(axis=(1, 2), keepdims=True)
     span = mean.max(axis=(1, 2), keepdims=True) - lo
     unit = np.where(span > 0, (mean - lo) / np.where(span > 0, span, 1.0), 0.0)  # (n, gh, gw)
     colours = matplotlib.colormaps["inferno"](unit, bytes=True)[..., :3]  # (n, gh, gw, 3) uint8
-    out = np.stack([upsample_map(c.transpose(2, 0, 1), size, patch_size) for c in colours])  # (n, H, W, 3)
+    out = np.stack(
+        [upsample_map(c.transpose(2, 0, 1), size, patch_size) for c in colours]
+    )  # (n, H, W, 3)
     out = out.astype(np.uint8)  # nearest upsampling of uint8 values: exact
     return out[0] if single else out
 
@@ -353,7 +408,11 @@ def _describe(method: str, cfg: FilmConfig, num_heads: int) -> str:
     if method == "mean":
         return f"mean of {num_heads} heads' [CLS] attention"
     if method == "dora":
-        when = f"rediscovered every {cfg.rediscover} frames" if cfg.rediscover else "discovered on frame 1"
+        when = (
+            f"rediscovered every {cfg.rediscover} frames"
+            if cfg.rediscover
+            else "discovered on frame 1"
+        )
         return f"DoRA: {cfg.objects} objects {when}"
     if method == "discovery":
         return f"{'LOST' if cfg.discovery == 'lost' else 'TokenCut'} object discovery"
@@ -382,7 +441,14 @@ def render_film(
     Returns:
         uint8 (n, H, W, 3) RGB film frames, H, W the frames' size.
     """
-    from labkit.viz import box_overlay, caption, heads_to_rgb, mask_overlay, overlay, segment_overlay
+    from labkit.viz import (
+        box_overlay,
+        caption,
+        heads_to_rgb,
+        mask_overlay,
+        overlay,
+        segment_overlay,
+    )
 
     cfg = config or FilmConfig()
     frames = batch.frames
@@ -400,15 +466,27 @@ def render_film(
         if batch.objects is None:
             raise ValueError("render_film: the batch has no DoRA objects")
         thickness = max(1, size[0] // 240)
-        out = mask_overlay(frames, batch.objects.numpy(), alpha=0.45, thickness=thickness, patch_size=p)
+        out = mask_overlay(
+            frames, batch.objects.numpy(), alpha=0.45, thickness=thickness, patch_size=p
+        )
     elif method == "discovery":
         if batch.discovered is None:
             raise ValueError("render_film: the batch has no discovery masks")
-        masked = mask_overlay(frames, batch.discovered.numpy(), alpha=0.4, contour=False, patch_size=p)
-        out = np.stack([
-            box_overlay(f, b.numpy(), color=(255, 255, 0), thickness=max(2, size[0] // 160), patch_size=p)
-            for f, b in zip(masked, batch.boxes)
-        ])
+        masked = mask_overlay(
+            frames, batch.discovered.numpy(), alpha=0.4, contour=False, patch_size=p
+        )
+        out = np.stack(
+            [
+                box_overlay(
+                    f,
+                    b.numpy(),
+                    color=(255, 255, 0),
+                    thickness=max(2, size[0] // 160),
+                    patch_size=p,
+                )
+                for f, b in zip(masked, batch.boxes)
+            ]
+        )
     elif method == "kmeans":
         if batch.segments is None:
             raise ValueError("render_film: the batch has no k-means segments")
@@ -419,10 +497,12 @@ def render_film(
         heads = batch.attention.shape[1] if batch.attention is not None else 0
         what = _describe(method, cfg, heads)
         of = f"/{total}" if total else ""
-        out = np.stack([
-            caption(f, "  |  ".join(t for t in (what, label, f"frame {int(i) + 1}{of}") if t))
-            for f, i in zip(out, batch.indices)
-        ])
+        out = np.stack(
+            [
+                caption(f, "  |  ".join(t for t in (what, label, f"frame {int(i) + 1}{of}") if t))
+                for f, i in zip(out, batch.indices)
+            ]
+        )
     return out
 
 
@@ -460,7 +540,9 @@ def write_films(
     names = {f.name for f in fields(FilmConfig)}
     unknown = sorted(set(options) - names)
     if unknown:
-        raise ValueError(f"write_films: unknown option(s) {unknown}; FilmConfig has {sorted(names)}")
+        raise ValueError(
+            f"write_films: unknown option(s) {unknown}; FilmConfig has {sorted(names)}"
+        )
     cfg = replace(config or FilmConfig(), **options)
     opened = _open(video, cfg)
     total = len(opened) if cfg.num_frames is None else min(cfg.num_frames, len(opened))
@@ -468,7 +550,9 @@ def write_films(
     out = Path(out_dir)
     p = patch_size(model)
     label = weights_label(model)
-    writers = {m: Mp4Writer(out / f"{m}.mp4", fps, crf=cfg.crf, preset=cfg.preset) for m in cfg.methods}
+    writers = {
+        m: Mp4Writer(out / f"{m}.mp4", fps, crf=cfg.crf, preset=cfg.preset) for m in cfg.methods
+    }
     try:
         for batch in film_batches(opened, model, replace(cfg, max_side=None), progress=progress):
             for method, writer in writers.items():

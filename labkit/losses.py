@@ -291,9 +291,7 @@ def dora_pair_weights(num_objects: int, num_local: int) -> torch.Tensor:
     return torch.cat([objects, local])[None]  # (1, k + n)
 
 
-def dora_published_pair_weights(
-    num_objects: int, num_local: int, num_frames: int
-) -> torch.Tensor:
+def dora_published_pair_weights(num_objects: int, num_local: int, num_frames: int) -> torch.Tensor:
     """Pair weights (1, k + n) of the official DoRA loss, quirks included (``"published"``).
 
     Same view order as :func:`dora_pair_weights`. The official ``DINOLoss.forward`` keeps one

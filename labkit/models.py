@@ -140,7 +140,9 @@ def _state_from(obj: Any, path: Path, which: str) -> dict[str, torch.Tensor]:
     else:
         state = obj
     if not isinstance(state, Mapping) or not state:
-        raise CheckpointError(f"checkpoint {path}: no state dict found (top-level keys {sorted(obj)})")
+        raise CheckpointError(
+            f"checkpoint {path}: no state dict found (top-level keys {sorted(obj)})"
+        )
     non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
         raise CheckpointError(
@@ -243,7 +245,9 @@ def load_backbone(
                 timm_kwargs["img_size"] = grid
     if pretrained and in_local_cache(name) is None and not _hub_reachable():
         # without this, huggingface_hub retries for about a minute before it gives up
-        raise PretrainedWeightsError(_pretrained_message(name, OSError("the hub cannot be reached")))
+        raise PretrainedWeightsError(
+            _pretrained_message(name, OSError("the hub cannot be reached"))
+        )
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     try:
         with rng:
@@ -251,7 +255,9 @@ def load_backbone(
                 torch.manual_seed(seed)
             model = timm.create_model(name, pretrained=bool(pretrained), **timm_kwargs)
     except TypeError as err:  # e.g. a CNN has no dynamic_img_size
-        raise ValueError(f"load_backbone: cannot build {name!r} as a timm VisionTransformer: {err}") from err
+        raise ValueError(
+            f"load_backbone: cannot build {name!r} as a timm VisionTransformer: {err}"
+        ) from err
     except Exception as err:  # hub errors: offline without a cache, no network, no such weights
         if pretrained:
             raise PretrainedWeightsError(_pretrained_message(name, err)) from err
@@ -324,7 +330,11 @@ def resolve_pretrained(
     tagged = "." in name and checkpoint is None
     if pretrained == "auto":
         load = tagged and in_local_cache(name) is not None
-        note = f" ({name} weights not in the local cache; labkit models lists them)" if tagged and not load else ""
+        note = (
+            f" ({name} weights not in the local cache; labkit models lists them)"
+            if tagged and not load
+            else ""
+        )
         return load, note
     if pretrained is None:
         return tagged, ""
@@ -392,7 +402,9 @@ def _is_official_dinov2(state: Mapping[str, torch.Tensor]) -> bool:
     return any(k in state for k in ("register_tokens", "mask_token"))
 
 
-def _from_official_dinov2(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _from_official_dinov2(
+    state: dict[str, torch.Tensor], model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
     """facebookresearch/dinov2 key names to timm's, with timm's own converter."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -415,7 +427,11 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     """Load ``state`` strictly into ``model``, resampling the position embedding if needed."""
     state = dict(state)
     own = model.state_dict()
-    if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
+    if (
+        "pos_embed" in state
+        and "pos_embed" in own
+        and state["pos_embed"].shape != own["pos_embed"].shape
+    ):
         resampled = _resample_pos_embed(model, state["pos_embed"])
         if resampled is not None:  # else reported as a shape mismatch below
             state["pos_embed"] = resampled
@@ -519,9 +535,13 @@ def prepare_images(
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
     if not isinstance(frames, torch.Tensor):
-        raise ValueError(f"prepare_images: frames must be an ndarray or Tensor, got {type(frames).__name__}")
+        raise ValueError(
+            f"prepare_images: frames must be an ndarray or Tensor, got {type(frames).__name__}"
+        )
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"prepare_images: frames must be (N, H, W, 3), got shape {tuple(frames.shape)}")
+        raise ValueError(
+            f"prepare_images: frames must be (N, H, W, 3), got shape {tuple(frames.shape)}"
+        )
     if frames.dtype != torch.uint8:
         raise ValueError(f"prepare_images: frames must be uint8 RGB, got {frames.dtype}")
     if not dtype.is_floating_point:
@@ -534,6 +554,10 @@ def prepare_images(
     mean, std = normalization(model)
     x = frames.to(device).permute(0, 3, 1, 2).to(dtype)  # (N, 3, H', W')
     # (x / 255 - mean) / std as one multiply-add per pixel
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device, dtype=dtype).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device, dtype=dtype).view(1, 3, 1, 1)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device, dtype=dtype).view(
+        1, 3, 1, 1
+    )
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device, dtype=dtype).view(
+        1, 3, 1, 1
+    )
     return torch.addcmul(shift, x, scale).contiguous()

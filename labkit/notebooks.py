@@ -12,9 +12,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Union
 
 __all__ = [
     "NotebookError",
@@ -32,7 +33,9 @@ __all__ = [
 class NotebookError(RuntimeError):
     """A notebook failed: names the notebook, the cell and the error it raised."""
 
-    def __init__(self, notebook: Path, cell_index: int | None, ename: str, evalue: str, output: Path):
+    def __init__(
+        self, notebook: Path, cell_index: int | None, ename: str, evalue: str, output: Path
+    ):
         self.notebook = notebook
         self.cell_index = cell_index
         self.ename = ename
@@ -126,8 +129,10 @@ def _parameter_types(notebook: Path) -> dict[str, Any]:
     from labkit.pos_embed import PosEmbedRule
 
     # parameters every model-loading notebook shares, whatever its config class
-    shared: dict[str, Any] = {"pretrained": Union[bool, Literal["auto"], None],
-                              "pos_embed_rule": PosEmbedRule}  # fmt: skip
+    shared: dict[str, Any] = {
+        "pretrained": Union[bool, Literal["auto"], None],
+        "pos_embed_rule": PosEmbedRule,
+    }
     types = {}
     for key, default in notebook_parameters(notebook).items():
         if key in hints:
@@ -256,11 +261,16 @@ def run_notebook(
             kernel_name="python3",
             progress_bar=progress,
             stdout_file=sys.stderr if log_output else None,
-            stderr_file=sys.stderr if log_output else _ProgressLines(sys.stderr) if progress_lines else None,
+            stderr_file=sys.stderr
+            if log_output
+            else _ProgressLines(sys.stderr)
+            if progress_lines
+            else None,
             execution_timeout=timeout,
             # the kernel's own log (a transport warning on every start; tracebacks of its message
             # handlers when it is stopped by Ctrl-C) is noise to the user; LABKIT_DEBUG keeps it
-            extra_arguments=[] if os.environ.get("LABKIT_DEBUG", "") not in ("", "0")
+            extra_arguments=[]
+            if os.environ.get("LABKIT_DEBUG", "") not in ("", "0")
             else ["--IPKernelApp.log_level=CRITICAL"],
         )
     except pm.PapermillExecutionError as err:

@@ -32,29 +32,30 @@ Finished work is never lost (see ``docs/reliability.md``):
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, Union
+from typing import Any, Literal
 
 from labkit.environment import describe, threads_for
 from labkit.models import resolve_pretrained
 from labkit.pos_embed import PosEmbedRule
 from labkit.runfolder import RunLock, remove_stale_temporaries, write_atomic
-from labkit.zoo import DEFAULT_PRETRAINED
 from labkit.validation import (
     check_device,
     check_fields,
     check_model_kwargs,
     check_output_dir,
-    resolve_device,
     read_config_file,
+    resolve_device,
 )
+from labkit.zoo import DEFAULT_PRETRAINED
 
 __all__ = [
     "PipelineConfig",
@@ -88,14 +89,19 @@ class PipelineConfig:
     name: str = "demo"  # run folder: <runs_dir>/<name>
     runs_dir: str = "runs"
     video_path: str = ""  # training and exploration video; empty: the synthetic default video
-    device: str = "auto"  # "auto": CUDA when available, else the CPU (resolved once, for every stage)
+    device: str = (
+        "auto"  # "auto": CUDA when available, else the CPU (resolved once, for every stage)
+    )
     seed: int = 0
     # torch CPU threads of the pipeline and the most of every stage's kernel (OMP_NUM_THREADS);
     # 0: the CPUs this process may use (affinity, cgroup quota); a training stage leaves room
     # for its data workers (labkit.environment.configure_threads)
     threads: int = 0
     # ---- training: every method gets the same budget ----
-    methods: tuple[str, ...] = ("dora", "dino")  # trained models; the random init is always evaluated
+    methods: tuple[str, ...] = (
+        "dora",
+        "dino",
+    )  # trained models; the random init is always evaluated
     model: str = "vit_tiny_patch16_224"  # timm ViT
     model_kwargs: dict = field(default_factory=lambda: {"depth": 4})  # {} keeps the model whole
     checkpoint: str = ""  # start training from these weights (e.g. DINO's); empty: random init
@@ -112,7 +118,7 @@ class PipelineConfig:
     # ---- a pretrained reference, explored and evaluated beside the trained models ----
     # "auto": where its weights are in the local hub cache; true: always (downloads them online);
     # false: never. The report says which weights every figure and number comes from.
-    pretrained: Union[bool, Literal["auto"]] = "auto"
+    pretrained: bool | Literal["auto"] = "auto"
     pretrained_model: str = DEFAULT_PRETRAINED  # a tagged timm name (labkit models lists them)
     # ---- exploration ----
     explore_frames: int = 12
@@ -122,7 +128,9 @@ class PipelineConfig:
     # datasets: "synthetic" (the default video's ground truth) and DAVIS-layout folders; a folder
     # that does not exist is skipped with a note in the report (a user's clone has no shared data)
     eval_data: tuple[str, ...] = (SYNTHETIC, "../shared/data/davis2016")
-    eval_sequences: dict = field(default_factory=dict)  # per dataset: list of sequences (all if absent)
+    eval_sequences: dict = field(
+        default_factory=dict
+    )  # per dataset: list of sequences (all if absent)
     eval_resolution: int = 224
     eval_max_frames: int = 0  # only the first N frames of each sequence; 0: all
     evaluate: dict = field(default_factory=dict)  # any other EvalConfig field
@@ -140,8 +148,17 @@ class PipelineConfig:
             raise ValueError(f"methods: unknown {bad}; choose from {list(METHODS)}")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods: {list(self.methods)} repeats a method")
-        for name in ("img_size", "num_frames", "frame_step", "k", "steps", "batch_size",
-                     "explore_frames", "explore_img_size", "eval_resolution"):
+        for name in (
+            "img_size",
+            "num_frames",
+            "frame_step",
+            "k",
+            "steps",
+            "batch_size",
+            "explore_frames",
+            "explore_img_size",
+            "eval_resolution",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -169,14 +186,20 @@ class PipelineConfig:
         _check_model_name(self.pretrained_model)
         keys = [_dataset_key(root) for root in self.eval_data]
         if len(set(keys)) != len(keys):
-            raise ValueError(f"eval_data: two datasets share a folder name in {list(self.eval_data)}")
+            raise ValueError(
+                f"eval_data: two datasets share a folder name in {list(self.eval_data)}"
+            )
         unknown = sorted(set(self.eval_sequences) - set(keys))
         if unknown:
-            raise ValueError(f"eval_sequences: no dataset named {unknown} in eval_data; the "
-                             f"datasets are {keys}")
+            raise ValueError(
+                f"eval_sequences: no dataset named {unknown} in eval_data; the datasets are {keys}"
+            )
         for root in self.eval_data:
-            if root != SYNTHETIC and Path(root).expanduser().exists() and not Path(
-                    root).expanduser().is_dir():
+            if (
+                root != SYNTHETIC
+                and Path(root).expanduser().exists()
+                and not Path(root).expanduser().is_dir()
+            ):
                 raise ValueError(f"eval_data: {root!r} is a file, not a DAVIS-layout folder")
         check_output_dir("runs_dir", self.runs_dir)
         check_output_dir("name", self.run_dir)
@@ -245,7 +268,9 @@ class Stage:
 
     @property
     def fingerprint(self) -> str:
-        blob = json.dumps({"notebook": self.notebook, "params": self.params}, sort_keys=True, default=str)
+        blob = json.dumps(
+            {"notebook": self.notebook, "params": self.params}, sort_keys=True, default=str
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -274,48 +299,114 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     for method in cfg.methods:
         out = run / f"train_{method}"
         params = {
-            "video_path": video, "method": method, "model": cfg.model,
-            "model_kwargs": _resolved_model_kwargs(cfg), "checkpoint": cfg.checkpoint,
-            "img_size": cfg.img_size, "num_frames": cfg.num_frames, "frame_step": cfg.frame_step,
-            "k": cfg.k, "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "device": cfg.device, "seed": cfg.seed, "pos_embed_rule": cfg.pos_embed_rule,
-            **cfg.train, "resume": True, "out_dir": str(out),
+            "video_path": video,
+            "method": method,
+            "model": cfg.model,
+            "model_kwargs": _resolved_model_kwargs(cfg),
+            "checkpoint": cfg.checkpoint,
+            "img_size": cfg.img_size,
+            "num_frames": cfg.num_frames,
+            "frame_step": cfg.frame_step,
+            "k": cfg.k,
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "device": cfg.device,
+            "seed": cfg.seed,
+            "pos_embed_rule": cfg.pos_embed_rule,
+            **cfg.train,
+            "resume": True,
+            "out_dir": str(out),
         }
-        stages.append(Stage(f"train_{method}", "train", out, "train_dora", params,
-                            ("checkpoint.pth", "metrics.json")))
+        stages.append(
+            Stage(
+                f"train_{method}",
+                "train",
+                out,
+                "train_dora",
+                params,
+                ("checkpoint.pth", "metrics.json"),
+            )
+        )
         trained[method] = str(out / "checkpoint.pth")
 
     for method, ckpt in trained.items():
         out = run / f"explore_{method}"
         params = {
-            "video_path": video, "model": cfg.model, "checkpoint": ckpt,
-            "model_kwargs": _resolved_model_kwargs(cfg), "num_frames": cfg.explore_frames,
-            "img_size": cfg.explore_img_size, "k": 5, "device": cfg.device, "seed": cfg.seed,
-            "pos_embed_rule": cfg.pos_embed_rule, "out_dir": str(out),
+            "video_path": video,
+            "model": cfg.model,
+            "checkpoint": ckpt,
+            "model_kwargs": _resolved_model_kwargs(cfg),
+            "num_frames": cfg.explore_frames,
+            "img_size": cfg.explore_img_size,
+            "k": 5,
+            "device": cfg.device,
+            "seed": cfg.seed,
+            "pos_embed_rule": cfg.pos_embed_rule,
+            "out_dir": str(out),
         }
-        stages.append(Stage(f"explore_{method}", "explore", out, "attention_explorer", params,
-                            ("metrics.json", "heads.png"), needs=(f"train_{method}",)))
+        stages.append(
+            Stage(
+                f"explore_{method}",
+                "explore",
+                out,
+                "attention_explorer",
+                params,
+                ("metrics.json", "heads.png"),
+                needs=(f"train_{method}",),
+            )
+        )
     if cfg.teaching and "dora" in trained:
         out = run / "step_by_step"
         params = {
-            "video_path": video, "model": cfg.model, "checkpoint": trained["dora"],
-            "model_kwargs": _resolved_model_kwargs(cfg), "k": cfg.k, "img_size": cfg.explore_img_size,
-            "device": cfg.device, "seed": cfg.seed, "out_dir": str(out),
+            "video_path": video,
+            "model": cfg.model,
+            "checkpoint": trained["dora"],
+            "model_kwargs": _resolved_model_kwargs(cfg),
+            "k": cfg.k,
+            "img_size": cfg.explore_img_size,
+            "device": cfg.device,
+            "seed": cfg.seed,
+            "out_dir": str(out),
         }
-        stages.append(Stage("step_by_step", "explore", out, "dora_step_by_step", params,
-                            ("metrics.json",), needs=("train_dora",)))
+        stages.append(
+            Stage(
+                "step_by_step",
+                "explore",
+                out,
+                "dora_step_by_step",
+                params,
+                ("metrics.json",),
+                needs=("train_dora",),
+            )
+        )
 
     reference = uses_pretrained(cfg)
     if reference:
         out = run / "explore_pretrained"
         params = {
-            "video_path": video, "model": cfg.pretrained_model, "pretrained": True,
-            "pos_embed_rule": cfg.pos_embed_rule, "model_kwargs": {},
-            "num_frames": cfg.explore_frames, "img_size": cfg.explore_img_size, "k": 5,
-            "device": cfg.device, "seed": cfg.seed, "out_dir": str(out),
+            "video_path": video,
+            "model": cfg.pretrained_model,
+            "pretrained": True,
+            "pos_embed_rule": cfg.pos_embed_rule,
+            "model_kwargs": {},
+            "num_frames": cfg.explore_frames,
+            "img_size": cfg.explore_img_size,
+            "k": 5,
+            "device": cfg.device,
+            "seed": cfg.seed,
+            "out_dir": str(out),
         }
-        stages.append(Stage("explore_pretrained", "explore", out, "attention_explorer", params,
-                            ("metrics.json", "heads.png")))
+        stages.append(
+            Stage(
+                "explore_pretrained",
+                "explore",
+                out,
+                "attention_explorer",
+                params,
+                ("metrics.json", "heads.png"),
+            )
+        )
 
     specs = [f"random={cfg.model}"] + [f"{m}={cfg.model}:{c}" for m, c in trained.items()]
     kwargs: dict[str, Any] = _resolved_model_kwargs(cfg)
@@ -328,16 +419,40 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         out = run / f"evaluate_{key}"
         data_root = "" if root == SYNTHETIC else str(Path(root).expanduser().resolve())
         params = {
-            "models": specs, "model_kwargs": kwargs, "pos_embed_rule": cfg.pos_embed_rule,
+            "models": specs,
+            "model_kwargs": kwargs,
+            "pos_embed_rule": cfg.pos_embed_rule,
             "data_root": data_root,
-            "sequences": list(cfg.eval_sequences.get(key, [])), "resolution": cfg.eval_resolution,
-            "max_frames": cfg.eval_max_frames, "device": cfg.device, "seed": cfg.seed,
-            **cfg.evaluate, "out_dir": str(out),
+            "sequences": list(cfg.eval_sequences.get(key, [])),
+            "resolution": cfg.eval_resolution,
+            "max_frames": cfg.eval_max_frames,
+            "device": cfg.device,
+            "seed": cfg.seed,
+            **cfg.evaluate,
+            "out_dir": str(out),
         }
-        stages.append(Stage(f"evaluate_{key}", "evaluate", out, "evaluate", params,
-                            ("metrics.json",), needs=tuple(f"train_{m}" for m in trained)))
-    stages.append(Stage("report", "report", run, None, {"stages": [s.name for s in stages]},
-                        ("report.html",), needs=tuple(s.name for s in stages)))
+        stages.append(
+            Stage(
+                f"evaluate_{key}",
+                "evaluate",
+                out,
+                "evaluate",
+                params,
+                ("metrics.json",),
+                needs=tuple(f"train_{m}" for m in trained),
+            )
+        )
+    stages.append(
+        Stage(
+            "report",
+            "report",
+            run,
+            None,
+            {"stages": [s.name for s in stages]},
+            ("report.html",),
+            needs=tuple(s.name for s in stages),
+        )
+    )
     return stages
 
 
@@ -420,9 +535,15 @@ def _prepare(stage: Stage) -> Path | None:
 
 
 def _write_marker(stage: Stage, seconds: float, **extra: Any) -> None:
-    info = {"stage": stage.name, "notebook": stage.notebook, "fingerprint": stage.fingerprint,
-            "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "params": stage.params, **extra}
+    info = {
+        "stage": stage.name,
+        "notebook": stage.notebook,
+        "fingerprint": stage.fingerprint,
+        "seconds": round(seconds, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "params": stage.params,
+        **extra,
+    }
     write_atomic(_marker(stage), json.dumps(info, indent=2, default=str).encode())
 
 
@@ -464,11 +585,23 @@ def _check_stage(stage: Stage, produced: set[str], built: set[str]) -> None:
         from labkit.train.step import build_backbone
 
         names = {f.name for f in fields(TrainConfig)}
-        config = TrainConfig(**{k: v for k, v in params.items() if k in names and k != "out_dir"},
-                             out_dir=params["out_dir"])
-        key = json.dumps([config.method, config.model, config.model_kwargs, config.img_size,
-                          config.local_size, config.k, config.heads, config.checkpoint],
-                         default=str)
+        config = TrainConfig(
+            **{k: v for k, v in params.items() if k in names and k != "out_dir"},
+            out_dir=params["out_dir"],
+        )
+        key = json.dumps(
+            [
+                config.method,
+                config.model,
+                config.model_kwargs,
+                config.img_size,
+                config.local_size,
+                config.k,
+                config.heads,
+                config.checkpoint,
+            ],
+            default=str,
+        )
         if key not in built:  # the networks a training stage will build: patch size, heads
             built.add(key)
             build_backbone(config)
@@ -533,22 +666,29 @@ def run_pipeline(
     if only is not None and only not in STAGE_GROUPS:
         raise ValueError(f"only: {only!r} is not a stage; choose from {list(STAGE_GROUPS)}")
     stages = plan(cfg)
-    check_plan(cfg, stages)  # every stage's parameters, models, devices, paths, data: before any work
+    check_plan(
+        cfg, stages
+    )  # every stage's parameters, models, devices, paths, data: before any work
     by_name = {s.name: s for s in stages}
     selected = [s for s in stages if only is None or s.group == only]
     if only is not None:
         for stage in selected:
             for need in stage.needs:
                 if need not in {s.name for s in selected} and not is_complete(by_name[need]):
-                    raise ValueError(f"stage {stage.name} needs {need}, which has not completed: "
-                                     f"run the pipeline without --only (or with --only "
-                                     f"{by_name[need].group}) first")
+                    raise ValueError(
+                        f"stage {stage.name} needs {need}, which has not completed: "
+                        f"run the pipeline without --only (or with --only "
+                        f"{by_name[need].group}) first"
+                    )
 
     run_dir = cfg.run_dir.resolve()
     # this process and every stage's kernel (OMP_NUM_THREADS, read by torch at import) use the
     # CPUs available; a training stage also leaves room for its data workers
-    with RunLock(run_dir, what="labkit pipeline"), threads_for(cfg.threads or None) as threads, \
-            _environment(OMP_NUM_THREADS=str(threads)):
+    with (
+        RunLock(run_dir, what="labkit pipeline"),
+        threads_for(cfg.threads or None) as threads,
+        _environment(OMP_NUM_THREADS=str(threads)),
+    ):
         return _run_stages(cfg, stages, selected, run_dir, force, progress, say)
 
 
@@ -611,8 +751,11 @@ def _run_stages(
             backup = _prepare(stage)
             try:
                 result = run_notebook(
-                    stage.notebook, stage.out_dir, stage.params,
-                    progress=False, log_output=progress and stage.group == "train",
+                    stage.notebook,
+                    stage.out_dir,
+                    stage.params,
+                    progress=False,
+                    log_output=progress and stage.group == "train",
                     progress_lines=progress,  # e.g. the evaluation's line per sequence
                 )
                 _write_marker(stage, time.perf_counter() - t0, html=str(result.html))
@@ -621,9 +764,13 @@ def _run_stages(
                 if backup is not None:  # the previous complete outputs go back in place
                     failed = _set_aside_failed(stage)
                     os.replace(backup, stage.out_dir)
-                    kept += (f", and {stage.name}'s previous complete outputs too (the failed "
-                             f"attempt is in {failed})")
-                detail = str(err) if isinstance(err, NotebookError) else f"{type(err).__name__}: {err}"
+                    kept += (
+                        f", and {stage.name}'s previous complete outputs too (the failed "
+                        f"attempt is in {failed})"
+                    )
+                detail = (
+                    str(err) if isinstance(err, NotebookError) else f"{type(err).__name__}: {err}"
+                )
                 detail = "; ".join(x.strip() for x in detail.splitlines() if x.strip())
                 raise StageFailed(
                     f"stage {stage.name} failed after {_elapsed(time.perf_counter() - t0)}: "

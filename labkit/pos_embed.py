@@ -128,7 +128,10 @@ def _pos_embed_by_rule(self: Any, x: torch.Tensor) -> torch.Tensor:
     old_h, old_w = self.patch_embed.grid_size
     stored = self.pos_embed[:, covered:].reshape(1, old_h, old_w, -1)  # (1, Mh, Mw, D)
     grid = resample_grid(
-        stored, (gh, gw), self.pos_embed_rule, has_registers=bool(getattr(self, "num_reg_tokens", 0))
+        stored,
+        (gh, gw),
+        self.pos_embed_rule,
+        has_registers=bool(getattr(self, "num_reg_tokens", 0)),
     )
     pos = grid.reshape(1, gh * gw, -1)  # (1, P, D)
     if self.no_embed_class:  # registers and [CLS] carry no position embedding
@@ -168,8 +171,12 @@ def model_rule(model: torch.nn.Module) -> str:
     return str(getattr(model, "pos_embed_rule", "timm"))
 
 
-def rule_for_weights(source: Literal["random", "checkpoint", "pretrained"], name: str, *,
-                     checkpoint_rule: str | None = None) -> str:
+def rule_for_weights(
+    source: Literal["random", "checkpoint", "pretrained"],
+    name: str,
+    *,
+    checkpoint_rule: str | None = None,
+) -> str:
     """The rule that ``"auto"`` means for a model's weights.
 
     Args:

@@ -11,8 +11,9 @@ import html
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from labkit.runfolder import write_atomic
 
@@ -68,8 +69,10 @@ def _img(run_dir: Path, path: Path, alt: str, css: str = "") -> str:
         return ""
     rel = path.relative_to(run_dir).as_posix()
     cls = f" class='{css}'" if css else ""
-    return (f"<figure{cls}><img src='{html.escape(rel)}' alt='{html.escape(alt)}'>"
-            f"<figcaption class='muted'>{html.escape(alt)}</figcaption></figure>")
+    return (
+        f"<figure{cls}><img src='{html.escape(rel)}' alt='{html.escape(alt)}'>"
+        f"<figcaption class='muted'>{html.escape(alt)}</figcaption></figure>"
+    )
 
 
 def _png_width(path: Path) -> int:
@@ -89,8 +92,11 @@ def _verdict_html(text: str) -> str:
     items = [d.strip() for d in re.split(r"(?<=\)\.) ", details) if d.strip()]
     if not items:
         return f"<p>{html.escape(text)}</p>"
-    return (f"<p>{html.escape(lead)}: {html.escape(overall.rstrip('.'))}.</p><ul>"
-            + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+    return (
+        f"<p>{html.escape(lead)}: {html.escape(overall.rstrip('.'))}.</p><ul>"
+        + "".join(f"<li>{html.escape(i)}</li>" for i in items)
+        + "</ul>"
+    )
 
 
 def comparison_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
@@ -142,8 +148,11 @@ def verdict(evaluation: dict[str, Any], dataset: str, budget: str, tie: float = 
         overall = f"DoRA beats {rivals} on all {measured} measures."
     else:
         overall = f"DoRA beats {rivals} on {len(wins)} of {measured} measures ({'; '.join(wins)})."
-    return (f"On {dataset}, after {budget}: {overall} " + " ".join(sentences)
-            + f" (Differences under {tie} count as ties.)")
+    return (
+        f"On {dataset}, after {budget}: {overall} "
+        + " ".join(sentences)
+        + f" (Differences under {tie} count as ties.)"
+    )
 
 
 def learned_nothing(evaluation: dict[str, Any], model: str, tie: float = 0.005) -> bool | None:
@@ -166,8 +175,11 @@ def _out_dim(stage: Any, cfg: dict[str, Any], metrics: dict[str, Any] | None = N
     """K of the stage's DINO head: what its training recorded in metrics.json, else its
     parameters, the run's train options, else TrainConfig's (the train notebook's own default
     differs from TrainConfig's, so the recorded value comes first)."""
-    value = ((metrics or {}).get("out_dim") or (getattr(stage, "params", None) or {}).get("out_dim")
-             or (cfg.get("train") or {}).get("out_dim"))
+    value = (
+        (metrics or {}).get("out_dim")
+        or (getattr(stage, "params", None) or {}).get("out_dim")
+        or (cfg.get("train") or {}).get("out_dim")
+    )
     if value is None and getattr(stage, "notebook", None):  # the notebook's own default
         from labkit.notebooks import notebook_parameters
 
@@ -200,18 +212,26 @@ def training_health(stage: Any, metrics: dict[str, Any], cfg: dict[str, Any]) ->
     entropy = metrics.get("teacher_entropy")
     numbers = ""
     if entropy is not None and k and k > 1:
-        numbers = (f" (final teacher entropy {entropy:.3f} nats = {entropy / math.log(k):.1%} of "
-                   f"log K = ln {k} = {math.log(k):.3f})")
+        numbers = (
+            f" (final teacher entropy {entropy:.3f} nats = {entropy / math.log(k):.1%} of "
+            f"log K = ln {k} = {math.log(k):.3f})"
+        )
     if metrics.get("collapse"):
         text = describe_collapse(metrics["collapse"], method)
         return text[0].upper() + text[1:].rstrip(".") + numbers + ".", True
     kind = collapse_kind(metrics, k) if k else None
     if kind == "uniform":
-        return (f"The {method} teacher collapsed: its output is uniform{numbers}; the features carry "
-                "no information about the frames.", True)
+        return (
+            f"The {method} teacher collapsed: its output is uniform{numbers}; the features carry "
+            "no information about the frames.",
+            True,
+        )
     if kind == "one_dimension":
-        return (f"The {method} teacher collapsed: over half of its mass is on one output dimension "
-                f"(top mass {metrics.get('teacher_top_mass'):.2f}){numbers}.", True)
+        return (
+            f"The {method} teacher collapsed: over half of its mass is on one output dimension "
+            f"(top mass {metrics.get('teacher_top_mass'):.2f}){numbers}.",
+            True,
+        )
     if entropy is None:
         return f"{method}: no teacher statistics recorded.", False
     return f"The {method} teacher did not collapse{numbers}.", False
@@ -236,15 +256,19 @@ def weights_section(cfg: dict[str, Any], stages: Sequence[Any]) -> str:
     items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in seen.items())
     name = str(cfg.get("pretrained_model") or "vit_small_patch16_224.dino")
     if any(getattr(s, "name", "") == "explore_pretrained" for s in stages):
-        note = (f"The pretrained reference <code>{html.escape(name)}</code> is explored and evaluated "
-                "beside the trained models (label <b>pretrained</b>).")
+        note = (
+            f"The pretrained reference <code>{html.escape(name)}</code> is explored and evaluated "
+            "beside the trained models (label <b>pretrained</b>)."
+        )
     elif cfg.get("pretrained") is False:
         note = "The pretrained reference was switched off (<code>pretrained: false</code>)."
     else:
-        note = (f"No pretrained weights were used: <code>{html.escape(name)}</code> is not in the local "
-                "Hugging Face cache, so every model here is a random init or trained by this run. "
-                "Run once with network access and <code>-o pretrained=true</code> to add it "
-                "(<code>labkit models</code> lists the supported weights).")
+        note = (
+            f"No pretrained weights were used: <code>{html.escape(name)}</code> is not in the local "
+            "Hugging Face cache, so every model here is a random init or trained by this run. "
+            "Run once with network access and <code>-o pretrained=true</code> to add it "
+            "(<code>labkit models</code> lists the supported weights)."
+        )
     return f"<h2>Weights</h2><p>{note}</p><ul>{items}</ul>"
 
 
@@ -253,8 +277,10 @@ def _budget(run_dir: Path, cfg: dict[str, Any]) -> str:
     model = cfg.get("model")
     kw = cfg.get("model_kwargs") or {}
     arch = f"{model} ({', '.join(f'{k}={v}' for k, v in kw.items())})" if kw else str(model)
-    return (f"{steps} steps of {cfg.get('batch_size')} clips x {cfg.get('num_frames')} frames at "
-            f"{cfg.get('img_size')} px per method, {arch}, on {cfg.get('device')}")
+    return (
+        f"{steps} steps of {cfg.get('batch_size')} clips x {cfg.get('num_frames')} frames at "
+        f"{cfg.get('img_size')} px per method, {arch}, on {cfg.get('device')}"
+    )
 
 
 def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
@@ -299,7 +325,9 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         metrics = _read_json(stage.out_dir / "metrics.json")
         dataset = stage.name.removeprefix("evaluate_")
         if metrics is None:
-            verdicts.append(f"<p>{html.escape(dataset)}: not evaluated (no dataset or not complete).</p>")
+            verdicts.append(
+                f"<p>{html.escape(dataset)}: not evaluated (no dataset or not complete).</p>"
+            )
             continue
         text = verdict(metrics, dataset, budget)
         overall = text.partition(": ")[2].partition(". ")[0].rstrip(".")
@@ -307,16 +335,25 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         nothing = [m for m in trained if learned_nothing(metrics, m)]
         if nothing:
             names = " and ".join({"dora": "DoRA", "dino": "DINO"}.get(m, m) for m in nothing)
-            headlines.append(f"On {dataset}, {names} learned nothing measurable: no better than random "
-                             f"init on any key metric.")
+            headlines.append(
+                f"On {dataset}, {names} learned nothing measurable: no better than random "
+                f"init on any key metric."
+            )
         verdicts.append(_verdict_html(text))
     if collapsed:
-        headlines.insert(0, "Training collapsed for " + " and ".join(collapsed)
-                         + ": once its teacher is uniform it teaches nothing, so its numbers below "
-                           "show a barely trained network, not what the method can do.")
-    parts.append("<h2>Verdict</h2><div class='verdict'>"
-                 + "".join(f"<p class='headline'>{html.escape(h)}</p>" for h in headlines)
-                 + "".join(verdicts) + "<p class='muted'>All scores: higher is better, 0 to 1.</p></div>")
+        headlines.insert(
+            0,
+            "Training collapsed for "
+            + " and ".join(collapsed)
+            + ": once its teacher is uniform it teaches nothing, so its numbers below "
+            "show a barely trained network, not what the method can do.",
+        )
+    parts.append(
+        "<h2>Verdict</h2><div class='verdict'>"
+        + "".join(f"<p class='headline'>{html.escape(h)}</p>" for h in headlines)
+        + "".join(verdicts)
+        + "<p class='muted'>All scores: higher is better, 0 to 1.</p></div>"
+    )
     parts.append(weights_section(cfg, stages))
 
     # stages
@@ -326,14 +363,18 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             continue
         marker = _read_json(stage.out_dir / "stage.json") or {}
         nb = stage.out_dir / f"{stage.notebook}.html"
-        method = (getattr(stage, "params", None) or {}).get("method")  # train_dora runs both methods
+        method = (getattr(stage, "params", None) or {}).get(
+            "method"
+        )  # train_dora runs both methods
         label = f"{stage.notebook} notebook" + (f" (method {method})" if method else "")
-        rows.append({
-            "stage": stage.name,
-            "status": "done" if marker else "not run",
-            "seconds": marker.get("seconds"),
-            "notebook": _link(run_dir, nb, label) if nb.is_file() else "–",
-        })
+        rows.append(
+            {
+                "stage": stage.name,
+                "status": "done" if marker else "not run",
+                "seconds": marker.get("seconds"),
+                "notebook": _link(run_dir, nb, label) if nb.is_file() else "–",
+            }
+        )
     parts.append("<h2>Stages</h2>" + _table_html_cells(rows))
 
     # training
@@ -344,18 +385,32 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             from labkit.train.watchdog import collapse_sentence
 
             collapse_notes.append(f"<p>{html.escape(collapse_sentence(m))}</p>")
-        train_rows.append({"method": stage.name.removeprefix("train_"), "steps": m.get("steps"),
-                           "first loss": m.get("first_loss"), "final loss": m.get("final_loss"),
-                           "teacher entropy": m.get("teacher_entropy"),
-                           "teacher KL to uniform": m.get("teacher_kl_uniform"),
-                           "images/s": m.get("images_per_second"), "seconds": m.get("seconds")})
+        train_rows.append(
+            {
+                "method": stage.name.removeprefix("train_"),
+                "steps": m.get("steps"),
+                "first loss": m.get("first_loss"),
+                "final loss": m.get("final_loss"),
+                "teacher entropy": m.get("teacher_entropy"),
+                "teacher KL to uniform": m.get("teacher_kl_uniform"),
+                "images/s": m.get("images_per_second"),
+                "seconds": m.get("seconds"),
+            }
+        )
         log = stage.out_dir / "log.jsonl"
         if log.is_file():
             png = stage.out_dir / "log.png"
             plot_log(log, title=stage.name).savefig(png, dpi=90, bbox_inches="tight")
-            train_figures.append(_img(run_dir, png, f"{stage.name}: loss, collapse signals, schedules"))
-    parts += ["<h2>Training</h2>", f"<p class='muted'>{html.escape(budget)}</p>", html_table(train_rows),
-              *collapse_notes, *train_figures]
+            train_figures.append(
+                _img(run_dir, png, f"{stage.name}: loss, collapse signals, schedules")
+            )
+    parts += [
+        "<h2>Training</h2>",
+        f"<p class='muted'>{html.escape(budget)}</p>",
+        html_table(train_rows),
+        *collapse_notes,
+        *train_figures,
+    ]
 
     # exploration
     parts.append("<h2>Attention and segments of the trained models</h2>")
@@ -364,15 +419,29 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         parts.append(f"<h3>{html.escape(stage.name)}</h3>")
         if weights:
             parts.append(f"<p class='muted'>weights: {html.escape(str(weights))}</p>")
-        parts.append(_img(run_dir, stage.out_dir / "attention.gif", f"{stage.name}: animation: frame | heads | segments"))
-        more = "".join(_img(run_dir, stage.out_dir / name, f"{stage.name}: {alt}") for name, alt in (
-            ("heads.png", "three heads as R, G, B"),
-            ("all_heads.png", "every head's attention"), ("masks.png", "thresholded attention masks"),
-            ("segments.png", "k-means segments and PCA"), ("objects.png", "DoRA objects"),
-            ("artifacts.png", "high-norm tokens")))
+        parts.append(
+            _img(
+                run_dir,
+                stage.out_dir / "attention.gif",
+                f"{stage.name}: animation: frame | heads | segments",
+            )
+        )
+        more = "".join(
+            _img(run_dir, stage.out_dir / name, f"{stage.name}: {alt}")
+            for name, alt in (
+                ("heads.png", "three heads as R, G, B"),
+                ("all_heads.png", "every head's attention"),
+                ("masks.png", "thresholded attention masks"),
+                ("segments.png", "k-means segments and PCA"),
+                ("objects.png", "DoRA objects"),
+                ("artifacts.png", "high-norm tokens"),
+            )
+        )
         if more:
-            parts.append(f"<details><summary>more figures of {html.escape(stage.name)}: heads over 8 frames, "
-                         f"every head, masks, segments, artifacts</summary>{more}</details>")
+            parts.append(
+                f"<details><summary>more figures of {html.escape(stage.name)}: heads over 8 frames, "
+                f"every head, masks, segments, artifacts</summary>{more}</details>"
+            )
 
     # evaluation
     parts.append("<h2>Evaluation</h2>")
@@ -387,32 +456,58 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             f"<p class='muted'>{len(metrics.get('sequences', []))} sequences at {cfg_e.get('resolution')} px"
             f" (shorter side), data {html.escape(str(metrics.get('data_root') or 'synthetic'))}</p>"
         )
-        cols = ["model", "J&F", "J", "F", "attn best head J", "attn head avg J", "attn stability",
-                "DoRA best object J", "k-means frame_hungarian mIoU", "k-means clip_hungarian mIoU",
-                "k-means dataset_hungarian mIoU", "seconds"]
+        cols = [
+            "model",
+            "J&F",
+            "J",
+            "F",
+            "attn best head J",
+            "attn head avg J",
+            "attn stability",
+            "DoRA best object J",
+            "k-means frame_hungarian mIoU",
+            "k-means clip_hungarian mIoU",
+            "k-means dataset_hungarian mIoU",
+            "seconds",
+        ]
         rows = comparison_rows(metrics)
         cols = [c for c in cols if any(c in r for r in rows)]
         parts.append(html_table(rows, columns=cols))
-        parts.append("<p class='muted'>Bars: each sequence; legend: each model over all sequences, "
-                     "the number in the table above.</p>")
+        parts.append(
+            "<p class='muted'>Bars: each sequence; legend: each model over all sequences, "
+            "the number in the table above.</p>"
+        )
         charts = []
         for png, metric in _bar_charts(stage.out_dir):
             css = "half" if 0 < _png_width(png) <= 900 else ""  # two narrow charts side by side
             charts.append(_img(run_dir, png, f"{metric} per sequence", css))
         parts.append("<div class='charts'>" + "".join(charts) + "</div>")
-        parts.append(_img(run_dir, stage.out_dir / "examples.png",
-                          "one example frame under every model (white: ground truth)"))
+        parts.append(
+            _img(
+                run_dir,
+                stage.out_dir / "examples.png",
+                "one example frame under every model (white: ground truth)",
+            )
+        )
         per_model = sorted(stage.out_dir.glob("examples_*.png"))
         if per_model:
-            parts.append("<p class='muted'>More example frames per model: "
-                         + " · ".join(_link(run_dir, png, png.stem.removeprefix("examples_")) for png in per_model)
-                         + "</p>")
+            parts.append(
+                "<p class='muted'>More example frames per model: "
+                + " · ".join(
+                    _link(run_dir, png, png.stem.removeprefix("examples_")) for png in per_model
+                )
+                + "</p>"
+            )
 
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(cfg, indent=2)) + "</pre>")
-    parts.append(f"<p class='muted'>{_link(run_dir, run_dir / 'environment.json', 'environment.json')} · "
-                 f"{_link(run_dir, run_dir / 'config.yaml', 'config.yaml')}</p>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>labkit {html.escape(run_dir.name)}</title>"
-            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    parts.append(
+        f"<p class='muted'>{_link(run_dir, run_dir / 'environment.json', 'environment.json')} · "
+        f"{_link(run_dir, run_dir / 'config.yaml', 'config.yaml')}</p>"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>labkit {html.escape(run_dir.name)}</title>"
+        f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    )
     out = run_dir / "report.html"
     write_atomic(out, page.encode("utf-8"))  # the previous report stays whole until then
     return out
@@ -426,8 +521,11 @@ def _bar_charts(folder: Path) -> list[tuple[Path, str]]:
     first = [(folder / f"{bar_file_name(m)}.png", m) for m in BAR_METRICS]
     first = [(p, m) for p, m in first if p.is_file()]
     known = {p for p, _ in first}
-    return first + [(p, p.stem.removeprefix("bars_").replace("_", " "))
-                    for p in sorted(folder.glob("bars_*.png")) if p not in known]
+    return first + [
+        (p, p.stem.removeprefix("bars_").replace("_", " "))
+        for p in sorted(folder.glob("bars_*.png"))
+        if p not in known
+    ]
 
 
 def _table_html_cells(rows: Sequence[dict[str, Any]]) -> str:
@@ -437,7 +535,9 @@ def _table_html_cells(rows: Sequence[dict[str, Any]]) -> str:
     columns = list(rows[0])
     head = "".join(f"<th>{c}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{v if isinstance(v, str) else _fmt(v)}</td>" for v in r.values()) + "</tr>"
+        "<tr>"
+        + "".join(f"<td>{v if isinstance(v, str) else _fmt(v)}</td>" for v in r.values())
+        + "</tr>"
         for r in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"

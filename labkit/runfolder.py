@@ -118,9 +118,16 @@ class RunLock:
             raise RunFolderBusy(f"{self.folder}: could not take the lock {self.path}")
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "what": self.what,
-                                 "command": " ".join(sys.argv)[:300],
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        handle.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "what": self.what,
+                    "command": " ".join(sys.argv)[:300],
+                    "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }
+            )
+        )
         handle.flush()
         _HELD[key] = [handle, 1]
         self._key = key
@@ -137,8 +144,10 @@ class RunLock:
             who += " (no longer running; a process it started still holds the lock)"
         since = f" since {info['since']}" if info.get("since") else ""
         what = info.get("what", "a labkit run")
-        return (f"{self.folder} is in use by {what} ({who}{since}); wait for it to finish or "
-                "write to another folder")
+        return (
+            f"{self.folder} is in use by {what} ({who}{since}); wait for it to finish or "
+            "write to another folder"
+        )
 
     def release(self) -> None:
         key, self._key = self._key, None
@@ -232,7 +241,9 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict]:
                 ) from None
             warnings.warn(
                 f"{path}: dropped a torn last line {number} ({line[:40]!r}...), left by a run "
-                "that was killed while writing it", RunFolderWarning, stacklevel=2,
+                "that was killed while writing it",
+                RunFolderWarning,
+                stacklevel=2,
             )
             if repair:
                 write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())

@@ -297,9 +297,7 @@ def frame_segments(
 
     options = dict(layer=layer, kind=kind, batch_size=batch_size, device=device, dtype=dtype)
     with tqdm(total=len(idx), unit="frame", disable=not progress, desc="frame segments") as bar:
-        batches = (
-            f.to(device) for f in _feature_batches(model, video, idx, bar=bar, **options)
-        )
+        batches = (f.to(device) for f in _feature_batches(model, video, idx, bar=bar, **options))
         labels = frame_segments_from_features(
             batches, k, seed=seed, iters=iters, normalize=normalize
         )
@@ -377,9 +375,15 @@ def segment_maps(
     else:
         indices = np.asarray(frames, dtype=np.int64).reshape(-1)
     common = dict(
-        indices=indices, layer=layer, kind=kind, normalize=normalize, seed=seed,
-        batch_size=batch_size, device=device, progress=progress,
-    )  # fmt: skip
+        indices=indices,
+        layer=layer,
+        kind=kind,
+        normalize=normalize,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
     whole = video_segments(model, video, k=k_video, sample_frames=sample_frames, **common)
     per_frame = frame_segments(model, video, k=k_frame, **common)
     return SegmentMaps(whole, per_frame, int(k_video), int(k_frame), patch_size(model))

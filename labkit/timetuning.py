@@ -530,7 +530,7 @@ class TimeTuningModel(nn.Module):
         self.config = TimeTuningConfig() if config is None else config
         freeze_backbone(backbone, self.config.trainable_blocks, train_norm=self.config.train_norm)
         self.backbone = backbone
-        embed_dim = getattr(backbone, "embed_dim", None) or getattr(backbone, "num_features")
+        embed_dim = getattr(backbone, "embed_dim", None) or backbone.num_features
         param = next(backbone.parameters())
         self.head = TimeTuningHead(
             int(embed_dim), self.config.head_dims, self.config.num_prototypes

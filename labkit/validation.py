@@ -35,8 +35,14 @@ __all__ = [
 ]
 
 # timm ViT arguments that must be whole numbers, with their smallest value
-_MODEL_INTS = {"depth": 1, "num_heads": 1, "embed_dim": 1, "patch_size": 1, "in_chans": 1,
-               "num_reg_tokens": 0}
+_MODEL_INTS = {
+    "depth": 1,
+    "num_heads": 1,
+    "embed_dim": 1,
+    "patch_size": 1,
+    "in_chans": 1,
+    "num_reg_tokens": 0,
+}
 
 
 def expected_form(annotation: Any) -> str:
@@ -190,8 +196,11 @@ def field_types(cls: type) -> dict[str, Any]:
         out = {}
         for f in dataclasses.fields(cls):
             try:
-                out[f.name] = (eval(f.type, namespace) if isinstance(f.type, str)  # noqa: S307
-                               else f.type)
+                out[f.name] = (
+                    eval(f.type, namespace)
+                    if isinstance(f.type, str)  # noqa: S307
+                    else f.type
+                )
             except Exception:
                 out[f.name] = Any
         return out
@@ -269,13 +278,16 @@ def check_device(key: str, device: Any) -> None:
     try:
         parsed = torch.device(text)
     except RuntimeError:
-        raise ValueError(f"{key} must be 'auto', 'cpu', 'cuda[:n]' or 'mps', got {device!r}") from None
+        raise ValueError(
+            f"{key} must be 'auto', 'cpu', 'cuda[:n]' or 'mps', got {device!r}"
+        ) from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{key} {text!r}: CUDA is not available on this machine (use cpu)")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"{key} {text!r}: this machine has {torch.cuda.device_count()} "
-                             "CUDA device(s)")
+            raise ValueError(
+                f"{key} {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     if parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{key} {text!r}: MPS is not available on this machine (use cpu)")
 
@@ -324,7 +336,9 @@ def read_config_file(path: str | os.PathLike, what: str = "config keys") -> dict
     if loaded is None:
         return {}
     if not isinstance(loaded, Mapping):
-        raise ValueError(f"config file {path} must hold a mapping of {what}, got {type(loaded).__name__}")
+        raise ValueError(
+            f"config file {path} must hold a mapping of {what}, got {type(loaded).__name__}"
+        )
     return dict(loaded)
 
 

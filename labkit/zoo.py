@@ -43,14 +43,34 @@ class ZooEntry:
 
 
 def _dino(label: str, arch: str, patch: int, heads: int, dim: int, file: str) -> ZooEntry:
-    return ZooEntry("DINO", label, f"{arch}.dino", patch, heads, dim, 0, "dino", "hub",
-                    f"timm hub (timm/{arch}.dino); the same weights as DINO's {file}")  # fmt: skip
+    return ZooEntry(
+        "DINO",
+        label,
+        f"{arch}.dino",
+        patch,
+        heads,
+        dim,
+        0,
+        "dino",
+        "hub",
+        f"timm hub (timm/{arch}.dino); the same weights as DINO's {file}",
+    )
 
 
 def _dinov2(label: str, arch: str, heads: int, dim: int, registers: int) -> ZooEntry:
     family = "DINOv2 + registers" if registers else "DINOv2"
-    return ZooEntry(family, label, f"{arch}.lvd142m", 14, heads, dim, registers, "dinov2", "hub",
-                    f"timm hub (timm/{arch}.lvd142m), facebookresearch/dinov2's weights")  # fmt: skip
+    return ZooEntry(
+        family,
+        label,
+        f"{arch}.lvd142m",
+        14,
+        heads,
+        dim,
+        registers,
+        "dinov2",
+        "hub",
+        f"timm hub (timm/{arch}.lvd142m), facebookresearch/dinov2's weights",
+    )
 
 
 ZOO: tuple[ZooEntry, ...] = (
@@ -66,9 +86,19 @@ ZOO: tuple[ZooEntry, ...] = (
     _dinov2("ViT-B/14 reg4", "vit_base_patch14_reg4_dinov2", 12, 768, 4),
     _dinov2("ViT-L/14 reg4", "vit_large_patch14_reg4_dinov2", 16, 1024, 4),
     _dinov2("ViT-g/14 reg4", "vit_giant_patch14_reg4_dinov2", 24, 1536, 4),
-    ZooEntry("DoRA", "ViT-S/16", "vit_small_patch16_224", 16, 6, 384, 0, "dino", "file",
-             "a file: the backbone checkpoints listed under 'Pretrained models' in "
-             "shashankvkt/DoRA_ICLR24's README (DoRA, WT-Venice or WT-all); pass checkpoint=FILE"),  # fmt: skip
+    ZooEntry(
+        "DoRA",
+        "ViT-S/16",
+        "vit_small_patch16_224",
+        16,
+        6,
+        384,
+        0,
+        "dino",
+        "file",
+        "a file: the backbone checkpoints listed under 'Pretrained models' in "
+        "shashankvkt/DoRA_ICLR24's README (DoRA, WT-Venice or WT-all); pass checkpoint=FILE",
+    ),
 )
 
 

@@ -23,7 +23,9 @@ def _clip(T: int = 3, H: int = 48, W: int = 3 * 64, seed: int = 0) -> np.ndarray
 
 def test_label_panels_adds_a_band_above_and_keeps_the_frames():
     clip = _clip()
-    out = label_panels(clip, ["frame", "heads", "k-means"], [f"frame {t}" for t in range(3)], font_size=12)
+    out = label_panels(
+        clip, ["frame", "heads", "k-means"], [f"frame {t}" for t in range(3)], font_size=12
+    )
     band = out.shape[1] - clip.shape[1]
     assert out.dtype == np.uint8 and out.shape[0] == 3 and out.shape[2:] == clip.shape[2:]
     assert band == round(12 * 2.9)
@@ -35,7 +37,9 @@ def test_label_panels_adds_a_band_above_and_keeps_the_frames():
     # the info line differs between frames, the titles do not
     assert not np.array_equal(out[0, :band], out[1, :band])
     np.testing.assert_array_equal(out[0, : round(12 * 1.4)], out[1, : round(12 * 1.4)])
-    again = label_panels(clip, ["frame", "heads", "k-means"], [f"frame {t}" for t in range(3)], font_size=12)
+    again = label_panels(
+        clip, ["frame", "heads", "k-means"], [f"frame {t}" for t in range(3)], font_size=12
+    )
     np.testing.assert_array_equal(out, again)  # deterministic
 
 
@@ -44,7 +48,7 @@ def test_label_panels_forms_and_errors():
     one = label_panels(clip[0], ["a"])
     assert one.ndim == 3 and one.shape[0] > clip.shape[1]
     same = label_panels(clip, ["a", "b"], "weights")  # one info line for every frame
-    np.testing.assert_array_equal(same[0, :-clip.shape[1]], same[1, :-clip.shape[1]])
+    np.testing.assert_array_equal(same[0, : -clip.shape[1]], same[1, : -clip.shape[1]])
     long = label_panels(clip, ["a very long title " * 20], "x" * 500)  # cut, not an error
     assert long.shape[2] == clip.shape[2]
     with pytest.raises(ValueError, match="info lines"):
@@ -69,8 +73,17 @@ def test_animation_html_embeds_the_file(tmp_path: Path, suffix: str, mime: str):
 def test_exploration_animation_is_labelled(small_video: Path):
     from labkit.explore import ExploreConfig, explore
 
-    exp = explore(ExploreConfig(video_path=str(small_video), model_kwargs=TINY, num_frames=3, img_size=64,
-                                k=3, heads=(2, 0, 1)), progress=False)
+    exp = explore(
+        ExploreConfig(
+            video_path=str(small_video),
+            model_kwargs=TINY,
+            num_frames=3,
+            img_size=64,
+            k=3,
+            heads=(2, 0, 1),
+        ),
+        progress=False,
+    )
     plain = exp.animation_frames()
     labelled = exp.animation_frames(labels=True)
     band = labelled.shape[1] - plain.shape[1]
@@ -85,9 +98,16 @@ def test_notebook_html_export_plays_the_animation(small_video: Path, tmp_path: P
 
     out = tmp_path / "run"
     run = run_notebook(
-        "attention_explorer", out,
-        {"video_path": str(small_video), "model_kwargs": TINY, "num_frames": 3, "img_size": 64, "k": 3,
-         "out_dir": str(out)},
+        "attention_explorer",
+        out,
+        {
+            "video_path": str(small_video),
+            "model_kwargs": TINY,
+            "num_frames": 3,
+            "img_size": 64,
+            "k": 3,
+            "out_dir": str(out),
+        },
         progress=False,
     )
     page = run.html.read_text()
@@ -96,5 +116,8 @@ def test_notebook_html_export_plays_the_animation(small_video: Path, tmp_path: P
     gif = (out / "attention.gif").read_bytes()
     assert base64.b64encode(gif).decode()[:200] in page  # the very file written
     nb = json.loads(run.output.read_text())
-    assert any("data:image/gif;base64," in "".join(o.get("data", {}).get("text/html", ""))
-               for c in nb["cells"] for o in c.get("outputs", []))
+    assert any(
+        "data:image/gif;base64," in "".join(o.get("data", {}).get("text/html", ""))
+        for c in nb["cells"]
+        for o in c.get("outputs", [])
+    )

@@ -27,13 +27,17 @@ def registers() -> torch.nn.Module:
     return load_backbone("vit_small_patch14_reg4_dinov2", seed=0, **TINY)
 
 
-def images_for(model: torch.nn.Module, grid: tuple[int, int] = (4, 6), batch: int = 2, seed: int = 0) -> torch.Tensor:
+def images_for(
+    model: torch.nn.Module, grid: tuple[int, int] = (4, 6), batch: int = 2, seed: int = 0
+) -> torch.Tensor:
     p = model.patch_embed.patch_size[0]
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, grid[0] * p, grid[1] * p, generator=gen)
 
 
-def full_attention_rows(model: torch.nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def full_attention_rows(
+    model: torch.nn.Module, images: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per block: the whole (B, h, N, N) attention matrix, and the block's output tokens (B, N, D)."""
     mats, outs = [], []
     with torch.no_grad():
@@ -63,18 +67,30 @@ def test_against_straightforward_implementation(name: str, request) -> None:
     assert art.cls_outlier_mass.shape == (b, depth, 3) and art.num_registers == g
 
     with torch.no_grad():
-        inter = model.forward_intermediates(images, norm=False, intermediates_only=True)  # (B, D, gh, gw) each
+        inter = model.forward_intermediates(
+            images, norm=False, intermediates_only=True
+        )  # (B, D, gh, gw) each
     expected = torch.stack([t.norm(dim=1) for t in inter], dim=1)  # (B, L, gh, gw)
     torch.testing.assert_close(art.norms, expected, rtol=1e-5, atol=1e-5)
 
     mats, outs = full_attention_rows(model, images)
     for layer, mat in enumerate(mats):
-        torch.testing.assert_close(art.cls_attention[:, layer], mat[:, :, 0, r:].reshape(b, 3, gh, gw),
-                                   rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(art.norms[:, layer], outs[layer][:, r:].norm(dim=-1).reshape(b, gh, gw))
+        torch.testing.assert_close(
+            art.cls_attention[:, layer],
+            mat[:, :, 0, r:].reshape(b, 3, gh, gw),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        torch.testing.assert_close(
+            art.norms[:, layer], outs[layer][:, r:].norm(dim=-1).reshape(b, gh, gw)
+        )
         if g:
-            torch.testing.assert_close(art.cls_register_mass[:, layer], mat[:, :, 0, r - g : r].sum(-1),
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                art.cls_register_mass[:, layer],
+                mat[:, :, 0, r - g : r].sum(-1),
+                rtol=1e-5,
+                atol=1e-6,
+            )
     if g:
         assert art.register_layers == (0, depth - 1)
         assert art.register_attention.shape == (b, 2, g, 3, gh, gw)
@@ -83,7 +99,9 @@ def test_against_straightforward_implementation(name: str, request) -> None:
             torch.testing.assert_close(art.register_attention[:, i], ref, rtol=1e-5, atol=1e-6)
         from labkit.attention import register_attention
 
-        torch.testing.assert_close(art.register_attention[:, 1], register_attention(model, images, -1))
+        torch.testing.assert_close(
+            art.register_attention[:, 1], register_attention(model, images, -1)
+        )
     else:
         assert art.cls_register_mass is None and art.register_attention is None
 
@@ -97,7 +115,9 @@ def test_one_pass_over_the_blocks(registers: torch.nn.Module) -> None:
         for h in handles:
             h.remove()
     assert len(calls) == len(registers.blocks)
-    assert all(not h for blk in registers.blocks for h in (blk.attn.qkv._forward_hooks,))  # hooks removed
+    assert all(
+        not h for blk in registers.blocks for h in (blk.attn.qkv._forward_hooks,)
+    )  # hooks removed
 
 
 def test_outlier_rule_on_constructed_norms() -> None:
@@ -145,7 +165,9 @@ def test_outlier_mass_follows_the_attention(plain: torch.nn.Module) -> None:
     images[:, :, 2 * p : 3 * p, 0:p] = 40.0  # patch (2, 0) in both images
     before = token_artifacts(model, images)
     with torch.no_grad():
-        x = model.norm_pre(model._pos_embed(model.patch_embed(images)))  # (B, N, D) entering block 0
+        x = model.norm_pre(
+            model._pos_embed(model.patch_embed(images))
+        )  # (B, N, D) entering block 0
         planted = x[0, 1 + 2 * 6]  # (D,) the outlier's token ([CLS] first)
         block = model.blocks[0]
         block.norm1 = torch.nn.Identity()  # keys see the raw tokens, norm included
@@ -160,15 +182,26 @@ def test_outlier_mass_follows_the_attention(plain: torch.nn.Module) -> None:
     assert torch.equal(art.input_outliers()[:, 0], expected[:, 0])
     assert torch.all(art.cls_outlier_mass[:, 0] > 0.99)  # every head of block 0, both images
     assert torch.all(before.cls_outlier_mass[:, 0] < 0.5)  # the random block did not read it
-    torch.testing.assert_close(art.cls_outlier_mass[:, 0], art.cls_attention[:, 0, :, 2, 0]
-                               / art.cls_attention[:, 0].flatten(2).sum(-1))
+    torch.testing.assert_close(
+        art.cls_outlier_mass[:, 0],
+        art.cls_attention[:, 0, :, 2, 0] / art.cls_attention[:, 0].flatten(2).sum(-1),
+    )
 
 
 def test_concat_and_validation(registers: torch.nn.Module) -> None:
     images = images_for(registers, batch=3)
     whole = token_artifacts(registers, images)
-    parts = Artifacts.concat([token_artifacts(registers, images[:2]), token_artifacts(registers, images[2:])])
-    for name in ("norms", "outliers", "cls_attention", "cls_outlier_mass", "cls_register_mass", "register_attention"):
+    parts = Artifacts.concat(
+        [token_artifacts(registers, images[:2]), token_artifacts(registers, images[2:])]
+    )
+    for name in (
+        "norms",
+        "outliers",
+        "cls_attention",
+        "cls_outlier_mass",
+        "cls_register_mass",
+        "register_attention",
+    ):
         torch.testing.assert_close(getattr(parts, name), getattr(whole, name), rtol=1e-5, atol=1e-6)
     assert parts.cpu().norms.device.type == "cpu"
     assert token_artifacts(registers, images, register_layers=()).register_attention is None

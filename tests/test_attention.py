@@ -119,12 +119,17 @@ def test_extract_gives_everything_from_one_pass():
     model = tiny(reg_tokens=4)
     x = images()
     calls = []
-    handles = [b.register_forward_hook(lambda *_a, i=i: calls.append(i)) for i, b in enumerate(model.blocks)]
+    handles = [
+        b.register_forward_hook(lambda *_a, i=i: calls.append(i))
+        for i, b in enumerate(model.blocks)
+    ]
     out = extract(model, x, -1, kinds=("tokens", "keys", "queries"))
     assert calls == [0, 1]  # each block once
     torch.testing.assert_close(out.attention, cls_attention(model, x), atol=1e-6, rtol=0)
     for kind in ("tokens", "keys", "queries"):
-        torch.testing.assert_close(out.features[kind], patch_features(model, x, kind=kind), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            out.features[kind], patch_features(model, x, kind=kind), atol=1e-6, rtol=0
+        )
     for handle in handles:
         handle.remove()
 
@@ -149,10 +154,14 @@ def test_batch_order_and_batch_size_invariance():
     order = torch.tensor([2, 0, 3, 1])
     permuted = extract(model, x[order], kinds=("tokens", "keys"))
     torch.testing.assert_close(permuted.attention, full.attention[order], atol=1e-5, rtol=0)
-    torch.testing.assert_close(permuted.features["keys"], full.features["keys"][order], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        permuted.features["keys"], full.features["keys"][order], atol=1e-5, rtol=0
+    )
     single = extract(model, x[3:4], kinds=("tokens",))
     torch.testing.assert_close(single.attention, full.attention[3:4], atol=1e-5, rtol=0)
-    torch.testing.assert_close(single.features["tokens"], full.features["tokens"][3:4], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        single.features["tokens"], full.features["tokens"][3:4], atol=1e-5, rtol=0
+    )
 
 
 def test_bad_arguments():
@@ -202,14 +211,18 @@ def test_extract_video_streams_batches(video_type):
     frames = np.random.default_rng(0).integers(0, 256, size=(7, 70, 100, 3), dtype=np.uint8)
     video = video_type(frames)
     indices = [6, 0, 3, 4, 5, 1]
-    out = extract_video(model, video, indices, kinds=("tokens", "queries"), batch_size=4, progress=False)
+    out = extract_video(
+        model, video, indices, kinds=("tokens", "queries"), batch_size=4, progress=False
+    )
     assert video.calls == [[6, 0, 3, 4], [5, 1]]
     assert isinstance(out, Extraction) and out.indices.tolist() == indices
     want = extract(model, prepare_images(frames[indices], model), kinds=("tokens", "queries"))
     assert out.attention.shape == (6, 4, 4, 6) and out.attention.device.type == "cpu"
     torch.testing.assert_close(out.attention, want.attention, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.features["queries"], want.features["queries"], atol=1e-5, rtol=0)
-    everything = extract_video(model, video, attention=False, kinds=("keys",), batch_size=3, progress=True)
+    everything = extract_video(
+        model, video, attention=False, kinds=("keys",), batch_size=3, progress=True
+    )
     assert everything.attention is None and everything.features["keys"].shape == (7, 4, 6, 64)
     assert everything.indices.tolist() == list(range(7))
     with pytest.raises(ValueError, match="out of range"):
@@ -256,7 +269,12 @@ def test_2560x1440_frame_never_forms_an_n_by_n_matrix():
         out = extract(model, x, -1, kinds=("tokens", "keys"))  # block 0 runs SDPA on all tokens
     assert seen.square == []
     assert seen.largest < n * n // 8, seen.largest
-    assert out.attention.shape == (1, 2, 90, 160) and out.features["tokens"].shape == (1, 90, 160, 32)
+    assert out.attention.shape == (1, 2, 90, 160) and out.features["tokens"].shape == (
+        1,
+        90,
+        160,
+        32,
+    )
 
 
 def reference_mass_threshold(attn, keep):
@@ -284,7 +302,9 @@ def test_mass_threshold_matches_per_map_reference(keep):
     attn[0, 0, 1, 2] = 0.0
     got = mass_threshold(torch.from_numpy(attn).float(), keep)
     assert got.dtype == torch.bool and got.shape == (3, 4, 5, 7)
-    np.testing.assert_array_equal(got.numpy(), reference_mass_threshold(attn.astype(np.float32), keep))
+    np.testing.assert_array_equal(
+        got.numpy(), reference_mass_threshold(attn.astype(np.float32), keep)
+    )
     kept_mass = (attn * got.numpy()).sum(axis=(-2, -1)) / attn.sum(axis=(-2, -1))
     assert (kept_mass >= keep - 1e-6).all()
 

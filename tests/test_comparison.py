@@ -26,11 +26,22 @@ def frames() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def comparison(frames: np.ndarray) -> ModelComparison:
-    models = [("seed 0", load_backbone("vit_small_patch16_224", seed=0, **TINY)),
-              ("seed 1", load_backbone("vit_small_patch16_224", seed=1, **TINY)),
-              "twin=vit_small_patch16_224"]  # a spec: random init, seed 0, the same network as row 0
-    return ModelComparison(frames, models, model_kwargs=TINY, indices=[10, 20, 30, 40], heads=(2, 0, 1), k=3,
-                           progress=False, image_format="png", seed=0)
+    models = [
+        ("seed 0", load_backbone("vit_small_patch16_224", seed=0, **TINY)),
+        ("seed 1", load_backbone("vit_small_patch16_224", seed=1, **TINY)),
+        "twin=vit_small_patch16_224",
+    ]  # a spec: random init, seed 0, the same network as row 0
+    return ModelComparison(
+        frames,
+        models,
+        model_kwargs=TINY,
+        indices=[10, 20, 30, 40],
+        heads=(2, 0, 1),
+        k=3,
+        progress=False,
+        image_format="png",
+        seed=0,
+    )
 
 
 def test_rows_aligned_same_controls(comparison: ModelComparison, frames: np.ndarray) -> None:
@@ -51,7 +62,9 @@ def test_rows_aligned_same_controls(comparison: ModelComparison, frames: np.ndar
     before = c.rows()
     c.set(frame=3)
     after = c.rows()
-    assert all(not np.array_equal(a, b) for a, b in zip(before, after))  # the slider moves every row
+    assert all(
+        not np.array_equal(a, b) for a, b in zip(before, after)
+    )  # the slider moves every row
 
 
 def test_figure_one_row_per_model(comparison: ModelComparison) -> None:
@@ -83,13 +96,19 @@ def test_widget_drives_every_row(comparison: ModelComparison) -> None:
     c = comparison
     c.widget()
     c._refresh()
-    shown = [np.asarray(Image.open(io.BytesIO(images["heads"].value))) for images in c._ui["images"]]
+    shown = [
+        np.asarray(Image.open(io.BytesIO(images["heads"].value))) for images in c._ui["images"]
+    ]
     c._ui["frame"].value = 0 if c.state.frame else 1
-    moved = [np.asarray(Image.open(io.BytesIO(images["heads"].value))) for images in c._ui["images"]]
+    moved = [
+        np.asarray(Image.open(io.BytesIO(images["heads"].value))) for images in c._ui["images"]
+    ]
     assert all(not np.array_equal(a, b) for a, b in zip(shown, moved))
     np.testing.assert_array_equal(moved[1], c.explorers[1].panel("heads", c.state))
     c._ui["heads"][0].value = 1
-    assert c.state.heads == (1, 0, 1) and all(e._validated(c.state).heads == (1, 0, 1) for e in c.explorers)
+    assert c.state.heads == (1, 0, 1) and all(
+        e._validated(c.state).heads == (1, 0, 1) for e in c.explorers
+    )
 
 
 def test_mixed_models_and_validation(frames: np.ndarray) -> None:
@@ -97,7 +116,11 @@ def test_mixed_models_and_validation(frames: np.ndarray) -> None:
     plain = load_backbone("vit_small_patch16_224", seed=0, **TINY)
     c = ModelComparison(frames, [plain, ("reg", reg)], k=2, progress=False, panels="all")
     assert c.panels[-1] == "registers" and c.labels[0].startswith("vit_small_patch16_224")
-    assert c.render().shape == (2 * 48, 6 * 80, 3)  # the plain model's registers panel says it has none
+    assert c.render().shape == (
+        2 * 48,
+        6 * 80,
+        3,
+    )  # the plain model's registers panel says it has none
     assert c.explorers[0].layer_data(-1).attention.shape[-2:] == (3, 5)  # patch 16
     assert c.explorers[1].layer_data(-1).attention.shape[-2:] == (3, 5)  # patch 14
     with pytest.raises(ValueError, match="counted from the end"):

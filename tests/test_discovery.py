@@ -179,7 +179,9 @@ def test_lost_matches_by_hand(grid, dim, k):
 @pytest.mark.parametrize("grid,dim,tau", [((5, 7), 8, 0.2), ((6, 6), 16, 0.1), ((4, 9), 6, 0.3)])
 def test_tokencut_matches_by_hand(grid, dim, tau):
     g = np.random.default_rng(dim)
-    keys = (g.normal(size=(grid[0] * grid[1], dim)) + 0.5 * g.normal(size=(1, dim))).astype(np.float32)
+    keys = (g.normal(size=(grid[0] * grid[1], dim)) + 0.5 * g.normal(size=(1, dim))).astype(
+        np.float32
+    )
     seed, mask, x = _tokencut_by_hand(keys, grid, tau)
     res = tokencut(torch.from_numpy(keys)[None], grid, tau=tau)
     assert int(res.seeds[0]) == seed
@@ -197,7 +199,9 @@ def test_attention_discovery_matches_by_hand():
         order = np.argsort(-a)
         mass = np.cumsum(a[order]) / a.sum()
         kept = np.zeros(a.size, dtype=bool)
-        kept[order[: int(np.searchsorted(mass, 0.6 - 1e-9)) + 1]] = True  # DINO's keep-60%-mass rule
+        kept[order[: int(np.searchsorted(mass, 0.6 - 1e-9)) + 1]] = (
+            True  # DINO's keep-60%-mass rule
+        )
         comps = _components(kept.reshape(6, 9))
         best = max(comps, key=len)  # max keeps the first of equal sizes (raster order)
         mask = np.zeros((6, 9), dtype=bool)
@@ -211,10 +215,9 @@ def test_attention_discovery_matches_by_hand():
 
 
 def test_components_and_boxes_by_hand():
-    m = torch.tensor([[1, 1, 0, 0, 1],
-                      [0, 1, 0, 1, 1],
-                      [0, 0, 0, 0, 1],
-                      [1, 0, 1, 0, 0]], dtype=torch.bool)
+    m = torch.tensor(
+        [[1, 1, 0, 0, 1], [0, 1, 0, 1, 1], [0, 0, 0, 0, 1], [1, 0, 1, 0, 0]], dtype=torch.bool
+    )
     masks = torch.stack([m, torch.zeros_like(m), ~m])
     comp = seed_components(masks, torch.tensor([1, 7, 2]))
     assert comp[0].nonzero().tolist() == [[0, 0], [0, 1], [1, 1]]
@@ -275,10 +278,15 @@ def test_bright_square_found(seed):
 
 @pytest.mark.parametrize("method", ["lost", "tokencut", "tokencut_torch"])
 def test_batch_equals_frames(official, method):
-    keys = torch.stack([official["cases"][c]["keys"] for c in ("planted_6x8",)]
-                       + [torch.randn(48, 16, generator=torch.Generator().manual_seed(s)) for s in (4, 5)])
-    fn = {"lost": lost, "tokencut": tokencut,
-          "tokencut_torch": lambda k, g: tokencut(k, g, solver="torch")}[method]
+    keys = torch.stack(
+        [official["cases"][c]["keys"] for c in ("planted_6x8",)]
+        + [torch.randn(48, 16, generator=torch.Generator().manual_seed(s)) for s in (4, 5)]
+    )
+    fn = {
+        "lost": lost,
+        "tokencut": tokencut,
+        "tokencut_torch": lambda k, g: tokencut(k, g, solver="torch"),
+    }[method]
     whole = fn(keys, (6, 8))
     again = fn(keys, (6, 8))
     for b in range(3):
@@ -330,8 +338,15 @@ def tiny_vit():
     import timm
 
     torch.manual_seed(0)
-    return timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, depth=2,
-                             embed_dim=48, num_heads=3, dynamic_img_size=True).eval()
+    return timm.create_model(
+        "vit_small_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        depth=2,
+        embed_dim=48,
+        num_heads=3,
+        dynamic_img_size=True,
+    ).eval()
 
 
 def _davis_frames(davis_root: Path, count: int = 3) -> torch.Tensor:
@@ -360,21 +375,28 @@ def test_tiny_model_on_davis(tiny_vit, davis_root):
         "lost": lost(keys),
         "tokencut": tokencut(keys),
         "attention": attention_discovery(out.attention),
-        "dora": dora_discovery(keys, out.attention, out.features["queries"], out.features["tokens"], k=3),
+        "dora": dora_discovery(
+            keys, out.attention, out.features["queries"], out.features["tokens"], k=3
+        ),
     }
     for name, res in results.items():
         assert res.masks.shape == (3, 7, 12), name
         assert res.masks.flatten(1).any(dim=1).all(), name
-        assert ((res.boxes[:, 2:] <= torch.tensor([7, 12])) & (res.boxes[:, :2] < res.boxes[:, 2:])).all()
+        assert (
+            (res.boxes[:, 2:] <= torch.tensor([7, 12])) & (res.boxes[:, :2] < res.boxes[:, 2:])
+        ).all()
     dora = results["dora"]
     assert dora.objects.shape == (3, 3, 7, 12)
     assert torch.equal(dora.masks, dora.objects.any(dim=1))
     # followed from frame 0: the same objects as discover_objects + track_objects by hand
-    found = discover_objects(out.attention[:1], out.features["queries"][:1], out.features["tokens"][:1], k=3)
+    found = discover_objects(
+        out.attention[:1], out.features["queries"][:1], out.features["tokens"][:1], k=3
+    )
     tracks = track_objects(found.prototypes, keys[None])
     assert torch.equal(dora.objects, tracks.masks[0])
-    per_frame = dora_discovery(keys, out.attention, out.features["queries"], out.features["tokens"],
-                               k=3, reference=None)
+    per_frame = dora_discovery(
+        keys, out.attention, out.features["queries"], out.features["tokens"], k=3, reference=None
+    )
     assert torch.equal(per_frame.objects[0], dora.objects[0])  # frame 0 is its own reference
     streamed = dora_discovery(keys[1:], prototypes=found.prototypes)  # frames after the first
     assert torch.equal(streamed.masks, dora.masks[1:])

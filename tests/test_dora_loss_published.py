@@ -52,15 +52,25 @@ def run_case(case: dict, variant: str, dtype: torch.dtype) -> list[dict]:
         local = step["student_local"].to(dtype).requires_grad_(True)  # (n, T, B, K)
         loss = loss_fn.forward_dora(objects, local, step["teacher_global"].to(dtype), step["epoch"])
         loss.backward()
-        out.append({"loss": loss.detach(), "center": loss_fn.center.clone(),
-                    "grad_objects": objects.grad, "grad_local": local.grad})  # fmt: skip
+        out.append(
+            {
+                "loss": loss.detach(),
+                "center": loss_fn.center.clone(),
+                "grad_objects": objects.grad,
+                "grad_local": local.grad,
+            }
+        )
     return out
 
 
 def naive_corrected(
-    objects: torch.Tensor, local: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
-    teacher_temp: float, student_temp: float,
-) -> torch.Tensor:  # fmt: skip
+    objects: torch.Tensor,
+    local: torch.Tensor,
+    teacher: torch.Tensor,
+    center: torch.Tensor,
+    teacher_temp: float,
+    student_temp: float,
+) -> torch.Tensor:
     """The documented intended loss, written out: mean_{j, t} 0.5 * (CE_obj + mean_c CE_local)."""
 
     def cross_entropy(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -101,8 +111,11 @@ def test_published_matches_the_official_loss(official, precision):
                 diff = (got[key].double() - ref[key].double()).abs().max().item()
                 worst[key] = max(worst[key], diff)
                 # float32 loss (~10): 1e-6 relative, a few ulps; everything else 1e-6 absolute
-                scale = max(1.0, abs(ref["loss"].item())) if (key, precision) == (
-                    "loss", "float32") else 1.0  # fmt: skip
+                scale = (
+                    max(1.0, abs(ref["loss"].item()))
+                    if (key, precision) == ("loss", "float32")
+                    else 1.0
+                )
                 assert diff <= 1e-6 * scale, (case["name"], step["epoch"], precision, key, diff)
     print(f"max |labkit - official| in {precision}: {worst}")
 
@@ -210,11 +223,24 @@ def test_cli_override():
 
 def test_published_variant_trains(tmp_path):
     config = TrainConfig(
-        model_kwargs=dict(depth=2, embed_dim=64, num_heads=4), img_size=64, local_size=32,
-        out_dim=128, hidden_dim=64, bottleneck_dim=32, num_frames=2, frame_step=3, num_local=2,
-        batch_size=2, lr=0.02, warmup_epochs=0.0, steps_per_epoch=2, checkpoint_every=0, steps=2,
-        dora_loss="published", out_dir=str(tmp_path),
-    )  # fmt: skip
+        model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
+        img_size=64,
+        local_size=32,
+        out_dim=128,
+        hidden_dim=64,
+        bottleneck_dim=32,
+        num_frames=2,
+        frame_step=3,
+        num_local=2,
+        batch_size=2,
+        lr=0.02,
+        warmup_epochs=0.0,
+        steps_per_epoch=2,
+        checkpoint_every=0,
+        steps=2,
+        dora_loss="published",
+        out_dir=str(tmp_path),
+    )
     result = train(config, progress=False)
     assert [r["step"] for r in result.log] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.log)

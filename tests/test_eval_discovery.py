@@ -39,21 +39,32 @@ def test_box_iou_by_hand():
     a = torch.tensor([[0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 4, 4], [0, 0, 2, 2], [0, 0, 0, 0]])
     b = torch.tensor([[1, 1, 3, 3], [2, 2, 4, 4], [1, 1, 3, 3], [0, 0, 2, 2], [0, 0, 0, 0]])
     np.testing.assert_allclose(box_iou(a, b).numpy(), [1 / 7, 0.0, 4 / 16, 1.0, 0.0])
-    assert box_iou(torch.tensor([0.0, 0, 2, 3]), torch.tensor([1.0, 0, 3, 3])).item() == pytest.approx(3 / 9)
+    assert box_iou(
+        torch.tensor([0.0, 0, 2, 3]), torch.tensor([1.0, 0, 3, 3])
+    ).item() == pytest.approx(3 / 9)
     assert math.isnan(box_iou(torch.tensor([0, 0, 1, 1.0]), torch.full((4,), math.nan)).item())
 
 
 def test_corloc_by_hand():
     pred = torch.tensor([[0, 0, 10, 10]] * 4, dtype=torch.float64)
-    gt = torch.tensor([[0, 0, 10, 10],  # IoU 1
-                       [5, 5, 15, 15],  # 25 / 175
-                       [0, 0, 10, 14],  # 100 / 140 = 0.71
-                       [math.nan] * 4])  # no object in the frame
+    gt = torch.tensor(
+        [
+            [0, 0, 10, 10],  # IoU 1
+            [5, 5, 15, 15],  # 25 / 175
+            [0, 0, 10, 14],  # 100 / 140 = 0.71
+            [math.nan] * 4,
+        ]
+    )  # no object in the frame
     hits = corloc(pred, gt)
     assert hits[:3].tolist() == [1.0, 0.0, 1.0] and math.isnan(hits[3])
     # several objects per frame: a hit on any (LOST's rule); absent objects are NaN rows
-    objects = torch.tensor([[[20, 20, 30, 30], [0, 0, 9, 10]],  # second: IoU 0.9
-                            [[5, 5, 15, 15], [math.nan] * 4]], dtype=torch.float64)
+    objects = torch.tensor(
+        [
+            [[20, 20, 30, 30], [0, 0, 9, 10]],  # second: IoU 0.9
+            [[5, 5, 15, 15], [math.nan] * 4],
+        ],
+        dtype=torch.float64,
+    )
     assert corloc(pred[:2], objects).tolist() == [1.0, 0.0]
     assert corloc(pred[:1], torch.tensor([[0, 0, 10, 20.0]]), threshold=0.5).tolist() == [1.0]
     assert corloc(pred[:1], torch.tensor([[0, 0, 10, 21.0]]), threshold=0.5).tolist() == [0.0]
@@ -83,7 +94,9 @@ def test_grid_boxes_to_pixels_are_the_drawn_masks_boxes(grid, size):
     pixel_boxes = grid_boxes_to_pixels(mask_boxes(masks), index_map, grid)
     assert torch.isnan(pixel_boxes[0]).all()
     for t in range(1, 5):
-        drawn = grid_to_frame(masks[t].to(torch.uint8), size, patch_size=16, alignment="resize").bool()
+        drawn = grid_to_frame(
+            masks[t].to(torch.uint8), size, patch_size=16, alignment="resize"
+        ).bool()
         rows, cols = drawn.any(1).nonzero().flatten(), drawn.any(0).nonzero().flatten()
         assert pixel_boxes[t].tolist() == [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1]
     if grid == (2, 3):
@@ -114,12 +127,17 @@ def test_discovery_scores_match_pixel_computation():
     annotated = torch.tensor([True, True, False, True])
     index_map = patch_index_map(grid, size, patch_size=10, alignment="resize")
     area = torch.bincount(index_map.flatten(), minlength=12)
-    hist = torch.stack([patch_histogram(lab, index_map, 12, K + 1) for lab in labels])  # (3, P, K+1)
-    scores = discovery_scores(masks, boxes, labels, annotated, hist[..., 1:].sum(-1), area,
-                              index_map, K)
+    hist = torch.stack(
+        [patch_histogram(lab, index_map, 12, K + 1) for lab in labels]
+    )  # (3, P, K+1)
+    scores = discovery_scores(
+        masks, boxes, labels, annotated, hist[..., 1:].sum(-1), area, index_map, K
+    )
     for i, t in enumerate([0, 1, 3]):
         drawn = grid_to_frame(masks[t].to(torch.uint8), size, patch_size=10, alignment="resize")
-        assert scores["jaccard"][i].item() == pytest.approx(float(jaccard(drawn.bool(), labels[i] > 0)))
+        assert scores["jaccard"][i].item() == pytest.approx(
+            float(jaccard(drawn.bool(), labels[i] > 0))
+        )
         fg = (labels[i] > 0).nonzero()
         if len(fg):
             gt_box = [fg[:, 0].min(), fg[:, 1].min(), fg[:, 0].max() + 1, fg[:, 1].max() + 1]
@@ -139,14 +157,21 @@ def test_box_overlay_draws_outlines_only():
     from labkit.viz import box_overlay
 
     frame = np.full((32, 48, 3), 10, dtype=np.uint8)
-    out = box_overlay(frame, torch.tensor([1, 2, 3, 4]), color=(255, 0, 0), thickness=2, patch_size=8)
+    out = box_overlay(
+        frame, torch.tensor([1, 2, 3, 4]), color=(255, 0, 0), thickness=2, patch_size=8
+    )
     assert out.dtype == np.uint8 and out.shape == frame.shape
     changed = (out != frame).any(-1)
     assert changed[8:24, 16:32].sum() == changed.sum()  # within rows 8..23, columns 16..31
-    assert changed[8:10, 16:32].all() and changed[22:24, 16:32].all() and not changed[10:22, 18:30].any()
+    assert (
+        changed[8:10, 16:32].all()
+        and changed[22:24, 16:32].all()
+        and not changed[10:22, 18:30].any()
+    )
     assert (out[8, 16] == [255, 0, 0]).all()
-    np.testing.assert_array_equal(out, box_overlay(frame, [[1, 2, 3, 4]], color=(255, 0, 0),
-                                                   thickness=2, patch_size=8))
+    np.testing.assert_array_equal(
+        out, box_overlay(frame, [[1, 2, 3, 4]], color=(255, 0, 0), thickness=2, patch_size=8)
+    )
     assert (box_overlay(frame, [0, 0, 0, 0]) == frame).all()  # empty box: nothing drawn
     with pytest.raises(ValueError):
         box_overlay(frame.astype(np.float32), [0, 0, 1, 1])
@@ -168,8 +193,14 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def discovery_result(synthetic_root):
-    cfg = EvalConfig(models=(SPEC,), model_kwargs=TINY, data_root=str(synthetic_root),
-                     resolution=96, batch_size=4, evaluations=("discovery",))
+    cfg = EvalConfig(
+        models=(SPEC,),
+        model_kwargs=TINY,
+        data_root=str(synthetic_root),
+        resolution=96,
+        batch_size=4,
+        evaluations=("discovery",),
+    )
     return evaluate(cfg, progress=False)
 
 
@@ -182,15 +213,19 @@ def test_runner_equals_a_direct_computation(synthetic_root, discovery_result):
 
     model = parse_model_spec(SPEC).load(seed=0, model_kwargs=TINY)
     video = open_frames(synthetic_root / "JPEGImages" / "480p" / "synthetic", size=(96, 128))
-    ex = extract_video(model, video, kinds=("tokens", "keys", "queries"), batch_size=10,
-                       progress=False)
+    ex = extract_video(
+        model, video, kinds=("tokens", "keys", "queries"), batch_size=10, progress=False
+    )
     keys = ex.features["keys"]
     gt = torch.from_numpy(load_masks(synthetic_root / "Annotations" / "480p" / "synthetic"))
     K = int(gt[0].max())
-    protos = discover_objects(ex.attention[:1], ex.features["queries"][:1],
-                              ex.features["tokens"][:1], k=3).prototypes
+    protos = discover_objects(
+        ex.attention[:1], ex.features["queries"][:1], ex.features["tokens"][:1], k=3
+    ).prototypes
     direct = {
-        "lost": lost(keys), "tokencut": tokencut(keys), "attention": attention_discovery(ex.attention),
+        "lost": lost(keys),
+        "tokencut": tokencut(keys),
+        "attention": attention_discovery(ex.attention),
         "dora": dora_discovery(keys, prototypes=protos),
     }
     seq = discovery_result.models[0].sequences[0]
@@ -213,7 +248,12 @@ def test_rows_summary_json_and_figures(discovery_result, tmp_path):
     from matplotlib.figure import Figure
 
     from labkit.eval.report import (
-        bar_metrics, example_panels, plot_examples, save_report, sequence_rows, summary_rows,
+        bar_metrics,
+        example_panels,
+        plot_examples,
+        save_report,
+        sequence_rows,
+        summary_rows,
     )
 
     m = discovery_result.models[0]
@@ -240,17 +280,31 @@ def test_rows_summary_json_and_figures(discovery_result, tmp_path):
     assert set(d) == {"lost", "tokencut", "attention", "dora"}
     assert len(d["lost"]["jaccard"]) == 10 and len(d["lost"]["stability_per_frame"]) == 9
     assert set(data["models"]["tiny"]["discovery"]["tokencut"]) == {
-        "j", "corloc_mean", "corloc_any_mean", "stability"}
+        "j",
+        "corloc_mean",
+        "corloc_any_mean",
+        "stability",
+    }
     assert "LOST CorLoc" in written["summary"].read_text()
 
 
 def test_discovery_on_davis(davis_root: Path):
-    cfg = EvalConfig(models=(SPEC,), model_kwargs=TINY, data_root=str(davis_root),
-                     sequences=("car-shadow",), resolution=64, size_multiple=16, max_frames=4,
-                     evaluations=("discovery",), example_frames=0)
+    cfg = EvalConfig(
+        models=(SPEC,),
+        model_kwargs=TINY,
+        data_root=str(davis_root),
+        sequences=("car-shadow",),
+        resolution=64,
+        size_multiple=16,
+        max_frames=4,
+        evaluations=("discovery",),
+        example_frames=0,
+    )
     seq = evaluate(cfg, progress=False).models[0].sequences[0]
     assert seq.grid == (4, 7)
     for method, d in seq.discovery.items():
         assert d["jaccard"].shape == (4,) and d["corloc"].shape == (4,)
-        assert 0.0 <= d["j"] <= 1.0 and 0.0 <= d["corloc_mean"] <= 1.0 and 0.0 <= d["stability"] <= 1.0
+        assert (
+            0.0 <= d["j"] <= 1.0 and 0.0 <= d["corloc_mean"] <= 1.0 and 0.0 <= d["stability"] <= 1.0
+        )
         assert d["corloc_any_mean"] == d["corloc_mean"]  # one object in DAVIS 2016

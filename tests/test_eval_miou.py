@@ -34,10 +34,14 @@ def test_equals_the_evaluation_lab_on_the_same_weights(model, tmp_path):
     ours = segmentation_miou(model, progress=False, **options)
     assert model.training  # put back in the mode it was in
     result = evaluate(
-        EvalConfig(models=(f"m=vit_small_patch16_224:{path}",), model_kwargs=ARCH,
-                   evaluations=("segmentation",), **options),
+        EvalConfig(
+            models=(f"m=vit_small_patch16_224:{path}",),
+            model_kwargs=ARCH,
+            evaluations=("segmentation",),
+            **options,
+        ),
         progress=False,
-    )  # fmt: skip
+    )
     lab = result.models[0].segmentation_summary()
     assert set(lab) == set(PROTOCOLS)
     for name in PROTOCOLS:
@@ -45,8 +49,11 @@ def test_equals_the_evaluation_lab_on_the_same_weights(model, tmp_path):
         assert 0 <= ours[name] <= 1
     assert ours["sequences"] == ["synthetic"] and ours["frames"] == 6
     assert set(ours["per_sequence"]["synthetic"]) == {
-        "frame_hungarian", "clip_hungarian", "frame_overcluster", "clip_overcluster"
-    }  # fmt: skip
+        "frame_hungarian",
+        "clip_hungarian",
+        "frame_overcluster",
+        "clip_overcluster",
+    }
 
 
 def test_absent_datasets_are_skipped_and_rows_line_up(model, tmp_path):
@@ -68,8 +75,14 @@ def test_absent_datasets_are_skipped_and_rows_line_up(model, tmp_path):
 def test_sequences_are_chosen_per_dataset(model, davis_root):
     """A DAVIS sequence list applies to DAVIS only; the synthetic video keeps its own sequence."""
     datasets = {"synthetic": "", "davis2016": str(davis_root)}
-    scores = segmentation_scores(model, datasets, sequences={"davis2016": ["cows"]}, max_frames=2,
-                                 resolution=64, progress=False)
+    scores = segmentation_scores(
+        model,
+        datasets,
+        sequences={"davis2016": ["cows"]},
+        max_frames=2,
+        resolution=64,
+        progress=False,
+    )
     assert scores["synthetic"]["sequences"] == ["synthetic"]
     assert scores["davis2016"]["sequences"] == ["cows"]
     with pytest.raises(ValueError, match="not among the datasets"):

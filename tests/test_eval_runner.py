@@ -41,8 +41,9 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 def tiny_config(root: Path, **kw) -> EvalConfig:
-    base = dict(models=(SPEC,), model_kwargs=TINY, data_root=str(root), resolution=RES,
-                batch_size=4)
+    base = dict(
+        models=(SPEC,), model_kwargs=TINY, data_root=str(root), resolution=RES, batch_size=4
+    )
     return EvalConfig(**{**base, **kw})
 
 
@@ -59,8 +60,9 @@ def reference(synthetic_root):
 
     model = parse_model_spec(SPEC).load(seed=0, model_kwargs=TINY)
     video = open_frames(synthetic_root / "JPEGImages" / "480p" / "synthetic", size=(96, 128))
-    ex = extract_video(model, video, kinds=("tokens", "keys", "queries"), batch_size=4,
-                       progress=False)
+    ex = extract_video(
+        model, video, kinds=("tokens", "keys", "queries"), batch_size=4, progress=False
+    )
     gt = torch.from_numpy(load_masks(synthetic_root / "Annotations" / "480p" / "synthetic"))
     return ex, gt
 
@@ -72,12 +74,14 @@ def reference(synthetic_root):
 
 @pytest.mark.parametrize(
     "size, res, p, mult, expected",
-    [((480, 854), 480, 16, 64, (480, 832)),  # DINO's DAVIS input
-     ((480, 854), 224, 16, 64, (224, 384)),
-     ((480, 854), 480, 8, 64, (480, 832)),
-     ((854, 480), 224, 16, 64, (384, 224)),  # portrait
-     ((480, 854), 230, 16, 16, (224, 400)),  # short side down to a multiple of p
-     ((480, 854), 224, 14, 64, (224, 392))],  # 64 -> 56 for p = 14
+    [
+        ((480, 854), 480, 16, 64, (480, 832)),  # DINO's DAVIS input
+        ((480, 854), 224, 16, 64, (224, 384)),
+        ((480, 854), 480, 8, 64, (480, 832)),
+        ((854, 480), 224, 16, 64, (384, 224)),  # portrait
+        ((480, 854), 230, 16, 16, (224, 400)),  # short side down to a multiple of p
+        ((480, 854), 224, 14, 64, (224, 392)),
+    ],  # 64 -> 56 for p = 14
 )
 def test_model_input_size(size, res, p, mult, expected) -> None:
     assert model_input_size(size, res, p, mult) == expected
@@ -88,7 +92,11 @@ def test_parse_model_spec(tmp_path: Path) -> None:
     ckpt.write_bytes(b"x")
     s = parse_model_spec("vit_small_patch16_224")
     assert (s.label, s.arch, s.checkpoint, s.pretrained) == (
-        "random-vit_small_patch16_224", "vit_small_patch16_224", "", False)
+        "random-vit_small_patch16_224",
+        "vit_small_patch16_224",
+        "",
+        False,
+    )
     s = parse_model_spec(f"dino=vit_small_patch16_224:{ckpt}")
     assert (s.label, s.checkpoint, s.which, s.weights) == ("dino", str(ckpt), "teacher", str(ckpt))
     s = parse_model_spec(f"vit_small_patch16_224:{ckpt}#student")
@@ -98,33 +106,43 @@ def test_parse_model_spec(tmp_path: Path) -> None:
     # a tag means its weights (never a silent random init); random and auto say otherwise
     assert parse_model_spec("vit_small_patch16_224.dino").pretrained is True
     s = parse_model_spec("vit_small_patch16_224.dino:random")
-    assert (s.pretrained, s.label, s.weights) == (False, "random-vit_small_patch16_224.dino", "random")
+    assert (s.pretrained, s.label, s.weights) == (
+        False,
+        "random-vit_small_patch16_224.dino",
+        "random",
+    )
     s = parse_model_spec("vit_small_patch16_224.dino:auto")
     assert (s.pretrained, s.label, s.weights) == ("auto", "auto-vit_small_patch16_224.dino", "auto")
-    for bad, match in [("", "empty"), ("=vit_small_patch16_224", "label"),
-                       ("vit small", "not a timm architecture"),
-                       ("vit_small_patch16_224:/no/such.pth", "not found"),
-                       ("vit_small_patch16_224#student", "needs a training checkpoint"),
-                       ("vit_small_patch16_224:", "nothing after")]:
+    for bad, match in [
+        ("", "empty"),
+        ("=vit_small_patch16_224", "label"),
+        ("vit small", "not a timm architecture"),
+        ("vit_small_patch16_224:/no/such.pth", "not found"),
+        ("vit_small_patch16_224#student", "needs a training checkpoint"),
+        ("vit_small_patch16_224:", "nothing after"),
+    ]:
         with pytest.raises(ValueError, match=match):
             parse_model_spec(bad)
 
 
 def test_config_errors(synthetic_root) -> None:
-    for kw, match in [(dict(models=(SPEC, SPEC)), "repeat"),
-                      (dict(evaluations=("propagation", "jf")), "unknown"),
-                      (dict(evaluations=("knn",)), "knn_root"),
-                      (dict(resolution=0), "resolution"),
-                      (dict(keep=1.5), "keep"),
-                      (dict(data_root="/no/such/folder"), "no such folder"),
-                      (dict(device="tpu"), "device")]:
+    for kw, match in [
+        (dict(models=(SPEC, SPEC)), "repeat"),
+        (dict(evaluations=("propagation", "jf")), "unknown"),
+        (dict(evaluations=("knn",)), "knn_root"),
+        (dict(resolution=0), "resolution"),
+        (dict(keep=1.5), "keep"),
+        (dict(data_root="/no/such/folder"), "no such folder"),
+        (dict(device="tpu"), "device"),
+    ]:
         with pytest.raises(ValueError, match=match):
             tiny_config(synthetic_root, **kw)
     cfg = tiny_config(synthetic_root, sequences=["synthetic"], evaluations=["attention"])
     assert cfg.sequences == ("synthetic",) and cfg.evaluations == ("attention",)
     assert cfg.kwargs_for("tiny") == TINY
-    cfg = tiny_config(synthetic_root, models=(SPEC, "vit_small_patch16_224"),
-                      model_kwargs={"tiny": TINY})
+    cfg = tiny_config(
+        synthetic_root, models=(SPEC, "vit_small_patch16_224"), model_kwargs={"tiny": TINY}
+    )
     assert cfg.kwargs_for("tiny") == TINY and cfg.kwargs_for("random-vit_small_patch16_224") == {}
     with pytest.raises(ValueError, match=r"no models labelled \['tinny'\]"):
         tiny_config(synthetic_root, model_kwargs={"tiny": TINY, "tinny": TINY})
@@ -145,8 +163,9 @@ def test_patch_scores_equal_pixel_scores(alignment, size, grid) -> None:
     hist = torch.stack([patch_histogram(gt[t], index, grid[0] * grid[1], C) for t in range(T)])
     up = grid_to_frame(ids, size, patch_size=p, alignment=alignment)  # (T, H, W)
     assert torch.equal(confusion_from_histograms(hist, ids, k), confusion_matrix(up, gt, C, k))
-    assert torch.equal(confusion_from_histograms(hist[1], ids[1], k),
-                       confusion_matrix(up[1], gt[1], C, k))
+    assert torch.equal(
+        confusion_from_histograms(hist[1], ids[1], k), confusion_matrix(up[1], gt[1], C, k)
+    )
     area = torch.bincount(index.reshape(-1), minlength=grid[0] * grid[1])
     j = mask_jaccard(masks, hist[..., 1:].sum(-1), area)
     up_masks = grid_to_frame(masks, size, patch_size=p, alignment=alignment)  # (T, m, H, W)
@@ -185,13 +204,27 @@ def test_synthetic_run_structure(synthetic_result) -> None:
     assert m.label == "tiny" and m.info["patch_size"] == 16 and m.info["heads"] == 3
     seq = m.sequences[0]
     assert (seq.num_frames, seq.num_objects, seq.source_size, seq.input_size, seq.grid) == (
-        12, 3, (96, 160), (96, 128), (6, 8))
+        12,
+        3,
+        (96, 160),
+        (96, 128),
+        (6, 8),
+    )
     assert seq.propagation.frames.tolist() == list(range(1, 11))
     assert seq.propagation.j.shape == (3, 10)
     row = m.summary()
-    for key in ("J&F", "J", "F", "attn best head J", "attn head avg J", "DoRA best object J",
-                "k-means frame_hungarian mIoU", "k-means clip_overcluster mIoU",
-                "k-means dataset_hungarian mIoU", "k-means dataset_overcluster mIoU"):
+    for key in (
+        "J&F",
+        "J",
+        "F",
+        "attn best head J",
+        "attn head avg J",
+        "DoRA best object J",
+        "k-means frame_hungarian mIoU",
+        "k-means clip_overcluster mIoU",
+        "k-means dataset_hungarian mIoU",
+        "k-means dataset_overcluster mIoU",
+    ):
         assert 0.0 <= row[key] <= 1.0, key
     d = json.loads(json.dumps(r.to_dict(), allow_nan=False))
     seq_d = d["models"]["tiny"]["sequences"][0]
@@ -208,8 +241,9 @@ def test_propagation_matches_the_batch_path(synthetic_result, reference) -> None
     from labkit.eval.propagation import propagate_labels
 
     ex, gt = reference
-    pred = propagate_labels(ex.features["tokens"], gt[0], patch_size=16, out_size=(96, 160),
-                            alignment="resize")
+    pred = propagate_labels(
+        ex.features["tokens"], gt[0], patch_size=16, out_size=(96, 160), alignment="resize"
+    )
     ref = davis_sequence_scores(pred, gt)
     got = synthetic_result.models[0].sequences[0].propagation
     torch.testing.assert_close(got.j, ref.j)
@@ -242,9 +276,21 @@ def test_segmentation_matches_kmeans_miou(synthetic_result, reference) -> None:
     ex, gt = reference
     seg = synthetic_result.models[0].sequences[0].segmentation
     for protocol in ("frame", "clip"):
-        for name, k, matching in (("hungarian", 4, "hungarian"), ("overcluster", 10, "many_to_one")):
-            ref = kmeans_miou(ex.features["tokens"], gt, k, protocol=protocol, matching=matching,
-                              patch_size=16, alignment="resize", num_classes=4, normalize=True)
+        for name, k, matching in (
+            ("hungarian", 4, "hungarian"),
+            ("overcluster", 10, "many_to_one"),
+        ):
+            ref = kmeans_miou(
+                ex.features["tokens"],
+                gt,
+                k,
+                protocol=protocol,
+                matching=matching,
+                patch_size=16,
+                alignment="resize",
+                num_classes=4,
+                normalize=True,
+            )
             assert seg[f"{protocol}_{name}"] == pytest.approx(ref.miou, abs=1e-12), (protocol, name)
 
 
@@ -267,8 +313,9 @@ def test_dataset_protocol_matches_a_direct_computation(synthetic_result, referen
 
 
 def test_fixed_seeds_give_the_same_numbers(synthetic_root, synthetic_result) -> None:
-    again = evaluate(tiny_config(synthetic_root, evaluations=("segmentation", "attention")),
-                     progress=False)
+    again = evaluate(
+        tiny_config(synthetic_root, evaluations=("segmentation", "attention")), progress=False
+    )
     a, b = again.models[0].sequences[0], synthetic_result.models[0].sequences[0]
     assert a.segmentation == b.segmentation
     torch.testing.assert_close(a.attention["jaccard"], b.attention["jaccard"], rtol=0, atol=0)
@@ -282,22 +329,32 @@ def test_fixed_seeds_give_the_same_numbers(synthetic_root, synthetic_result) -> 
 def test_davis_two_sequences(davis_root: Path, tmp_path: Path) -> None:
     from labkit.eval.report import write_metrics
 
-    cfg = EvalConfig(models=(SPEC,), model_kwargs=TINY, data_root=str(davis_root),
-                     sequences=("car-shadow", "motocross-jump"), resolution=64, size_multiple=16,
-                     dataset_samples=200, max_frames=10)
+    cfg = EvalConfig(
+        models=(SPEC,),
+        model_kwargs=TINY,
+        data_root=str(davis_root),
+        sequences=("car-shadow", "motocross-jump"),
+        resolution=64,
+        size_multiple=16,
+        dataset_samples=200,
+        max_frames=10,
+    )
     r = evaluate(cfg, progress=False)
     m = r.models[0]
     assert [s.name for s in m.sequences] == ["car-shadow", "motocross-jump"]
     for s in m.sequences:
         assert (s.num_frames, s.num_objects, s.source_size, s.input_size) == (
-            10, 1, (480, 854), (64, 112))
+            10,
+            1,
+            (480, 854),
+            (64, 112),
+        )
         assert s.propagation.frames.tolist() == list(range(1, 9))  # first and last not scored
         row = s.row()
         for key in ("J&F", "attn best head J", "DoRA best object J", "k-means clip_hungarian mIoU"):
             assert 0.0 <= row[key] <= 1.0
     summary = m.propagation_summary()
-    assert summary["J&F-Mean"] == pytest.approx(
-        (summary["J-Mean"] + summary["F-Mean"]) / 2)
+    assert summary["J&F-Mean"] == pytest.approx((summary["J-Mean"] + summary["F-Mean"]) / 2)
     assert m.dataset_segmentation["num_samples"] == 200
     assert m.dataset_segmentation["num_patches"] == 2 * 10 * 4 * 7
     data = json.loads(write_metrics(r, tmp_path / "metrics.json").read_text())
@@ -404,12 +461,16 @@ def test_model_specs_that_do_not_load(synthetic_root, tmp_path: Path, no_heavy_w
         ("nope=vit_not_a_model_patch16", TINY, r"'nope=vit_not_a_model_patch16' does not load"),
         ("resnet18", {}, "does not load.*VisionTransformer"),
         (f"bad=vit_small_patch16_224:{garbage}", TINY, r"'bad=.*garbage.pth' does not load"),
-        (f"wide=vit_small_patch16_224:{other}", wider,
-         r"(?s)'wide=.*does not load.*shape mismatches.*checkpoint \(48,\) vs model \(64,\)"),
+        (
+            f"wide=vit_small_patch16_224:{other}",
+            wider,
+            r"(?s)'wide=.*does not load.*shape mismatches.*checkpoint \(48,\) vs model \(64,\)",
+        ),
     ]:
         with pytest.raises(ValueError, match=match):
-            evaluate(tiny_config(synthetic_root, models=(spec,), model_kwargs=kwargs),
-                     progress=False)
+            evaluate(
+                tiny_config(synthetic_root, models=(spec,), model_kwargs=kwargs), progress=False
+            )
 
 
 def test_too_few_heads_for_dora(synthetic_root, no_heavy_work) -> None:
@@ -446,8 +507,13 @@ def test_knn_on_an_image_folder(tmp_path: Path, layout: str) -> None:
     split = image_folder_split(tmp_path)
     assert split.classes == ("blue", "green", "red")
     assert (len(split.train), len(split.test)) == (12, 3)
-    cfg = EvalConfig(models=(SPEC,), model_kwargs=TINY, evaluations=("knn",),
-                     knn_root=str(tmp_path), knn_resolution=32)
+    cfg = EvalConfig(
+        models=(SPEC,),
+        model_kwargs=TINY,
+        evaluations=("knn",),
+        knn_root=str(tmp_path),
+        knn_resolution=32,
+    )
     r = evaluate(cfg, progress=False)
     knn = r.models[0].knn
     assert r.sequences == [] and r.models[0].sequences == []
@@ -460,8 +526,14 @@ def test_knn_on_an_image_folder(tmp_path: Path, layout: str) -> None:
         with torch.no_grad():
             return model.forward_features(images)[:, 0]
 
-    ref = knn_classify(cls(split.train), torch.tensor([y for _, y in split.train]),
-                       cls(split.test), 12, 0.07, test_labels=torch.tensor([y for _, y in split.test]))
+    ref = knn_classify(
+        cls(split.train),
+        torch.tensor([y for _, y in split.train]),
+        cls(split.test),
+        12,
+        0.07,
+        test_labels=torch.tensor([y for _, y in split.test]),
+    )
     assert knn["top1"] == ref.top1 and knn["top5"] == ref.top5
     assert knn["top1"] == 1.0  # solid colours: even a random network separates them
 
@@ -484,15 +556,41 @@ def test_cli_eval(synthetic_root, tmp_path: Path, capsys) -> None:
     from labkit.cli import main
 
     out = tmp_path / "out"
-    rc = main(["eval", "--models", SPEC, "--model-kwargs", "{depth: 2, embed_dim: 48, num_heads: 3}",
-               "--data", str(synthetic_root), "--resolution", str(RES), "--evaluations",
-               "attention", "segmentation", "--out", str(out), "--quiet", "--no-figures"])
+    rc = main(
+        [
+            "eval",
+            "--models",
+            SPEC,
+            "--model-kwargs",
+            "{depth: 2, embed_dim: 48, num_heads: 3}",
+            "--data",
+            str(synthetic_root),
+            "--resolution",
+            str(RES),
+            "--evaluations",
+            "attention",
+            "segmentation",
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-figures",
+        ]
+    )
     assert rc == 0
     data = json.loads((out / "metrics.json").read_text())
     assert data["models"]["tiny"]["attention"]["best_head_j"] is not None
     assert "| tiny |" in capsys.readouterr().out and (out / "summary.md").is_file()
-    rc = main(["eval", "--models", "vit_small_patch16_224:/no/such.pth", "--data",
-               str(synthetic_root), "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--models",
+            "vit_small_patch16_224:/no/such.pth",
+            "--data",
+            str(synthetic_root),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 2 and "/no/such.pth" in capsys.readouterr().err
 
 
@@ -516,13 +614,20 @@ def test_report(synthetic_result, tmp_path: Path) -> None:
     md = markdown_table(sequence_rows(synthetic_result.models[0]))
     assert md.count("\n") == 4 and "| synthetic |" in md and "| mean over sequences |" in md
     assert bar_metrics(synthetic_result) == [
-        "J&F", "attn best head J", "DoRA best object J", "k-means clip_hungarian mIoU"]
+        "J&F",
+        "attn best head J",
+        "DoRA best object J",
+        "k-means clip_hungarian mIoU",
+    ]
     assert isinstance(plot_sequence_bars(synthetic_result, "J"), Figure)
     panels = example_panels(synthetic_result.models[0].sequences[0])
-    assert list(panels) == ["ground truth", "propagated", f"attention head "
-                            f"{synthetic_result.models[0].sequences[0].attention['best_head']}",
-                            "head average",
-                            f"DoRA object {synthetic_result.models[0].sequences[0].tracking['best_head']}"]
+    assert list(panels) == [
+        "ground truth",
+        "propagated",
+        f"attention head {synthetic_result.models[0].sequences[0].attention['best_head']}",
+        "head average",
+        f"DoRA object {synthetic_result.models[0].sequences[0].tracking['best_head']}",
+    ]
     for a in panels.values():
         assert a.dtype == np.uint8 and a.shape == (3, 96, 128, 3)
     written = save_report(synthetic_result, tmp_path)
@@ -543,9 +648,19 @@ def test_notebook_under_papermill(synthetic_root, synthetic_result, tmp_path: Pa
     from labkit.notebooks import run_notebook
 
     out = tmp_path / "run"
-    run_notebook("evaluate", out, {
-        "models": [SPEC], "model_kwargs": TINY, "data_root": str(synthetic_root),
-        "resolution": RES, "batch_size": 4, "out_dir": str(out)}, progress=False)
+    run_notebook(
+        "evaluate",
+        out,
+        {
+            "models": [SPEC],
+            "model_kwargs": TINY,
+            "data_root": str(synthetic_root),
+            "resolution": RES,
+            "batch_size": 4,
+            "out_dir": str(out),
+        },
+        progress=False,
+    )
     data = json.loads((out / "metrics.json").read_text())
     row = data["summary"][0]
     assert row["model"] == "tiny"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.explore import ExploreConfig, Exploration, clip_indices_for, explore, save_exploration
+from labkit.explore import Exploration, ExploreConfig, clip_indices_for, explore, save_exploration
 
 TINY = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 
@@ -17,7 +17,12 @@ TINY = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 @pytest.fixture(scope="module")
 def exploration(small_video: Path) -> Exploration:
     cfg = ExploreConfig(
-        video_path=str(small_video), model_kwargs=TINY, num_frames=6, frame_step=2, img_size=64, k=3,
+        video_path=str(small_video),
+        model_kwargs=TINY,
+        num_frames=6,
+        frame_step=2,
+        img_size=64,
+        k=3,
         heads=(2, 0, 1),
     )
     return explore(cfg, progress=False)
@@ -90,37 +95,66 @@ def test_save_exploration(exploration: Exploration, tmp_path: Path) -> None:
     assert metrics["config"]["heads"] == [2, 0, 1]
 
 
-def test_artifacts_in_exploration(exploration: Exploration, small_video: Path, tmp_path: Path) -> None:
+def test_artifacts_in_exploration(
+    exploration: Exploration, small_video: Path, tmp_path: Path
+) -> None:
     from labkit.artifacts import token_artifacts
     from labkit.models import prepare_images
 
     exp = exploration
     art = exp.artifacts
     assert art.norms.shape == (6, 2, 4, 6) and art.cls_attention.shape == (6, 2, 3, 4, 6)
-    direct = token_artifacts(exp.model, prepare_images(exp.frames, exp.model))  # one batch of all frames
+    direct = token_artifacts(
+        exp.model, prepare_images(exp.frames, exp.model)
+    )  # one batch of all frames
     torch.testing.assert_close(art.norms, direct.norms, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(art.cls_attention[:, -1], exp.attention, rtol=1e-5, atol=1e-6)  # layer -1
+    torch.testing.assert_close(
+        art.cls_attention[:, -1], exp.attention, rtol=1e-5, atol=1e-6
+    )  # layer -1
     found = exp.metrics()["artifacts"]
     assert found["num_registers"] == 0 and found["cls_register_mass_per_layer"] is None
-    assert len(found["outlier_fraction_per_layer"]) == 2 and len(found["cls_outlier_mass_per_layer"]) == 2
-    assert found["outlier_fraction_per_layer"][1] == pytest.approx(float(direct.outliers[:, 1].float().mean()), abs=1e-5)
+    assert (
+        len(found["outlier_fraction_per_layer"]) == 2
+        and len(found["cls_outlier_mass_per_layer"]) == 2
+    )
+    assert found["outlier_fraction_per_layer"][1] == pytest.approx(
+        float(direct.outliers[:, 1].float().mean()), abs=1e-5
+    )
     fig = exp.figure_artifacts()
     assert exp.weights in fig._suptitle.get_text() and len(fig.axes) >= 3 + 3
     written = save_exploration(exp, tmp_path, figures=True)
     assert written["artifacts"].stat().st_size > 0
 
-    reg = explore(ExploreConfig(video_path=str(small_video), model="vit_small_patch14_reg4_dinov2",
-                                model_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 3}, num_frames=2,
-                                img_size=56, k=2, pretrained=False), progress=False)
+    reg = explore(
+        ExploreConfig(
+            video_path=str(small_video),
+            model="vit_small_patch14_reg4_dinov2",
+            model_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 3},
+            num_frames=2,
+            img_size=56,
+            k=2,
+            pretrained=False,
+        ),
+        progress=False,
+    )
     found = reg.metrics()["artifacts"]
     assert found["num_registers"] == 4 and len(found["cls_register_mass_per_layer"]) == 2
-    assert reg.artifacts.register_attention.shape == (2, 1, 4, 3, 4, 6) and reg.artifacts.register_layers == (1,)
+    assert reg.artifacts.register_attention.shape == (
+        2,
+        1,
+        4,
+        3,
+        4,
+        6,
+    ) and reg.artifacts.register_layers == (1,)
     json.dumps(reg.metrics())
     assert len(reg.figure_artifacts(frame=1).axes) > len(fig.axes)  # a row of register maps
 
 
 def test_explore_is_deterministic(small_video: Path) -> None:
-    cfg = ExploreConfig(video_path=str(small_video), model_kwargs=TINY, num_frames=3, img_size=64, k=3)
+    cfg = ExploreConfig(
+        video_path=str(small_video), model_kwargs=TINY, num_frames=3, img_size=64, k=3
+    )
     torch.manual_seed(1)
     a = explore(cfg, progress=False)
     torch.manual_seed(1)
@@ -131,9 +165,14 @@ def test_explore_is_deterministic(small_video: Path) -> None:
 
 def test_bad_heads_and_layer(small_video: Path) -> None:
     with pytest.raises(ValueError, match="heads .* out of range"):
-        explore(ExploreConfig(video_path=str(small_video), model_kwargs=TINY, heads=(0, 1, 5)), progress=False)
+        explore(
+            ExploreConfig(video_path=str(small_video), model_kwargs=TINY, heads=(0, 1, 5)),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="layer 4 out of range"):
-        explore(ExploreConfig(video_path=str(small_video), model_kwargs=TINY, layer=4), progress=False)
+        explore(
+            ExploreConfig(video_path=str(small_video), model_kwargs=TINY, layer=4), progress=False
+        )
 
 
 def test_cli_attention_on_real_footage(tour_video: Path, tmp_path: Path) -> None:
@@ -141,10 +180,26 @@ def test_cli_attention_on_real_footage(tour_video: Path, tmp_path: Path) -> None
     from labkit import cli
 
     out = tmp_path / "attn"
-    code = cli.main([
-        "attention", str(tour_video), "--out", str(out), "--num-frames", "3", "--start-frame", "80",
-        "--frame-step", "10", "--img-size", "96", "--k", "3", "--model-kwargs", "{depth: 2, embed_dim: 96, num_heads: 3}",
-    ])
+    code = cli.main(
+        [
+            "attention",
+            str(tour_video),
+            "--out",
+            str(out),
+            "--num-frames",
+            "3",
+            "--start-frame",
+            "80",
+            "--frame-step",
+            "10",
+            "--img-size",
+            "96",
+            "--k",
+            "3",
+            "--model-kwargs",
+            "{depth: 2, embed_dim: 96, num_heads: 3}",
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["frames"] == [80, 90, 100]  # breakdance starts at frame 80 of the tour
@@ -167,9 +222,16 @@ def test_notebook_under_papermill(small_video: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "run"
     run = run_notebook(
-        "attention_explorer", out,
-        {"video_path": str(small_video), "model_kwargs": TINY, "num_frames": 4, "img_size": 64,
-         "k": 3, "out_dir": str(out)},
+        "attention_explorer",
+        out,
+        {
+            "video_path": str(small_video),
+            "model_kwargs": TINY,
+            "num_frames": 4,
+            "img_size": 64,
+            "k": 3,
+            "out_dir": str(out),
+        },
         progress=False,
     )
     assert run.output.is_file() and run.html.is_file()
@@ -178,9 +240,15 @@ def test_notebook_under_papermill(small_video: Path, tmp_path: Path) -> None:
     for name in ("heads.png", "masks.png", "segments.png", "attention.gif", "attention.mp4"):
         assert (out / name).stat().st_size > 0
     nb = json.loads(run.output.read_text())
-    images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
-    assert images >= 6  # every figure cell (artifacts included) and the explorer's static picture rendered
-    assert len(metrics["artifacts"]["outlier_fraction_per_layer"]) == 2 and "comparison" not in metrics
+    images = sum(
+        "image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", [])
+    )
+    assert (
+        images >= 6
+    )  # every figure cell (artifacts included) and the explorer's static picture rendered
+    assert (
+        len(metrics["artifacts"]["outlier_fraction_per_layer"]) == 2 and "comparison" not in metrics
+    )
     assert (out / "artifacts.png").stat().st_size > 0
 
 
@@ -195,9 +263,20 @@ def test_notebook_compares_models_under_papermill(small_video: Path, tmp_path: P
     torch.save(other.state_dict(), checkpoint)
     out = tmp_path / "run"
     run = run_notebook(
-        "attention_explorer", out,
-        {"video_path": str(small_video), "model_kwargs": TINY, "num_frames": 3, "img_size": 64, "k": 3,
-         "out_dir": str(out), "compare_models": ["random=vit_small_patch16_224", f"other=vit_small_patch16_224:{checkpoint}"]},
+        "attention_explorer",
+        out,
+        {
+            "video_path": str(small_video),
+            "model_kwargs": TINY,
+            "num_frames": 3,
+            "img_size": 64,
+            "k": 3,
+            "out_dir": str(out),
+            "compare_models": [
+                "random=vit_small_patch16_224",
+                f"other=vit_small_patch16_224:{checkpoint}",
+            ],
+        },
         progress=False,
     )
     metrics = json.loads((out / "metrics.json").read_text())
@@ -220,7 +299,9 @@ def load_backbone_tiny(seed: int) -> torch.nn.Module:
 
 
 def test_compare_models_field() -> None:
-    cfg = ExploreConfig(compare_models=["a=vit_small_patch16_224", "b=vit_small_patch16_224:random"])
+    cfg = ExploreConfig(
+        compare_models=["a=vit_small_patch16_224", "b=vit_small_patch16_224:random"]
+    )
     assert cfg.compare_models == ("a=vit_small_patch16_224", "b=vit_small_patch16_224:random")
     with pytest.raises(ValueError, match="compare_models.*repeat"):
         ExploreConfig(compare_models=("a=vit_small_patch16_224", "a=vit_tiny_patch16_224"))

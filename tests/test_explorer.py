@@ -32,8 +32,17 @@ def model() -> torch.nn.Module:
 
 @pytest.fixture()
 def explorer(small_video: Path, model: torch.nn.Module) -> AttentionExplorer:
-    return AttentionExplorer(small_video, model, num_frames=6, frame_step=2, img_size=64, k=3,
-                             batch_size=4, progress=False, image_format="png")
+    return AttentionExplorer(
+        small_video,
+        model,
+        num_frames=6,
+        frame_step=2,
+        img_size=64,
+        k=3,
+        batch_size=4,
+        progress=False,
+        image_format="png",
+    )
 
 
 def reference(explorer: AttentionExplorer) -> dict[str, torch.Tensor]:
@@ -44,8 +53,13 @@ def reference(explorer: AttentionExplorer) -> dict[str, torch.Tensor]:
     parts: dict[str, list[torch.Tensor]] = {}
     for frame in explorer.frames:
         images = prepare_images(frame[None], explorer.model)
-        out = extract(explorer.model, images, layer=explorer.state.layer, attention=True,
-                      kinds=("tokens", "keys", "queries"))
+        out = extract(
+            explorer.model,
+            images,
+            layer=explorer.state.layer,
+            attention=True,
+            kinds=("tokens", "keys", "queries"),
+        )
         parts.setdefault("attention", []).append(out.attention)
         for kind, value in out.features.items():
             parts.setdefault(kind, []).append(value)
@@ -59,9 +73,12 @@ def test_clip_selection(small_video: Path, model: torch.nn.Module) -> None:
     with open_video(small_video, size=64) as video:
         expected = clip_indices_for(len(video), 5, 3, 2)
         frames = video.get(expected)
-        from_video = AttentionExplorer(video, model, start_frame=3, num_frames=5, frame_step=2, progress=False)
-    from_path = AttentionExplorer(small_video, model, start_frame=3, num_frames=5, frame_step=2, img_size=64,
-                                  progress=False)
+        from_video = AttentionExplorer(
+            video, model, start_frame=3, num_frames=5, frame_step=2, progress=False
+        )
+    from_path = AttentionExplorer(
+        small_video, model, start_frame=3, num_frames=5, frame_step=2, img_size=64, progress=False
+    )
     from_array = AttentionExplorer(frames, model, indices=expected, progress=False)
     for ex in (from_video, from_path, from_array):
         assert ex.indices == expected.tolist()
@@ -81,20 +98,36 @@ def test_panels_match_independent_rendering(explorer: AttentionExplorer) -> None
     assert explorer.render().shape == (size[0], 4 * size[1], 3)
 
     np.testing.assert_array_equal(explorer.panel("frame"), frame)
-    torch.testing.assert_close(explorer.layer_data(s.layer).attention, ref["attention"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        explorer.layer_data(s.layer).attention, ref["attention"], rtol=1e-4, atol=1e-6
+    )
     rgb = heads_to_rgb(ref["attention"][3], (2, 0, 1), size=size, patch_size=p)
     expected = overlay(frame, rgb, alpha=0.6, patch_size=p)
-    assert np.abs(explorer.panel("heads").astype(int) - expected).max() <= 1  # float noise of the batch
+    assert (
+        np.abs(explorer.panel("heads").astype(int) - expected).max() <= 1
+    )  # float noise of the batch
 
     labels = kmeans_segments(explorer.layer_data(s.layer).tokens, 3, mode="clip", seed=0).labels[3]
-    np.testing.assert_array_equal(explorer.panel("segments"), segment_overlay(frame, labels, 0.6, patch_size=p))
+    np.testing.assert_array_equal(
+        explorer.panel("segments"), segment_overlay(frame, labels, 0.6, patch_size=p)
+    )
 
     for sinkhorn in (True, False):
-        found = discover_objects(ref["attention"][:1], ref["queries"][:1], ref["tokens"][:1], k=3,
-                                 heads=[2, 0, 1], sinkhorn=sinkhorn)
+        found = discover_objects(
+            ref["attention"][:1],
+            ref["queries"][:1],
+            ref["tokens"][:1],
+            k=3,
+            heads=[2, 0, 1],
+            sinkhorn=sinkhorn,
+        )
         maps = track_objects(found.prototypes, ref["keys"][None]).maps[0]  # (T, 3, gh, gw)
-        torch.testing.assert_close(torch.from_numpy(explorer.objects(s.layer, (2, 0, 1), sinkhorn)), maps,
-                                   rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(
+            torch.from_numpy(explorer.objects(s.layer, (2, 0, 1), sinkhorn)),
+            maps,
+            rtol=1e-3,
+            atol=1e-6,
+        )
         lo = maps.amin(dim=(0, 2, 3), keepdim=True)
         unit = ((maps - lo) / (maps.amax(dim=(0, 2, 3), keepdim=True) - lo))[3]  # (3, gh, gw)
         colour = (unit.permute(1, 2, 0) * 255).round().byte().numpy()
@@ -136,8 +169,14 @@ def test_controls_change_the_right_panels(explorer: AttentionExplorer) -> None:
 
 
 def test_state_is_validated(explorer: AttentionExplorer) -> None:
-    for bad, match in (({"layer": 2}, "layer 2"), ({"heads": (0, 1, 3)}, "heads"), ({"heads": (0, 1)}, "heads"),
-                       ({"frame": 6}, "frame 6"), ({"k": 1}, "k must"), ({"alpha": 1.5}, "alpha")):
+    for bad, match in (
+        ({"layer": 2}, "layer 2"),
+        ({"heads": (0, 1, 3)}, "heads"),
+        ({"heads": (0, 1)}, "heads"),
+        ({"frame": 6}, "frame 6"),
+        ({"k": 1}, "k must"),
+        ({"alpha": 1.5}, "alpha"),
+    ):
         with pytest.raises(ValueError, match=match):
             explorer.set(**bad)
     assert explorer.set(layer=-1).layer == 1  # negative counts from the end
@@ -220,8 +259,16 @@ def test_widget_values_drive_the_pictures(explorer: AttentionExplorer) -> None:
 
 
 def test_progress_reported_while_filling(small_video: Path, model: torch.nn.Module) -> None:
-    ex = AttentionExplorer(small_video, model, num_frames=6, frame_step=2, img_size=64, k=3, batch_size=2,
-                           progress=False)
+    ex = AttentionExplorer(
+        small_video,
+        model,
+        num_frames=6,
+        frame_step=2,
+        img_size=64,
+        k=3,
+        batch_size=2,
+        progress=False,
+    )
     seen = []
     ex.widget()
     bar = ex._ui["progress"]
@@ -235,23 +282,35 @@ def test_from_exploration_and_static_show(small_video: Path, monkeypatch, tmp_pa
     from labkit.explore import ExploreConfig, explore
     from labkit.viz.render import heads_to_rgb, overlay
 
-    cfg = ExploreConfig(video_path=str(small_video), model_kwargs=TINY, num_frames=5, frame_step=2, img_size=64,
-                        k=3, heads=(2, 0, 1))
+    cfg = ExploreConfig(
+        video_path=str(small_video),
+        model_kwargs=TINY,
+        num_frames=5,
+        frame_step=2,
+        img_size=64,
+        k=3,
+        heads=(2, 0, 1),
+    )
     exp = explore(cfg, progress=False)
     ex = AttentionExplorer.from_exploration(exp, progress=False)
     assert ex.state.heads == (2, 0, 1) and ex.state.k == 3 and ex.indices == exp.indices.tolist()
     rgb = heads_to_rgb(exp.attention[0], (2, 0, 1), size=exp.size, patch_size=exp.patch_size)
-    np.testing.assert_array_equal(ex.panel("heads"), overlay(exp.frames[0], rgb, 0.5, patch_size=exp.patch_size))
+    np.testing.assert_array_equal(
+        ex.panel("heads"), overlay(exp.frames[0], rgb, 0.5, patch_size=exp.patch_size)
+    )
     import labkit.attention
 
     calls = []
     extract = labkit.attention.extract
-    monkeypatch.setattr(labkit.attention, "extract", lambda *a, **k: calls.append(1) or extract(*a, **k))
+    monkeypatch.setattr(
+        labkit.attention, "extract", lambda *a, **k: calls.append(1) or extract(*a, **k)
+    )
     assert ex.render().shape == (64, 4 * 106, 3)
     assert calls == []  # explore's one pass also gave DoRA's keys and queries: no second pass
     monkeypatch.setattr(labkit.attention, "extract", extract)
-    own = AttentionExplorer(exp.frames, exp.model, indices=list(exp.indices), heads=(2, 0, 1), k=3,
-                            progress=False)  # computes its own pass
+    own = AttentionExplorer(
+        exp.frames, exp.model, indices=list(exp.indices), heads=(2, 0, 1), k=3, progress=False
+    )  # computes its own pass
     seeded, fresh = ex.layer_data(-1), own.layer_data(-1)
     torch.testing.assert_close(seeded.keys, fresh.keys)
     torch.testing.assert_close(seeded.queries, fresh.queries)
@@ -283,13 +342,34 @@ def test_notebook_under_papermill(small_video: Path, tmp_path: Path) -> None:
     from labkit.notebooks import notebook_parameters, run_notebook
 
     params = notebook_parameters("explorer")
-    assert {"video_path", "num_frames", "layer", "heads", "k", "alpha", "sinkhorn", "embedding",
-            "max_points", "color_by", "out_dir"} <= set(params)
+    assert {
+        "video_path",
+        "num_frames",
+        "layer",
+        "heads",
+        "k",
+        "alpha",
+        "sinkhorn",
+        "embedding",
+        "max_points",
+        "color_by",
+        "out_dir",
+    } <= set(params)
     out = tmp_path / "out"
     run = run_notebook(
-        "explorer", tmp_path / "run",
-        {"video_path": str(small_video), "model_kwargs": TINY, "num_frames": 6, "frame_step": 2, "img_size": 64,
-         "k": 3, "embedding": "pca", "max_points": 100, "out_dir": str(out)},
+        "explorer",
+        tmp_path / "run",
+        {
+            "video_path": str(small_video),
+            "model_kwargs": TINY,
+            "num_frames": 6,
+            "frame_step": 2,
+            "img_size": 64,
+            "k": 3,
+            "embedding": "pca",
+            "max_points": 100,
+            "out_dir": str(out),
+        },
         progress=False,
     )
     from PIL import Image
@@ -300,7 +380,9 @@ def test_notebook_under_papermill(small_video: Path, tmp_path: Path) -> None:
     html = (out / "embedding.html").read_text()
     assert "plotly_selected" in html and len(html) > 3_000_000  # plotly.js inlined: works offline
     nb = json.loads(run.output.read_text())
-    images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    images = sum(
+        "image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", [])
+    )
     assert images >= 2  # the explorer's and the embedding's static pictures
 
 
@@ -310,11 +392,22 @@ def test_artifact_panels(small_video: Path, model: torch.nn.Module, monkeypatch)
     from labkit.models import load_backbone, prepare_images
     from labkit.viz.artifacts import OUTLIER_COLOUR
 
-    ex = AttentionExplorer(small_video, model, num_frames=4, frame_step=3, img_size=64, k=3, batch_size=3,
-                           progress=False, panels=("frame", "artifacts", "heads"))
+    ex = AttentionExplorer(
+        small_video,
+        model,
+        num_frames=4,
+        frame_step=3,
+        img_size=64,
+        k=3,
+        batch_size=3,
+        progress=False,
+        panels=("frame", "artifacts", "heads"),
+    )
     calls = []
     real = labkit.artifacts.token_artifacts
-    monkeypatch.setattr(labkit.artifacts, "token_artifacts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        labkit.artifacts, "token_artifacts", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     panel = ex.panel("artifacts")
     assert panel.shape == ex.frames.shape[1:] and panel.dtype == np.uint8
     assert ex.render().shape == (64, 3 * 106, 3)
@@ -327,7 +420,9 @@ def test_artifact_panels(small_video: Path, model: torch.nn.Module, monkeypatch)
     direct = token_artifacts(model, prepare_images(ex.frames, model))
     torch.testing.assert_close(data.norms, direct.norms, rtol=1e-5, atol=1e-5)
     assert data.register_maps is None and data.cls_register_mass is None
-    assert "registers" not in AttentionExplorer(ex.frames, model, progress=False, panels="all").panels
+    assert (
+        "registers" not in AttentionExplorer(ex.frames, model, progress=False, panels="all").panels
+    )
     assert "outliers" in ex.title() and len(ex.figure().axes) == 3
     with pytest.raises(ValueError, match="panels"):
         AttentionExplorer(ex.frames, model, progress=False, panels=("frame", "norms"))

@@ -33,22 +33,36 @@ import pytest
 pytestmark = pytest.mark.browser
 
 TINY = {"depth": 2, "embed_dim": 96, "num_heads": 3}
-CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser")
+CHROMIUM_CANDIDATES = (
+    "/usr/lib/chromium/chromium",
+    "/usr/bin/chromium",
+    "/usr/bin/chromium-browser",
+)
 CHROMIUM_FLAGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-first-run", "--no-default-browser-check", "--metrics-recording-only",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--metrics-recording-only",
 ]
 
 
 def browser_required() -> bool:
-    return (os.environ.get("LABKIT_REQUIRE_BROWSER", "") == "1"
-            or os.environ.get("CI", "").lower() in ("1", "true", "yes"))
+    return os.environ.get("LABKIT_REQUIRE_BROWSER", "") == "1" or os.environ.get(
+        "CI", ""
+    ).lower() in ("1", "true", "yes")
 
 
 def unavailable(reason: str) -> None:
     if browser_required():
-        pytest.fail(f"{reason} (required here: LABKIT_REQUIRE_BROWSER=1 or CI is set; `make test` installs it)")
+        pytest.fail(
+            f"{reason} (required here: LABKIT_REQUIRE_BROWSER=1 or CI is set; `make test` installs it)"
+        )
     pytest.skip(reason)
 
 
@@ -86,20 +100,40 @@ def start_lab(root: Path, home: Path) -> tuple[subprocess.Popen, str, str]:
     port, token = free_port(), uuid.uuid4().hex
     settings = home / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    (settings / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}'
+    )
     env = {k: v for k, v in os.environ.items() if k != "LABKIT_HEADLESS"}  # live widgets
-    env.update(JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "ws"),
-               JUPYTER_RUNTIME_DIR=str(home / "runtime"), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           "--ServerApp.allow_root=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    env.update(
+        JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "ws"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        PYTHONUNBUFFERED="1",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.allow_root=True",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
     log = open(home / "jupyterlab.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"JupyterLab exited: {(home / 'jupyterlab.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"JupyterLab exited: {(home / 'jupyterlab.log').read_text()[-2000:]}"
+            )
         try:
             urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
             return proc, url, token
@@ -161,28 +195,48 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
     root.mkdir()
     video = generate_synthetic(tmp_path / "video", num_frames=16, size=(96, 160), seed=3).video
     pm.execute_notebook(
-        str(find_notebook("explorer")), str(root / "explorer.ipynb"), prepare_only=True, progress_bar=False,
-        parameters={"video_path": str(video), "model_kwargs": TINY, "num_frames": 8, "frame_step": 2,
-                    "img_size": 96, "k": 3, "embedding": "pca", "max_points": 400, "out_dir": str(root / "out")},
+        str(find_notebook("explorer")),
+        str(root / "explorer.ipynb"),
+        prepare_only=True,
+        progress_bar=False,
+        parameters={
+            "video_path": str(video),
+            "model_kwargs": TINY,
+            "num_frames": 8,
+            "frame_step": 2,
+            "img_size": 96,
+            "k": 3,
+            "embedding": "pca",
+            "max_points": 400,
+            "out_dir": str(root / "out"),
+        },
     )
     proc, url, token = start_lab(root, tmp_path / "home")
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+            browser = pw.chromium.launch(
+                executable_path=chromium, headless=True, args=CHROMIUM_FLAGS
+            )
             try:
                 page = browser.new_page(viewport={"width": 1500, "height": 1000})
                 page.set_default_timeout(60_000)
                 page.goto(f"{url}/lab/tree/explorer.ipynb?token={token}")
                 page.wait_for_selector(".jp-Notebook .jp-Cell")
-                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
+                page.wait_for_selector(
+                    ".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached"
+                )
                 accept_kernel_dialog(page)
                 page.get_by_role("menuitem", name="Run", exact=True).click()
                 page.get_by_text("Run All Cells", exact=True).click()
                 accept_kernel_dialog(page)
 
                 # the explorer's panels, after the cache filled
-                wait_until(page, "() => { const i = document.querySelector('img.labkit-panel-heads');"
-                                 " return !!i && i.complete && i.naturalWidth > 0; }", timeout=150)
+                wait_until(
+                    page,
+                    "() => { const i = document.querySelector('img.labkit-panel-heads');"
+                    " return !!i && i.complete && i.naturalWidth > 0; }",
+                    timeout=150,
+                )
                 app = page.locator(".labkit-explorer")
                 app.scroll_into_view_if_needed()
                 frame_img = page.locator("img.labkit-panel-frame")
@@ -195,21 +249,26 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
                     page.keyboard.press("ArrowRight")
                 page.wait_for_function(
                     "(old) => { const i = document.querySelector('img.labkit-panel-frame');"
-                    " return i.src !== old && i.complete && i.naturalWidth > 0; }", arg=before_src)
+                    " return i.src !== old && i.complete && i.naturalWidth > 0; }",
+                    arg=before_src,
+                )
                 assert "5" in slider.locator(".widget-readout").inner_text()
                 page.wait_for_timeout(500)  # every panel swapped
                 after = app.screenshot(path=str(shots / "explorer_frame5.png"))
                 a, b = picture(before), picture(after)
                 assert a.shape == b.shape
                 changed = np.abs(a - b).max(-1) > 24
-                assert changed.mean() > 0.05, f"only {changed.mean():.1%} of the explorer's pixels changed"
+                assert changed.mean() > 0.05, (
+                    f"only {changed.mean():.1%} of the explorer's pixels changed"
+                )
 
                 # the embedding view: plotly FigureWidgets rendered, a click on the frame, a lasso
                 emb = page.locator(".labkit-embedding")
                 emb.scroll_into_view_if_needed()
                 page.wait_for_function(  # the FigureWidget drawn with its data, the frame shown
                     "() => document.querySelectorAll('.labkit-embedding .scatterlayer .point').length > 100 &&"
-                    " document.querySelector('img.labkit-embedding-frame').naturalWidth > 0")
+                    " document.querySelector('img.labkit-embedding-frame').naturalWidth > 0"
+                )
                 deadline = time.monotonic() + 60
                 while not (root / "out" / "embedding.html").is_file():  # the last cell ran
                     assert time.monotonic() < deadline, "the notebook's last cell did not finish"
@@ -219,18 +278,25 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
                 x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4
                 page.mouse.click(x, y)
                 page.wait_for_function(
-                    "() => document.querySelector('.labkit-embedding').textContent.includes('clicked patch')")
+                    "() => document.querySelector('.labkit-embedding').textContent.includes('clicked patch')"
+                )
                 plots = emb.locator(".js-plotly-plot")
                 box = plots.nth(0).locator(".nsewdrag").first.bounding_box()
                 cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
                 r = min(box["width"], box["height"]) * 0.45  # a lasso around most of the plot
                 page.mouse.move(cx - r, cy - r)
                 page.mouse.down()
-                for x, y in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r + 2)):
+                for x, y in (
+                    (cx + r, cy - r),
+                    (cx + r, cy + r),
+                    (cx - r, cy + r),
+                    (cx - r, cy - r + 2),
+                ):
                     page.mouse.move(x, y, steps=8)
                 page.mouse.up()
                 page.wait_for_function(
-                    "() => document.querySelector('.labkit-embedding').textContent.includes('patches selected in')")
+                    "() => document.querySelector('.labkit-embedding').textContent.includes('patches selected in')"
+                )
                 page.wait_for_timeout(500)
                 emb.screenshot(path=str(shots / "embedding_selected.png"))
                 page.screenshot(path=str(shots / "page.png"), full_page=True)
@@ -264,10 +330,19 @@ def test_html_export_in_chromium(tmp_path: Path) -> None:
             page.goto(page_path.as_uri())
             page.wait_for_selector(".scatterlayer .point")
             box = page.locator(".nsewdrag").first.bounding_box()
-            cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"] * 0.3
+            cx, cy, r = (
+                box["x"] + box["width"] / 2,
+                box["y"] + box["height"] / 2,
+                box["width"] * 0.3,
+            )
             page.mouse.move(cx - r, cy - r)
             page.mouse.down()
-            for x, y in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r + 2)):
+            for x, y in (
+                (cx + r, cy - r),
+                (cx + r, cy + r),
+                (cx - r, cy + r),
+                (cx - r, cy - r + 2),
+            ):
                 page.mouse.move(x, y, steps=8)
             page.mouse.up()
             page.wait_for_timeout(500)
@@ -279,5 +354,7 @@ def test_html_export_in_chromium(tmp_path: Path) -> None:
             browser.close()
     assert selected, "the lasso selected nothing"
     patches = view.shown.index[np.asarray(selected)]
-    expected = {(16 * j - 0.5, 16 * i - 0.5) for t, i, j in patches if t == 2}  # frame shown: position 2
+    expected = {
+        (16 * j - 0.5, 16 * i - 0.5) for t, i, j in patches if t == 2
+    }  # frame shown: position 2
     assert {(s["x0"], s["y0"]) for s in shapes} == expected and len(shapes) == len(expected)

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.film import FILM_METHODS, FilmConfig, film_batches, head_mean_to_rgb, render_film, write_films
+from labkit.film import (
+    FILM_METHODS,
+    FilmConfig,
+    film_batches,
+    head_mean_to_rgb,
+    render_film,
+    write_films,
+)
 from labkit.models import load_backbone, patch_size, prepare_images
 from labkit.video import open_video
 from labkit.viz import Mp4Writer
@@ -30,7 +37,9 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def test_every_method_films_every_frame_at_the_source_size_and_rate(small_video, model, tmp_path):
-    written = write_films(small_video, model, tmp_path, batch_size=3)  # 16 frames: 5 full batches + 1
+    written = write_films(
+        small_video, model, tmp_path, batch_size=3
+    )  # 16 frames: 5 full batches + 1
     assert list(written) == list(FILM_METHODS)
     with open_video(small_video) as source:
         length, size, fps = len(source), source.size, source.fps
@@ -50,7 +59,9 @@ def _independent_head_mean(model, frames: np.ndarray) -> np.ndarray:
     fused = [b.attn.fused_attn for b in model.blocks]
     for b in model.blocks:
         b.attn.fused_attn = False
-    handle = block.attn.attn_drop.register_forward_hook(lambda _m, _i, out: captured.setdefault("a", out))
+    handle = block.attn.attn_drop.register_forward_hook(
+        lambda _m, _i, out: captured.setdefault("a", out)
+    )
     try:
         with torch.no_grad():
             model(prepare_images(frames, model))
@@ -81,14 +92,18 @@ def test_head_mean_film_is_dinos_head_mean_picture(small_video, model, tmp_path)
         rendered = render_film("mean", batch, p, cfg)
         expected = _independent_head_mean(model, batch.frames)
         assert rendered.dtype == np.uint8 and rendered.shape == batch.frames.shape
-        assert np.abs(rendered.astype(int) - expected.astype(int)).max() <= 1  # rounding at a bin edge
+        assert (
+            np.abs(rendered.astype(int) - expected.astype(int)).max() <= 1
+        )  # rounding at a bin edge
     # and the encoded film shows that picture, within the codec's error
     path = write_films(small_video, model, tmp_path, cfg)["mean"]
     film = _decode(path)
     expected = _independent_head_mean(model, open_video(small_video).get(np.arange(16)))
     assert np.abs(film.astype(float) - expected).mean() < 4.0
     other = np.roll(expected, 1, axis=0)  # the neighbouring frame's picture is clearly further away
-    assert np.abs(film.astype(float) - other).mean() > 2 * np.abs(film.astype(float) - expected).mean()
+    assert (
+        np.abs(film.astype(float) - other).mean() > 2 * np.abs(film.astype(float) - expected).mean()
+    )
 
 
 def test_head_mean_to_rgb_constant_map_and_shapes():
@@ -114,7 +129,9 @@ def test_batch_size_does_not_change_the_pictures(small_video, model):
     for batch_size in (3, 16):
         cfg = FilmConfig(batch_size=batch_size, captions=False)
         pictures[batch_size] = {
-            m: np.concatenate([render_film(m, b, p, cfg) for b in film_batches(small_video, model, cfg)])
+            m: np.concatenate(
+                [render_film(m, b, p, cfg) for b in film_batches(small_video, model, cfg)]
+            )
             for m in FILM_METHODS
         }
     for m in FILM_METHODS:
@@ -124,7 +141,9 @@ def test_batch_size_does_not_change_the_pictures(small_video, model):
 def test_captions_name_method_weights_and_frame(small_video, model):
     cfg = FilmConfig(methods=("heads",), batch_size=4)
     batch = next(iter(film_batches(small_video, model, cfg)))
-    plain = render_film("heads", batch, patch_size(model), FilmConfig(methods=("heads",), captions=False))
+    plain = render_film(
+        "heads", batch, patch_size(model), FilmConfig(methods=("heads",), captions=False)
+    )
     labelled = render_film("heads", batch, patch_size(model), cfg, label="tiny", total=16)
     band = np.any(labelled != plain, axis=(0, 2, 3)).nonzero()[0]  # rows the caption changed
     assert 0 < band.max() < 20  # a band at the top only
@@ -187,7 +206,9 @@ def test_numpy_memory_does_not_grow_with_the_video(small_video, model, tmp_path)
 
 
 def test_max_side_and_num_frames(small_video, model, tmp_path):
-    written = write_films(small_video, model, tmp_path, methods=("mean", "dora"), max_side=80, num_frames=5)
+    written = write_films(
+        small_video, model, tmp_path, methods=("mean", "dora"), max_side=80, num_frames=5
+    )
     for path in written.values():
         with open_video(path, backend="pyav") as film:
             assert (len(film), film.size) == (5, (48, 80))
@@ -229,7 +250,11 @@ def test_mp4_writer_streams_odd_sizes_and_aborts_cleanly(tmp_path):
         for f in frames:
             writer.write(f)
     with open_video(tmp_path / "odd.mp4", backend="pyav") as video:
-        assert (len(video), video.size, video.fps) == (5, (34, 46), 10.0)  # one edge row/column added
+        assert (len(video), video.size, video.fps) == (
+            5,
+            (34, 46),
+            10.0,
+        )  # one edge row/column added
     with pytest.raises(KeyError):
         with Mp4Writer(tmp_path / "gone.mp4", fps=10) as writer:
             writer.write(frames[:2])
@@ -246,8 +271,22 @@ def test_cli_writes_films_and_reports_bad_input_in_one_line(small_video, tmp_pat
 
     tiny = "{depth: 2, embed_dim: 48, num_heads: 3}"
     out = tmp_path / "films"
-    code = main(["attention", str(small_video), "--film", "--film-methods", "mean", "kmeans",
-                 "--batch-size", "5", "--out", str(out), "--model-kwargs", tiny])
+    code = main(
+        [
+            "attention",
+            str(small_video),
+            "--film",
+            "--film-methods",
+            "mean",
+            "kmeans",
+            "--batch-size",
+            "5",
+            "--out",
+            str(out),
+            "--model-kwargs",
+            tiny,
+        ]
+    )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["kmeans.mp4", "mean.mp4"]
     captured = capsys.readouterr()
@@ -258,11 +297,23 @@ def test_cli_writes_films_and_reports_bad_input_in_one_line(small_video, tmp_pat
         (["--max-side", "3"], "max_side must be None or an int >= 16"),
         (["--heads", "0", "1", "9"], "out of range"),
     ]:
-        code = main(["attention", str(small_video), "--film", "--out", str(tmp_path / "bad"),
-                     "--model-kwargs", tiny, *argv])
+        code = main(
+            [
+                "attention",
+                str(small_video),
+                "--film",
+                "--out",
+                str(tmp_path / "bad"),
+                "--model-kwargs",
+                tiny,
+                *argv,
+            ]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith("labkit: error:") and message in err and "\n" not in err
-    code = main(["attention", str(tmp_path / "missing.mp4"), "--film", "--out", str(tmp_path / "bad")])
+    code = main(
+        ["attention", str(tmp_path / "missing.mp4"), "--film", "--out", str(tmp_path / "bad")]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "missing.mp4" in err and "\n" not in err
     assert not (tmp_path / "bad").exists()
@@ -276,9 +327,29 @@ def test_cli_random_weights_are_seeded(small_video, tmp_path, capsys):
     runs = {}
     for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
         out = tmp_path / name
-        assert main(["attention", str(small_video), "--film", "--film-methods", "mean", "--film-frames", "3",
-                     "--out", str(out), "--model-kwargs", tiny, "--seed", seed]) == 0
-        assert f"weights: vit_small_patch16_224, random init, seed {seed}" in capsys.readouterr().out
+        assert (
+            main(
+                [
+                    "attention",
+                    str(small_video),
+                    "--film",
+                    "--film-methods",
+                    "mean",
+                    "--film-frames",
+                    "3",
+                    "--out",
+                    str(out),
+                    "--model-kwargs",
+                    tiny,
+                    "--seed",
+                    seed,
+                ]
+            )
+            == 0
+        )
+        assert (
+            f"weights: vit_small_patch16_224, random init, seed {seed}" in capsys.readouterr().out
+        )
         with open_video(out / "mean.mp4") as video:
             runs[name] = video.get(np.arange(len(video)))
     assert np.array_equal(runs["a"], runs["b"])

@@ -50,7 +50,9 @@ def write_hub_cache(hf_home: Path, name: str, state: dict[str, torch.Tensor]) ->
 def run_offline(hf_home: Path, code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("HF_HUB_CACHE", None)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def made_weights(arch: str, seed: int) -> dict[str, torch.Tensor]:
@@ -114,11 +116,16 @@ load_backbone("vit_small_patch16_224.dino")
     assert str(hf_home / "hub" / "models--timm--vit_small_patch16_224.dino") in last
     assert "run once with network access" in last and "checkpoint=FILE" in last
     # the command line says the same in one line, without a traceback
-    cli = run_offline(hf_home, "import sys; from labkit.cli import main; sys.exit(main(["
-                      "'attention', '--model', 'vit_small_patch16_224.dino', '--num-frames', '1']))")
+    cli = run_offline(
+        hf_home,
+        "import sys; from labkit.cli import main; sys.exit(main(["
+        "'attention', '--model', 'vit_small_patch16_224.dino', '--num-frames', '1']))",
+    )
     assert cli.returncode == 1
     lines = cli.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("labkit: error: pretrained weights for"), cli.stderr
+    assert len(lines) == 1 and lines[0].startswith("labkit: error: pretrained weights for"), (
+        cli.stderr
+    )
     assert "Traceback" not in cli.stderr
 
 
@@ -133,9 +140,14 @@ def test_zoo_lists_every_family_with_true_shapes(tmp_path, monkeypatch):
     import timm
 
     names = {e.name for e in ZOO}
-    for wanted in ("vit_small_patch16_224.dino", "vit_small_patch8_224.dino", "vit_base_patch16_224.dino",
-                   "vit_base_patch8_224.dino", "vit_giant_patch14_reg4_dinov2.lvd142m",
-                   "vit_small_patch14_dinov2.lvd142m"):  # fmt: skip
+    for wanted in (
+        "vit_small_patch16_224.dino",
+        "vit_small_patch8_224.dino",
+        "vit_base_patch16_224.dino",
+        "vit_base_patch8_224.dino",
+        "vit_giant_patch14_reg4_dinov2.lvd142m",
+        "vit_small_patch14_dinov2.lvd142m",
+    ):
         assert wanted in names
     for entry in ZOO:
         arch = entry.name.split(".")[0]
@@ -146,7 +158,9 @@ def test_zoo_lists_every_family_with_true_shapes(tmp_path, monkeypatch):
         assert model.embed_dim == entry.dim, entry
         assert model.num_reg_tokens == entry.registers, entry
         if entry.source == "hub":
-            assert timm.is_model_pretrained(entry.name) or entry.name in timm.list_pretrained(), entry
+            assert timm.is_model_pretrained(entry.name) or entry.name in timm.list_pretrained(), (
+                entry
+            )
     # the cache column tells the truth about a cache in the real layout
     from huggingface_hub import constants
 

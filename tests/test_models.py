@@ -63,7 +63,10 @@ def _training_checkpoint(teacher, student, teacher_prefix=""):
     return {
         "student": _dino_wrapper_state(student.state_dict(), prefix="module."),
         "teacher": _dino_wrapper_state(teacher.state_dict(), prefix=teacher_prefix),
-        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.999), "params": [0, 1]}]},
+        "optimizer": {
+            "state": {},
+            "param_groups": [{"lr": 0.1, "betas": (0.9, 0.999), "params": [0, 1]}],
+        },
         "epoch": 7,
         "args": argparse.Namespace(arch="vit_small", patch_size=8, lr=0.0005, output_dir="/x"),
         "dino_loss": {"center": torch.zeros(1, 32)},
@@ -73,7 +76,11 @@ def _training_checkpoint(teacher, student, teacher_prefix=""):
 @pytest.mark.parametrize("layout", ["plain", "state_dict", "model"])
 def test_timm_layouts_round_trip_exactly(tmp_path, source, layout):
     state = source.state_dict()
-    obj = {"plain": state, "state_dict": {"state_dict": state, "epoch": 3}, "model": {"model": state}}[layout]
+    obj = {
+        "plain": state,
+        "state_dict": {"state_dict": state, "epoch": 3},
+        "model": {"model": state},
+    }[layout]
     path = tmp_path / "ckpt.pth"
     torch.save(obj, path)
     loaded = tiny(checkpoint=path)
@@ -145,9 +152,18 @@ def test_normalization_does_not_depend_on_where_weights_come_from(tmp_path, sour
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        (dict(depth=1), ["unexpected keys (12)", "blocks.1.attn.qkv.weight", "blocks.1.norm1.bias"]),
-        (dict(depth=3), ["missing keys (12)", "blocks.2.mlp.fc1.weight", "blocks.2.attn.proj.bias"]),
-        (dict(embed_dim=32), ["shape mismatches", "cls_token: checkpoint (1, 1, 64) vs model (1, 1, 32)"]),
+        (
+            dict(depth=1),
+            ["unexpected keys (12)", "blocks.1.attn.qkv.weight", "blocks.1.norm1.bias"],
+        ),
+        (
+            dict(depth=3),
+            ["missing keys (12)", "blocks.2.mlp.fc1.weight", "blocks.2.attn.proj.bias"],
+        ),
+        (
+            dict(embed_dim=32),
+            ["shape mismatches", "cls_token: checkpoint (1, 1, 64) vs model (1, 1, 32)"],
+        ),
         (dict(reg_tokens=4), ["missing keys (1): ['reg_token']"]),
     ],
 )
@@ -219,7 +235,9 @@ def test_pretrained_is_passed_to_timm(monkeypatch):
     monkeypatch.setattr(timm, "create_model", spy)
     monkeypatch.setattr(labkit.models, "_hub_reachable", lambda timeout=3.0: True)  # as if online
     load_backbone("vit_small_patch16_224", pretrained=True, depth=1, embed_dim=32, num_heads=2)
-    assert seen["pretrained"] is True and seen["num_classes"] == 0 and seen["dynamic_img_size"] is True
+    assert (
+        seen["pretrained"] is True and seen["num_classes"] == 0 and seen["dynamic_img_size"] is True
+    )
 
 
 def test_normalization_and_patch_size():

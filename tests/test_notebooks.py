@@ -62,8 +62,16 @@ def test_unknown_parameter_fails_before_running(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text, value",
-    [("5", 5), ("0.1", 0.1), ("true", True), ("[0,1,2]", [0, 1, 2]), ("", ""),
-     ("runs/x.mp4", "runs/x.mp4"), ("{depth: 2}", {"depth": 2}), ("null", "null")],
+    [
+        ("5", 5),
+        ("0.1", 0.1),
+        ("true", True),
+        ("[0,1,2]", [0, 1, 2]),
+        ("", ""),
+        ("runs/x.mp4", "runs/x.mp4"),
+        ("{depth: 2}", {"depth": 2}),
+        ("null", "null"),
+    ],
 )
 def test_parse_value(text: str, value) -> None:
     assert parse_value(text) == value
@@ -72,11 +80,19 @@ def test_parse_value(text: str, value) -> None:
 @pytest.mark.slow
 def test_failing_notebook_names_the_cell(tmp_path: Path) -> None:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     params = nbformat.v4.new_code_cell("x = 1")
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("a failing notebook"), params,
-                nbformat.v4.new_code_cell("y = x + 1"), nbformat.v4.new_code_cell("raise KeyError('boom')")]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("a failing notebook"),
+        params,
+        nbformat.v4.new_code_cell("y = x + 1"),
+        nbformat.v4.new_code_cell("raise KeyError('boom')"),
+    ]
     path = tmp_path / "failing.ipynb"
     nbformat.write(nb, path)
     with pytest.raises(NotebookError) as err:

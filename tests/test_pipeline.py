@@ -22,11 +22,26 @@ TINY_MODEL = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 
 def tiny(runs: Path, video: Path, **changes) -> PipelineConfig:
     values = dict(
-        name="tiny", runs_dir=str(runs), video_path=str(video), model_kwargs=TINY_MODEL, steps=3,
-        img_size=64, batch_size=2, num_frames=3, explore_frames=3, explore_img_size=96,
-        eval_data=["synthetic"], eval_resolution=96, eval_max_frames=6,
-        train={"out_dim": 256, "num_local": 1, "local_size": 32, "checkpoint_every": 2,
-               "num_workers": 0},
+        name="tiny",
+        runs_dir=str(runs),
+        video_path=str(video),
+        model_kwargs=TINY_MODEL,
+        steps=3,
+        img_size=64,
+        batch_size=2,
+        num_frames=3,
+        explore_frames=3,
+        explore_img_size=96,
+        eval_data=["synthetic"],
+        eval_resolution=96,
+        eval_max_frames=6,
+        train={
+            "out_dim": 256,
+            "num_local": 1,
+            "local_size": 32,
+            "checkpoint_every": 2,
+            "num_workers": 0,
+        },
     )
     values.update(changes)
     return PipelineConfig(**values)
@@ -55,15 +70,30 @@ def test_config_from_yaml_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "lab.yaml"
     path.write_text("name: gpu\nsteps: 500\ndevice: cpu\ntrain:\n  num_local: 6\n")
     cfg = load_pipeline_config(path, ["steps=7", "eval_data=[synthetic]"])
-    assert (cfg.name, cfg.steps, cfg.train, cfg.eval_data) == ("gpu", 7, {"num_local": 6}, ("synthetic",))
+    assert (cfg.name, cfg.steps, cfg.train, cfg.eval_data) == (
+        "gpu",
+        7,
+        {"num_local": 6},
+        ("synthetic",),
+    )
 
 
 def test_plan_wires_the_stages(tmp_path: Path) -> None:
-    cfg = PipelineConfig(runs_dir=str(tmp_path), eval_data=("synthetic", str(tmp_path / "davis2016")))
+    cfg = PipelineConfig(
+        runs_dir=str(tmp_path), eval_data=("synthetic", str(tmp_path / "davis2016"))
+    )
     stages = plan(cfg)
     names = [s.name for s in stages]
-    assert names == ["train_dora", "train_dino", "explore_dora", "explore_dino", "step_by_step",
-                     "evaluate_synthetic", "evaluate_davis2016", "report"]
+    assert names == [
+        "train_dora",
+        "train_dino",
+        "explore_dora",
+        "explore_dino",
+        "step_by_step",
+        "evaluate_synthetic",
+        "evaluate_davis2016",
+        "report",
+    ]
     by = {s.name: s for s in stages}
     ckpt = str(by["train_dora"].out_dir / "checkpoint.pth")
     assert by["explore_dora"].params["checkpoint"] == ckpt
@@ -114,7 +144,9 @@ def test_end_to_end(finished) -> None:
     assert [r["model"] for r in ev["summary"]] == ["random", "dora", "dino"]
     report = (run / "report.html").read_text()
     assert "Verdict" in report and "Label propagation J&amp;F: DoRA" in report
-    assert re.search(r"DoRA beats dino and random on (none of the 4|all 4|[1-3] of 4) measures", report)
+    assert re.search(
+        r"DoRA beats dino and random on (none of the 4|all 4|[1-3] of 4) measures", report
+    )
     assert "explore_dora/heads.png" in report and "train_dora/log.png" in report
     assert (run.parent / "latest").resolve() == run
 
@@ -138,7 +170,9 @@ def test_interrupted_training_resumes(finished) -> None:
     messages: list[str] = []
     run_pipeline(cfg, only="train", progress=False, say=messages.append)
     metrics = json.loads((stage.out_dir / "metrics.json").read_text())
-    assert metrics["steps"] == cfg.steps and metrics["steps_this_run"] == 0  # resumed, not restarted
+    assert (
+        metrics["steps"] == cfg.steps and metrics["steps_this_run"] == 0
+    )  # resumed, not restarted
     assert any("train_dora: complete, skipped" in m for m in messages)
 
 
@@ -157,12 +191,13 @@ def test_bad_data_root_fails_before_any_stage(finished, tmp_path: Path) -> None:
     assert (cfg.run_dir / "train_dora" / "checkpoint.pth").is_file()  # earlier work kept
 
 
-
 def test_cli_exit_code_on_a_failed_stage(monkeypatch, capsys) -> None:
     from labkit import cli
 
     def fail(*args, **kwargs):
-        raise StageFailed("stage evaluate_x failed after 3s: notebook evaluate.ipynb failed in cell 4")
+        raise StageFailed(
+            "stage evaluate_x failed after 3s: notebook evaluate.ipynb failed in cell 4"
+        )
 
     monkeypatch.setattr("labkit.pipeline.run_pipeline", fail)
     assert cli.main(["pipeline", "--quiet"]) == 1
@@ -187,4 +222,5 @@ def test_same_config_same_numbers(finished, tmp_path: Path) -> None:
         return [{k: v for k, v in r.items() if k not in ("seconds", "weights")} for r in rows]
 
     assert numbers(cfg.run_dir / "evaluate_synthetic" / "metrics.json") == numbers(
-        again.run_dir / "evaluate_synthetic" / "metrics.json")
+        again.run_dir / "evaluate_synthetic" / "metrics.json"
+    )

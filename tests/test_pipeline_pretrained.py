@@ -19,7 +19,9 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def config(tmp_path, *overrides):
-    return load_pipeline_config(None, [f"runs_dir={tmp_path / 'runs'}", "eval_data=[synthetic]", *overrides])
+    return load_pipeline_config(
+        None, [f"runs_dir={tmp_path / 'runs'}", "eval_data=[synthetic]", *overrides]
+    )
 
 
 def test_auto_without_cached_weights_adds_no_reference(tmp_path, hub_cache):
@@ -39,7 +41,10 @@ def test_cached_weights_or_pretrained_true_add_the_reference(tmp_path, hub_cache
         stages = {s.name: s for s in plan(cfg)}
         explore = stages["explore_pretrained"]
         assert explore.notebook == "attention_explorer"
-        assert explore.params["model"] == "vit_small_patch16_224.dino" and explore.params["pretrained"] is True
+        assert (
+            explore.params["model"] == "vit_small_patch16_224.dino"
+            and explore.params["pretrained"] is True
+        )
         assert explore.params["model_kwargs"] == {}  # its own architecture, not the demo's cut ViT
         evaluate = stages["evaluate_synthetic"]
         assert "pretrained=vit_small_patch16_224.dino:pretrained" in evaluate.params["models"]
@@ -51,7 +56,10 @@ def test_cached_weights_or_pretrained_true_add_the_reference(tmp_path, hub_cache
 def test_rule_reaches_every_stage_and_bad_values_fail(tmp_path, hub_cache):
     cfg = config(tmp_path, "pos_embed_rule=dino")
     for stage in plan(cfg):
-        if stage.notebook in ("train_dora", "attention_explorer", "evaluate") and stage.name != "step_by_step":
+        if (
+            stage.notebook in ("train_dora", "attention_explorer", "evaluate")
+            and stage.name != "step_by_step"
+        ):
             assert stage.params["pos_embed_rule"] == "dino", stage.name
     with pytest.raises(ValueError, match="pos_embed_rule"):
         config(tmp_path, "pos_embed_rule=bilinear")

@@ -71,7 +71,9 @@ def test_dino_checkpoint_matches_official_model(reference, weights_file, size):
 @pytest.mark.parametrize("size", ["224x320", "480x854"])
 def test_timm_rule_differs_from_official_on_non_square_frames(reference, weights_file, size):
     # the reason the rule exists: timm's resize gives other features than DINO's model
-    model = load_backbone("vit_small_patch16_224", checkpoint=weights_file, pos_embed_rule="timm", **TINY)
+    model = load_backbone(
+        "vit_small_patch16_224", checkpoint=weights_file, pos_embed_rule="timm", **TINY
+    )
     h, w = map(int, size.split("x"))
     _, feats = labkit_outputs(model, h, w)
     stride = int(reference[f"{size}/stride"])
@@ -81,7 +83,9 @@ def test_timm_rule_differs_from_official_on_non_square_frames(reference, weights
 def test_square_training_grid_is_unchanged_by_every_rule(reference, weights_file):
     outs = []
     for rule in ("dino", "dinov2", "timm"):
-        model = load_backbone("vit_small_patch16_224", checkpoint=weights_file, pos_embed_rule=rule, **TINY)
+        model = load_backbone(
+            "vit_small_patch16_224", checkpoint=weights_file, pos_embed_rule=rule, **TINY
+        )
         outs.append(labkit_outputs(model, 224, 224)[1]["tokens"])
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
@@ -90,9 +94,10 @@ def _cubic(t: np.ndarray, a: float = -0.75) -> np.ndarray:
     """Keys' cubic convolution kernel (PyTorch's bicubic without antialiasing uses a = -0.75)."""
     t = np.abs(t)
     return np.where(
-        t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
+        t <= 1,
+        (a + 2) * t**3 - (a + 3) * t**2 + 1,
         np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0),
-    )  # fmt: skip
+    )
 
 
 def _dino_rule_by_hand(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -122,10 +127,14 @@ def test_dino_rule_equals_a_straightforward_implementation(size):
     assert torch.equal(resample_grid(grid, size, "dinov2")[0], torch.from_numpy(got))
     from timm.layers import resample_abs_pos_embed
 
-    timm_way = resample_abs_pos_embed(grid.reshape(1, 196, 8), list(size), [14, 14], num_prefix_tokens=0)
+    timm_way = resample_abs_pos_embed(
+        grid.reshape(1, 196, 8), list(size), [14, 14], num_prefix_tokens=0
+    )
     mine = resample_grid(grid, size, "timm").reshape(1, -1, 8)
     assert torch.equal(mine, timm_way)
-    assert torch.equal(resample_grid(grid, size, "dinov2", has_registers=True).reshape(1, -1, 8), timm_way)
+    assert torch.equal(
+        resample_grid(grid, size, "dinov2", has_registers=True).reshape(1, -1, 8), timm_way
+    )
 
 
 def test_rule_survives_deepcopy_and_reaches_forward(weights_file):
@@ -136,7 +145,9 @@ def test_rule_survives_deepcopy_and_reaches_forward(weights_file):
     with torch.no_grad():
         assert torch.equal(model.forward_features(x), twin.forward_features(x))
         timm_model = apply_rule(copy.deepcopy(model), "timm")
-        assert not torch.allclose(model.forward_features(x), timm_model.forward_features(x), atol=1e-4)
+        assert not torch.allclose(
+            model.forward_features(x), timm_model.forward_features(x), atol=1e-4
+        )
 
 
 def test_auto_rule_follows_the_weights(tmp_path, weights_file):
@@ -153,13 +164,23 @@ def test_auto_rule_follows_the_weights(tmp_path, weights_file):
     # a labkit training checkpoint records the rule it trained with
     labkit_ckpt = tmp_path / "checkpoint.pth"
     state = {f"backbone.{k}": v for k, v in torch.load(weights_file, weights_only=True).items()}
-    torch.save({"teacher": state, "student": state, "config": {"model": "vit_small_patch16_224",
-                "pos_embed_rule": "timm"}}, labkit_ckpt)  # fmt: skip
+    torch.save(
+        {
+            "teacher": state,
+            "student": state,
+            "config": {"model": "vit_small_patch16_224", "pos_embed_rule": "timm"},
+        },
+        labkit_ckpt,
+    )
     assert checkpoint_pos_embed_rule(labkit_ckpt) == "timm"
-    assert load_backbone("vit_small_patch16_224", checkpoint=labkit_ckpt, **TINY).pos_embed_rule == "timm"
+    assert (
+        load_backbone("vit_small_patch16_224", checkpoint=labkit_ckpt, **TINY).pos_embed_rule
+        == "timm"
+    )
     # the run's folder tells the checkpoint.pth files of different runs apart
-    assert weights_label(load_backbone("vit_small_patch16_224", checkpoint=labkit_ckpt, **TINY)) == (
-        f"vit_small_patch16_224, checkpoint {tmp_path.name}/checkpoint.pth")
+    assert weights_label(
+        load_backbone("vit_small_patch16_224", checkpoint=labkit_ckpt, **TINY)
+    ) == (f"vit_small_patch16_224, checkpoint {tmp_path.name}/checkpoint.pth")
 
 
 def test_bad_rule_is_one_line_naming_the_key():
@@ -206,6 +227,10 @@ def test_dinov2_checkpoint_matches_official_model(dinov2_reference, tmp_path, re
         assert got.shape == want.shape
         assert (got - want).abs().max().item() < 1e-5, kind
     if size != "224x224":  # the wrong rule would not match: the test can fail
-        other = load_backbone(arch, checkpoint=path, pos_embed_rule="timm" if not registers else "dino", **TINY)
+        other = load_backbone(
+            arch, checkpoint=path, pos_embed_rule="timm" if not registers else "dino", **TINY
+        )
         _, wrong = labkit_outputs(other, h, w)
-        assert (wrong["tokens"][::stride] - dinov2_reference[f"{key}/tokens"]).abs().max().item() > 1e-3
+        assert (
+            wrong["tokens"][::stride] - dinov2_reference[f"{key}/tokens"]
+        ).abs().max().item() > 1e-3

@@ -84,7 +84,9 @@ def timm_attention(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor
     for block in unfused.blocks:
         block.attn.fused_attn = False
         # attn_drop's input is softmax(q k^T * scale), the matrix the block multiplies v with
-        handles.append(block.attn.attn_drop.register_forward_hook(lambda _m, inp, _o: mats.append(inp[0])))
+        handles.append(
+            block.attn.attn_drop.register_forward_hook(lambda _m, inp, _o: mats.append(inp[0]))
+        )
     with torch.no_grad():
         unfused.forward_features(x)
     for handle in handles:
@@ -101,7 +103,9 @@ def test_tiny_models_have_the_real_architecture(arch: str, model: torch.nn.Modul
     p, prefix, registers = FACTS[arch]
     assert model.patch_embed.patch_size == (p, p)
     assert (model.num_prefix_tokens, model.num_reg_tokens) == (prefix, registers)
-    assert model.no_embed_class == arch.startswith("dinov2_reg4")  # position embedding on patches only
+    assert model.no_embed_class == arch.startswith(
+        "dinov2_reg4"
+    )  # position embedding on patches only
     x = torch.zeros(1, 3, 70, 98)
     x = x[..., : 70 // p * p, : 98 // p * p]
     with torch.no_grad():
@@ -122,7 +126,9 @@ def test_attention_equals_the_blocks_own_matrix(size) -> None:
         out = extract(model, x, layer, attention=True, kinds=(), registers=True)
         mat = mats[layer]
         want_cls = mat[:, :, 0, R:].reshape(2, h, gh, gw)
-        want_reg = mat[:, :, 1:R, R:].permute(0, 2, 1, 3).reshape(2, G, h, gh, gw)  # (B, G, h, gh, gw)
+        want_reg = (
+            mat[:, :, 1:R, R:].permute(0, 2, 1, 3).reshape(2, G, h, gh, gw)
+        )  # (B, G, h, gh, gw)
         torch.testing.assert_close(out.attention, want_cls, atol=1e-6, rtol=0)
         torch.testing.assert_close(out.prefix_attention, mat[:, :, 0, :R], atol=1e-6, rtol=0)
         torch.testing.assert_close(out.cls_register_attention, mat[:, :, 0, 1:R], atol=1e-6, rtol=0)
@@ -151,7 +157,9 @@ def test_register_rows_need_no_more_of_the_block() -> None:
     assert ran == []  # block 0: norm1 and the q/k rows of its qkv projection only
     out = extract(model, x, layer=0, attention=True, kinds=("tokens",), registers=True)
     assert ran == ["blocks.0.attn", "blocks.0.mlp", "blocks.0", "norm"]
-    torch.testing.assert_close(out.register_attention, register_attention(model, x, 0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        out.register_attention, register_attention(model, x, 0), atol=1e-6, rtol=0
+    )
 
 
 def test_rows_sum_to_one_and_ranges(arch: str, model: torch.nn.Module, frames: np.ndarray) -> None:
@@ -180,7 +188,9 @@ def test_rows_sum_to_one_and_ranges(arch: str, model: torch.nn.Module, frames: n
             register_attention(model, images)
 
 
-def test_features_exclude_the_prefix_tokens(arch: str, model: torch.nn.Module, frames: np.ndarray) -> None:
+def test_features_exclude_the_prefix_tokens(
+    arch: str, model: torch.nn.Module, frames: np.ndarray
+) -> None:
     _, prefix, _ = FACTS[arch]
     images = prepare_images(frames, model)
     gh, gw = grid_of(model)
@@ -198,7 +208,9 @@ def test_features_exclude_the_prefix_tokens(arch: str, model: torch.nn.Module, f
         assert (out.features["tokens"][:, 0, 0] - final[:, j]).abs().amax() > 1e-3
 
 
-def test_frames_are_cropped_to_the_patch_grid(arch: str, model: torch.nn.Module, frames: np.ndarray) -> None:
+def test_frames_are_cropped_to_the_patch_grid(
+    arch: str, model: torch.nn.Module, frames: np.ndarray
+) -> None:
     p, _, registers = FACTS[arch]
     images = prepare_images(frames, model)
     assert images.shape[-2:] == (H // p * p, W // p * p)  # 70 x 98 or 64 x 96
@@ -218,11 +230,17 @@ def test_extract_video_stacks_register_attention(frames: np.ndarray) -> None:
         def get(self, indices):
             return frames[np.asarray(indices)]
 
-    out = extract_video(model, Clip(), [3, 0, 2], registers=True, kinds=("keys",), batch_size=2,
-                        progress=False)
+    out = extract_video(
+        model, Clip(), [3, 0, 2], registers=True, kinds=("keys",), batch_size=2, progress=False
+    )
     ref = extract(model, prepare_images(frames[[3, 0, 2]], model), kinds=("keys",), registers=True)
     assert isinstance(out, Extraction) and out.indices.tolist() == [3, 0, 2]
-    for name in ("attention", "prefix_attention", "register_attention", "register_prefix_attention"):
+    for name in (
+        "attention",
+        "prefix_attention",
+        "register_attention",
+        "register_prefix_attention",
+    ):
         torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=1e-5, rtol=0)
     assert out.register_attention.shape == (3, 4, 3, 5, 7)
     only = extract_video(model, Clip(), [1], attention=False, registers=True, progress=False)
@@ -235,7 +253,9 @@ def test_extract_video_stacks_register_attention(frames: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_heads_to_rgb_on_the_patch14_grid(arch: str, model: torch.nn.Module, frames: np.ndarray) -> None:
+def test_heads_to_rgb_on_the_patch14_grid(
+    arch: str, model: torch.nn.Module, frames: np.ndarray
+) -> None:
     from labkit.viz import heads_to_rgb
 
     p, _, registers = FACTS[arch]
@@ -267,7 +287,9 @@ def test_dora_discovery_and_tracking(arch: str, model: torch.nn.Module, frames: 
     p, _, _ = FACTS[arch]
     gh, gw = grid_of(model)
     out = extract(model, prepare_images(frames, model), kinds=("tokens", "keys", "queries"))
-    found = discover_objects(out.attention[:1], out.features["queries"][:1], out.features["tokens"][:1], k=3)
+    found = discover_objects(
+        out.attention[:1], out.features["queries"][:1], out.features["tokens"][:1], k=3
+    )
     assert found.prototypes.shape == (1, 3, 48) and found.assignment.shape == (1, gh * gw, 3)
     torch.testing.assert_close(found.assignment.sum(-1), torch.ones(1, gh * gw), atol=1e-5, rtol=0)
     # initial prototypes: each head's [CLS] attention pools the patch queries (not the prefix's)
@@ -277,7 +299,9 @@ def test_dora_discovery_and_tracking(arch: str, model: torch.nn.Module, frames: 
     assert (cos > 1 - 1e-4).all()
     tracks = track_objects(found.prototypes, out.features["keys"][None])
     assert tracks.maps.shape == (1, 4, 3, gh, gw) and tracks.masks.dtype == torch.bool
-    torch.testing.assert_close(tracks.maps.sum(dim=(-2, -1)), torch.ones(1, 4, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        tracks.maps.sum(dim=(-2, -1)), torch.ones(1, 4, 3), atol=1e-5, rtol=0
+    )
     pixels = masks_to_frames(tracks.masks, p, (H, W))  # (1, 4, 3, H, W)
     assert pixels.shape == (1, 4, 3, H, W)
     assert torch.equal(pixels[..., : gh * p : p, : gw * p : p], tracks.masks)
@@ -290,8 +314,16 @@ def test_dora_training_step_on_patch14_registers() -> None:
     from labkit.train import TrainConfig
     from labkit.train.step import build_networks, dora_step, teacher_forward
 
-    cfg = TrainConfig(model=ARCHS["dinov2_reg4_p14"], model_kwargs=TINY, img_size=42, local_size=28,
-                      out_dim=64, hidden_dim=32, bottleneck_dim=16, drop_path_rate=0.0)
+    cfg = TrainConfig(
+        model=ARCHS["dinov2_reg4_p14"],
+        model_kwargs=TINY,
+        img_size=42,
+        local_size=28,
+        out_dim=64,
+        hidden_dim=32,
+        bottleneck_dim=16,
+        drop_path_rate=0.0,
+    )
     torch.manual_seed(0)
     student, teacher = build_networks(cfg)
     images = torch.randn(2, 3, 42, 56)
@@ -301,14 +333,19 @@ def test_dora_training_step_on_patch14_registers() -> None:
     torch.testing.assert_close(forward.tokens, ref.features["tokens"], atol=1e-6, rtol=0)
     assert forward.attention.shape == (2, 3, 3, 4)
     g = torch.Generator().manual_seed(0)
-    batch = {"global": torch.randn(2, 1, 2, 3, 42, 42, generator=g),
-             "local": torch.randn(2, 1, 2, 3, 28, 28, generator=g)}
+    batch = {
+        "global": torch.randn(2, 1, 2, 3, 42, 42, generator=g),
+        "local": torch.randn(2, 1, 2, 3, 28, 28, generator=g),
+    }
     out = dora_step(student, teacher, DINOLoss(64), batch, epoch=0, k=3, heads=[0, 1, 2])
     assert torch.isfinite(out.loss) and out.loss.requires_grad
     assert out.discovery.assignment.shape == (2, 9, 3) and out.tracks.maps.shape == (2, 2, 3, 3, 3)
     with pytest.raises(ValueError, match="multiple of the patch size 14"):
-        build_networks(TrainConfig(model=ARCHS["dinov2_reg4_p14"], model_kwargs=TINY, img_size=48,
-                                   local_size=28))
+        build_networks(
+            TrainConfig(
+                model=ARCHS["dinov2_reg4_p14"], model_kwargs=TINY, img_size=48, local_size=28
+            )
+        )
 
 
 def test_kmeans_segments_on_the_grid(model: torch.nn.Module, frames: np.ndarray) -> None:
@@ -330,9 +367,19 @@ def test_segment_maps_of_a_video(arch: str, model: torch.nn.Module, small_video:
     from labkit.video import open_video
 
     p, _, _ = FACTS[arch]
-    with open_video(small_video) as video:  # 96 x 160: 6 x 11 patches of 14 (crop 84 x 154), 6 x 10 of 16
-        maps = segment_maps(model, video, frames=3, k_video=3, k_frame=2, sample_frames=3,
-                            batch_size=4, progress=False)
+    with open_video(
+        small_video
+    ) as video:  # 96 x 160: 6 x 11 patches of 14 (crop 84 x 154), 6 x 10 of 16
+        maps = segment_maps(
+            model,
+            video,
+            frames=3,
+            k_video=3,
+            k_frame=2,
+            sample_frames=3,
+            batch_size=4,
+            progress=False,
+        )
         gh, gw = 96 // p, 160 // p
         assert maps.patch_size == p
         assert maps.whole.labels.shape == maps.per_frame.labels.shape == (3, gh, gw)
@@ -341,7 +388,9 @@ def test_segment_maps_of_a_video(arch: str, model: torch.nn.Module, small_video:
     assert panels["whole"].shape == panels["per_frame"].shape == (3, gh * p, gw * p, 3)  # cropped
 
 
-def test_label_propagation_on_the_patch14_grid(arch: str, model: torch.nn.Module, frames: np.ndarray) -> None:
+def test_label_propagation_on_the_patch14_grid(
+    arch: str, model: torch.nn.Module, frames: np.ndarray
+) -> None:
     """Same features in every frame and top-1 voting: each patch takes its own first-frame label."""
     from labkit.eval.metrics import grid_to_frame
     from labkit.eval.propagation import propagate_labels
@@ -351,8 +400,9 @@ def test_label_propagation_on_the_patch14_grid(arch: str, model: torch.nn.Module
     tokens = extract(model, prepare_images(frames[:1], model)).features["tokens"]  # (1, gh, gw, D)
     grid_labels = torch.from_numpy(np.random.default_rng(0).integers(0, 3, (gh, gw)))
     first = grid_to_frame(grid_labels, (H, W), patch_size=p, alignment="crop").to(torch.uint8)
-    out = propagate_labels(tokens.repeat(3, 1, 1, 1), first, topk=1, patch_size=p, out_size=(H, W),
-                           alignment="crop")
+    out = propagate_labels(
+        tokens.repeat(3, 1, 1, 1), first, topk=1, patch_size=p, out_size=(H, W), alignment="crop"
+    )
     assert out.shape == (3, H, W) and out.dtype == torch.uint8
     assert torch.equal(out[0], first)
     centres = out[1:, p // 2 :: p, p // 2 :: p][:, :gh, :gw]  # the pixel at each patch's centre
@@ -383,7 +433,9 @@ def test_explorer_panels(arch: str, model: torch.nn.Module, frames: np.ndarray) 
     assert np.abs(ex.panel("heads").astype(int) - expected).max() <= 1
     labels = ex.segments(s.layer, 3)
     assert labels.shape == (4, gh, gw)
-    np.testing.assert_array_equal(ex.panel("segments"), segment_overlay(frames[2], labels[2], 0.6, patch_size=p))
+    np.testing.assert_array_equal(
+        ex.panel("segments"), segment_overlay(frames[2], labels[2], 0.6, patch_size=p)
+    )
     objects = ex.objects(s.layer, (2, 0, 1), True)
     assert objects.shape == (4, 3, gh, gw)
     np.testing.assert_allclose(objects.sum(axis=(-2, -1)), 1.0, atol=1e-5)
@@ -395,8 +447,15 @@ def test_explore_and_its_explorer(small_video: Path) -> None:
     from labkit.explore import ExploreConfig, explore
     from labkit.viz.explorer import AttentionExplorer
 
-    cfg = ExploreConfig(video_path=str(small_video), model=ARCHS["dinov2_reg4_p14"], model_kwargs=TINY,
-                        num_frames=3, frame_step=2, img_size=75, k=2)
+    cfg = ExploreConfig(
+        video_path=str(small_video),
+        model=ARCHS["dinov2_reg4_p14"],
+        model_kwargs=TINY,
+        num_frames=3,
+        frame_step=2,
+        img_size=75,
+        k=2,
+    )
     exp = explore(cfg, progress=False)
     size = exp.frames.shape[1:3]  # 76 x 126 (even sides): a 5 x 9 grid, 6 x 0 pixels cropped
     assert exp.patch_size == 14 and size == (76, 126)
@@ -425,8 +484,16 @@ def test_evaluation_runner_on_the_synthetic_video(arch: str, synthetic_root: Pat
     from labkit.eval.runner import EvalConfig, evaluate, model_input_size
 
     p, _, _ = FACTS[arch]
-    cfg = EvalConfig(models=(f"tiny={ARCHS[arch]}",), model_kwargs=TINY, data_root=str(synthetic_root),
-                     resolution=56, size_multiple=28, batch_size=4, overclusters=4, dataset_samples=500)
+    cfg = EvalConfig(
+        models=(f"tiny={ARCHS[arch]}",),
+        model_kwargs=TINY,
+        data_root=str(synthetic_root),
+        resolution=56,
+        size_multiple=28,
+        batch_size=4,
+        overclusters=4,
+        dataset_samples=500,
+    )
     result = evaluate(cfg, progress=False)
     m = result.models[0]
     assert m.info["patch_size"] == p

@@ -24,15 +24,26 @@ import yaml
 
 from labkit.cli import main
 from labkit.runfolder import RunFolderBusy, RunFolderWarning, RunLock, read_jsonl
-from labkit.train import TrainConfig, Trainer, TrainingDiverged, read_log, train
+from labkit.train import TrainConfig, TrainingDiverged, read_log, train
 
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_TRAIN = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4), img_size=64, local_size=32, out_dim=256,
-    hidden_dim=128, bottleneck_dim=32, num_frames=2, frame_step=3, num_local=1, batch_size=2,
-    lr=0.02, warmup_epochs=0.0, steps_per_epoch=2, checkpoint_every=0,
-)  # fmt: skip
+    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
+    img_size=64,
+    local_size=32,
+    out_dim=256,
+    hidden_dim=128,
+    bottleneck_dim=32,
+    num_frames=2,
+    frame_step=3,
+    num_local=1,
+    batch_size=2,
+    lr=0.02,
+    warmup_epochs=0.0,
+    steps_per_epoch=2,
+    checkpoint_every=0,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,8 +69,13 @@ def run_cli(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("LABKIT_DEBUG", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "labkit.cli", *args], cwd=cwd, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
+        [sys.executable, "-m", "labkit.cli", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
     )
 
 
@@ -89,12 +105,15 @@ def test_case3_train_refuses_a_folder_with_a_finished_run(tmp_path, capsys, monk
     before = {n: (run / n).read_bytes() for n in ("checkpoint.pth", "log.jsonl", "metrics.json")}
     capsys.readouterr()
     assert main(["train", "--config", str(config), "--quiet"]) == 2
-    one_line_error(capsys.readouterr().err, "runs/train", "finished training run", "resume=true",
-                   "--force")
+    one_line_error(
+        capsys.readouterr().err, "runs/train", "finished training run", "resume=true", "--force"
+    )
     assert {n: (run / n).read_bytes() for n in before} == before  # nothing touched
     # resume=true continues it; --force moves it to a kept backup and starts afresh
-    assert main(["train", "--config", str(config), "-o", "resume=true", "-o", "steps=3",
-                 "--quiet"]) == 0
+    assert (
+        main(["train", "--config", str(config), "-o", "resume=true", "-o", "steps=3", "--quiet"])
+        == 0
+    )
     assert [r["step"] for r in read_log(run)] == [1, 2, 3]
     assert main(["train", "--config", str(config), "--force", "--quiet"]) == 0
     (backup,) = run.glob("replaced-*")
@@ -112,8 +131,9 @@ def test_case4_and_ctrl_c_one_writer_per_folder_and_interrupt_keeps_the_step(tmp
     first = run_cli("train", "--config", str(config), "--quiet", cwd=tmp_path)
     try:
         wait_for(lambda: log_lines(run / "log.jsonl") >= 2, what="the first run's steps")
-        second = run_cli("train", "--config", str(config), "-o", "resume=true", "--quiet",
-                         cwd=tmp_path)
+        second = run_cli(
+            "train", "--config", str(config), "-o", "resume=true", "--quiet", cwd=tmp_path
+        )
         out, err = second.communicate(timeout=120)
         assert second.returncode != 0
         one_line_error(err, str(run), "in use", f"pid {first.pid}")
@@ -156,9 +176,13 @@ def test_case5_kill9_mid_checkpoint_leaves_no_temporary_and_the_last_good_checkp
     run = tmp_path / "run"
     wrote, blocked = tmp_path / "first-written", tmp_path / "blocked"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-c", CHILD_BLOCKED_IN_CHECKPOINT, str(config),
-                              str(wrote), str(blocked)], cwd=tmp_path, env=env,
-                             stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_BLOCKED_IN_CHECKPOINT, str(config), str(wrote), str(blocked)],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(blocked.exists, what="the second checkpoint write")
         temporaries = list(run.glob(".checkpoint.pth.tmp-*"))
@@ -168,8 +192,9 @@ def test_case5_kill9_mid_checkpoint_leaves_no_temporary_and_the_last_good_checkp
         child.wait()
     assert torch.load(run / "checkpoint.pth", weights_only=True)["step"] == 1  # the last good one
     with pytest.warns(RunFolderWarning, match=r"removed .*\.checkpoint\.pth\.tmp-"):
-        result = train(TrainConfig(**{**yaml.safe_load(config.read_text()), "resume": True}),
-                       progress=False)
+        result = train(
+            TrainConfig(**{**yaml.safe_load(config.read_text()), "resume": True}), progress=False
+        )
     assert not list(run.glob(".*.tmp-*"))
     assert [r["step"] for r in result.log] == [1, 2, 3] and result.metrics["steps_this_run"] == 2
 
@@ -192,8 +217,13 @@ def test_disk_full_checkpoint_is_one_line_and_keeps_the_last_good(tmp_path, caps
 
     monkeypatch.setattr(os, "fsync", fsync)
     assert main(["train", "--config", str(config), "--quiet"]) == 1
-    one_line_error(capsys.readouterr().err, f"{run / 'checkpoint.pth'}", "step 4",
-                   "No space left on device", "last good checkpoint")
+    one_line_error(
+        capsys.readouterr().err,
+        f"{run / 'checkpoint.pth'}",
+        "step 4",
+        "No space left on device",
+        "last good checkpoint",
+    )
     monkeypatch.undo()
     assert torch.load(run / "checkpoint.pth", weights_only=True)["step"] == 2
     assert not list(run.glob(".*.tmp-*"))
@@ -210,8 +240,10 @@ def test_torn_last_log_line_is_reported_and_dropped_on_resume(tmp_path, capsys):
     with pytest.warns(RunFolderWarning, match=rf"{log}: dropped a torn last line 3"):
         assert [r["step"] for r in read_log(log)] == [1, 2]
     capsys.readouterr()
-    assert main(["train", "--config", str(config), "-o", "resume=true", "-o", "steps=3",
-                 "--quiet"]) == 0
+    assert (
+        main(["train", "--config", str(config), "-o", "resume=true", "-o", "steps=3", "--quiet"])
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"labkit: warning: {log}: dropped a torn last line" in err and "Traceback" not in err
     assert [r["step"] for r in read_jsonl(log)] == [1, 2, 3]
@@ -245,8 +277,10 @@ def test_resume_from_a_bad_checkpoint_in_out_dir_is_one_line(tmp_path, capsys, k
     else:
         torch.save([1, 2, 3], ckpt)
     capsys.readouterr()
-    assert main(["train", "--config", str(config), "-o", "resume=true", "-o", "steps=2",
-                 "--quiet"]) == 2
+    assert (
+        main(["train", "--config", str(config), "-o", "resume=true", "-o", "steps=2", "--quiet"])
+        == 2
+    )
     one_line_error(capsys.readouterr().err, str(ckpt))
     assert not marker.exists()  # no code from the file ran
     assert not (tmp_path / "run" / ".labkit.lock").exists()  # the failed start let go
@@ -274,13 +308,21 @@ def test_lock_is_exclusive_across_processes_and_released_on_kill(tmp_path):
     """4. The lock itself: a second process fails at once naming the holder; a killed holder
     leaves nothing in the way."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from labkit.runfolder import RunLock; "
-         "RunLock(sys.argv[1], 'a test').acquire(); print('held', flush=True); time.sleep(600)",
-         str(tmp_path)], stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from labkit.runfolder import RunLock; "
+            "RunLock(sys.argv[1], 'a test').acquire(); print('held', flush=True); time.sleep(600)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunFolderBusy, match=rf"{tmp_path} is in use by a test \(pid {holder.pid}"):
+        with pytest.raises(
+            RunFolderBusy, match=rf"{tmp_path} is in use by a test \(pid {holder.pid}"
+        ):
             RunLock(tmp_path).acquire()
     finally:
         holder.kill()
@@ -301,8 +343,10 @@ def test_lock_is_exclusive_across_processes_and_released_on_kill(tmp_path):
         # 6. {depth:2} read as {'depth:2': None} was dropped: a full 12-block model ran
         (["train", "-o", "model_kwargs={depth:2}"], ["model_kwargs", "{depth: 2}"]),
         (["eval", "--model-kwargs", "{depth:2}"], ["--model-kwargs", "{depth: 2}"]),
-        (["run", "attention_explorer", "-p", "model_kwargs", "{depth:2}"],
-         ["model_kwargs", "{depth: 2}"]),
+        (
+            ["run", "attention_explorer", "-p", "model_kwargs", "{depth:2}"],
+            ["model_kwargs", "{depth: 2}"],
+        ),
         (["pipeline", "-o", "model_kwargs={depth:2}"], ["model_kwargs", "{depth: 2}"]),
         (["pipeline", "-o", "train={decode_size:360}"], ["train", "{decode_size: 360}"]),
         (["attention", "--model-kwargs", "{depth:2}"], ["--model-kwargs", "{depth: 2}"]),
@@ -315,10 +359,14 @@ def test_lock_is_exclusive_across_processes_and_released_on_kill(tmp_path):
         (["eval", "--model-kwargs", "{depth: 0}"], ["model_kwargs.depth"]),
         (["pipeline", "-o", "model_kwargs={depth: 0}"], ["model_kwargs.depth"]),
         (["pipeline", "-o", "model_kwargs={depth: abc}"], ["model_kwargs.depth"]),
-        (["run", "attention_explorer", "-p", "num_frames", "abc"],
-         ["attention_explorer.ipynb", "num_frames must be an integer", "'abc'"]),
-        (["run", "evaluate", "-p", "max_frames", "abc"],
-         ["evaluate.ipynb", "max_frames must be an integer"]),
+        (
+            ["run", "attention_explorer", "-p", "num_frames", "abc"],
+            ["attention_explorer.ipynb", "num_frames must be an integer", "'abc'"],
+        ),
+        (
+            ["run", "evaluate", "-p", "max_frames", "abc"],
+            ["evaluate.ipynb", "max_frames must be an integer"],
+        ),
         (["run", "train_dora", "-p", "model_kwargs", "{depth: 0}"], ["model_kwargs.depth"]),
         (["pipeline", "-o", "evaluate={topk: 0}"], ["evaluate_", "topk"]),
         (["pipeline", "-o", "eval_sequences={davis: [cows]}"], ["eval_sequences", "davis"]),
@@ -334,9 +382,15 @@ def test_bad_values_are_one_line_naming_the_key(argv, needles, tmp_path, capsys,
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-@pytest.mark.parametrize("command", [["train", "-o", "device=cuda"], ["pipeline", "-o", "device=cuda"],
-                                     ["eval", "--device", "cuda"],
-                                     ["run", "attention_explorer", "-p", "device", "cuda"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "-o", "device=cuda"],
+        ["pipeline", "-o", "device=cuda"],
+        ["eval", "--device", "cuda"],
+        ["run", "attention_explorer", "-p", "device", "cuda"],
+    ],
+)
 def test_cuda_without_cuda(command, tmp_path, capsys, monkeypatch):
     """U: -o device=cuda without CUDA."""
     monkeypatch.chdir(tmp_path)
@@ -415,7 +469,9 @@ def davis_folder(root: Path, frames: int = 6, size=(48, 64)) -> Path:
     rng = np.random.default_rng(0)
     h, w = size
     for t in range(frames):
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(img_dir / f"{t:05d}.jpg")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            img_dir / f"{t:05d}.jpg"
+        )
         mask = np.zeros((h, w), dtype=np.uint8)
         mask[8:24, 4 + 6 * t : 20 + 6 * t] = 255
         Image.fromarray(mask).save(ann_dir / f"{t:05d}.png")
@@ -453,10 +509,15 @@ def test_case7_unannotated_frames_are_not_scored_and_the_rest_keep_their_scores(
     (holes / "Annotations" / "480p" / "seq" / "00003.png").unlink()
 
     def run(root: Path):
-        cfg = EvalConfig(models=("vit_small_patch16_224",), data_root=str(root), resolution=48,
-                         model_kwargs={"depth": 2, "embed_dim": 96, "num_heads": 3},
-                         evaluations=("propagation", "attention"), example_frames=0,
-                         out_dir=str(tmp_path / "out"))
+        cfg = EvalConfig(
+            models=("vit_small_patch16_224",),
+            data_root=str(root),
+            resolution=48,
+            model_kwargs={"depth": 2, "embed_dim": 96, "num_heads": 3},
+            evaluations=("propagation", "attention"),
+            example_frames=0,
+            out_dir=str(tmp_path / "out"),
+        )
         return evaluate(cfg, progress=False).models[0].sequences[0]
 
     a = run(full)

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_reliability import davis_folder, one_line_error, run_cli, wait_for
 
 from labkit import pipeline
 from labkit.cli import main
 from labkit.pipeline import PipelineConfig, StageFailed, is_complete, plan, run_pipeline
 from labkit.runfolder import RunLock
 from labkit.train import TrainConfig, train
-
-from test_reliability import davis_folder, one_line_error, run_cli, wait_for
 
 TINY_MODEL = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 
@@ -35,11 +34,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny(runs: Path, video: Path, **changes) -> PipelineConfig:
     values = dict(
-        name="tiny", runs_dir=str(runs), video_path=str(video), model_kwargs=TINY_MODEL, steps=2,
-        img_size=64, batch_size=2, num_frames=3, explore_frames=3, explore_img_size=96,
-        eval_data=["synthetic"], eval_resolution=96, eval_max_frames=6, teaching=False,
-        train={"out_dim": 256, "num_local": 1, "local_size": 32, "checkpoint_every": 1,
-               "num_workers": 0},
+        name="tiny",
+        runs_dir=str(runs),
+        video_path=str(video),
+        model_kwargs=TINY_MODEL,
+        steps=2,
+        img_size=64,
+        batch_size=2,
+        num_frames=3,
+        explore_frames=3,
+        explore_img_size=96,
+        eval_data=["synthetic"],
+        eval_resolution=96,
+        eval_max_frames=6,
+        teaching=False,
+        train={
+            "out_dim": 256,
+            "num_local": 1,
+            "local_size": 32,
+            "checkpoint_every": 1,
+            "num_workers": 0,
+        },
     )
     values.update(changes)
     return PipelineConfig(**values)
@@ -50,15 +65,17 @@ def complete_training(cfg: PipelineConfig) -> None:
     names = {f.name for f in fields(TrainConfig)}
     for stage in plan(cfg):
         if stage.group == "train":
-            train(TrainConfig(**{k: v for k, v in stage.params.items() if k in names}),
-                  progress=False)
+            train(
+                TrainConfig(**{k: v for k, v in stage.params.items() if k in names}), progress=False
+            )
             pipeline._write_marker(stage, 0.0)
             assert is_complete(stage)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def lab_yaml(cfg: PipelineConfig, path: Path) -> Path:
@@ -79,8 +96,9 @@ def test_case1_a_bad_value_on_a_complete_run_fails_before_touching_it(trained, t
     before = snapshot(run)
     config = lab_yaml(trained, tmp_path / "lab.yaml")
     assert main(["pipeline", "--config", str(config), "-o", "img_size=70", "--quiet"]) == 2
-    one_line_error(capsys.readouterr().err, "stage train_dora", "img_size 70",
-                   "multiple of the patch size 16")
+    one_line_error(
+        capsys.readouterr().err, "stage train_dora", "img_size 70", "multiple of the patch size 16"
+    )
     assert snapshot(run) == before
     assert not list(run.parent.glob(".*.previous")) and not list(run.glob(".*"))
 
@@ -93,8 +111,21 @@ def test_case2_a_bad_evaluate_value_keeps_the_previous_results(trained, tmp_path
     pipeline._write_marker(stage, 1.0)
     before = snapshot(trained.run_dir)
     config = lab_yaml(trained, tmp_path / "lab.yaml")
-    assert main(["pipeline", "--config", str(config), "-o", "evaluate={topk: 0}", "--only",
-                 "evaluate", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "pipeline",
+                "--config",
+                str(config),
+                "-o",
+                "evaluate={topk: 0}",
+                "--only",
+                "evaluate",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys.readouterr().err, "stage evaluate_synthetic", "topk")
     assert snapshot(trained.run_dir) == before
 
@@ -117,8 +148,11 @@ def test_killed_rerun_is_settled_on_the_next_start(trained):
     assert (pipeline._failed(stage) / "log.jsonl").is_file()
     assert any("previous complete outputs are back" in m for m in said)
     # the changed config again: the partial rerun goes on, the old outputs stay aside
-    changed = next(s for s in plan(tiny(Path(trained.runs_dir), Path(trained.video_path),
-                                        steps=3)) if s.name == "train_dora")
+    changed = next(
+        s
+        for s in plan(tiny(Path(trained.runs_dir), Path(trained.video_path), steps=3))
+        if s.name == "train_dora"
+    )
     os.replace(stage.out_dir, backup)
     stage.out_dir.mkdir()
     pipeline._recover(changed, said.append)
@@ -134,9 +168,16 @@ def test_killed_rerun_is_settled_on_the_next_start(trained):
 def test_a_second_pipeline_on_a_busy_run_folder_fails_at_once(trained, tmp_path, capsys):
     """4. (in process) the lock is taken before any stage runs."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from labkit.runfolder import RunLock; "
-         "RunLock(sys.argv[1], 'labkit pipeline').acquire(); print('held', flush=True); "
-         "time.sleep(600)", str(trained.run_dir.resolve())], stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from labkit.runfolder import RunLock; "
+            "RunLock(sys.argv[1], 'labkit pipeline').acquire(); print('held', flush=True); "
+            "time.sleep(600)",
+            str(trained.run_dir.resolve()),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -191,15 +232,25 @@ def test_case2_a_stage_failing_in_its_notebook_puts_the_previous_outputs_back(tr
 @pytest.mark.slow
 def test_case4_two_pipelines_on_one_run_folder(trained, tmp_path):
     """4. Two pipelines started on the same run folder both ran and interleaved their logs."""
-    config = lab_yaml(tiny(Path(trained.runs_dir), Path(trained.video_path), steps=400),
-                      tmp_path / "lab.yaml")
+    config = lab_yaml(
+        tiny(Path(trained.runs_dir), Path(trained.video_path), steps=400), tmp_path / "lab.yaml"
+    )
     run = trained.run_dir.resolve()
-    first = run_cli("pipeline", "--config", str(config), "--only", "train", "--quiet",
-                    cwd=tmp_path, start_new_session=True)
+    first = run_cli(
+        "pipeline",
+        "--config",
+        str(config),
+        "--only",
+        "train",
+        "--quiet",
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     try:
         wait_for((run / ".labkit.lock").exists, what="the first pipeline's lock")
-        second = run_cli("pipeline", "--config", str(config), "--only", "train", "--quiet",
-                         cwd=tmp_path)
+        second = run_cli(
+            "pipeline", "--config", str(config), "--only", "train", "--quiet", cwd=tmp_path
+        )
         out, err = second.communicate(timeout=120)
         assert second.returncode == 1, err
         one_line_error(err, str(run), "in use by labkit pipeline", f"pid {first.pid}")
@@ -210,8 +261,11 @@ def test_case4_two_pipelines_on_one_run_folder(trained, tmp_path):
         pass
     log = run / "train_dora" / "log.jsonl"
     if log.is_file():  # every step at most once: no second writer
-        steps = [json.loads(line)["step"] for line in log.read_text().splitlines()
-                 if line.strip().endswith("}")]
+        steps = [
+            json.loads(line)["step"]
+            for line in log.read_text().splitlines()
+            if line.strip().endswith("}")
+        ]
         assert len(steps) == len(set(steps))
 
 
@@ -232,10 +286,21 @@ def test_case5_temporaries_of_killed_writes_are_removed_at_start(trained):
 def test_ctrl_c_in_a_pipeline_is_one_line_and_the_training_keeps_its_step(trained, tmp_path):
     """U: Ctrl-C printed a traceback and wrote no checkpoint (here in a pipeline: the terminal's
     Ctrl-C reaches the pipeline and its notebook kernel, as a process group)."""
-    config = lab_yaml(tiny(Path(trained.runs_dir), Path(trained.video_path), steps=400,
-                           train={"out_dim": 256, "num_local": 1, "local_size": 32,
-                                  "checkpoint_every": 100, "num_workers": 0}),
-                      tmp_path / "lab.yaml")
+    config = lab_yaml(
+        tiny(
+            Path(trained.runs_dir),
+            Path(trained.video_path),
+            steps=400,
+            train={
+                "out_dim": 256,
+                "num_local": 1,
+                "local_size": 32,
+                "checkpoint_every": 100,
+                "num_workers": 0,
+            },
+        ),
+        tmp_path / "lab.yaml",
+    )
     log = trained.run_dir.resolve() / "train_dora" / "log.jsonl"
     # the pipeline's output goes to files, not pipes: nobody reads a pipe while the training
     # runs, and a pipeline blocked on a full pipe would not answer Ctrl-C
@@ -245,15 +310,21 @@ def test_ctrl_c_in_a_pipeline_is_one_line_and_the_training_keeps_its_step(traine
     with out_file.open("w") as out_handle, err_file.open("w") as err_handle:
         first = subprocess.Popen(
             [sys.executable, "-m", "labkit.cli", "pipeline", "--config", str(config), "--quiet"],
-            cwd=tmp_path, env=env, text=True, stdout=out_handle, stderr=err_handle,
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=out_handle,
+            stderr=err_handle,
             start_new_session=True,
             # as a terminal's foreground job: pytest-xdist's workers ignore SIGINT, and a child
             # inherits an ignored signal (Python then installs no KeyboardInterrupt handler)
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
-            wait_for(lambda: log.is_file() and len(log.read_text().splitlines()) >= 3,
-                     what="the training's steps")
+            wait_for(
+                lambda: log.is_file() and len(log.read_text().splitlines()) >= 3,
+                what="the training's steps",
+            )
             os.killpg(first.pid, signal.SIGINT)
             first.wait(timeout=240)
         finally:

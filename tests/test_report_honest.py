@@ -33,21 +33,45 @@ def _sequence(name: str, per_head: list[float], shift: float = 0.0) -> SequenceR
     ph = torch.tensor(per_head) + shift
     best = int(ph.argmax())
     return SequenceResult(
-        name=name, num_frames=5, num_objects=1, source_size=(32, 48), input_size=(32, 48), grid=(2, 3),
-        attention={"per_head": ph, "best_head": best, "best_head_j": float(ph[best]),
-                   "head_average_j": 0.2 + shift, "mean_over_heads": float(ph.mean()), "oracle_j": float(ph.max()),
-                   "stability": 0.9},
-        tracking={"best_head_j": 0.3 + shift + (0.1 if name == "a" else 0.0), "stability": 0.8, "mean_over_heads": 0.2,
-                  "oracle_j": 0.4, "switches": 1},
+        name=name,
+        num_frames=5,
+        num_objects=1,
+        source_size=(32, 48),
+        input_size=(32, 48),
+        grid=(2, 3),
+        attention={
+            "per_head": ph,
+            "best_head": best,
+            "best_head_j": float(ph[best]),
+            "head_average_j": 0.2 + shift,
+            "mean_over_heads": float(ph.mean()),
+            "oracle_j": float(ph.max()),
+            "stability": 0.9,
+        },
+        tracking={
+            "best_head_j": 0.3 + shift + (0.1 if name == "a" else 0.0),
+            "stability": 0.8,
+            "mean_over_heads": 0.2,
+            "oracle_j": 0.4,
+            "switches": 1,
+        },
         segmentation={"clip_hungarian": 0.25 + shift + (0.05 if name == "b" else 0.0)},
     )
 
 
 def _result() -> EvalResult:
-    models = [ModelResult(label=label, spec=label, info={},
-                          sequences=[_sequence(n, ph, shift) for n, ph in PER_HEAD.items()])
-              for label, shift in (("random", 0.0), ("dora", 0.01))]
-    return EvalResult(config={}, models=models, environment={}, data_root="", sequences=list(PER_HEAD))
+    models = [
+        ModelResult(
+            label=label,
+            spec=label,
+            info={},
+            sequences=[_sequence(n, ph, shift) for n, ph in PER_HEAD.items()],
+        )
+        for label, shift in (("random", 0.0), ("dora", 0.01))
+    ]
+    return EvalResult(
+        config={}, models=models, environment={}, data_root="", sequences=list(PER_HEAD)
+    )
 
 
 def _legend(fig) -> dict[str, float]:
@@ -64,12 +88,16 @@ def test_best_head_is_one_head_in_table_rows_and_chart():
     rows = sequence_rows(result.models[0])
     assert rows[-1]["attn best head J"] == pytest.approx(table["random"]["attn best head J"])
     assert rows[-1]["attn best head"] == 1
-    assert [r["attn per-sequence best head J"] for r in rows[:2]] == pytest.approx([0.5, 0.4])  # kept, named
+    assert [r["attn per-sequence best head J"] for r in rows[:2]] == pytest.approx(
+        [0.5, 0.4]
+    )  # kept, named
     assert [r["attn per-sequence best head"] for r in rows[:2]] == [1, 0]
 
 
-@pytest.mark.parametrize("metric", ["attn best head J", "attn head avg J", "DoRA best object J",
-                                    "k-means clip_hungarian mIoU"])
+@pytest.mark.parametrize(
+    "metric",
+    ["attn best head J", "attn head avg J", "DoRA best object J", "k-means clip_hungarian mIoU"],
+)
 def test_chart_values_equal_the_table(metric):
     result = _result()
     fig = plot_sequence_bars(result, metric)
@@ -90,7 +118,9 @@ def test_bar_file_names():
 def _stage(run: Path, name: str, group: str, notebook: str | None, params: dict | None = None):
     out = run if group == "report" else run / name
     out.mkdir(parents=True, exist_ok=True)
-    return SimpleNamespace(name=name, group=group, out_dir=out, notebook=notebook, params=params or {})
+    return SimpleNamespace(
+        name=name, group=group, out_dir=out, notebook=notebook, params=params or {}
+    )
 
 
 def test_training_health_says_collapse():
@@ -107,13 +137,19 @@ def test_training_health_says_collapse():
     assert bad and text.startswith("The DINO teacher collapsed at step 12")
     # K from the run's train options when the stage has none
     stage = SimpleNamespace(name="train_dora", params={})
-    assert training_health(stage, {"teacher_entropy": 0.999 * math.log(64)}, {"train": {"out_dim": 64}})[1]
+    assert training_health(
+        stage, {"teacher_entropy": 0.999 * math.log(64)}, {"train": {"out_dim": 64}}
+    )[1]
 
 
 def test_learned_nothing():
-    ev = {"summary": [{"model": "random", "J&F": 0.3, "attn best head J": 0.2},
-                      {"model": "dora", "J&F": 0.302, "attn best head J": 0.1},
-                      {"model": "dino", "J&F": 0.5, "attn best head J": 0.1}]}
+    ev = {
+        "summary": [
+            {"model": "random", "J&F": 0.3, "attn best head J": 0.2},
+            {"model": "dora", "J&F": 0.302, "attn best head J": 0.1},
+            {"model": "dino", "J&F": 0.5, "attn best head J": 0.1},
+        ]
+    }
     assert learned_nothing(ev, "dora") is True
     assert learned_nothing(ev, "dino") is False
     assert learned_nothing(ev, "pretrained") is None
@@ -127,37 +163,66 @@ def _png(path: Path) -> None:
 
 def test_report_leads_with_the_verdict_and_shows_every_chart(tmp_path: Path):
     run = tmp_path / "run"
-    stages = [_stage(run, "train_dora", "train", "train_dora", {"method": "dora", "out_dim": 256}),
-              _stage(run, "train_dino", "train", "train_dora", {"method": "dino", "out_dim": 256}),
-              _stage(run, "evaluate_synthetic", "evaluate", "evaluate"),
-              _stage(run, "report", "report", None)]
+    stages = [
+        _stage(run, "train_dora", "train", "train_dora", {"method": "dora", "out_dim": 256}),
+        _stage(run, "train_dino", "train", "train_dora", {"method": "dino", "out_dim": 256}),
+        _stage(run, "evaluate_synthetic", "evaluate", "evaluate"),
+        _stage(run, "report", "report", None),
+    ]
     (run / "config.yaml").write_text("steps: 3\nmodel: vit_small_patch16_224\n")
     k = math.log(256)
-    (run / "train_dora" / "metrics.json").write_text(json.dumps({"teacher_entropy": 0.3 * k, "collapse": None}))
+    (run / "train_dora" / "metrics.json").write_text(
+        json.dumps({"teacher_entropy": 0.3 * k, "collapse": None})
+    )
     (run / "train_dino" / "metrics.json").write_text(json.dumps({"teacher_entropy": 0.999 * k}))
     for s in stages[:3]:
         (s.out_dir / "stage.json").write_text("{}")
     (run / "train_dino" / "train_dora.html").write_text("<html></html>")
     ev = run / "evaluate_synthetic"
-    summary = [{"model": "random", "J&F": 0.3, "attn best head J": 0.2, "attn head avg J": 0.2},
-               {"model": "dino", "J&F": 0.3, "attn best head J": 0.2, "attn head avg J": 0.2},
-               {"model": "dora", "J&F": 0.5, "attn best head J": 0.4, "attn head avg J": 0.3}]
-    (ev / "metrics.json").write_text(json.dumps({"summary": summary, "sequences": ["a"], "config": {}}))
-    names = ["bars_k_means_clip_hungarian_mIoU", "bars_attn_best_head_J", "bars_J_F", "bars_DoRA_best_object_J",
-             "bars_LOST_J", "bars_zzz_other", "examples", "examples_dora", "examples_dino"]
+    summary = [
+        {"model": "random", "J&F": 0.3, "attn best head J": 0.2, "attn head avg J": 0.2},
+        {"model": "dino", "J&F": 0.3, "attn best head J": 0.2, "attn head avg J": 0.2},
+        {"model": "dora", "J&F": 0.5, "attn best head J": 0.4, "attn head avg J": 0.3},
+    ]
+    (ev / "metrics.json").write_text(
+        json.dumps({"summary": summary, "sequences": ["a"], "config": {}})
+    )
+    names = [
+        "bars_k_means_clip_hungarian_mIoU",
+        "bars_attn_best_head_J",
+        "bars_J_F",
+        "bars_DoRA_best_object_J",
+        "bars_LOST_J",
+        "bars_zzz_other",
+        "examples",
+        "examples_dora",
+        "examples_dino",
+    ]
     for n in names:
         _png(ev / f"{n}.png")
     page = write_report(run, stages).read_text()
-    verdict = page[page.index("<h2>Verdict</h2>"):page.index("<h2>Weights</h2>")]
-    assert page.index("<h2>Verdict</h2>") < page.index("<h2>Stages</h2>") < page.index("<h2>Evaluation</h2>")
+    verdict = page[page.index("<h2>Verdict</h2>") : page.index("<h2>Weights</h2>")]
+    assert (
+        page.index("<h2>Verdict</h2>")
+        < page.index("<h2>Stages</h2>")
+        < page.index("<h2>Evaluation</h2>")
+    )
     headline = re.findall(r"<p class='headline'>(.*?)</p>", verdict)
     assert headline[0].startswith("Training collapsed for dino")
     assert any(h.startswith("On synthetic: DoRA beats") for h in headline)
     assert any("DINO learned nothing measurable" in h for h in headline)
-    assert "The DINO teacher collapsed" in verdict and "The DoRA teacher did not collapse" in verdict
+    assert (
+        "The DINO teacher collapsed" in verdict and "The DoRA teacher did not collapse" in verdict
+    )
     charts = re.findall(r"src='evaluate_synthetic/(bars_[^']+)\.png'", page)
-    assert charts == ["bars_J_F", "bars_attn_best_head_J", "bars_DoRA_best_object_J",
-                      "bars_k_means_clip_hungarian_mIoU", "bars_LOST_J", "bars_zzz_other"]
+    assert charts == [
+        "bars_J_F",
+        "bars_attn_best_head_J",
+        "bars_DoRA_best_object_J",
+        "bars_k_means_clip_hungarian_mIoU",
+        "bars_LOST_J",
+        "bars_zzz_other",
+    ]
     assert "src='evaluate_synthetic/examples.png'" in page
     assert "src='evaluate_synthetic/examples_dora.png'" not in page  # linked, not shown
     assert "href='evaluate_synthetic/examples_dora.png'" in page
@@ -170,7 +235,13 @@ def test_progress_lines_pass_only_labkit_lines():
 
     out = io.StringIO()
     lines = _ProgressLines(out)
-    for chunk in ["noise\n[lab", "kit] evaluate: model 1/2\n", "\r 50%|###", "\n[labkit] done", "\n"]:
+    for chunk in [
+        "noise\n[lab",
+        "kit] evaluate: model 1/2\n",
+        "\r 50%|###",
+        "\n[labkit] done",
+        "\n",
+    ]:
         lines.write(chunk)
     lines.flush()
     assert out.getvalue() == "[labkit] evaluate: model 1/2\n[labkit] done\n"
@@ -181,15 +252,23 @@ def test_evaluation_prints_a_line_per_sequence_under_papermill(tmp_path, monkeyp
     from labkit.eval.runner import EvalConfig, evaluate
 
     root = generate_synthetic(tmp_path / "davis", num_frames=6, size=(64, 96)).root
-    cfg = EvalConfig(models=("a=vit_small_patch16_224", "b=vit_small_patch16_224"),
-                     model_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 3}, data_root=str(root),
-                     resolution=64, evaluations=("attention",), batch_size=4)
+    cfg = EvalConfig(
+        models=("a=vit_small_patch16_224", "b=vit_small_patch16_224"),
+        model_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 3},
+        data_root=str(root),
+        resolution=64,
+        evaluations=("attention",),
+        batch_size=4,
+    )
     monkeypatch.setenv("LABKIT_HEADLESS", "1")
     evaluate(cfg, progress=True)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("[labkit] ")]
     assert re.match(r"\[labkit\] evaluate: model 1/2 a \(.*\), 1 sequences", lines[0])
-    assert re.match(r"\[labkit\] evaluate a \(model 1/2\): sequence 1/1 synthetic \(6 frames\) in \d+ s; ", lines[1])
+    assert re.match(
+        r"\[labkit\] evaluate a \(model 1/2\): sequence 1/1 synthetic \(6 frames\) in \d+ s; ",
+        lines[1],
+    )
     assert lines[2].startswith("[labkit] evaluate: model 1/2 a done in")
     assert lines[3].startswith("[labkit] evaluate: model 2/2 b") and len(lines) == 6
     assert "|" not in err  # no bars
@@ -206,13 +285,26 @@ def test_evaluate_notebook_shows_progress_under_papermill(tmp_path, capsys):
 
     root = generate_synthetic(tmp_path / "davis", num_frames=6, size=(64, 96)).root
     out = tmp_path / "run"
-    run = run_notebook("evaluate", out, {
-        "models": ["tiny=vit_small_patch16_224"], "model_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 3},
-        "data_root": str(root), "resolution": 64, "evaluations": ["attention"], "out_dir": str(out)},
-        progress=False)
+    run = run_notebook(
+        "evaluate",
+        out,
+        {
+            "models": ["tiny=vit_small_patch16_224"],
+            "model_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 3},
+            "data_root": str(root),
+            "resolution": 64,
+            "evaluations": ["attention"],
+            "out_dir": str(out),
+        },
+        progress=False,
+    )
     nb = json.loads(run.output.read_text())
-    streams = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
-                      if o.get("output_type") == "stream")
+    streams = "".join(
+        "".join(o.get("text", ""))
+        for c in nb["cells"]
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream"
+    )
     assert "[labkit] evaluate tiny (model 1/1): sequence 1/1 synthetic (6 frames)" in streams
     assert "[labkit] evaluate tiny (model 1/1): sequence 1/1" in run.html.read_text()
     err = capsys.readouterr().err

@@ -160,9 +160,7 @@ def test_frame_segments_carry_ids_across_batches_when_sizes_change():
     assert one_label_per_cluster(out, truth)
     assert torch.equal(out, kmeans_segments(feats, 4, mode="frame").labels)
     # batches segmented independently do not keep their ids: the carry-over is what does
-    independent = torch.cat(
-        [kmeans_segments(feats[s : s + 3], 4).labels for s in (0, 3, 6)]
-    )
+    independent = torch.cat([kmeans_segments(feats[s : s + 3], 4).labels for s in (0, 3, 6)])
     assert not one_label_per_cluster(independent, truth)
 
 
@@ -248,8 +246,16 @@ def test_segment_maps_compute_both_pictures(tiny_model):
     from labkit.segments import segment_maps
 
     video = FakeVideo(11)
-    maps = segment_maps(tiny_model, video, frames=5, k_video=3, k_frame=4, sample_frames=3,
-                        batch_size=2, progress=False)  # fmt: skip
+    maps = segment_maps(
+        tiny_model,
+        video,
+        frames=5,
+        k_video=3,
+        k_frame=4,
+        sample_frames=3,
+        batch_size=2,
+        progress=False,
+    )
     assert maps.indices.tolist() == [0, 2, 5, 8, 10] and maps.patch_size == 8
     assert (maps.k_video, maps.k_frame) == (3, 4)
     assert maps.whole.labels.shape == maps.per_frame.labels.shape == (5, 4, 6)

@@ -34,9 +34,14 @@ def no_proc(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text, cpus", [("max 100000\n", None), ("200000 100000\n", 2.0), ("150000 100000", 1.5),
-                   ("50000 100000", 0.5)],
-)  # fmt: skip
+    "text, cpus",
+    [
+        ("max 100000\n", None),
+        ("200000 100000\n", 2.0),
+        ("150000 100000", 1.5),
+        ("50000 100000", 0.5),
+    ],
+)
 def test_cgroup_v2_cpu_max(tmp_path, text, cpus):
     write(tmp_path, "cpu.max", text)
     assert cgroup_cpu_limit(tmp_path, no_proc(tmp_path)) == cpus
@@ -83,9 +88,16 @@ def test_available_cpus_uses_the_affinity_mask(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "cpus, workers, processes, expected",
-    [(8, 0, 1, 8), (8, 2, 1, 6), (8, 8, 1, 1), (8, 12, 1, 1), (8, 1, 2, 3), (2, 1, 1, 1),
-     (1, 0, 4, 1)],
-)  # fmt: skip
+    [
+        (8, 0, 1, 8),
+        (8, 2, 1, 6),
+        (8, 8, 1, 1),
+        (8, 12, 1, 1),
+        (8, 1, 2, 3),
+        (2, 1, 1, 1),
+        (1, 0, 4, 1),
+    ],
+)
 def test_threads_are_cpus_less_workers(cpus, workers, processes, expected):
     assert automatic_threads(workers, processes, cpus=cpus) == expected
 
@@ -122,8 +134,20 @@ def test_cli_threads_reach_torch(monkeypatch, tmp_path):
 
     monkeypatch.setattr("labkit.explore.explore", stop)
     torch.set_num_threads(1)
-    assert cli.main(["attention", "--threads", "2", "--model-kwargs", "{depth: 1}", "--out",
-                     str(tmp_path / "a")]) != 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "attention",
+                "--threads",
+                "2",
+                "--model-kwargs",
+                "{depth: 1}",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        != 0
+    )
     assert seen["threads"] == 2
 
     from labkit.eval import runner
@@ -134,8 +158,22 @@ def test_cli_threads_reach_torch(monkeypatch, tmp_path):
 
     monkeypatch.setattr(runner, "_evaluate", stop_eval)
     torch.set_num_threads(1)
-    assert cli.main(["eval", "--models", "random=vit_small_patch16_224", "--threads", "2",
-                     "--model-kwargs", "{depth: 1}", "--out", str(tmp_path / "e")]) != 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--models",
+                "random=vit_small_patch16_224",
+                "--threads",
+                "2",
+                "--model-kwargs",
+                "{depth: 1}",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        != 0
+    )
     assert seen["eval"] == 2 and torch.get_num_threads() == 1  # restored after the evaluation
 
 
@@ -143,10 +181,20 @@ def test_trainer_takes_the_configured_threads(tmp_path, monkeypatch):
     from labkit.train import TrainConfig, Trainer
 
     cfg = TrainConfig(
-        model_kwargs=dict(depth=1, embed_dim=32, num_heads=4), img_size=32, local_size=16,
-        out_dim=16, hidden_dim=16, bottleneck_dim=8, num_frames=2, frame_step=2, num_local=1,
-        batch_size=1, steps=1, threads=2, out_dir=str(tmp_path),
-    )  # fmt: skip
+        model_kwargs=dict(depth=1, embed_dim=32, num_heads=4),
+        img_size=32,
+        local_size=16,
+        out_dim=16,
+        hidden_dim=16,
+        bottleneck_dim=8,
+        num_frames=2,
+        frame_step=2,
+        num_local=1,
+        batch_size=1,
+        steps=1,
+        threads=2,
+        out_dir=str(tmp_path),
+    )
     torch.set_num_threads(1)
     trainer = Trainer(cfg, progress=False)
     try:
@@ -156,8 +204,9 @@ def test_trainer_takes_the_configured_threads(tmp_path, monkeypatch):
         trainer.close()
     assert torch.get_num_threads() == 1
     monkeypatch.setattr(environment, "available_cpus", lambda: 6)
-    trainer = Trainer(cfg.replace(threads=0, num_workers=2, out_dir=str(tmp_path / "b")),
-                      progress=False)  # fmt: skip
+    trainer = Trainer(
+        cfg.replace(threads=0, num_workers=2, out_dir=str(tmp_path / "b")), progress=False
+    )
     try:
         assert trainer.threads == 4 == torch.get_num_threads()
     finally:
@@ -183,8 +232,9 @@ def test_pipeline_threads_reach_torch_and_the_kernels(tmp_path, monkeypatch):
     assert seen == {"torch": 2, "omp": "2"}
     assert torch.get_num_threads() == 1 and "OMP_NUM_THREADS" not in os.environ
     monkeypatch.setattr(environment, "available_cpus", lambda: 3)
-    pipeline.run_pipeline(cfg.__class__(runs_dir=str(tmp_path), pretrained=False),
-                          say=lambda m: None)  # fmt: skip
+    pipeline.run_pipeline(
+        cfg.__class__(runs_dir=str(tmp_path), pretrained=False), say=lambda m: None
+    )
     assert seen == {"torch": 3, "omp": "3"}
     with pytest.raises(ValueError, match="threads"):
         pipeline.PipelineConfig(runs_dir=str(tmp_path), threads=-1)

@@ -296,7 +296,11 @@ def test_step_shapes_targets_and_defaults():
     )
     loss, metrics = model.step(x)
     assert set(metrics) == {
-        "loss", "agreement", "target_confidence", "target_clusters", "first_clusters"
+        "loss",
+        "agreement",
+        "target_confidence",
+        "target_clusters",
+        "first_clusters",
     }
     assert all(isinstance(v, float) for v in metrics.values())
     assert 0 <= metrics["agreement"] <= 1 and 1 <= metrics["target_clusters"] <= 10

@@ -40,9 +40,18 @@ TINY = {
 def test_training_parameters_are_train_config_fields():
     params = notebook_parameters("timetuning")
     lab = {
-        "segment_size", "segment_frames", "sample_frames", "k_video", "k_frame", "strip_columns",
-        "davis_root", "eval_sequences", "eval_resolution", "eval_max_frames", "overclusters",
-    }  # fmt: skip
+        "segment_size",
+        "segment_frames",
+        "sample_frames",
+        "k_video",
+        "k_frame",
+        "strip_columns",
+        "davis_root",
+        "eval_sequences",
+        "eval_resolution",
+        "eval_max_frames",
+        "overclusters",
+    }
     training = {k: v for k, v in params.items() if k not in lab}
     assert set(training) <= set(TrainConfig.__dataclass_fields__), set(training)
     cfg = TrainConfig(method="timetuning", **training)  # the defaults form a valid config
@@ -72,6 +81,8 @@ def test_notebook_tunes_and_writes_metrics(tmp_path, monkeypatch):
     images = sum("image/png" in o.get("data", {}) for o in outputs)
     assert images >= 3  # segment maps before, training curves, segment maps after
     # the animation, embedded as HTML so that nbconvert's export plays it (it drops image/gif)
-    assert any("data:image/gif;base64," in "".join(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert any(
+        "data:image/gif;base64," in "".join(o.get("data", {}).get("text/html", "")) for o in outputs
+    )
     table = [o for o in outputs if "text/html" in o.get("data", {})]
     assert any("clip_hungarian" in "".join(o["data"]["text/html"]) for o in table)

@@ -16,10 +16,21 @@ from labkit.train.trainer import clip_gradients
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4), img_size=64, local_size=32, out_dim=256,
-    hidden_dim=128, bottleneck_dim=32, num_frames=2, frame_step=3, num_local=1, batch_size=2,
-    lr=0.02, warmup_epochs=0.0, steps_per_epoch=2, checkpoint_every=0,
-)  # fmt: skip
+    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
+    img_size=64,
+    local_size=32,
+    out_dim=256,
+    hidden_dim=128,
+    bottleneck_dim=32,
+    num_frames=2,
+    frame_step=3,
+    num_local=1,
+    batch_size=2,
+    lr=0.02,
+    warmup_epochs=0.0,
+    steps_per_epoch=2,
+    checkpoint_every=0,
+)
 
 
 def official_clip_gradients(model: nn.Module, clip: float) -> list[float]:
@@ -82,8 +93,16 @@ def test_frozen_last_layer_stays_out_of_the_clipping_norm(tmp_path, monkeypatch,
         return original(parameters, max_norm, how)
 
     monkeypatch.setattr(trainer_module, "clip_gradients", spy)
-    cfg = TrainConfig(**{**TINY, "out_dir": str(tmp_path), "steps": 3, "clip_grad_mode": mode,
-                         "norm_last_layer": False, "freeze_last_layer": 1})  # fmt: skip
+    cfg = TrainConfig(
+        **{
+            **TINY,
+            "out_dir": str(tmp_path),
+            "steps": 3,
+            "clip_grad_mode": mode,
+            "norm_last_layer": False,
+            "freeze_last_layer": 1,
+        }
+    )
     trainer = trainer_module.Trainer(cfg, progress=False)
     try:
         trainer.fit()
@@ -129,8 +148,9 @@ def test_a_loaded_center_is_not_replaced():
 def test_trainer_uses_the_first_batch_center(tmp_path):
     cfg = TrainConfig(**{**TINY, "out_dir": str(tmp_path / "a"), "steps": 1})
     zeros = train(cfg, progress=False)
-    first = train(cfg.replace(out_dir=str(tmp_path / "b"), center_init="first_batch"),
-                  progress=False)  # fmt: skip
+    first = train(
+        cfg.replace(out_dir=str(tmp_path / "b"), center_init="first_batch"), progress=False
+    )
     # step 1's statistics use the center the loss used: centred on the batch, flatter targets
     assert first.log[0]["teacher_entropy"] > zeros.log[0]["teacher_entropy"]
     assert first.log[0]["loss"] != zeros.log[0]["loss"]
@@ -138,9 +158,13 @@ def test_trainer_uses_the_first_batch_center(tmp_path):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("clip_grad_mode", "layer"), ("center_init", "mean"), ("threads", -1),
-     ("collapse_patience", -2)],
-)  # fmt: skip
+    [
+        ("clip_grad_mode", "layer"),
+        ("center_init", "mean"),
+        ("threads", -1),
+        ("collapse_patience", -2),
+    ],
+)
 def test_new_fields_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -154,15 +178,18 @@ def frames_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("frames")
     rng = np.random.default_rng(0)
     for i in range(6):
-        Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(folder / f"{i:05d}.png")
+        Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(
+            folder / f"{i:05d}.png"
+        )
     return folder
 
 
 def test_dora_pre_crop_feeds_the_global_view_and_the_local_crops(frames_folder):
     from labkit.train.data import ClipDataset
 
-    args = dict(num_frames=3, frame_step=2, img_size=32, local_size=16, num_local=2,
-                photometric=False)  # fmt: skip
+    args = dict(
+        num_frames=3, frame_step=2, img_size=32, local_size=16, num_local=2, photometric=False
+    )
     ds = ClipDataset(frames_folder, pre_crop=True, **args)
     seen = {"global": [], "local": []}
 
@@ -192,8 +219,15 @@ def test_trainer_passes_pre_crop_for_dora_only(tmp_path):
     from labkit.train import Trainer
 
     for method, expected in (("dora", True), ("dino", False)):
-        cfg = TrainConfig(**{**TINY, "out_dir": str(tmp_path / method), "steps": 1,
-                             "method": method, "pre_crop": True})  # fmt: skip
+        cfg = TrainConfig(
+            **{
+                **TINY,
+                "out_dir": str(tmp_path / method),
+                "steps": 1,
+                "method": method,
+                "pre_crop": True,
+            }
+        )
         trainer = Trainer(cfg, progress=False)
         try:
             assert trainer.dataset.pre_crop is expected

@@ -13,7 +13,6 @@ from labkit.data import default_video
 from labkit.train.data import ClipDataset, StepBatchSampler, preview_clip
 from labkit.video import open_video
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

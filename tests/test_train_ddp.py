@@ -17,17 +17,33 @@ from labkit.train import TrainConfig, train
 pytestmark = pytest.mark.slow
 
 TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4), img_size=64, local_size=32, out_dim=256,
-    hidden_dim=128, bottleneck_dim=32, num_frames=2, frame_step=3, num_local=1, lr=0.02,
-    warmup_epochs=0.0, steps_per_epoch=2, steps=3, drop_path_rate=0.0, checkpoint_every=0,
-)  # fmt: skip
+    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
+    img_size=64,
+    local_size=32,
+    out_dim=256,
+    hidden_dim=128,
+    bottleneck_dim=32,
+    num_frames=2,
+    frame_step=3,
+    num_local=1,
+    lr=0.02,
+    warmup_epochs=0.0,
+    steps_per_epoch=2,
+    steps=3,
+    drop_path_rate=0.0,
+    checkpoint_every=0,
+)
 METHODS = {
     "dora": {},
     "timetuning": dict(
-        method="timetuning", head_dims=(64, 32), num_prototypes=16, trainable_blocks=1, lr=1e-3,
+        method="timetuning",
+        head_dims=(64, 32),
+        num_prototypes=16,
+        trainable_blocks=1,
+        lr=1e-3,
         num_frames=3,
     ),
-}  # fmt: skip
+}
 
 WORKER = textwrap.dedent("""
     import json, sys, torch
@@ -61,9 +77,16 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, method):
     cfg = TrainConfig(**tiny, batch_size=2, out_dir=str(tmp_path / "ddp"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LABKIT_HEADLESS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(script), json.dumps(cfg.to_dict()), str(tmp_path),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        json.dumps(cfg.to_dict()),
+        str(tmp_path),
+    ]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

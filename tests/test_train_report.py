@@ -19,7 +19,6 @@ from labkit.train.report import (
 )
 from labkit.viz import heads_to_rgb
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

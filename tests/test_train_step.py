@@ -24,9 +24,14 @@ from labkit.train.step import (
 )
 
 TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4), img_size=64, local_size=32, out_dim=256,
-    hidden_dim=128, bottleneck_dim=32, drop_path_rate=0.0,
-)  # fmt: skip
+    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
+    img_size=64,
+    local_size=32,
+    out_dim=256,
+    hidden_dim=128,
+    bottleneck_dim=32,
+    drop_path_rate=0.0,
+)
 B, T, N_LOCAL, K_OBJ = 2, 3, 2, 3
 
 
@@ -92,9 +97,12 @@ def test_dora_step_equals_a_frame_by_frame_loop(nets):
     for b in range(B):
         ref = extract(teacher.backbone, frames[b], kinds=("tokens", "keys", "queries"))
         found = discover_objects(
-            ref.attention[:1].clone(), ref.features["queries"][:1].clone(),
-            ref.features["tokens"][:1].clone(), k=K_OBJ, heads=[2, 0, 3],
-        )  # fmt: skip
+            ref.attention[:1].clone(),
+            ref.features["queries"][:1].clone(),
+            ref.features["tokens"][:1].clone(),
+            k=K_OBJ,
+            heads=[2, 0, 3],
+        )
         tracks = track_objects(found.prototypes, ref.features["keys"][None].clone())
         torch.testing.assert_close(
             found.prototypes[0], out.discovery.prototypes[b], rtol=1e-4, atol=1e-5
@@ -122,9 +130,7 @@ def test_dino_step_equals_per_view_loops(nets):
     student, teacher = nets
     data = batch(views=2, seed=2)
     out = dino_step(student, teacher, DINOLoss(256), data, epoch=0)
-    images = lambda v: data["global"][:, v].flatten(
-        0, 1
-    )  # (B*T, 3, S, S), clip-major  # noqa: E731
+    images = lambda v: data["global"][:, v].flatten(0, 1)  # (B*T, 3, S, S), clip-major  # noqa: E731
     with torch.no_grad():
         teacher_views = [teacher(images(v)) for v in range(2)]
     student_views = [student(images(v)) for v in range(2)]
@@ -195,10 +201,19 @@ def test_a_tiny_model_learns_a_repeated_batch(tmp_path):
     from labkit.train import Trainer
 
     common = dict(
-        **TINY, num_frames=2, frame_step=3, num_local=1, batch_size=2, steps=20,
-        warmup_epochs=0.0, freeze_last_layer=0, scale_lr=False, momentum_teacher=1.0,
-        center_momentum=1.0, out_dir=str(tmp_path),
-    )  # fmt: skip
+        **TINY,
+        num_frames=2,
+        frame_step=3,
+        num_local=1,
+        batch_size=2,
+        steps=20,
+        warmup_epochs=0.0,
+        freeze_last_layer=0,
+        scale_lr=False,
+        momentum_teacher=1.0,
+        center_momentum=1.0,
+        out_dir=str(tmp_path),
+    )
     curves = {}
     for lr, steps in ((1e-3, 6), (1e-9, 3)):
         trainer = Trainer(TrainConfig(**common, lr=lr, min_lr=lr), progress=False)

@@ -16,10 +16,19 @@ from labkit.train.trainer import TIMETUNING_LOG_COLUMNS, cosine_schedule, read_l
 
 ARCH = dict(depth=3, embed_dim=64, num_heads=4)
 TINY = dict(
-    method="timetuning", model_kwargs=ARCH, img_size=64, num_frames=3, frame_step=3,
-    batch_size=2, steps_per_epoch=2, checkpoint_every=0, head_dims=(64, 32), num_prototypes=16,
-    trainable_blocks=1, lr=1e-3,
-)  # fmt: skip
+    method="timetuning",
+    model_kwargs=ARCH,
+    img_size=64,
+    num_frames=3,
+    frame_step=3,
+    batch_size=2,
+    steps_per_epoch=2,
+    checkpoint_every=0,
+    head_dims=(64, 32),
+    num_prototypes=16,
+    trainable_blocks=1,
+    lr=1e-3,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,12 +67,21 @@ def test_method_defaults_and_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "key, value",
     [
-        ("num_prototypes", 0), ("head_dims", []), ("head_dims", [8, 0]), ("trainable_blocks", -1),
-        ("forwarder_topk", 0), ("forwarder_temperature", 0.0), ("forwarder_radius", -1),
-        ("forwarder_n_last", -1), ("backbone_lr_ratio", -0.1), ("hard_targets", "yes"),
-        ("train_norm", 1), ("num_frames", 1), ("method", "timet"),
+        ("num_prototypes", 0),
+        ("head_dims", []),
+        ("head_dims", [8, 0]),
+        ("trainable_blocks", -1),
+        ("forwarder_topk", 0),
+        ("forwarder_temperature", 0.0),
+        ("forwarder_radius", -1),
+        ("forwarder_n_last", -1),
+        ("backbone_lr_ratio", -0.1),
+        ("hard_targets", "yes"),
+        ("train_norm", 1),
+        ("num_frames", 1),
+        ("method", "timet"),
     ],
-)  # fmt: skip
+)
 def test_invalid_timetuning_fields_name_their_key(key, value):
     with pytest.raises(ValueError, match=key):
         TrainConfig(**{"method": "timetuning", key: value})
@@ -73,16 +91,32 @@ def test_the_model_gets_the_config_fields(tmp_path):
     from labkit.timetuning import TimeTuningConfig
 
     cfg = config(
-        tmp_path, epsilon=0.1, sinkhorn_iterations=4, student_temp=0.2, hard_targets=False,
-        forwarder_n_last=2, forwarder_topk=3, forwarder_temperature=0.05, forwarder_radius=0,
+        tmp_path,
+        epsilon=0.1,
+        sinkhorn_iterations=4,
+        student_temp=0.2,
+        hard_targets=False,
+        forwarder_n_last=2,
+        forwarder_topk=3,
+        forwarder_temperature=0.05,
+        forwarder_radius=0,
         train_norm=True,
-    )  # fmt: skip
+    )
     trainer = Trainer(cfg, progress=False)
     assert trainer.student.config == TimeTuningConfig(
-        num_prototypes=16, head_dims=(64, 32), trainable_blocks=1, train_norm=True, epsilon=0.1,
-        sinkhorn_iterations=4, temperature=0.2, hard_targets=False, n_last=2, topk=3,
-        affinity_temperature=0.05, radius=None,
-    )  # fmt: skip
+        num_prototypes=16,
+        head_dims=(64, 32),
+        trainable_blocks=1,
+        train_norm=True,
+        epsilon=0.1,
+        sinkhorn_iterations=4,
+        temperature=0.2,
+        hard_targets=False,
+        n_last=2,
+        topk=3,
+        affinity_temperature=0.05,
+        radius=None,
+    )
     assert trainer.teacher is None and trainer.loss_fn is None
     assert trainer.backbone is trainer.student.backbone
     trainer.close()
@@ -167,9 +201,12 @@ def test_checkpoint_layout_and_loading(tmp_path):
         expected = trainer.backbone.eval()(images)
         for which in ("teacher", "student"):
             model = load_backbone(
-                "vit_small_patch16_224", checkpoint=result.checkpoint, img_size=64, which=which,
+                "vit_small_patch16_224",
+                checkpoint=result.checkpoint,
+                img_size=64,
+                which=which,
                 **ARCH,
-            )  # fmt: skip
+            )
             torch.testing.assert_close(model(images), expected)
             torch.testing.assert_close(load_trained(tmp_path, which=which)(images), expected)
     assert set(load_checkpoint_state(result.checkpoint)) == set(model.state_dict())

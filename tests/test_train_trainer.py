@@ -14,10 +14,21 @@ from labkit.train import TrainConfig, Trainer, TrainingDiverged, load_trained, r
 from labkit.train.trainer import LOG_COLUMNS, cosine_schedule
 
 TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4), img_size=64, local_size=32, out_dim=256,
-    hidden_dim=128, bottleneck_dim=32, num_frames=2, frame_step=3, num_local=1, batch_size=2,
-    lr=0.02, warmup_epochs=0.0, steps_per_epoch=2, checkpoint_every=0,
-)  # fmt: skip
+    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
+    img_size=64,
+    local_size=32,
+    out_dim=256,
+    hidden_dim=128,
+    bottleneck_dim=32,
+    num_frames=2,
+    frame_step=3,
+    num_local=1,
+    batch_size=2,
+    lr=0.02,
+    warmup_epochs=0.0,
+    steps_per_epoch=2,
+    checkpoint_every=0,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,10 +56,13 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, method):
     assert [r["step"] for r in resumed.log] == list(range(1, 7))
     assert losses(resumed.log) == pytest.approx(losses(straight.log), abs=1e-6)
     assert losses(resumed.log)[3:] == losses(straight.log)[3:]  # bit for bit on the CPU
-    assert resumed.log[3:] == [  # every diagnostic too, but the timings
-        {**r, "images_per_s": s["images_per_s"], "seconds": s["seconds"]}
-        for r, s in zip(straight.log[3:], resumed.log[3:])
-    ]
+    assert (
+        resumed.log[3:]
+        == [  # every diagnostic too, but the timings
+            {**r, "images_per_s": s["images_per_s"], "seconds": s["seconds"]}
+            for r, s in zip(straight.log[3:], resumed.log[3:])
+        ]
+    )
     a = torch.load(straight.checkpoint, weights_only=True)
     b = torch.load(resumed.checkpoint, weights_only=True)
     for name in ("student", "teacher"):
@@ -177,8 +191,8 @@ def test_last_layer_frozen_for_the_first_epoch(tmp_path):
     trainer = Trainer(
         config(tmp_path, steps=4, steps_per_epoch=2, freeze_last_layer=1), progress=False
     )
-    last = (
-        lambda: trainer.student.head.last_layer.parametrizations.weight.original1.detach().clone()
+    last = lambda: (
+        trainer.student.head.last_layer.parametrizations.weight.original1.detach().clone()
     )  # noqa: E731
     other = lambda: trainer.student.head.mlp[0].weight.detach().clone()  # noqa: E731
     start, start_other = last(), other()

@@ -23,10 +23,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 K = 256
 TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4), img_size=64, local_size=32, out_dim=K,
-    hidden_dim=128, bottleneck_dim=32, num_frames=2, frame_step=3, num_local=1, batch_size=2,
-    lr=0.02, warmup_epochs=0.0, steps_per_epoch=2, checkpoint_every=0,
-)  # fmt: skip
+    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
+    img_size=64,
+    local_size=32,
+    out_dim=K,
+    hidden_dim=128,
+    bottleneck_dim=32,
+    num_frames=2,
+    frame_step=3,
+    num_local=1,
+    batch_size=2,
+    lr=0.02,
+    warmup_epochs=0.0,
+    steps_per_epoch=2,
+    checkpoint_every=0,
+)
 HEALTHY = {"teacher_entropy": 2.0, "teacher_top_mass": 0.1}
 UNIFORM = {"teacher_entropy": 0.995 * math.log(K), "teacher_top_mass": 1.0 / K}
 ONE_DIM = {"teacher_entropy": 0.3, "teacher_top_mass": 0.8}
@@ -188,7 +199,9 @@ def test_pipeline_report_says_whether_a_run_collapsed(tmp_path):
         metrics = {"method": stage.removeprefix("train_"), "steps": 40, "collapse": collapse}
         (folder / "metrics.json").write_text(json.dumps(metrics))
     text = write_report(cfg.run_dir, stages).read_text()
-    training = text[text.index("<h2>Training</h2>"):]
+    training = text[text.index("<h2>Training</h2>") :]
     assert "The DoRA teacher did not collapse." in training
-    assert ("The DINO teacher collapsed at step 12: entropy within 1% of log K for 20 steps."
-            in training)
+    assert (
+        "The DINO teacher collapsed at step 12: entropy within 1% of log K for 20 steps."
+        in training
+    )

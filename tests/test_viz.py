@@ -85,9 +85,13 @@ def test_upsample_bilinear_matches_torch_and_infers_patch_size():
     grid = np.random.default_rng(1).uniform(size=(2, GH, GW)).astype(np.float32)
     up = upsample_map(torch.from_numpy(grid), (H, W), mode="bilinear")  # patch size inferred
     assert up.shape == (H, W, 2)
-    ref = F.interpolate(
-        torch.from_numpy(grid)[None], scale_factor=P, mode="bilinear", align_corners=False
-    )[0].permute(1, 2, 0).numpy()  # (GH*P, GW*P, 2)
+    ref = (
+        F.interpolate(
+            torch.from_numpy(grid)[None], scale_factor=P, mode="bilinear", align_corners=False
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )  # (GH*P, GW*P, 2)
     np.testing.assert_allclose(up[: GH * P, : GW * P], ref, atol=1e-6)
     np.testing.assert_array_equal(up[-1, : GW * P], up[GH * P - 1, : GW * P])
     assert up.min() >= grid.min() - 1e-6 and up.max() <= grid.max() + 1e-6
@@ -95,9 +99,15 @@ def test_upsample_bilinear_matches_torch_and_infers_patch_size():
 
 @pytest.mark.parametrize(
     "grid,size,expected",
-    [((14, 14), (224, 224), 16), ((14, 14), (238, 239), 16), ((30, 53), (480, 854), 16),
-     ((60, 106), (480, 854), 8), ((16, 16), (224, 224), 14), ((3, 4), (29, 39), 8)],
-)  # fmt: skip
+    [
+        ((14, 14), (224, 224), 16),
+        ((14, 14), (238, 239), 16),
+        ((30, 53), (480, 854), 16),
+        ((60, 106), (480, 854), 8),
+        ((16, 16), (224, 224), 14),
+        ((3, 4), (29, 39), 8),
+    ],
+)
 def test_upsample_infers_the_patch_size(grid, size, expected):
     one_hot = np.zeros(grid, np.float32)
     one_hot[-1, -1] = 1.0
@@ -295,9 +305,11 @@ def test_features_to_rgb_shared_over_frames():
 def gradient_frames(T: int, h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     return np.stack(
-        [np.stack([(xx * 4 + 20 * t) % 256, (yy * 4) % 256, np.full_like(xx, 30 * t)], -1)
-         for t in range(T)]
-    ).astype(np.uint8)  # fmt: skip
+        [
+            np.stack([(xx * 4 + 20 * t) % 256, (yy * 4) % 256, np.full_like(xx, 30 * t)], -1)
+            for t in range(T)
+        ]
+    ).astype(np.uint8)
 
 
 def test_write_gif_reads_back(tmp_path):

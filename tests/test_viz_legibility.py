@@ -55,8 +55,11 @@ def test_equal_rows_wrap_in_blocks_keeping_a_frame_in_one_column():
 
 def test_ragged_rows_wrap_one_after_the_other():
     frames = _frames(6)
-    fig = plot_grid([frames, frames[:2]], row_titles=["heads", "rgb"],
-                    col_titles=[[f"h{i}" for i in range(6)], ["x", "y"]])
+    fig = plot_grid(
+        [frames, frames[:2]],
+        row_titles=["heads", "rgb"],
+        col_titles=[[f"h{i}" for i in range(6)], ["x", "y"]],
+    )
     axes = np.array(fig.axes).reshape(3, 3)
     assert [ax.get_ylabel() for ax in axes[:, 0]] == ["heads", "heads", "rgb"]
     assert [ax.get_title() for ax in axes[1]] == ["h3", "h4", "h5"]
@@ -65,8 +68,12 @@ def test_ragged_rows_wrap_one_after_the_other():
 
 def test_text_is_legible_on_a_1400_px_page():
     """Titles at least ~12 px once the figure (saved at 110 dpi) is shown 1400 px wide or less."""
-    fig = plot_grid([_frames(8)] * 3, row_titles=["a", "b", "c"], col_titles=[str(i) for i in range(8)],
-                    suptitle="title")
+    fig = plot_grid(
+        [_frames(8)] * 3,
+        row_titles=["a", "b", "c"],
+        col_titles=[str(i) for i in range(8)],
+        suptitle="title",
+    )
     width_in = fig.get_size_inches()[0]
     assert width_in <= MAX_WIDTH + 1.0
     shown = min(1.0, 1400 / (width_in * 110))  # scale of the PNG on the page
@@ -94,7 +101,9 @@ def test_colour_bars_on_single_channel_maps():
 def test_heat_map_over_a_frame():
     frame = _frames(1)[0]
     heat = np.linspace(0, 1, H * W).reshape(H, W)
-    fig = plot_grid([[(frame, heat)]], colorbar=True, vmin=0, vmax=1, heat_alpha=0.7, cmap="inferno")
+    fig = plot_grid(
+        [[(frame, heat)]], colorbar=True, vmin=0, vmax=1, heat_alpha=0.7, cmap="inferno"
+    )
     ax = fig.axes[0]
     assert len(ax.images) == 2
     np.testing.assert_array_equal(ax.images[0].get_array(), frame)
@@ -124,7 +133,7 @@ def test_mask_overlay_halo():
 
 
 def test_exploration_masks_in_their_heads_colours():
-    from labkit.explore import ExploreConfig, Exploration
+    from labkit.explore import Exploration, ExploreConfig
 
     T, h, g, p = 2, 4, 4, 8
     masks = torch.zeros(T, h, g, g, dtype=torch.bool)
@@ -132,10 +141,15 @@ def test_exploration_masks_in_their_heads_colours():
     masks[:, 0, 2:, 2:] = True  # head 0, bottom right
     masks[:, 3, :2, 2:] = True  # head 3 (not chosen), top right
     exp = Exploration(
-        config=ExploreConfig(heads=(2, 0, 3)), indices=np.arange(T),
-        frames=np.full((T, g * p, g * p, 3), 128, np.uint8), attention=torch.rand(T, h, g, g),
-        features=torch.rand(T, g, g, 8), masks=masks, segments_frame=torch.zeros(T, g, g, dtype=torch.long),
-        segments_clip=torch.zeros(T, g, g, dtype=torch.long), patch_size=p,
+        config=ExploreConfig(heads=(2, 0, 3)),
+        indices=np.arange(T),
+        frames=np.full((T, g * p, g * p, 3), 128, np.uint8),
+        attention=torch.rand(T, h, g, g),
+        features=torch.rand(T, g, g, 8),
+        masks=masks,
+        segments_frame=torch.zeros(T, g, g, dtype=torch.long),
+        segments_clip=torch.zeros(T, g, g, dtype=torch.long),
+        patch_size=p,
     )
     out = exp.mask_overlays()
     assert out.shape == (T, g * p, g * p, 3) and out.dtype == np.uint8
@@ -153,8 +167,16 @@ def test_exploration_masks_in_their_heads_colours():
 def test_token_norm_maps_have_colour_bars(small_video):
     from labkit.explore import ExploreConfig, explore
 
-    exp = explore(ExploreConfig(video_path=str(small_video), model_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 3},
-                                num_frames=2, img_size=64, k=2), progress=False)
+    exp = explore(
+        ExploreConfig(
+            video_path=str(small_video),
+            model_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 3},
+            num_frames=2,
+            img_size=64,
+            k=2,
+        ),
+        progress=False,
+    )
     fig = exp.figure_artifacts(frame=0)
     bars = [ax._colorbar for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
     norms = exp.artifacts.norms[0]  # (L, gh, gw)

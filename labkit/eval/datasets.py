@@ -75,8 +75,10 @@ class DavisSequence:
         if self.annotated is None:
             object.__setattr__(self, "annotated", tuple(range(len(self.masks))))
         if len(self.annotated) != len(self.masks):
-            raise ValueError(f"sequence {self.name!r}: {len(self.masks)} masks for "
-                             f"{len(self.annotated)} annotated frames")
+            raise ValueError(
+                f"sequence {self.name!r}: {len(self.masks)} masks for "
+                f"{len(self.annotated)} annotated frames"
+            )
 
     @property
     def num_frames(self) -> int:
@@ -106,25 +108,32 @@ def read_masks(seq: DavisSequence, num_frames: int | None = None) -> tuple[np.nd
             continue
         mask = _mask_labels(_open_image(path), path)
         if mask.shape != tuple(seq.size):
-            raise DatasetError(f"sequence {seq.name!r}: mask {path} is {mask.shape[0]}x"
-                               f"{mask.shape[1]} (HxW) but the frames are {seq.size[0]}x{seq.size[1]}")
+            raise DatasetError(
+                f"sequence {seq.name!r}: mask {path} is {mask.shape[0]}x"
+                f"{mask.shape[1]} (HxW) but the frames are {seq.size[0]}x{seq.size[1]}"
+            )
         labels[index] = mask
         annotated[index] = True
     return labels, annotated
 
 
-def _pair_by_name(name: str, frames: list[Path], masks: list[Path], frames_dir: Path,
-                  masks_dir: Path) -> tuple[list[Path], list[int]]:
+def _pair_by_name(
+    name: str, frames: list[Path], masks: list[Path], frames_dir: Path, masks_dir: Path
+) -> tuple[list[Path], list[int]]:
     """Masks ordered as their frames, and those frames' indices; errors name the files."""
     index: dict[str, int] = {}
     for i, frame in enumerate(frames):
         if frame.stem in index:
-            raise DatasetError(f"sequence {name!r}: {frames[index[frame.stem]].name} and "
-                               f"{frame.name} in {frames_dir} are the same frame; keep one")
+            raise DatasetError(
+                f"sequence {name!r}: {frames[index[frame.stem]].name} and "
+                f"{frame.name} in {frames_dir} are the same frame; keep one"
+            )
         index[frame.stem] = i
     orphans = [m.name for m in masks if m.stem not in index]
     if orphans:
-        shown = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+        shown = ", ".join(orphans[:5]) + (
+            f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
+        )
         raise DatasetError(
             f"sequence {name!r}: mask(s) {shown} in {masks_dir} have no frame of the same name in "
             f"{frames_dir} (frames and masks are paired by file name)"
@@ -143,10 +152,14 @@ def _pair_by_name(name: str, frames: list[Path], masks: list[Path], frames_dir: 
     marked = {j for j, _ in pairs}
     missing = [f.name for i, f in enumerate(frames) if i not in marked]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
         warnings.warn(
             f"sequence {name!r}: {len(missing)} of {len(frames)} frames have no mask in {masks_dir} "
-            f"({shown}); they are not scored", DatasetWarning, stacklevel=3,
+            f"({shown}); they are not scored",
+            DatasetWarning,
+            stacklevel=3,
         )
     return [m for _, m in pairs], [i for i, _ in pairs]
 
@@ -201,7 +214,9 @@ def _sequence_names(root: Path, frames_root: Path) -> list[str]:
         names = [n for n in names if n and not n.startswith("#")]
         if names:
             return names
-    return sorted(p.name for p in frames_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(
+        p.name for p in frames_root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
 
 
 def davis_sequences(
@@ -314,8 +329,10 @@ def image_folder_split(root: str | Path) -> ImageFolderSplit:
         classes = tuple(sorted(train_classes))
         unknown = sorted(set(test_classes) - set(train_classes))
         if unknown:
-            raise DatasetError(f"k-NN image folder {root}: {test_dir.name}/ has classes {unknown} "
-                               "that train/ does not")
+            raise DatasetError(
+                f"k-NN image folder {root}: {test_dir.name}/ has classes {unknown} "
+                "that train/ does not"
+            )
         index = {c: i for i, c in enumerate(classes)}
         train = tuple((p, index[c]) for c in classes for p in train_classes[c])
         test = tuple((p, index[c]) for c in sorted(test_classes) for p in test_classes[c])

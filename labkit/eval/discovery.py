@@ -91,12 +91,15 @@ def _pixel_boxes(masks: torch.Tensor) -> torch.Tensor:
     rows, cols = masks.any(dim=-1), masks.any(dim=-2)  # (..., H), (..., W)
     r = torch.arange(H, device=masks.device)
     c = torch.arange(W, device=masks.device)
-    box = torch.stack([
-        torch.where(rows, r, H).min(dim=-1).values,
-        torch.where(cols, c, W).min(dim=-1).values,
-        torch.where(rows, r + 1, 0).max(dim=-1).values,
-        torch.where(cols, c + 1, 0).max(dim=-1).values,
-    ], dim=-1).double()  # (..., 4)
+    box = torch.stack(
+        [
+            torch.where(rows, r, H).min(dim=-1).values,
+            torch.where(cols, c, W).min(dim=-1).values,
+            torch.where(rows, r + 1, 0).max(dim=-1).values,
+            torch.where(cols, c + 1, 0).max(dim=-1).values,
+        ],
+        dim=-1,
+    ).double()  # (..., 4)
     return torch.where(rows.any(dim=-1, keepdim=True), box, torch.full_like(box, math.nan))
 
 

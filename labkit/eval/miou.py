@@ -30,9 +30,13 @@ import torch
 __all__ = ["PROTOCOLS", "segmentation_miou", "segmentation_scores", "miou_rows"]
 
 PROTOCOLS = (
-    "frame_hungarian", "clip_hungarian", "dataset_hungarian",
-    "frame_overcluster", "clip_overcluster", "dataset_overcluster",
-)  # fmt: skip
+    "frame_hungarian",
+    "clip_hungarian",
+    "dataset_hungarian",
+    "frame_overcluster",
+    "clip_overcluster",
+    "dataset_overcluster",
+)
 
 
 def segmentation_miou(
@@ -89,11 +93,20 @@ def segmentation_miou(
 
     start = time.perf_counter()
     cfg = EvalConfig(
-        data_root=str(data_root), sequences=tuple(sequences), davis_folder=davis_folder,
-        resolution=resolution, size_multiple=size_multiple, evaluations=("segmentation",),
-        overclusters=overclusters, dataset_samples=dataset_samples, example_frames=0,
-        max_frames=max_frames, batch_size=batch_size, device=str(device), seed=seed,
-    )  # fmt: skip
+        data_root=str(data_root),
+        sequences=tuple(sequences),
+        davis_folder=davis_folder,
+        resolution=resolution,
+        size_multiple=size_multiple,
+        evaluations=("segmentation",),
+        overclusters=overclusters,
+        dataset_samples=dataset_samples,
+        example_frames=0,
+        max_frames=max_frames,
+        batch_size=batch_size,
+        device=str(device),
+        seed=seed,
+    )
     if cfg.data_root:
         root = Path(cfg.data_root).expanduser()
     else:
@@ -151,7 +164,9 @@ def segmentation_scores(
         elif str(root) and not Path(root).expanduser().is_dir():
             out[name] = {"skipped": f"no folder at {root}"}
         else:
-            out[name] = segmentation_miou(model, root, sequences=sequences.get(name) or (), **options)
+            out[name] = segmentation_miou(
+                model, root, sequences=sequences.get(name) or (), **options
+            )
     return out
 
 

@@ -80,7 +80,9 @@ def patch_histogram(
             f"{int(lab.min())}..{int(lab.max())}"
         )
     flat = (index_map * num_classes + lab).reshape(-1)
-    return torch.bincount(flat, minlength=num_patches * num_classes).reshape(num_patches, num_classes)
+    return torch.bincount(flat, minlength=num_patches * num_classes).reshape(
+        num_patches, num_classes
+    )
 
 
 def confusion_from_histograms(
@@ -112,9 +114,7 @@ def confusion_from_histograms(
     return conf.T
 
 
-def mask_jaccard(
-    masks: torch.Tensor, foreground: torch.Tensor, area: torch.Tensor
-) -> torch.Tensor:
+def mask_jaccard(masks: torch.Tensor, foreground: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
     """J of patch masks drawn on the frame against the foreground, per frame and mask.
 
     Equal to :func:`labkit.eval.metrics.jaccard` of the nearest-upsampled masks against the

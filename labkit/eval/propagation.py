@@ -438,7 +438,9 @@ def propagate_soft_labels(
         shape = tuple(features.shape) if hasattr(features, "shape") else type(features).__name__
         raise ValueError(f"propagate_soft_labels: features must be (T, gh, gw, D), got {shape}")
     if not isinstance(first_soft, torch.Tensor) or first_soft.ndim != 3:
-        shape = tuple(first_soft.shape) if hasattr(first_soft, "shape") else type(first_soft).__name__
+        shape = (
+            tuple(first_soft.shape) if hasattr(first_soft, "shape") else type(first_soft).__name__
+        )
         raise ValueError(f"propagate_soft_labels: first_soft must be (gh, gw, K), got {shape}")
     T, gh, gw, _ = features.shape
     if T < 1 or tuple(first_soft.shape[:2]) != (gh, gw) or first_soft.shape[2] < 1:

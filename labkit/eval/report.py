@@ -45,15 +45,37 @@ __all__ = [
 
 # columns shown by default in tables (others stay in metrics.json)
 SUMMARY_COLUMNS = (
-    "model", "J&F", "J", "F", "attn best head J", "attn head avg J", "attn mean heads J",
-    "attn stability", "DoRA best object J", "DoRA stability", "k-means frame_hungarian mIoU",
-    "k-means clip_hungarian mIoU", "k-means dataset_hungarian mIoU",
-    "k-means frame_overcluster mIoU", "k-means clip_overcluster mIoU",
+    "model",
+    "J&F",
+    "J",
+    "F",
+    "attn best head J",
+    "attn head avg J",
+    "attn mean heads J",
+    "attn stability",
+    "DoRA best object J",
+    "DoRA stability",
+    "k-means frame_hungarian mIoU",
+    "k-means clip_hungarian mIoU",
+    "k-means dataset_hungarian mIoU",
+    "k-means frame_overcluster mIoU",
+    "k-means clip_overcluster mIoU",
     "k-means dataset_overcluster mIoU",
-    "LOST J", "LOST CorLoc", "LOST stability", "TokenCut J", "TokenCut CorLoc", "TokenCut stability",
-    "attn object J", "attn object CorLoc", "attn object stability",
-    "DoRA union J", "DoRA union CorLoc", "DoRA union stability",
-    "k-NN top-1", "k-NN top-5", "seconds",
+    "LOST J",
+    "LOST CorLoc",
+    "LOST stability",
+    "TokenCut J",
+    "TokenCut CorLoc",
+    "TokenCut stability",
+    "attn object J",
+    "attn object CorLoc",
+    "attn object stability",
+    "DoRA union J",
+    "DoRA union CorLoc",
+    "DoRA union stability",
+    "k-NN top-1",
+    "k-NN top-5",
+    "seconds",
 )
 
 
@@ -148,7 +170,11 @@ def _cell(value: Any, digits: int) -> str:
 
 
 def html_table(
-    rows: Sequence[dict], *, digits: int = 3, caption: str = "", columns: Sequence[str] | None = None
+    rows: Sequence[dict],
+    *,
+    digits: int = 3,
+    caption: str = "",
+    columns: Sequence[str] | None = None,
 ) -> str:
     """An HTML ``<table>`` of rows of flat dicts (columns: ``columns``, else the first row's keys)."""
     if not rows:
@@ -168,8 +194,10 @@ def markdown_table(rows: Sequence[dict], *, digits: int = 3) -> str:
     if not rows:
         return "(no rows)\n"
     cols = list(rows[0])
-    lines = ["| " + " | ".join(str(c) for c in cols) + " |",
-             "|" + "|".join("---" for _ in cols) + "|"]
+    lines = [
+        "| " + " | ".join(str(c) for c in cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
     lines += ["| " + " | ".join(_cell(r.get(c), digits) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -194,8 +222,14 @@ def run_description(result: EvalResult) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-BAR_METRICS = ("J&F", "attn best head J", "DoRA best object J", "k-means clip_hungarian mIoU",
-               "LOST J", "TokenCut J")
+BAR_METRICS = (
+    "J&F",
+    "attn best head J",
+    "DoRA best object J",
+    "k-means clip_hungarian mIoU",
+    "LOST J",
+    "TokenCut J",
+)
 
 
 def bar_metrics(result: EvalResult, candidates: Sequence[str] = BAR_METRICS) -> list[str]:
@@ -242,8 +276,10 @@ def plot_sequence_bars(
         raise ValueError(f"plot_sequence_bars: no model has per-sequence values of {metric!r}")
     colours = palette(max(1, len(models))) / 255.0
     width = 0.8 / max(1, len(models))
-    fig = Figure(figsize=(min(13.0, max(6.0, 0.3 * len(names) * max(1, len(models)) + 3.0)), 3.0),
-                 layout="constrained")
+    fig = Figure(
+        figsize=(min(13.0, max(6.0, 0.3 * len(names) * max(1, len(models)) + 3.0)), 3.0),
+        layout="constrained",
+    )
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
     for i, m in enumerate(models):
@@ -251,27 +287,50 @@ def plot_sequence_bars(
         if table is None or not math.isfinite(float(table)):
             table = float(np.nanmean(values[i])) if np.isfinite(values[i]).any() else float("nan")
         head = _table_head(m) if metric == "attn best head J" else None
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, values[i], width, color=colours[i],
-               label=f"{m.label}: {float(table):.3f}" + (f" (head {head})" if head is not None else ""))
+        ax.bar(
+            x + (i - (len(models) - 1) / 2) * width,
+            values[i],
+            width,
+            color=colours[i],
+            label=f"{m.label}: {float(table):.3f}"
+            + (f" (head {head})" if head is not None else ""),
+        )
     ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center",
-                       fontsize=10)
+    ax.set_xticklabels(
+        names,
+        rotation=30 if len(names) > 4 else 0,
+        ha="right" if len(names) > 4 else "center",
+        fontsize=10,
+    )
     ax.tick_params(axis="y", labelsize=10)
     ax.set_ylabel(metric, fontsize=11)
     ax.set_ylim(0, max(1.0, float(np.nanmax(values)) * 1.05))
-    ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.0, 1.0),
-              title="model: all sequences\n(as in the table)", title_fontsize=10)
+    ax.legend(
+        fontsize=10,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        title="model: all sequences\n(as in the table)",
+        title_fontsize=10,
+    )
     ax.set_title(f"{metric} per sequence", fontsize=12)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
 
 GT_COLOUR = (255, 255, 255)  # ground truth: white, a colour no prediction uses
-PREDICTION_COLOUR = (255, 0, 255)  # one predicted mask (a head, an object, a method): magenta, rare in video
+PREDICTION_COLOUR = (
+    255,
+    0,
+    255,
+)  # one predicted mask (a head, an object, a method): magenta, rare in video
 
 
 def example_panels(
-    seq: SequenceResult, *, head: int | None = None, obj: int | None = None, frames: Sequence[int] | None = None
+    seq: SequenceResult,
+    *,
+    head: int | None = None,
+    obj: int | None = None,
+    frames: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Overlays of the kept example frames of one sequence (the render layer of the figure).
 
@@ -305,20 +364,42 @@ def example_panels(
     gt_any = gt > 0  # (n, h, w)
 
     def with_gt(drawn: np.ndarray) -> np.ndarray:
-        return np.stack([mask_overlay(d, g, GT_COLOUR, alpha=0.0, thickness=1) for d, g in zip(drawn, gt_any)])
+        return np.stack(
+            [mask_overlay(d, g, GT_COLOUR, alpha=0.0, thickness=1) for d, g in zip(drawn, gt_any)]
+        )
 
     def one_mask(masks: Any) -> np.ndarray:
-        drawn = np.stack([mask_overlay(f, np.asarray(m), PREDICTION_COLOUR, alpha=0.45, patch_size=p, halo=True)
-                          for f, m in zip(images, masks)])
+        drawn = np.stack(
+            [
+                mask_overlay(
+                    f, np.asarray(m), PREDICTION_COLOUR, alpha=0.45, patch_size=p, halo=True
+                )
+                for f, m in zip(images, masks)
+            ]
+        )
         return with_gt(drawn)
 
-    out = {"ground truth": np.stack([mask_overlay(f, g, GT_COLOUR, alpha=0.4, thickness=2, halo=True)
-                                     for f, g in zip(images, gt_any)])}
+    out = {
+        "ground truth": np.stack(
+            [
+                mask_overlay(f, g, GT_COLOUR, alpha=0.4, thickness=2, halo=True)
+                for f, g in zip(images, gt_any)
+            ]
+        )
+    }
     if ex.propagated is not None:
         prop = np.asarray(ex.propagated)[keep]
-        colours = np.concatenate([[PREDICTION_COLOUR], palette(K)[1:]])[:K]  # magenta first, as one mask
-        drawn = np.stack([mask_overlay(f, np.stack([lab == k for k in range(1, K + 1)]), colours,
-                                       alpha=0.45, halo=True) for f, lab in zip(images, prop)])
+        colours = np.concatenate([[PREDICTION_COLOUR], palette(K)[1:]])[
+            :K
+        ]  # magenta first, as one mask
+        drawn = np.stack(
+            [
+                mask_overlay(
+                    f, np.stack([lab == k for k in range(1, K + 1)]), colours, alpha=0.45, halo=True
+                )
+                for f, lab in zip(images, prop)
+            ]
+        )
         out["propagated"] = with_gt(drawn)
     if ex.head_masks is not None:
         h = seq.attention["best_head"] if head is None else head
@@ -331,7 +412,10 @@ def example_panels(
     for method, (masks, boxes) in (ex.discovery or {}).items():
         drawn = one_mask([masks[i].numpy() for i in keep])
         out[DISCOVERY_NAMES.get(method, method)] = np.stack(
-            [box_overlay(d, boxes[i].numpy(), color=(255, 255, 0), patch_size=p) for d, i in zip(drawn, keep)]
+            [
+                box_overlay(d, boxes[i].numpy(), color=(255, 255, 0), patch_size=p)
+                for d, i in zip(drawn, keep)
+            ]
         )
     return out
 
@@ -367,8 +451,13 @@ def plot_examples(
             col_titles.append([f"frame {i}" for i in seq.examples.indices])
     if not rows:
         raise ValueError(f"plot_examples: {model.label!r} has no sequences")
-    return plot_grid(rows, row_titles=row_titles, col_titles=col_titles, panel_size=1.8,
-                     suptitle=f"{model.label} (white: ground truth)")
+    return plot_grid(
+        rows,
+        row_titles=row_titles,
+        col_titles=col_titles,
+        panel_size=1.8,
+        suptitle=f"{model.label} (white: ground truth)",
+    )
 
 
 def plot_examples_compact(
@@ -389,10 +478,16 @@ def plot_examples_compact(
     """
     from labkit.viz import plot_grid
 
-    candidates = [s for m in result.models for s in m.sequences
-                  if s.examples is not None and (sequence is None or s.name == sequence)]
+    candidates = [
+        s
+        for m in result.models
+        for s in m.sequences
+        if s.examples is not None and (sequence is None or s.name == sequence)
+    ]
     if not candidates:
-        raise ValueError(f"plot_examples_compact: no example frames{f' of {sequence!r}' if sequence else ''}")
+        raise ValueError(
+            f"plot_examples_compact: no example frames{f' of {sequence!r}' if sequence else ''}"
+        )
     name = candidates[0].name
     rows, row_titles, col_titles, frame = [], [], [], None
     for m in result.models:
@@ -411,8 +506,14 @@ def plot_examples_compact(
             rows.append([a[0] for a in predictions.values()])
             row_titles.append(m.label)
             col_titles.append(list(predictions))
-    return plot_grid(rows, row_titles=row_titles, col_titles=col_titles, panel_size=2.0, max_width=max_width,
-                     suptitle=f"{name}, frame {frame}: each model's masks (magenta), ground truth outlined in white")
+    return plot_grid(
+        rows,
+        row_titles=row_titles,
+        col_titles=col_titles,
+        panel_size=2.0,
+        max_width=max_width,
+        suptitle=f"{name}, frame {frame}: each model's masks (magenta), ground truth outlined in white",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,7 +529,9 @@ def write_metrics(result: EvalResult, path: str | Path) -> Path:
     return path
 
 
-def save_report(result: EvalResult, out_dir: str | Path, *, figures: bool = True) -> dict[str, Path]:
+def save_report(
+    result: EvalResult, out_dir: str | Path, *, figures: bool = True
+) -> dict[str, Path]:
     """Write ``metrics.json``, ``summary.md`` (tables) and, with ``figures``, PNGs of the bars
     (``bars_<metric>.png``, :func:`bar_file_name`), one compact example figure (``examples.png``:
     one frame, every model) and each model's examples (``examples_<label>.png``) into ``out_dir``.
@@ -451,11 +554,15 @@ def save_report(result: EvalResult, out_dir: str | Path, *, figures: bool = True
             written[name] = out / f"{name}.png"
             plot_sequence_bars(result, metric).savefig(written[name], dpi=110, bbox_inches="tight")
         if any(s.examples is not None for m in result.models for s in m.sequences):
-            written["examples"] = out / "examples.png"  # one frame, every model: the report's figure
+            written["examples"] = (
+                out / "examples.png"
+            )  # one frame, every model: the report's figure
             plot_examples_compact(result).savefig(written["examples"], dpi=100, bbox_inches="tight")
         for m in result.models:
             if m.sequences and m.sequences[0].examples is not None:
-                name = "examples_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in m.label)
+                name = "examples_" + "".join(
+                    c if c.isalnum() or c in "-_." else "_" for c in m.label
+                )
                 written[name] = out / f"{name}.png"
                 plot_examples(m).savefig(written[name], dpi=90, bbox_inches="tight")
     return written

@@ -28,7 +28,12 @@ from labkit.eval.metrics import SequenceScores, davis_summary
 __all__ = ["SequenceExamples", "SequenceResult", "ModelResult", "EvalResult", "to_jsonable"]
 
 # names of the discovery methods in tables and figures (labkit.discovery.METHODS)
-DISCOVERY_NAMES = {"lost": "LOST", "tokencut": "TokenCut", "attention": "attn object", "dora": "DoRA union"}
+DISCOVERY_NAMES = {
+    "lost": "LOST",
+    "tokencut": "TokenCut",
+    "attention": "attn object",
+    "dora": "DoRA union",
+}
 
 
 def to_jsonable(x: Any) -> Any:
@@ -91,15 +96,24 @@ class SequenceResult:
 
     def row(self) -> dict[str, Any]:
         """One flat row of numbers for tables (missing evaluations leave their keys out)."""
-        r: dict[str, Any] = {"sequence": self.name, "frames": self.num_frames,
-                             "objects": self.num_objects}
+        r: dict[str, Any] = {
+            "sequence": self.name,
+            "frames": self.num_frames,
+            "objects": self.num_objects,
+        }
         if self.propagation is not None:
             p = self.propagation
             r.update({"J&F": p.jf_mean, "J": p.j_mean, "F": p.f_mean})
         if self.attention is not None:
             a = self.attention
-            r.update({"attn best head J": a["best_head_j"], "attn head avg J": a["head_average_j"],
-                      "attn best head": a["best_head"], "attn stability": a["stability"]})
+            r.update(
+                {
+                    "attn best head J": a["best_head_j"],
+                    "attn head avg J": a["head_average_j"],
+                    "attn best head": a["best_head"],
+                    "attn stability": a["stability"],
+                }
+            )
         if self.tracking is not None:
             t = self.tracking
             r.update({"DoRA best object J": t["best_head_j"], "DoRA stability": t["stability"]})
@@ -108,8 +122,13 @@ class SequenceResult:
         if self.discovery is not None:
             for method, d in self.discovery.items():
                 name = DISCOVERY_NAMES.get(method, method)
-                r.update({f"{name} J": d["j"], f"{name} CorLoc": d["corloc_mean"],
-                          f"{name} stability": d["stability"]})
+                r.update(
+                    {
+                        f"{name} J": d["j"],
+                        f"{name} CorLoc": d["corloc_mean"],
+                        f"{name} stability": d["stability"],
+                    }
+                )
         r["seconds"] = sum(self.seconds.values())
         return r
 
@@ -132,8 +151,15 @@ class SequenceResult:
                 "J-Mean": p.j_mean,
                 "F-Mean": p.f_mean,
                 "objects": [
-                    {"object": i + 1, "J-Mean": js[i, 0], "J-Recall": js[i, 1], "J-Decay": js[i, 2],
-                     "F-Mean": fs[i, 0], "F-Recall": fs[i, 1], "F-Decay": fs[i, 2]}
+                    {
+                        "object": i + 1,
+                        "J-Mean": js[i, 0],
+                        "J-Recall": js[i, 1],
+                        "J-Decay": js[i, 2],
+                        "F-Mean": fs[i, 0],
+                        "F-Recall": fs[i, 1],
+                        "F-Decay": fs[i, 2],
+                    }
                     for i in range(p.num_objects)
                 ],
                 "scored_frames": p.frames,
@@ -221,8 +247,10 @@ class ModelResult:
         if not seqs:
             return None
         return {
-            method: {key: _mean([s[method][key] for s in seqs if method in s])
-                     for key in ("j", "corloc_mean", "corloc_any_mean", "stability")}
+            method: {
+                key: _mean([s[method][key] for s in seqs if method in s])
+                for key in ("j", "corloc_mean", "corloc_any_mean", "stability")
+            }
             for method in seqs[0]
         }
 
@@ -234,8 +262,14 @@ class ModelResult:
             r.update({"J&F": p["J&F-Mean"], "J": p["J-Mean"], "F": p["F-Mean"]})
         a = self.attention_summary()
         if a is not None:
-            r.update({"attn best head J": a["best_head_j"], "attn head avg J": a["head_average_j"],
-                      "attn mean heads J": a["mean_over_heads"], "attn stability": a["stability"]})
+            r.update(
+                {
+                    "attn best head J": a["best_head_j"],
+                    "attn head avg J": a["head_average_j"],
+                    "attn mean heads J": a["mean_over_heads"],
+                    "attn stability": a["stability"],
+                }
+            )
         t = self.tracking_summary()
         if t is not None:
             r.update({"DoRA best object J": t["best_object_j"], "DoRA stability": t["stability"]})
@@ -246,8 +280,13 @@ class ModelResult:
         if disc is not None:
             for method, d in disc.items():
                 name = DISCOVERY_NAMES.get(method, method)
-                r.update({f"{name} J": d["j"], f"{name} CorLoc": d["corloc_mean"],
-                          f"{name} stability": d["stability"]})
+                r.update(
+                    {
+                        f"{name} J": d["j"],
+                        f"{name} CorLoc": d["corloc_mean"],
+                        f"{name} stability": d["stability"],
+                    }
+                )
         if self.knn is not None:
             r.update({"k-NN top-1": self.knn["top1"], "k-NN top-5": self.knn["top5"]})
         r["seconds"] = self.seconds

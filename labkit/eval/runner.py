@@ -91,7 +91,9 @@ DEFAULT_EVALUATIONS = ("propagation", "attention", "tracking", "segmentation")
 class EvalConfig:
     """Parameters of an evaluation; ``notebooks/evaluate.ipynb`` and ``labkit eval`` use these names."""
 
-    models: tuple[str, ...] = ("vit_small_patch16_224",)  # specs (labkit.eval.specs): random ViT-S/16
+    models: tuple[str, ...] = (
+        "vit_small_patch16_224",
+    )  # specs (labkit.eval.specs): random ViT-S/16
     # position-embedding resize for every model: "dino", "dinov2", "timm"; "auto": as each model's
     # weights' authors (DINO's rule for DINO/DoRA files and .dino tags, DINOv2's, timm's)
     pos_embed_rule: PosEmbedRule = "auto"
@@ -164,13 +166,23 @@ class EvalConfig:
                 else f"evaluations: choose at least one of {list(EVALUATIONS)}"
             )
         if "knn" in self.evaluations and not self.knn_root:
-            raise ValueError("evaluations has 'knn' but knn_root is empty: give a labelled image folder")
+            raise ValueError(
+                "evaluations has 'knn' but knn_root is empty: give a labelled image folder"
+            )
         if self.data_root and not Path(self.data_root).expanduser().is_dir():
             raise ValueError(f"data_root {self.data_root!r}: no such folder")
         if self.knn_root and not Path(self.knn_root).expanduser().is_dir():
             raise ValueError(f"knn_root {self.knn_root!r}: no such folder")
-        for name in ("resolution", "size_multiple", "topk", "dora_objects", "knn_k",
-                     "knn_resolution", "batch_size", "dataset_samples"):
+        for name in (
+            "resolution",
+            "size_multiple",
+            "topk",
+            "dora_objects",
+            "knn_k",
+            "knn_resolution",
+            "batch_size",
+            "dataset_samples",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -196,8 +208,10 @@ class EvalConfig:
     def _per_model_kwargs(self) -> bool:
         """``model_kwargs`` maps model labels to dicts (rather than timm arguments to values)."""
         kw = self.model_kwargs
-        return bool(kw) and all(isinstance(v, dict) for v in kw.values()) and any(
-            k in {s.label for s in self.specs} for k in kw
+        return (
+            bool(kw)
+            and all(isinstance(v, dict) for v in kw.values())
+            and any(k in {s.label for s in self.specs} for k in kw)
         )
 
     def kwargs_for(self, label: str) -> dict[str, Any]:
@@ -218,14 +232,16 @@ def _cls_embeddings(
     model: torch.nn.Module, paths: Sequence[Path], cfg: EvalConfig, progress: bool, desc: str
 ) -> torch.Tensor:
     """Pooled ([CLS]) embeddings ``(n, D)`` of images, batch by batch."""
+    from tqdm.auto import tqdm
+
     from labkit.eval.datasets import load_image_batch
     from labkit.models import prepare_images
-    from tqdm.auto import tqdm
 
     out = []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(paths), cfg.batch_size), desc=desc, leave=False,
-                          disable=not progress):
+        for start in tqdm(
+            range(0, len(paths), cfg.batch_size), desc=desc, leave=False, disable=not progress
+        ):
             images = load_image_batch(paths[start : start + cfg.batch_size], cfg.knn_resolution)
             out.append(model(prepare_images(images, model, device=cfg.device)).float().cpu())
     return torch.cat(out)
@@ -239,12 +255,24 @@ def _knn(model: torch.nn.Module, cfg: EvalConfig, progress: bool) -> dict[str, A
     test = _cls_embeddings(model, [p for p, _ in split.test], cfg, progress, "k-NN test")
     k = min(cfg.knn_k, len(split.train))
     res = knn_classify(
-        train, torch.tensor([y for _, y in split.train]), test, k, cfg.knn_temperature,
-        num_classes=len(split.classes), test_labels=torch.tensor([y for _, y in split.test]),
+        train,
+        torch.tensor([y for _, y in split.train]),
+        test,
+        k,
+        cfg.knn_temperature,
+        num_classes=len(split.classes),
+        test_labels=torch.tensor([y for _, y in split.test]),
     )
-    return {"top1": res.top1, "top5": res.top5, "k": k, "temperature": cfg.knn_temperature,
-            "classes": list(split.classes), "num_train": len(split.train),
-            "num_test": len(split.test), "predictions": res.predictions}
+    return {
+        "top1": res.top1,
+        "top5": res.top5,
+        "k": k,
+        "temperature": cfg.knn_temperature,
+        "classes": list(split.classes),
+        "num_train": len(split.train),
+        "num_test": len(split.test),
+        "predictions": res.predictions,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,13 +303,14 @@ def _model_info(spec: ModelSpec, model: torch.nn.Module, cfg: EvalConfig) -> dic
             f"{heads} heads (DoRA takes one head per object)"
         )
     if not -info["depth"] <= cfg.layer < info["depth"]:
-        raise ValueError(f"model {spec.label!r}: layer {cfg.layer} out of range ({info['depth']} blocks)")
+        raise ValueError(
+            f"model {spec.label!r}: layer {cfg.layer} out of range ({info['depth']} blocks)"
+        )
     if getattr(model, "cls_token", None) is None and any(
         cfg.runs(e) for e in ("attention", "tracking", "discovery")
     ):
         raise ValueError(f"model {spec.label!r} has no [CLS] token: no [CLS] attention to score")
     return info
-
 
 
 def _progress_lines() -> bool:
@@ -331,16 +360,19 @@ def score_sequences(
         for done, seq in enumerate(todo, 1):
             t0 = time.perf_counter()
             result.sequences.append(
-                evaluate_sequence(model, seq, cfg, progress=progress and not lines, stash=stash))
+                evaluate_sequence(model, seq, cfg, progress=progress and not lines, stash=stash)
+            )
             if lines:
                 elapsed = time.perf_counter() - start
                 left = elapsed / done * (len(sequences) - done)
                 _progress_line(
                     f"evaluate {where}: sequence {done}/{len(sequences)} {seq.name} "
                     f"({result.sequences[-1].num_frames} frames) in {_duration(time.perf_counter() - t0)}; "
-                    f"{_duration(elapsed)} so far, about {_duration(left)} left for this model")
+                    f"{_duration(elapsed)} so far, about {_duration(left)} left for this model"
+                )
         if stash is not None and sequences:
             result.dataset_segmentation = dataset_segmentation(stash, result.sequences, cfg)
+
 
 def evaluate(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     """Evaluate every model of ``cfg`` on its dataset; checks everything before the first frame.
@@ -377,17 +409,22 @@ def _evaluate(cfg: EvalConfig, *, progress: bool) -> EvalResult:
         root = Path("")
     sequences = davis_sequences(root, cfg.sequences, folder=cfg.davis_folder) if video_on else []
     if cfg.runs("propagation"):
-        short = [s.name for s in sequences
-                 if min(s.num_frames, cfg.max_frames or s.num_frames) < 3]
+        short = [s.name for s in sequences if min(s.num_frames, cfg.max_frames or s.num_frames) < 3]
         if short:
-            raise DatasetError(f"sequences {short}: label propagation scores frames 1..T-2, "
-                               "so it needs at least 3 frames")
+            raise DatasetError(
+                f"sequences {short}: label propagation scores frames 1..T-2, "
+                "so it needs at least 3 frames"
+            )
     if cfg.runs("knn"):
         image_folder_split(cfg.knn_root)
     infos = {}
     for spec in cfg.specs:  # every spec must load before any data goes through a model
-        model = spec.load(device="cpu", seed=cfg.seed, model_kwargs=cfg.kwargs_for(spec.label),
-                          pos_embed_rule=cfg.pos_embed_rule)
+        model = spec.load(
+            device="cpu",
+            seed=cfg.seed,
+            model_kwargs=cfg.kwargs_for(spec.label),
+            pos_embed_rule=cfg.pos_embed_rule,
+        )
         infos[spec.label] = _model_info(spec, model, cfg)
         del model
 
@@ -396,17 +433,25 @@ def _evaluate(cfg: EvalConfig, *, progress: bool) -> EvalResult:
     for i, spec in enumerate(cfg.specs, 1):
         t_model = time.perf_counter()
         if lines:
-            _progress_line(f"evaluate: model {i}/{len(cfg.specs)} {spec.label} "
-                           f"({infos[spec.label].get('weights_label') or spec.text}), {len(sequences)} sequences")
-        model = spec.load(device=cfg.device, seed=cfg.seed,
-                          model_kwargs=cfg.kwargs_for(spec.label), pos_embed_rule=cfg.pos_embed_rule)
+            _progress_line(
+                f"evaluate: model {i}/{len(cfg.specs)} {spec.label} "
+                f"({infos[spec.label].get('weights_label') or spec.text}), {len(sequences)} sequences"
+            )
+        model = spec.load(
+            device=cfg.device,
+            seed=cfg.seed,
+            model_kwargs=cfg.kwargs_for(spec.label),
+            pos_embed_rule=cfg.pos_embed_rule,
+        )
         res = ModelResult(label=spec.label, spec=spec.text, info=infos[spec.label])
         score_sequences(model, sequences, cfg, res, progress=progress, position=(i, len(cfg.specs)))
         if cfg.runs("knn"):
             res.knn = _knn(model, cfg, progress)
         res.seconds = time.perf_counter() - t_model
         if lines:
-            _progress_line(f"evaluate: model {i}/{len(cfg.specs)} {spec.label} done in {_duration(res.seconds)}")
+            _progress_line(
+                f"evaluate: model {i}/{len(cfg.specs)} {spec.label} done in {_duration(res.seconds)}"
+            )
         results.append(res)
         del model
     return EvalResult(

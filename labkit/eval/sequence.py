@@ -157,7 +157,11 @@ def evaluate_sequence(
         :class:`labkit.eval.results.SequenceResult` (with ``histograms`` for the dataset
         protocol).
     """
+    from tqdm.auto import tqdm
+
     from labkit.attention import extract, mass_threshold
+    from labkit.discovery import attention_discovery, dora_discovery, lost, tokencut
+    from labkit.eval.datasets import read_masks
     from labkit.eval.metrics import SequenceScores, davis_frame_scores, resize_nearest
     from labkit.eval.patchgrid import (
         mask_jaccard,
@@ -169,10 +173,7 @@ def evaluate_sequence(
     from labkit.models import patch_size as get_patch_size
     from labkit.models import prepare_images
     from labkit.tracking import discover_objects, track_objects
-    from labkit.eval.datasets import read_masks
-    from labkit.discovery import attention_discovery, dora_discovery, lost, tokencut
     from labkit.video import open_frames
-    from tqdm.auto import tqdm
 
     seconds = {"read": 0.0, "model": 0.0, "propagation": 0.0, "scores": 0.0}
     t0 = time.perf_counter()
@@ -229,7 +230,10 @@ def evaluate_sequence(
         if (track_on or disc_on) and prototypes is None:
             # the first batch starts with frame 0: DoRA discovers there
             prototypes = discover_objects(
-                out.attention[:1], out.features["queries"][:1], tokens[:1], k=cfg.dora_objects,
+                out.attention[:1],
+                out.features["queries"][:1],
+                tokens[:1],
+                k=cfg.dora_objects,
             ).prototypes  # (1, k, D)
         if track_on:
             tracks = track_objects(prototypes, out.features["keys"][None])  # (1, n, k, gh, gw)
@@ -264,9 +268,16 @@ def evaluate_sequence(
                 continue
             if t == 0:
                 propagator = LabelPropagator(
-                    tokens[0], labels_t, n_last=cfg.n_last, topk=cfg.topk,
-                    temperature=cfg.temperature, radius=cfg.radius or None, patch_size=p,
-                    out_size=(H, W), alignment="resize", num_labels=K + 1,
+                    tokens[0],
+                    labels_t,
+                    n_last=cfg.n_last,
+                    topk=cfg.topk,
+                    temperature=cfg.temperature,
+                    radius=cfg.radius or None,
+                    patch_size=p,
+                    out_size=(H, W),
+                    alignment="resize",
+                    num_labels=K + 1,
                 )
                 labels = propagator.first_frame_labels
             else:
@@ -288,8 +299,13 @@ def evaluate_sequence(
     hist = torch.stack(histograms)[annotated]  # (T', P, K+2): the annotated frames are scored
     foreground = hist[..., 1:].sum(dim=-1)  # (T', P)
     result = SequenceResult(
-        name=seq.name, num_frames=T, num_objects=K, source_size=(H, W), input_size=size,
-        grid=grid, seconds=seconds,
+        name=seq.name,
+        num_frames=T,
+        num_objects=K,
+        source_size=(H, W),
+        input_size=size,
+        grid=grid,
+        seconds=seconds,
         histograms=torch.stack([hist[..., 0], foreground], dim=-1),  # (T', P, 2)
         unannotated_frames=tuple(int(t) for t in (~annotated).nonzero().flatten()),
     )
@@ -311,11 +327,14 @@ def evaluate_sequence(
     if disc_on:
         from labkit.eval.discovery import discovery_scores
 
-        discovered = {m: (torch.cat([x for x, _ in parts]), torch.cat([b for _, b in parts]))
-                      for m, parts in found.items()}
+        discovered = {
+            m: (torch.cat([x for x, _ in parts]), torch.cat([b for _, b in parts]))
+            for m, parts in found.items()
+        }
         result.discovery = {
-            m: discovery_scores(masks_m, boxes_m, gt[annotated], annotated, foreground, area,
-                                index_map.cpu(), K)
+            m: discovery_scores(
+                masks_m, boxes_m, gt[annotated], annotated, foreground, area, index_map.cpu(), K
+            )
             for m, (masks_m, boxes_m) in discovered.items()
         }
     seconds["scores"] += time.perf_counter() - t0
@@ -338,7 +357,9 @@ def evaluate_sequence(
             head_masks=head_masks[sel] if attn_on else None,
             average_mask=average_mask[sel] if attn_on else None,
             object_masks=objects[sel] if track_on else None,
-            discovery={m: (masks_m[sel], boxes_m[sel]) for m, (masks_m, boxes_m) in discovered.items()}
+            discovery={
+                m: (masks_m[sel], boxes_m[sel]) for m, (masks_m, boxes_m) in discovered.items()
+            }
             or None,
         )
     return result
@@ -370,10 +391,15 @@ def dataset_segmentation(
         local = chosen[(chosen >= lo) & (chosen < hi)] - lo
         sample.append(np.asarray(a.reshape(-1, a.shape[-1])[local], dtype=np.float32))
     x = F.normalize(torch.from_numpy(np.concatenate(sample)).to(device), dim=-1)  # (n, D)
-    out: dict[str, Any] = {"num_samples": n, "num_patches": total,
-                           "classes": ["background", "foreground"]}
-    for name, k, matching in (("hungarian", 2, "hungarian"),
-                              ("overcluster", cfg.overclusters, "many_to_one")):
+    out: dict[str, Any] = {
+        "num_samples": n,
+        "num_patches": total,
+        "classes": ["background", "foreground"],
+    }
+    for name, k, matching in (
+        ("hungarian", 2, "hungarian"),
+        ("overcluster", cfg.overclusters, "many_to_one"),
+    ):
         centroids = kmeans(x, min(k, n), seed=cfg.seed).centroids  # (k, D)
         conf = torch.zeros(2, centroids.shape[0], dtype=torch.long)
         for res, a in zip(results, arrays):

@@ -93,7 +93,9 @@ class ModelSpec:
                 **(model_kwargs or {}),
             )
         except Exception as err:  # timm raises many types (RuntimeError, TypeError, hub errors)
-            raise ValueError(f"model spec {self.text or self.label!r} does not load: {err}") from err
+            raise ValueError(
+                f"model spec {self.text or self.label!r} does not load: {err}"
+            ) from err
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -135,7 +137,9 @@ def parse_model_spec(text: str) -> ModelSpec:
     if not weights and "." in arch:  # a tag means its weights, never a silent random init
         pretrained = True
     if ":" in rest and not weights:
-        raise ValueError(f"model spec {spec!r}: nothing after ':' (a checkpoint path or 'pretrained')")
+        raise ValueError(
+            f"model spec {spec!r}: nothing after ':' (a checkpoint path or 'pretrained')"
+        )
     if checkpoint and not Path(checkpoint).expanduser().is_file():
         raise ValueError(f"model spec {spec!r}: checkpoint file {checkpoint!r} not found")
     if which == "student" and not checkpoint:

@@ -45,14 +45,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from labkit.pos_embed import PosEmbedRule, check_rule
-
 from labkit.validation import (
-    resolve_device,
     check_device,
     check_fields,
     check_model_kwargs,
     check_output_dir,
     read_config_file,
+    resolve_device,
 )
 
 __all__ = [
@@ -69,14 +68,26 @@ METHODS = ("dora", "dino", "timetuning")
 
 # Fields that fix the networks' shapes: a checkpoint resumes only under the same values.
 ARCHITECTURE_FIELDS = (
-    "method", "model", "model_kwargs", "img_size", "out_dim", "hidden_dim", "bottleneck_dim",
+    "method",
+    "model",
+    "model_kwargs",
+    "img_size",
+    "out_dim",
+    "hidden_dim",
+    "bottleneck_dim",
     "norm_last_layer",
-)  # fmt: skip
+)
 # ... and for TimeTuning, its head and which parameters train (the optimiser's state follows them)
 TIMETUNING_ARCHITECTURE_FIELDS = (
-    "method", "model", "model_kwargs", "img_size", "num_prototypes", "head_dims",
-    "trainable_blocks", "train_norm",
-)  # fmt: skip
+    "method",
+    "model",
+    "model_kwargs",
+    "img_size",
+    "num_prototypes",
+    "head_dims",
+    "trainable_blocks",
+    "train_norm",
+)
 
 # Defaults of the fields left at None, per method. DoRA / DINO: DINO's recipe. TimeTuning: the
 # official code (SMSD75/Timetuning time_tuning.py): head lr 1e-4 with the backbone at a tenth,
@@ -188,7 +199,9 @@ class TrainConfig:
     # distribution's top dimension above half the mass) before a CollapseWarning; 0: no watchdog
     collapse_patience: int = 20
     # -- run ----------------------------------------------------------------------------------
-    device: str = "auto"  # "auto": CUDA when available, else the CPU; "cuda" under torchrun: cuda:LOCAL_RANK
+    device: str = (
+        "auto"  # "auto": CUDA when available, else the CPU; "cuda" under torchrun: cuda:LOCAL_RANK
+    )
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on cuda only
     compile: bool = False  # torch.compile the student
     num_workers: int = 0  # DataLoader workers per process (each opens its own video readers)
@@ -228,13 +241,33 @@ class TrainConfig:
                 raise ValueError(f"video_path: {p!r} does not exist")
 
         ints = {
-            "num_frames": 1, "frame_step": 1, "decode_size": 0, "img_size": 8, "local_size": 8,
-            "num_local": 0, "k": 1, "sinkhorn_iterations": 1, "out_dim": 1, "hidden_dim": 1,
-            "bottleneck_dim": 1, "steps": 1, "steps_per_epoch": 0, "batch_size": 1,
-            "freeze_last_layer": 0, "warmup_teacher_temp_epochs": 0, "num_workers": 0,
-            "checkpoint_every": 0, "seed": 0, "threads": 0, "collapse_patience": 0, "num_prototypes": 1, "trainable_blocks": 0,
-            "forwarder_n_last": 0, "forwarder_topk": 1, "forwarder_radius": 0,
-        }  # fmt: skip
+            "num_frames": 1,
+            "frame_step": 1,
+            "decode_size": 0,
+            "img_size": 8,
+            "local_size": 8,
+            "num_local": 0,
+            "k": 1,
+            "sinkhorn_iterations": 1,
+            "out_dim": 1,
+            "hidden_dim": 1,
+            "bottleneck_dim": 1,
+            "steps": 1,
+            "steps_per_epoch": 0,
+            "batch_size": 1,
+            "freeze_last_layer": 0,
+            "warmup_teacher_temp_epochs": 0,
+            "num_workers": 0,
+            "checkpoint_every": 0,
+            "seed": 0,
+            "threads": 0,
+            "collapse_patience": 0,
+            "num_prototypes": 1,
+            "trainable_blocks": 0,
+            "forwarder_n_last": 0,
+            "forwarder_topk": 1,
+            "forwarder_radius": 0,
+        }
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -247,14 +280,22 @@ class TrainConfig:
                 f"got {self.num_frames}"
             )
         floats = {
-            "epsilon": (0.0, None), "drop_path_rate": (None, 1.0), "lr": (0.0, None),
-            "min_lr": (None, None), "warmup_epochs": (None, None), "weight_decay": (None, None),
-            "weight_decay_end": (None, None), "clip_grad": (None, None),
-            "momentum_teacher": (None, 1.0), "teacher_temp": (0.0, None),
-            "warmup_teacher_temp": (0.0, None), "student_temp": (0.0, None),
-            "center_momentum": (None, 1.0), "forwarder_temperature": (0.0, None),
+            "epsilon": (0.0, None),
+            "drop_path_rate": (None, 1.0),
+            "lr": (0.0, None),
+            "min_lr": (None, None),
+            "warmup_epochs": (None, None),
+            "weight_decay": (None, None),
+            "weight_decay_end": (None, None),
+            "clip_grad": (None, None),
+            "momentum_teacher": (None, 1.0),
+            "teacher_temp": (0.0, None),
+            "warmup_teacher_temp": (0.0, None),
+            "student_temp": (0.0, None),
+            "center_momentum": (None, 1.0),
+            "forwarder_temperature": (0.0, None),
             "backbone_lr_ratio": (None, None),
-        }  # fmt: skip
+        }
         for name, (positive_above, at_most) in floats.items():
             value = getattr(self, name)
             if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
@@ -274,8 +315,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {value}")
             if at_most is not None and value > at_most:
                 raise ValueError(f"{name} must be <= {at_most}, got {value}")
-        for name in ("sinkhorn", "norm_last_layer", "pretrained", "scale_lr", "compile", "resume",
-                     "train_norm", "hard_targets", "pre_crop"):
+        for name in (
+            "sinkhorn",
+            "norm_last_layer",
+            "pretrained",
+            "scale_lr",
+            "compile",
+            "resume",
+            "train_norm",
+            "hard_targets",
+            "pre_crop",
+        ):
             if name == "pretrained" and self.pretrained in (None, "auto"):
                 continue
             if not isinstance(getattr(self, name), bool):

@@ -251,9 +251,11 @@ class ClipDataset(Dataset):
         self._pre_crop = None
         if self.pre_crop:  # DoRA: RandomResizedCropVideo(300, (0.2, 1)) before the DINO crops
             self._pre_crop = v2.RandomResizedCrop(
-                round(self.img_size * 300 / 224), scale=(0.2, 1.0),
-                interpolation=v2.InterpolationMode.BICUBIC, antialias=True,
-            )  # fmt: skip
+                round(self.img_size * 300 / 224),
+                scale=(0.2, 1.0),
+                interpolation=v2.InterpolationMode.BICUBIC,
+                antialias=True,
+            )
         if self.mode == "dora":
             # DoRA's global frames: blur rarely (p = 0.1), no solarisation
             self._global_colour = [_photometric(self.img_size, 0.1) if on else identity]

@@ -118,9 +118,15 @@ def clip_objects(
     maps, masks, plans = {}, {}, {}
     for name in PLANS:
         found = discover_objects(
-            attention[:1].clone(), queries[:1], tokens[:1], k=k, heads=chosen,
-            sinkhorn=name == "sinkhorn", epsilon=epsilon, iterations=iterations,
-        )  # fmt: skip
+            attention[:1].clone(),
+            queries[:1],
+            tokens[:1],
+            k=k,
+            heads=chosen,
+            sinkhorn=name == "sinkhorn",
+            epsilon=epsilon,
+            iterations=iterations,
+        )
         tracks = track_objects(found.prototypes, keys[None], threshold=threshold)
         maps[name] = tracks.maps[0].cpu()  # (T, k, gh, gw)
         masks[name] = tracks.masks[0].cpu()
@@ -261,10 +267,22 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
         axes[1].plot(steps, [r["target_confidence"] for r in records], label="target confidence")
         axes[1].set(xlabel="step", ylabel="fraction", title="targets", ylim=(0, 1))
         clusters = axes[1].twinx()
-        clusters.plot(steps, [r["target_clusters"] for r in records], color="C3", ls="--",
-                      lw=0.8, label="target clusters")  # fmt: skip
-        clusters.plot(steps, [r["first_clusters"] for r in records], color="C4", ls=":",
-                      lw=0.8, label="first-frame clusters")  # fmt: skip
+        clusters.plot(
+            steps,
+            [r["target_clusters"] for r in records],
+            color="C3",
+            ls="--",
+            lw=0.8,
+            label="target clusters",
+        )
+        clusters.plot(
+            steps,
+            [r["first_clusters"] for r in records],
+            color="C4",
+            ls=":",
+            lw=0.8,
+            label="first-frame clusters",
+        )
         clusters.set_ylabel("distinct clusters")
         axes[1].legend(handles=axes[1].lines + clusters.lines, fontsize=8)
     else:
@@ -277,8 +295,13 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
         if events:  # the watchdog fired: mark where the collapse began
             began = events[0]["step"]
             for ax in axes[:2]:
-                ax.axvline(began, color="C3", ls=":", lw=1.2,
-                           label=f"collapse from step {began} ({events[0]['kind']})")
+                ax.axvline(
+                    began,
+                    color="C3",
+                    ls=":",
+                    lw=1.2,
+                    label=f"collapse from step {began} ({events[0]['kind']})",
+                )
             axes[0].legend(fontsize=8)
         axes[1].legend(fontsize=8)
     axes[2].plot(steps, [r["lr"] for r in records], label="lr", color="C2")

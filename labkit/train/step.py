@@ -303,9 +303,16 @@ def discover_and_track(
         tokens = teacher_out.tokens.float().reshape(clips, frames, gh, gw, -1)
         keys = teacher_out.keys.float().reshape(clips, frames, gh, gw, -1)  # (B, T, gh, gw, D)
         discovery = discover_objects(
-            attention[:, 0], queries[:, 0], tokens[:, 0], k=k, heads=heads, sinkhorn=sinkhorn,
-            epsilon=epsilon, iterations=iterations, generator=generator,
-        )  # fmt: skip
+            attention[:, 0],
+            queries[:, 0],
+            tokens[:, 0],
+            k=k,
+            heads=heads,
+            sinkhorn=sinkhorn,
+            epsilon=epsilon,
+            iterations=iterations,
+            generator=generator,
+        )
         tracks = track_objects(discovery.prototypes, keys, threshold=threshold)
     return discovery, tracks
 
@@ -397,9 +404,16 @@ def dora_step(
             nan, teacher_logits.reshape(-1, out_dim), center, None, None, clips * num_frames
         )
     discovery, tracks = discover_and_track(
-        teacher_out, clips, k=k, heads=heads, sinkhorn=sinkhorn, epsilon=epsilon,
-        iterations=iterations, threshold=threshold, generator=generator,
-    )  # fmt: skip
+        teacher_out,
+        clips,
+        k=k,
+        heads=heads,
+        sinkhorn=sinkhorn,
+        epsilon=epsilon,
+        iterations=iterations,
+        threshold=threshold,
+        generator=generator,
+    )
     views = masked_views(frames, tracks.masks, p)  # (k, B, T, 3, S, S)
     objects_in = views.transpose(1, 2).flatten(0, 2)  # (k*T*B, 3, S, S), order (k, T, B)
     inputs = [objects_in]

@@ -99,6 +99,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from labkit.pos_embed import model_rule
 from labkit.runfolder import (
     RunFolderWarning,
     RunLock,
@@ -107,10 +108,8 @@ from labkit.runfolder import (
     remove_stale_temporaries,
     write_atomic,
 )
-from labkit.pos_embed import model_rule
 from labkit.train.config import TrainConfig, architecture_fields
 from labkit.train.data import ClipDataset, StepBatchSampler, preview_clip, step_seed
-from labkit.train.watchdog import CollapseWarning, CollapseWatchdog
 from labkit.train.step import (
     build_networks,
     build_timetuning,
@@ -119,6 +118,7 @@ from labkit.train.step import (
     teacher_statistics,
     update_teacher,
 )
+from labkit.train.watchdog import CollapseWarning, CollapseWatchdog
 
 __all__ = [
     "Trainer",
@@ -139,13 +139,35 @@ CHECKPOINT_NAME = "checkpoint.pth"
 # what a run leaves in out_dir: a new run there moves these aside (force) or refuses
 RUN_FILES = (CHECKPOINT_NAME, "log.jsonl", "log.csv", "metrics.json")
 LOG_COLUMNS = (
-    "step", "epoch", "loss", "teacher_entropy", "teacher_kl_uniform", "teacher_top_mass", "lr",
-    "wd", "momentum", "teacher_temp", "grad_norm", "images_per_s", "seconds",
-)  # fmt: skip
+    "step",
+    "epoch",
+    "loss",
+    "teacher_entropy",
+    "teacher_kl_uniform",
+    "teacher_top_mass",
+    "lr",
+    "wd",
+    "momentum",
+    "teacher_temp",
+    "grad_norm",
+    "images_per_s",
+    "seconds",
+)
 TIMETUNING_LOG_COLUMNS = (
-    "step", "epoch", "loss", "agreement", "target_confidence", "target_clusters",
-    "first_clusters", "lr", "backbone_lr", "wd", "grad_norm", "images_per_s", "seconds",
-)  # fmt: skip
+    "step",
+    "epoch",
+    "loss",
+    "agreement",
+    "target_confidence",
+    "target_clusters",
+    "first_clusters",
+    "lr",
+    "backbone_lr",
+    "wd",
+    "grad_norm",
+    "images_per_s",
+    "seconds",
+)
 TIMETUNING_METRICS = ("agreement", "target_confidence", "target_clusters", "first_clusters")
 _HEADS_TAG = 0x68656164  # "head": keeps the heads' random stream apart from the data's
 
@@ -188,8 +210,9 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, step: int, checkpoint: Path | None) -> None:
         self.step, self.checkpoint = step, checkpoint
         where = f"checkpoint {checkpoint} holds step {step}" if checkpoint else "no checkpoint"
-        super().__init__(f"training interrupted after step {step}; {where} (set resume=true "
-                         "to continue)")
+        super().__init__(
+            f"training interrupted after step {step}; {where} (set resume=true to continue)"
+        )
 
 
 class CheckpointWriteError(OSError):
@@ -398,14 +421,20 @@ class Trainer:
             )
         if self.rank == 0:
             for path in remove_stale_temporaries(self.out_dir):
-                warnings.warn(f"removed {path}, left by a write that was killed",
-                              RunFolderWarning, stacklevel=3)
+                warnings.warn(
+                    f"removed {path}, left by a write that was killed",
+                    RunFolderWarning,
+                    stacklevel=3,
+                )
             if existing and not resuming:  # forced, or resume with no checkpoint to resume
                 backup = self.out_dir / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
                 move_aside(self.out_dir, existing, backup)
                 why = "" if force else f"{self.out_dir} has no checkpoint to resume from; "
-                warnings.warn(f"{why}moved the previous run's files to {backup}",
-                              RunFolderWarning, stacklevel=3)
+                warnings.warn(
+                    f"{why}moved the previous run's files to {backup}",
+                    RunFolderWarning,
+                    stacklevel=3,
+                )
         if self.world_size > 1:
             dist.barrier()
 
@@ -455,13 +484,21 @@ class Trainer:
         decode = config.decode_size or 2 * round(0.75 * config.img_size)  # 1.5 x img_size, even
         self.video_paths = [str(p) for p in config.video_paths] or [str(_default_video())]
         self.dataset = ClipDataset(
-            self.video_paths, num_frames=config.num_frames, frame_step=config.frame_step,
-            mode="dora" if self.timetuning else config.method, img_size=config.img_size,
-            local_size=config.local_size, num_local=0 if self.timetuning else config.num_local,
+            self.video_paths,
+            num_frames=config.num_frames,
+            frame_step=config.frame_step,
+            mode="dora" if self.timetuning else config.method,
+            img_size=config.img_size,
+            local_size=config.local_size,
+            num_local=0 if self.timetuning else config.num_local,
             global_scale=config.global_scale,
-            local_scale=config.local_scale, decode_size=decode, backend=config.video_backend,
-            mean=mean, std=std, pre_crop=config.pre_crop and config.method == "dora",
-        )  # fmt: skip
+            local_scale=config.local_scale,
+            decode_size=decode,
+            backend=config.video_backend,
+            mean=mean,
+            std=std,
+            pre_crop=config.pre_crop and config.method == "dora",
+        )
         self.global_batch = config.batch_size * self.world_size
         self.steps_per_epoch = config.steps_per_epoch or max(
             1, self.dataset.num_disjoint_clips() // self.global_batch
@@ -563,11 +600,20 @@ class Trainer:
         elif cfg.method == "dora":
             generator = torch.Generator().manual_seed(step_seed(cfg.seed, step, _HEADS_TAG))
             out = dora_step(
-                self._student_run, self.teacher, self.loss_fn, batch, epoch=epoch, k=cfg.k,
-                heads=cfg.heads, sinkhorn=cfg.sinkhorn, epsilon=cfg.epsilon,
-                iterations=cfg.sinkhorn_iterations, threshold=cfg.threshold, generator=generator,
+                self._student_run,
+                self.teacher,
+                self.loss_fn,
+                batch,
+                epoch=epoch,
+                k=cfg.k,
+                heads=cfg.heads,
+                sinkhorn=cfg.sinkhorn,
+                epsilon=cfg.epsilon,
+                iterations=cfg.sinkhorn_iterations,
+                threshold=cfg.threshold,
+                generator=generator,
                 autocast_dtype=self.autocast_dtype,
-            )  # fmt: skip
+            )
         else:
             out = dino_step(
                 self._student_run,
@@ -635,9 +681,14 @@ class Trainer:
     def loader(self, start: int, stop: int) -> torch.utils.data.DataLoader:
         """Batches of steps ``start .. stop - 1`` for this rank."""
         sampler = StepBatchSampler(
-            len(self.dataset), self.config.batch_size, seed=self.config.seed, start=start,
-            stop=stop, rank=self.rank, world_size=self.world_size,
-        )  # fmt: skip
+            len(self.dataset),
+            self.config.batch_size,
+            seed=self.config.seed,
+            start=start,
+            stop=stop,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
         return torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=sampler,
@@ -846,11 +897,15 @@ class Trainer:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, buffer.getvalue())
             except OSError as err:
-                kept = (f"the last good checkpoint, {self.last_checkpoint}, is kept"
-                        if self.last_checkpoint else "no checkpoint was written before")
+                kept = (
+                    f"the last good checkpoint, {self.last_checkpoint}, is kept"
+                    if self.last_checkpoint
+                    else "no checkpoint was written before"
+                )
                 raise CheckpointWriteError(
-                    err.errno, f"cannot write the checkpoint at step {self.step} to {path}: "
-                    f"{err.strerror or err}; {kept}"
+                    err.errno,
+                    f"cannot write the checkpoint at step {self.step} to {path}: "
+                    f"{err.strerror or err}; {kept}",
                 ) from None
         if self.world_size > 1:
             dist.barrier()
@@ -875,7 +930,9 @@ class Trainer:
                 f"{first[:200]}); move it away, or start afresh with labkit train --force"
             ) from None
         if not isinstance(state, dict):
-            raise ValueError(f"{path} is not a labkit training checkpoint (a {type(state).__name__})")
+            raise ValueError(
+                f"{path} is not a labkit training checkpoint (a {type(state).__name__})"
+            )
         needed = ("student", "teacher", "optimizer", "step", "config")
         missing = [k for k in needed if k not in state]
         if missing:
@@ -883,7 +940,9 @@ class Trainer:
         ours = self.config.to_dict()
         fields = architecture_fields(self.config.method)
         if not isinstance(state["config"], dict):
-            raise ValueError(f"{path} is not a labkit training checkpoint (its config is not a mapping)")
+            raise ValueError(
+                f"{path} is not a labkit training checkpoint (its config is not a mapping)"
+            )
         if changed := [k for k in fields if state["config"].get(k) != ours[k]]:
             detail = ", ".join(f"{k}: {state['config'].get(k)!r} -> {ours[k]!r}" for k in changed)
             raise ValueError(f"cannot resume from {path}: the architecture changed ({detail})")
@@ -898,8 +957,9 @@ class Trainer:
             self.step = int(state["step"])
         except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"cannot resume from {path}: its contents do not fit this run "
-                             f"({first[:200]})") from None
+            raise ValueError(
+                f"cannot resume from {path}: its contents do not fit this run ({first[:200]})"
+            ) from None
         if "rng" in state:
             _set_rng_state(state["rng"])
         self.last_checkpoint, self._checkpoint_step = path, self.step
@@ -915,9 +975,13 @@ class Trainer:
         """
         cfg = self.config
         return preview_clip(
-            self.video_paths[0], num_frames=cfg.num_frames, frame_step=cfg.frame_step,
-            size=cfg.img_size, start=start, backend=cfg.video_backend,
-        )  # fmt: skip
+            self.video_paths[0],
+            num_frames=cfg.num_frames,
+            frame_step=cfg.frame_step,
+            size=cfg.img_size,
+            start=start,
+            backend=cfg.video_backend,
+        )
 
     def close(self) -> None:
         """Release video readers, the run folder's lock and the process group this trainer
@@ -994,6 +1058,9 @@ def load_trained(
     # no img_size: the model is built on the checkpoint's own position grid, and the rule it
     # trained with (recorded in its config) resizes it per input
     return load_backbone(
-        config["model"], checkpoint=path, which=which, device=device,
+        config["model"],
+        checkpoint=path,
+        which=which,
+        device=device,
         **config.get("model_kwargs", {}),
-    )  # fmt: skip
+    )

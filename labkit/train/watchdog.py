@@ -156,9 +156,11 @@ class CollapseWatchdog:
         if self._count < self.patience:
             return None
         self.event = {
-            "step": self._start, "kind": self._kind, "detected_at": int(record["step"]),
+            "step": self._start,
+            "kind": self._kind,
+            "detected_at": int(record["step"]),
             "patience": self.patience,
-        }  # fmt: skip
+        }
         return self.event
 
     def message(self, method: str = "DINO") -> str:

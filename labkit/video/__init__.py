@@ -34,7 +34,6 @@ Readers are not thread-safe; give each worker its own (a ``Video`` pickles witho
 decoder, so DataLoader workers can each reopen it).
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -72,7 +72,9 @@ class Mp4Writer:
         preset: x264 speed preset (``"veryfast"`` ... ``"veryslow"``): slower is smaller, not better.
     """
 
-    def __init__(self, path: str | Path, fps: float, *, crf: int = 18, preset: str = "medium") -> None:
+    def __init__(
+        self, path: str | Path, fps: float, *, crf: int = 18, preset: str = "medium"
+    ) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
             raise ValueError(f"Mp4Writer: {self.path}: the file name must end in .mp4")
@@ -93,7 +95,9 @@ class Mp4Writer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         options = {"movflags": "+faststart"}  # index first: plays while loading in a browser
         self._container = av.open(str(self._tmp), mode="w", format="mp4", options=options)
-        stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        stream = self._container.add_stream(
+            "libx264", rate=Fraction(self.fps).limit_denominator(1001)
+        )
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"  # the format every player decodes
         stream.options = {"crf": str(self.crf), "preset": self.preset}
@@ -115,9 +119,15 @@ class Mp4Writer:
                 raise ValueError(f"Mp4Writer: {self.path} is closed")
             self._open(a.shape[1], a.shape[2])
         if a.shape[1:3] != self.size:
-            raise ValueError(f"Mp4Writer.write: frames of {a.shape[1:3]} after frames of {self.size}")
+            raise ValueError(
+                f"Mp4Writer.write: frames of {a.shape[1:3]} after frames of {self.size}"
+            )
         H, W = self.size
-        a = np.pad(a, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge") if H % 2 or W % 2 else a
+        a = (
+            np.pad(a, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+            if H % 2 or W % 2
+            else a
+        )
         for f in a:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
             for packet in self._stream.encode(frame):
@@ -228,11 +238,15 @@ def animation_html(path: str | Path, *, width: int | None = None) -> str:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".gif", ".mp4"):
-        raise ValueError(f"animation_html: {path}: unsupported suffix {path.suffix!r} (use .gif or .mp4)")
+        raise ValueError(
+            f"animation_html: {path}: unsupported suffix {path.suffix!r} (use .gif or .mp4)"
+        )
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     style = "max-width: 100%;" + (f" width: {int(width)}px;" if width else "")
     alt = html.escape(path.name, quote=True)
     if suffix == ".gif":
         return f'<img src="data:image/gif;base64,{data}" alt="{alt}" style="{style}">'
-    return (f'<video autoplay loop muted playsinline controls style="{style}" title="{alt}">'
-            f'<source src="data:video/mp4;base64,{data}" type="video/mp4"></video>')
+    return (
+        f'<video autoplay loop muted playsinline controls style="{style}" title="{alt}">'
+        f'<source src="data:video/mp4;base64,{data}" type="video/mp4"></video>'
+    )

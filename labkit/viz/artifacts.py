@@ -46,12 +46,17 @@ def norms_to_rgb(
     top = float(a.max()) if vmax is None else float(vmax)
     span = top - float(vmin)
     unit = np.clip((a - float(vmin)) / span, 0.0, 1.0) if span > 0 else np.zeros_like(a)
-    lut = (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)  # (256, 3)
+    lut = (
+        (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+    )  # (256, 3)
     return lut[np.rint(unit * 255).astype(np.int64)]
 
 
 def outline_patches(
-    image: np.ndarray, mask: Any, patch_size: int, colour: tuple[int, int, int] = OUTLIER_COLOUR,
+    image: np.ndarray,
+    mask: Any,
+    patch_size: int,
+    colour: tuple[int, int, int] = OUTLIER_COLOUR,
     width: int | None = None,
 ) -> np.ndarray:
     """Draw the border of every patch where ``mask`` is True (patch (i, j): pixels i*p.., j*p..).
@@ -80,8 +85,14 @@ def outline_patches(
 
 
 def norm_overlay(
-    frame: np.ndarray, norms: Any, outliers: Any, patch_size: int, *, alpha: float = 1.0,
-    vmax: float | None = None, vmin: float = 0.0,
+    frame: np.ndarray,
+    norms: Any,
+    outliers: Any,
+    patch_size: int,
+    *,
+    alpha: float = 1.0,
+    vmax: float | None = None,
+    vmin: float = 0.0,
 ) -> np.ndarray:
     """One frame's token-norm map (magma, nearest upsampling) over the frame, outliers outlined.
 
@@ -149,7 +160,9 @@ def plot_artifacts(
     from labkit.viz.render import heads_to_rgb, overlay
 
     if frames.ndim != 4 or len(frames) != art.norms.shape[0]:
-        raise ValueError(f"plot_artifacts: {art.norms.shape[0]} frames of artifacts, frames {frames.shape}")
+        raise ValueError(
+            f"plot_artifacts: {art.norms.shape[0]} frames of artifacts, frames {frames.shape}"
+        )
     if not 0 <= frame < len(frames):
         raise ValueError(f"plot_artifacts: frame {frame} out of range 0..{len(frames) - 1}")
     label = frame_label or f"frame {frame}"
@@ -163,7 +176,9 @@ def plot_artifacts(
     top_rows = 1 if panels <= 5 else 2
     ncols = -(-panels // top_rows)
     panel_w = 14.0 / ncols
-    rows = [top_rows * (panel_w / aspect + 0.55), 3.2] + ([14.0 / 6 / aspect + 0.5] if has_maps else [])
+    rows = [top_rows * (panel_w / aspect + 0.55), 3.2] + (
+        [14.0 / 6 / aspect + 0.5] if has_maps else []
+    )
     fig = Figure(figsize=(14.0, sum(rows) + 0.6), layout="constrained")
     top, middle, *bottom = fig.subfigures(len(rows), 1, height_ratios=rows)
 
@@ -177,22 +192,38 @@ def plot_artifacts(
     for ax, layer in zip(axes[1:], layers):
         n = norms[layer]
         median = float(n.flatten().median())
-        image = norm_overlay(frames[frame], n, outliers[layer], patch_size, vmax=art.factor * median,
-                             vmin=float(n.min()))
+        image = norm_overlay(
+            frames[frame],
+            n,
+            outliers[layer],
+            patch_size,
+            vmax=art.factor * median,
+            vmin=float(n.min()),
+        )
         ax.imshow(image, interpolation="nearest")
-        bar = top.colorbar(ScalarMappable(Normalize(float(n.min()), art.factor * median), cmap="magma"),
-                           ax=ax, fraction=0.046, pad=0.02, shrink=0.7)  # this map's scale: norms
+        bar = top.colorbar(
+            ScalarMappable(Normalize(float(n.min()), art.factor * median), cmap="magma"),
+            ax=ax,
+            fraction=0.046,
+            pad=0.02,
+            shrink=0.7,
+        )  # this map's scale: norms
         bar.ax.tick_params(labelsize=7)
-        ax.set_title(f"block {layer}: median {median:.3g}, max {float(n.max()):.3g}, "
-                     f"{int(outliers[layer].sum())} out", fontsize="small")
+        ax.set_title(
+            f"block {layer}: median {median:.3g}, max {float(n.max()):.3g}, "
+            f"{int(outliers[layer].sum())} out",
+            fontsize="small",
+        )
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes[panels:]:
         ax.set_axis_off()
-    top.suptitle(f"patch-token norms at each block's output (before the final norm), {label}; colours "
-                 f"from the map's minimum to {art.factor:g} x its median (magma); cyan outline: outlier, norm > {art.factor:g} x median",
-                 fontsize="medium")
+    top.suptitle(
+        f"patch-token norms at each block's output (before the final norm), {label}; colours "
+        f"from the map's minimum to {art.factor:g} x its median (magma); cyan outline: outlier, norm > {art.factor:g} x median",
+        fontsize="medium",
+    )
 
     x = np.arange(depth)
     fraction = art.outlier_fraction().numpy()  # (T, L)
@@ -213,16 +244,27 @@ def plot_artifacts(
     band(ax2, 100 * mass, "tab:red", "[CLS] on outliers of the block's input")
     band(ax2, 100 * inputs, "tab:blue", "attention blind to norms (= % outliers)", "--")
     if art.cls_register_mass is not None:
-        band(ax2, 100 * art.cls_register_mass.mean(-1).numpy(), "tab:green", "[CLS] on the registers", ":")
+        band(
+            ax2,
+            100 * art.cls_register_mass.mean(-1).numpy(),
+            "tab:green",
+            "[CLS] on the registers",
+            ":",
+        )
     ax2.set_ylabel("% of [CLS] attention")
     ax2.set_title("[CLS] attention (mean over heads)", fontsize="medium")
     ax2.legend(fontsize="small", loc="best")
     band(ax3, ratio, "tab:purple", "largest / median norm")
-    ax3.axhline(art.factor, color="0.4", linestyle="--", linewidth=1, label=f"outlier cut {art.factor:g}x")
+    ax3.axhline(
+        art.factor, color="0.4", linestyle="--", linewidth=1, label=f"outlier cut {art.factor:g}x"
+    )
     ax3.set_ylabel("largest norm / median")
     ax3.set_title("largest patch norm over the median", fontsize="medium")
     ax3.legend(fontsize="small", loc="best")
-    for ax in (ax1, ax2):  # percentages from 0; at least 0 .. 1 % so that all-zero lines sit at the bottom
+    for ax in (
+        ax1,
+        ax2,
+    ):  # percentages from 0; at least 0 .. 1 % so that all-zero lines sit at the bottom
         top = max(line.get_ydata().max() for line in ax.get_lines())
         ax.set_ylim(0, max(1.0, 1.15 * float(top)))
     for ax in (ax1, ax2, ax3):
@@ -241,7 +283,9 @@ def plot_artifacts(
         g = maps.shape[0]
         axes = bottom[0].subplots(1, max(g, 6), squeeze=False)[0]
         for i in range(g):
-            rgb = heads_to_rgb(maps[i][None], (0, 0, 0), size=(height, width), patch_size=patch_size)
+            rgb = heads_to_rgb(
+                maps[i][None], (0, 0, 0), size=(height, width), patch_size=patch_size
+            )
             axes[i].imshow(overlay(frames[frame], rgb, 0.7, patch_size=patch_size, mode="nearest"))
             axes[i].set_title(f"register {i}: max {float(maps[i].max()):.2g}", fontsize="small")
         for ax in axes[g:]:
@@ -249,8 +293,11 @@ def plot_artifacts(
         for ax in axes[:g]:
             ax.set_xticks([])
             ax.set_yticks([])
-        bottom[0].suptitle(f"the registers' own attention over the patches, block {layer}, {label} "
-                           "(mean over heads; white: high, each map scaled to its maximum)", fontsize="medium")
+        bottom[0].suptitle(
+            f"the registers' own attention over the patches, block {layer}, {label} "
+            "(mean over heads; white: high, each map scaled to its maximum)",
+            fontsize="medium",
+        )
     if title:
         fig.suptitle(title, fontsize="large")
     return fig

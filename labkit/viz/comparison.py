@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelComparison"]
 
-ModelEntry = Any  # torch.nn.Module | str | labkit.eval.specs.ModelSpec | tuple[str, torch.nn.Module]
+ModelEntry = (
+    Any  # torch.nn.Module | str | labkit.eval.specs.ModelSpec | tuple[str, torch.nn.Module]
+)
 
 
 class ModelComparison:
@@ -93,29 +95,60 @@ class ModelComparison:
         if labels is not None and len(labels) != len(models):
             raise ValueError(f"ModelComparison: {len(models)} models but {len(labels)} labels")
         clip_name = name
-        frames, numbers, name = _load_clip(video, indices, start_frame, num_frames, frame_step, img_size)
-        loaded = [_load(entry, device=device, seed=seed, model_kwargs=model_kwargs,
-                        pos_embed_rule=pos_embed_rule) for entry in models]  # fmt: skip
-        self.labels = [str(lab) for lab in labels] if labels is not None else [lab for lab, _ in loaded]
+        frames, numbers, name = _load_clip(
+            video, indices, start_frame, num_frames, frame_step, img_size
+        )
+        loaded = [
+            _load(
+                entry,
+                device=device,
+                seed=seed,
+                model_kwargs=model_kwargs,
+                pos_embed_rule=pos_embed_rule,
+            )
+            for entry in models
+        ]
+        self.labels = (
+            [str(lab) for lab in labels] if labels is not None else [lab for lab, _ in loaded]
+        )
         if len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"ModelComparison: labels repeat ({self.labels}); give each model its own")
+            raise ValueError(
+                f"ModelComparison: labels repeat ({self.labels}); give each model its own"
+            )
         depths = [len(m.blocks) for _, m in loaded]
         num_heads = [int(m.blocks[0].attn.num_heads) for _, m in loaded]
         self.min_depth, self.min_heads = min(depths), min(num_heads)
         if not -self.min_depth <= layer < self.min_depth:
-            raise ValueError(f"layer {layer} out of range: the shallowest model has {self.min_depth} blocks")
+            raise ValueError(
+                f"layer {layer} out of range: the shallowest model has {self.min_depth} blocks"
+            )
         self.same_depth = len(set(depths)) == 1
         if not self.same_depth and layer >= 0:
-            raise ValueError(f"the models have {sorted(set(depths))} blocks: give layer counted from the "
-                             f"end (-1: each model's last block), not {layer}")
+            raise ValueError(
+                f"the models have {sorted(set(depths))} blocks: give layer counted from the "
+                f"end (-1: each model's last block), not {layer}"
+            )
         self.explorers = [
             AttentionExplorer(
-                frames, model, indices=numbers, layer=layer, heads=heads, k=k, alpha=alpha, sinkhorn=sinkhorn,
-                device=device, batch_size=batch_size, seed=seed, progress=progress, image_format=image_format,
-                cache_mb=cache_mb / len(loaded), panel_width=panel_width, panels=panels,
+                frames,
+                model,
+                indices=numbers,
+                layer=layer,
+                heads=heads,
+                k=k,
+                alpha=alpha,
+                sinkhorn=sinkhorn,
+                device=device,
+                batch_size=batch_size,
+                seed=seed,
+                progress=progress,
+                image_format=image_format,
+                cache_mb=cache_mb / len(loaded),
+                panel_width=panel_width,
+                panels=panels,
             )
             for _, model in loaded
-        ]  # fmt: skip
+        ]
         panel_sets = {e.panels for e in self.explorers}
         if len(panel_sets) != 1:  # "all" gives a registers panel only to register models
             union = [p for p in self.explorers[0].panels]
@@ -130,18 +163,30 @@ class ModelComparison:
         self._ui: dict[str, Any] = {}
         self.last_update_ms: float | None = None
         self._artifacts: dict[int, Artifacts] = {}
-        self.state = self._validated(ExplorerState(0, layer, tuple(heads), k, alpha, bool(sinkhorn)))
+        self.state = self._validated(
+            ExplorerState(0, layer, tuple(heads), k, alpha, bool(sinkhorn))
+        )
 
     # ---- state ----------------------------------------------------------------------------
     def _validated(self, state: ExplorerState) -> ExplorerState:
         if not -self.min_depth <= state.layer < self.min_depth:
-            raise ValueError(f"layer {state.layer} out of range: the shallowest model has {self.min_depth} blocks")
+            raise ValueError(
+                f"layer {state.layer} out of range: the shallowest model has {self.min_depth} blocks"
+            )
         if not self.same_depth and state.layer >= 0:
-            raise ValueError(f"the models differ in depth: give layer counted from the end, not {state.layer}")
+            raise ValueError(
+                f"the models differ in depth: give layer counted from the end, not {state.layer}"
+            )
         for explorer in self.explorers:
             explorer._validated(state)  # heads, frame, k, alpha for every model
-        return ExplorerState(int(state.frame), int(state.layer), tuple(int(h) for h in state.heads), int(state.k),
-                             float(state.alpha), bool(state.sinkhorn))  # fmt: skip
+        return ExplorerState(
+            int(state.frame),
+            int(state.layer),
+            tuple(int(h) for h in state.heads),
+            int(state.k),
+            float(state.alpha),
+            bool(state.sinkhorn),
+        )
 
     def set(self, **changes: Any) -> ExplorerState:
         """Change the shared state (``frame``, ``layer``, ``heads``, ``k``, ``alpha``, ``sinkhorn``).
@@ -174,9 +219,11 @@ class ModelComparison:
         """One line saying what every row shows."""
         s = self.state if state is None else state
         layer = s.layer if self.same_depth else f"{s.layer} (counted from each model's end)"
-        return (f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | layer {layer} | "
-                f"heads {s.heads} as R,G,B | DoRA objects, Sinkhorn-Knopp {'on' if s.sinkhorn else 'off'} | "
-                f"k-means k={s.k} | opacity {s.alpha:.2f}")
+        return (
+            f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | layer {layer} | "
+            f"heads {s.heads} as R,G,B | DoRA objects, Sinkhorn-Knopp {'on' if s.sinkhorn else 'off'} | "
+            f"k-means k={s.k} | opacity {s.alpha:.2f}"
+        )
 
     def figure(self, state: ExplorerState | None = None) -> Figure:
         """A state as a static Figure: one row per model (label and weights at its left), one
@@ -186,17 +233,30 @@ class ModelComparison:
 
         s = self.state if state is None else self._validated(state)
         n = len(self.panels)
-        per = n if n <= 4 else -(-n // -(-n // 3))  # more than 4 panels: each model's row in lines of <= 3
+        per = (
+            n if n <= 4 else -(-n // -(-n // 3))
+        )  # more than 4 panels: each model's row in lines of <= 3
         rows, row_titles, titles = [], [], []
         for label, weights, explorer in zip(self.labels, self.weights, self.explorers):
-            images, names = [explorer.panel(name, s) for name in self.panels], explorer.panel_titles(s)
+            images, names = (
+                [explorer.panel(name, s) for name in self.panels],
+                explorer.panel_titles(s),
+            )
             for start in range(0, n, per):
                 rows.append(images[start : start + per])
                 titles.append(names[start : start + per])
-                row_titles.append(f"{label}\n{_wrap(weights)}" if start == 0 else f"{label} (cont.)")
+                row_titles.append(
+                    f"{label}\n{_wrap(weights)}" if start == 0 else f"{label} (cont.)"
+                )
         same = all(t == titles[0] for t in titles) and per == n
-        return plot_grid(rows, row_titles=row_titles, col_titles=titles[0] if same else titles,
-                         suptitle=self.title(s), panel_size=2.6, max_columns=None)  # fmt: skip
+        return plot_grid(
+            rows,
+            row_titles=row_titles,
+            col_titles=titles[0] if same else titles,
+            suptitle=self.title(s),
+            panel_size=2.6,
+            max_columns=None,
+        )
 
     def save_png(self, path: str | Path, state: ExplorerState | None = None) -> Path:
         """Write :meth:`figure` as a PNG (110 dpi); returns the path."""
@@ -221,11 +281,17 @@ class ModelComparison:
             explorer = self.explorers[model]
             layer = self.state.layer % explorer.depth
             parts = [
-                token_artifacts(explorer.model, prepare_images(self.frames[i : i + explorer.batch_size],
-                                                               explorer.model, device=explorer.device),
-                                register_layers=(layer,)).cpu()
+                token_artifacts(
+                    explorer.model,
+                    prepare_images(
+                        self.frames[i : i + explorer.batch_size],
+                        explorer.model,
+                        device=explorer.device,
+                    ),
+                    register_layers=(layer,),
+                ).cpu()
                 for i in range(0, len(self.frames), explorer.batch_size)
-            ]  # fmt: skip
+            ]
             self._artifacts[model] = Artifacts.concat(parts)
         return self._artifacts[model]
 
@@ -243,12 +309,23 @@ class ModelComparison:
         figures = []
         for i, (label, weights) in enumerate(zip(self.labels, self.weights)):
             art = self.artifacts(i)
-            t = int(art.outliers[:, -1].flatten(1).sum(-1).argmax()) if frame is None else int(frame)
-            figures.append(plot_artifacts(
-                art, self.frames, self.explorers[i].patch_size, frame=t, frame_label=f"frame {self.indices[t]}",
-                title=f"{label}: high-norm tokens, [CLS] and register attention ({weights})",
-                max_layers=max_layers, register_layer=art.register_layers[0] if art.register_layers else None,
-            ))  # fmt: skip
+            t = (
+                int(art.outliers[:, -1].flatten(1).sum(-1).argmax())
+                if frame is None
+                else int(frame)
+            )
+            figures.append(
+                plot_artifacts(
+                    art,
+                    self.frames,
+                    self.explorers[i].patch_size,
+                    frame=t,
+                    frame_label=f"frame {self.indices[t]}",
+                    title=f"{label}: high-norm tokens, [CLS] and register attention ({weights})",
+                    max_layers=max_layers,
+                    register_layer=art.register_layers[0] if art.register_layers else None,
+                )
+            )
         return figures
 
     def metrics(self) -> dict[str, Any]:
@@ -260,11 +337,16 @@ class ModelComparison:
             out[label] = {
                 "weights": weights,
                 "num_registers": int(art.num_registers),
-                "outlier_fraction_per_layer": [round(float(v), 5) for v in art.outlier_fraction().mean(0)],
-                "cls_outlier_mass_per_layer": [round(float(v), 5) for v in art.cls_outlier_mass.mean((0, 2))],
-                "cls_register_mass_per_layer": None if register is None
+                "outlier_fraction_per_layer": [
+                    round(float(v), 5) for v in art.outlier_fraction().mean(0)
+                ],
+                "cls_outlier_mass_per_layer": [
+                    round(float(v), 5) for v in art.cls_outlier_mass.mean((0, 2))
+                ],
+                "cls_register_mass_per_layer": None
+                if register is None
                 else [round(float(v), 5) for v in register.mean((0, 2))],
-            }  # fmt: skip
+            }
         return out
 
     # ---- widgets --------------------------------------------------------------------------
@@ -277,23 +359,62 @@ class ModelComparison:
 
         s, ui = self.state, self._ui
         last = len(self.frames) - 1
-        ui["frame"] = w.IntSlider(value=s.frame, min=0, max=last, description="frame", continuous_update=True,
-                                  layout=w.Layout(width="420px"))
+        ui["frame"] = w.IntSlider(
+            value=s.frame,
+            min=0,
+            max=last,
+            description="frame",
+            continuous_update=True,
+            layout=w.Layout(width="420px"),
+        )
         ui["play"] = w.Play(value=s.frame, min=0, max=last, interval=150, description="play")
         w.jslink((ui["play"], "value"), (ui["frame"], "value"))
-        options = (list(range(self.min_depth)) if self.same_depth
-                   else [(f"{i} ({'last' if i == -1 else 'from the end'})", i) for i in range(-1, -self.min_depth - 1, -1)])
-        ui["layer"] = w.Dropdown(options=options, value=s.layer % self.min_depth if self.same_depth else s.layer,
-                                 description="layer", layout=w.Layout(width="200px"))
-        ui["heads"] = [w.Dropdown(options=list(range(self.min_heads)), value=h, description=c,
-                                  layout=w.Layout(width="120px"), style={"description_width": "20px"})
-                       for h, c in zip(s.heads, ("R", "G", "B"))]  # fmt: skip
-        ui["sinkhorn"] = w.Checkbox(value=s.sinkhorn, description="Sinkhorn-Knopp", indent=False,
-                                    layout=w.Layout(width="140px"))
-        ui["k"] = w.IntSlider(value=s.k, min=2, max=20, description="k", continuous_update=False,
-                              layout=w.Layout(width="260px"))
-        ui["alpha"] = w.FloatSlider(value=s.alpha, min=0.0, max=1.0, step=0.05, description="opacity",
-                                    layout=w.Layout(width="280px"))
+        options = (
+            list(range(self.min_depth))
+            if self.same_depth
+            else [
+                (f"{i} ({'last' if i == -1 else 'from the end'})", i)
+                for i in range(-1, -self.min_depth - 1, -1)
+            ]
+        )
+        ui["layer"] = w.Dropdown(
+            options=options,
+            value=s.layer % self.min_depth if self.same_depth else s.layer,
+            description="layer",
+            layout=w.Layout(width="200px"),
+        )
+        ui["heads"] = [
+            w.Dropdown(
+                options=list(range(self.min_heads)),
+                value=h,
+                description=c,
+                layout=w.Layout(width="120px"),
+                style={"description_width": "20px"},
+            )
+            for h, c in zip(s.heads, ("R", "G", "B"))
+        ]
+        ui["sinkhorn"] = w.Checkbox(
+            value=s.sinkhorn,
+            description="Sinkhorn-Knopp",
+            indent=False,
+            layout=w.Layout(width="140px"),
+        )
+        ui["k"] = w.IntSlider(
+            value=s.k,
+            min=2,
+            max=20,
+            description="k",
+            continuous_update=False,
+            layout=w.Layout(width="260px"),
+        )
+        ui["alpha"] = w.FloatSlider(
+            value=s.alpha,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="opacity",
+            layout=w.Layout(width="280px"),
+        )
         ui["progress"] = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="300px"))
         ui["busy"] = w.Label("")
         ui["status"] = w.Label(self.title())
@@ -302,23 +423,40 @@ class ModelComparison:
         for label, weights, explorer in zip(self.labels, self.weights, self.explorers):
             images = {}
             for name in self.panels:
-                image = w.Image(format=explorer.image_format, layout=w.Layout(width=f"{explorer.panel_width}px"))
+                image = w.Image(
+                    format=explorer.image_format, layout=w.Layout(width=f"{explorer.panel_width}px")
+                )
                 image.add_class(f"labkit-panel-{name}")
                 images[name] = image
             ui["images"].append(images)
-            rows.append(w.VBox([w.HTML(f"<b>{label}</b> ({weights})"), w.HBox(list(images.values()))]))
+            rows.append(
+                w.VBox([w.HTML(f"<b>{label}</b> ({weights})"), w.HBox(list(images.values()))])
+            )
         ui["syncing"] = False
 
         def on_change(_: Any = None) -> None:
             if ui["syncing"]:
                 return
-            self.state = self._validated(ExplorerState(
-                frame=ui["frame"].value, layer=ui["layer"].value, heads=tuple(h.value for h in ui["heads"]),
-                k=ui["k"].value, alpha=ui["alpha"].value, sinkhorn=ui["sinkhorn"].value,
-            ))  # fmt: skip
+            self.state = self._validated(
+                ExplorerState(
+                    frame=ui["frame"].value,
+                    layer=ui["layer"].value,
+                    heads=tuple(h.value for h in ui["heads"]),
+                    k=ui["k"].value,
+                    alpha=ui["alpha"].value,
+                    sinkhorn=ui["sinkhorn"].value,
+                )
+            )
             self._refresh()
 
-        for control in (ui["frame"], ui["layer"], ui["k"], ui["alpha"], ui["sinkhorn"], *ui["heads"]):
+        for control in (
+            ui["frame"],
+            ui["layer"],
+            ui["k"],
+            ui["alpha"],
+            ui["sinkhorn"],
+            *ui["heads"],
+        ):
             control.observe(on_change, names="value")
 
         def progress(done: int, total: int, what: str) -> None:
@@ -329,13 +467,15 @@ class ModelComparison:
 
         ui["on_progress"] = progress
         ui["progress"].layout.visibility = "hidden"
-        ui["app"] = w.VBox([
-            w.HBox([ui["play"], ui["frame"], ui["layer"]]),
-            w.HBox([*ui["heads"], ui["sinkhorn"], ui["k"], ui["alpha"]]),
-            w.HBox([ui["progress"], ui["busy"]]),
-            ui["status"],
-            *rows,
-        ])  # fmt: skip
+        ui["app"] = w.VBox(
+            [
+                w.HBox([ui["play"], ui["frame"], ui["layer"]]),
+                w.HBox([*ui["heads"], ui["sinkhorn"], ui["k"], ui["alpha"]]),
+                w.HBox([ui["progress"], ui["busy"]]),
+                ui["status"],
+                *rows,
+            ]
+        )
         ui["app"].add_class("labkit-comparison")
         return ui["app"]
 
@@ -394,7 +534,11 @@ def _wrap(text: str, width: int = 24) -> str:
 
 
 def _load(
-    entry: ModelEntry, *, device: str | torch.device, seed: int, model_kwargs: dict[str, Any] | None,
+    entry: ModelEntry,
+    *,
+    device: str | torch.device,
+    seed: int,
+    model_kwargs: dict[str, Any] | None,
     pos_embed_rule: PosEmbedRule,
 ) -> tuple[str, torch.nn.Module]:
     """(label, backbone) of one model entry (module, (label, module), spec string or ModelSpec)."""
@@ -408,7 +552,9 @@ def _load(
     if isinstance(entry, str):
         entry = parse_model_spec(entry)
     if isinstance(entry, ModelSpec):
-        model = entry.load(device=device, seed=seed, model_kwargs=model_kwargs, pos_embed_rule=pos_embed_rule)
+        model = entry.load(
+            device=device, seed=seed, model_kwargs=model_kwargs, pos_embed_rule=pos_embed_rule
+        )
         return entry.label, model
     raise ValueError(
         f"ModelComparison: a model must be a backbone, a (label, backbone) pair or a model spec "

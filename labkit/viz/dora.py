@@ -64,15 +64,23 @@ def plot_cls_attention(
 
     attn = _np(attention)
     size = frame.shape[:2]
-    maps = [(frame, upsample_map(a / max(a.max(), 1e-12), size, patch_size)) for a in attn]  # heat over frame
+    maps = [
+        (frame, upsample_map(a / max(a.max(), 1e-12), size, patch_size)) for a in attn
+    ]  # heat over frame
     rgb = heads_to_rgb(attn, tuple(heads), size=size, patch_size=patch_size)
     rows = [maps, [frame, rgb, overlay(frame, rgb, alpha=0.6)]]
     return plot_grid(
         rows,
         row_titles=["each head", "heads as RGB"],
-        col_titles=[[f"head {i}" for i in range(len(attn))],
-                    ["frame", f"heads {tuple(heads)} as R, G, B", "over the frame"]],
-        cmap="inferno", vmin=0.0, vmax=1.0, heat_alpha=0.7, colorbar="attention / head's maximum",
+        col_titles=[
+            [f"head {i}" for i in range(len(attn))],
+            ["frame", f"heads {tuple(heads)} as R, G, B", "over the frame"],
+        ],
+        cmap="inferno",
+        vmin=0.0,
+        vmax=1.0,
+        heat_alpha=0.7,
+        colorbar="attention / head's maximum",
     )
 
 
@@ -96,7 +104,10 @@ def plot_prototype_scores(
     return plot_grid(
         [[frame, *panels]],
         col_titles=["frame"] + [f"prototype {j} (head {h})" for j, h in enumerate(heads)],
-        cmap="viridis", vmin=float(maps.min()), vmax=float(maps.max()), heat_alpha=0.7,
+        cmap="viridis",
+        vmin=float(maps.min()),
+        vmax=float(maps.max()),
+        heat_alpha=0.7,
         colorbar="token · prototype",
     )
 
@@ -139,10 +150,14 @@ def plot_transport_plans(
     for r, name in enumerate(names):
         maps = _grid_maps(plans[name], grid)  # (k, gh, gw)
         winner = maps.argmax(0)
-        axes[r, 0].imshow(segment_overlay(frame, winner, alpha=0.55, palette=colours, patch_size=patch_size))
+        axes[r, 0].imshow(
+            segment_overlay(frame, winner, alpha=0.55, palette=colours, patch_size=patch_size)
+        )
         axes[r, 0].set_title(f"{name}: object per patch", fontsize=8)
         for j in range(k):
-            axes[r, j + 1].imshow(upsample_map(maps[j], size, patch_size), vmin=0, vmax=1, cmap="magma")
+            axes[r, j + 1].imshow(
+                upsample_map(maps[j], size, patch_size), vmin=0, vmax=1, cmap="magma"
+            )
             axes[r, j + 1].set_title(f"{name}: object {j}", fontsize=8)
         share = plan_balance(plans[name])
         axes[r, k + 1].bar(range(k), share, color=colours / 255.0)
@@ -173,12 +188,27 @@ def plot_tracked_maps(
     size = frames.shape[1:3]
     rows = [list(frames)]
     for j in range(m.shape[1]):
-        rows.append([(f, upsample_map(mj / max(mj.max(), 1e-12), size, patch_size))  # heat over the frame
-                     for f, mj in zip(frames, m[:, j])])
+        rows.append(
+            [
+                (
+                    f,
+                    upsample_map(mj / max(mj.max(), 1e-12), size, patch_size),
+                )  # heat over the frame
+                for f, mj in zip(frames, m[:, j])
+            ]
+        )
     titles = [f"frame {i}" for i in (indices if indices is not None else range(len(frames)))]
-    return plot_grid(rows, row_titles=["frames"] + [f"object {j}" for j in range(m.shape[1])],
-                     col_titles=titles, panel_size=1.9, cmap="inferno", vmin=0.0, vmax=1.0, heat_alpha=0.7,
-                     colorbar="attention / its maximum in the frame")
+    return plot_grid(
+        rows,
+        row_titles=["frames"] + [f"object {j}" for j in range(m.shape[1])],
+        col_titles=titles,
+        panel_size=1.9,
+        cmap="inferno",
+        vmin=0.0,
+        vmax=1.0,
+        heat_alpha=0.7,
+        colorbar="attention / its maximum in the frame",
+    )
 
 
 def plot_object_masks(
@@ -193,8 +223,12 @@ def plot_object_masks(
     for j in range(mk.shape[1]):
         rows.append(list(mask_overlay(frames, mk[:, j], colours[j], 0.45, patch_size=patch_size)))
     titles = [f"frame {i}" for i in (indices if indices is not None else range(len(frames)))]
-    return plot_grid(rows, row_titles=["all objects"] + [f"object {j}" for j in range(mk.shape[1])],
-                     col_titles=titles, panel_size=1.9)
+    return plot_grid(
+        rows,
+        row_titles=["all objects"] + [f"object {j}" for j in range(mk.shape[1])],
+        col_titles=titles,
+        panel_size=1.9,
+    )
 
 
 def plot_masked_views(
@@ -206,8 +240,14 @@ def plot_masked_views(
 
     mk = torch.as_tensor(_np(masks)).bool()  # (T, k, gh, gw)
     pixel = masks_to_frames(mk, patch_size, frames.shape[1:3]).numpy()  # (T, k, H, W)
-    rows = [[(f * pixel[t, j][..., None]).astype(np.uint8) for t, f in enumerate(frames)]
-            for j in range(mk.shape[1])]
+    rows = [
+        [(f * pixel[t, j][..., None]).astype(np.uint8) for t, f in enumerate(frames)]
+        for j in range(mk.shape[1])
+    ]
     titles = [f"frame {i}" for i in (indices if indices is not None else range(len(frames)))]
-    return plot_grid(rows, row_titles=[f"view of object {j}" for j in range(mk.shape[1])],
-                     col_titles=titles, panel_size=1.9)
+    return plot_grid(
+        rows,
+        row_titles=[f"view of object {j}" for j in range(mk.shape[1])],
+        col_titles=titles,
+        panel_size=1.9,
+    )

@@ -32,8 +32,9 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -96,13 +97,19 @@ class EmbeddingView:
         frames = np.asarray(frames)
         feats = torch.as_tensor(features)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+            raise ValueError(
+                f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}"
+            )
         if feats.ndim != 4 or feats.shape[0] != len(frames):
-            raise ValueError(f"features must be (T, gh, gw, D) with T={len(frames)}, got {tuple(feats.shape)}")
+            raise ValueError(
+                f"features must be (T, gh, gw, D) with T={len(frames)}, got {tuple(feats.shape)}"
+            )
         gh, gw = int(feats.shape[1]), int(feats.shape[2])
         p = int(patch_size)
         if frames.shape[1] // p != gh or frames.shape[2] // p != gw:
-            raise ValueError(f"a {gh}x{gw} grid of {p}-pixel patches does not fit frames {frames.shape[1:3]}")
+            raise ValueError(
+                f"a {gh}x{gw} grid of {p}-pixel patches does not fit frames {frames.shape[1:3]}"
+            )
         if method not in ("pca", "umap"):
             raise ValueError(f"method must be 'pca' or 'umap', got {method!r}")
         if color_by not in ("segment", "frame"):
@@ -149,12 +156,16 @@ class EmbeddingView:
             return self.embedding("pca")
         return self.embedding()
 
-    def set_segments(self, segments: np.ndarray | torch.Tensor | None, refresh: bool = True) -> None:
+    def set_segments(
+        self, segments: np.ndarray | torch.Tensor | None, refresh: bool = True
+    ) -> None:
         """New segment labels (T, gh, gw) for the colours, e.g. after k changed."""
         if segments is not None:
             seg = np.asarray(segments.numpy() if isinstance(segments, torch.Tensor) else segments)
             if seg.shape != (len(self.frames), *self.grid):
-                raise ValueError(f"segments must be (T, gh, gw) = {(len(self.frames), *self.grid)}, got {seg.shape}")
+                raise ValueError(
+                    f"segments must be (T, gh, gw) = {(len(self.frames), *self.grid)}, got {seg.shape}"
+                )
             self.segments = seg.astype(np.int64)
         else:
             self.segments = None
@@ -186,8 +197,12 @@ class EmbeddingView:
     def select_box(self, x_range: tuple[float, float], y_range: tuple[float, float]) -> np.ndarray:
         """Select the points inside a box of embedding coordinates (as plotly's box select)."""
         xy = self.shown.coords
-        inside = ((xy[:, 0] >= min(x_range)) & (xy[:, 0] <= max(x_range))
-                  & (xy[:, 1] >= min(y_range)) & (xy[:, 1] <= max(y_range)))
+        inside = (
+            (xy[:, 0] >= min(x_range))
+            & (xy[:, 0] <= max(x_range))
+            & (xy[:, 1] >= min(y_range))
+            & (xy[:, 1] <= max(y_range))
+        )
         self.select(np.flatnonzero(inside))
         return self.selection
 
@@ -251,8 +266,10 @@ class EmbeddingView:
             return "no selection: drag a lasso or a box over the points"
         listed = ", ".join(f"{self.indices[t]} ({c})" for t, c in counts[:limit])
         more = f", ... {len(counts) - limit} more frames" if len(counts) > limit else ""
-        return (f"{len(self.selection)} patches selected in {len(counts)} frames; "
-                f"frame (patches): {listed}{more}")
+        return (
+            f"{len(self.selection)} patches selected in {len(counts)} frames; "
+            f"frame (patches): {listed}{more}"
+        )
 
     # ---- render: arrays -------------------------------------------------------------------
     def render_frame(self, t: int | None = None) -> np.ndarray:
@@ -274,7 +291,9 @@ class EmbeddingView:
         if self.clicked is not None and self.clicked[0] == t:
             box = np.zeros(self.grid, dtype=bool)
             box[self.clicked[1], self.clicked[2]] = True
-            out = mask_overlay(out, box, CLICKED_RGB, alpha=0.0, thickness=2, patch_size=self.patch_size)
+            out = mask_overlay(
+                out, box, CLICKED_RGB, alpha=0.0, thickness=2, patch_size=self.patch_size
+            )
         return np.array(out, copy=True)
 
     def render_strip(self, max_frames: int = _MAX_STRIP) -> np.ndarray | None:
@@ -294,8 +313,10 @@ class EmbeddingView:
     # ---- plot: Figures --------------------------------------------------------------------
     def _title(self) -> str:
         emb = self.shown
-        return (f"{emb.method.upper()} of patch tokens{': ' + self.name if self.name else ''} | "
-                f"{len(emb)} of {emb.total_patches} patches")
+        return (
+            f"{emb.method.upper()} of patch tokens{': ' + self.name if self.name else ''} | "
+            f"{len(emb)} of {emb.total_patches} patches"
+        )
 
     def figure(self) -> Figure:
         """The current state as a static matplotlib Figure: embedding | frame | selected frames."""
@@ -304,18 +325,31 @@ class EmbeddingView:
         emb = self.shown
         strip = self.render_strip(4)
         fig = Figure(figsize=(12, 4.6 if strip is None else 7.4), layout="constrained")
-        grid = fig.add_gridspec(1 if strip is None else 2, 2, height_ratios=None if strip is None else [3, 2],
-                                width_ratios=[1, 1.4])
+        grid = fig.add_gridspec(
+            1 if strip is None else 2,
+            2,
+            height_ratios=None if strip is None else [3, 2],
+            width_ratios=[1, 1.4],
+        )
         ax = fig.add_subplot(grid[0, 0])
         colors = self.point_colors(emb)
         if isinstance(colors, np.ndarray):
-            sc = ax.scatter(emb.coords[:, 0], emb.coords[:, 1], c=colors, s=5, cmap="viridis", linewidths=0)
+            sc = ax.scatter(
+                emb.coords[:, 0], emb.coords[:, 1], c=colors, s=5, cmap="viridis", linewidths=0
+            )
             fig.colorbar(sc, ax=ax, label="frame (position in the clip)")
         else:
             ax.scatter(emb.coords[:, 0], emb.coords[:, 1], c=colors, s=5, linewidths=0)
         if len(self.selection):
             xy = emb.coords[self.selection]
-            ax.scatter(xy[:, 0], xy[:, 1], s=14, facecolors="none", edgecolors=_hex(SELECTED_RGB), linewidths=0.8)
+            ax.scatter(
+                xy[:, 0],
+                xy[:, 1],
+                s=14,
+                facecolors="none",
+                edgecolors=_hex(SELECTED_RGB),
+                linewidths=0.8,
+            )
         ax.set_title(f"{emb.method.upper()}, coloured by {self.color_by}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -355,42 +389,91 @@ class EmbeddingView:
         emb = self.shown
         T = len(self.frames)
         height, width = self.frames.shape[1:3]
-        seg = (self.segments[emb.index[:, 0], emb.index[:, 1], emb.index[:, 2]] if self.segments is not None
-               else np.full(len(emb), -1))
+        seg = (
+            self.segments[emb.index[:, 0], emb.index[:, 1], emb.index[:, 2]]
+            if self.segments is not None
+            else np.full(len(emb), -1)
+        )
         frame_no = np.asarray(self.indices)[emb.index[:, 0]]
-        custom = np.stack([emb.index[:, 0], emb.index[:, 1], emb.index[:, 2], seg, frame_no], axis=1)
+        custom = np.stack(
+            [emb.index[:, 0], emb.index[:, 1], emb.index[:, 2], seg, frame_no], axis=1
+        )
         colors = self.point_colors(emb)
         marker: dict[str, Any] = {"size": 5, "color": colors}
         if isinstance(colors, np.ndarray):
             marker.update(colorscale="Viridis", colorbar={"title": "frame", "x": 0.42})
-        fig = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55], horizontal_spacing=0.06,
-                            subplot_titles=(f"{emb.method.upper()}, coloured by {self.color_by}", "frame"))
-        fig.add_trace(go.Scatter(
-            x=emb.coords[:, 0], y=emb.coords[:, 1], mode="markers", marker=marker, customdata=custom,
-            hovertemplate="frame %{customdata[4]}<br>patch row %{customdata[1]}, col %{customdata[2]}"
-                          "<br>segment %{customdata[3]}<extra></extra>", name="patches",
-        ), row=1, col=1)
+        fig = make_subplots(
+            rows=1,
+            cols=2,
+            column_widths=[0.45, 0.55],
+            horizontal_spacing=0.06,
+            subplot_titles=(f"{emb.method.upper()}, coloured by {self.color_by}", "frame"),
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=emb.coords[:, 0],
+                y=emb.coords[:, 1],
+                mode="markers",
+                marker=marker,
+                customdata=custom,
+                hovertemplate="frame %{customdata[4]}<br>patch row %{customdata[1]}, col %{customdata[2]}"
+                "<br>segment %{customdata[3]}<extra></extra>",
+                name="patches",
+            ),
+            row=1,
+            col=1,
+        )
         shown = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
         start = int(shown[np.argmin(np.abs(shown - self.frame))])
         uris = {int(t): _data_uri(self.frames[t], "jpeg") for t in shown}
-        fig.add_trace(go.Image(source=uris[start], x0=0, dx=1, y0=0, dy=1, name="frame",
-                               hovertemplate="x %{x}, y %{y}<extra></extra>"), row=1, col=2)
+        fig.add_trace(
+            go.Image(
+                source=uris[start],
+                x0=0,
+                dx=1,
+                y0=0,
+                dy=1,
+                name="frame",
+                hovertemplate="x %{x}, y %{y}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)
         fig.update_xaxes(range=[-0.5, width - 0.5], row=1, col=2)
         fig.update_yaxes(range=[height - 0.5, -0.5], scaleanchor="x2", row=1, col=2)
-        steps = [{"method": "restyle", "label": str(self.indices[t]),
-                  "args": [{"source": [uris[int(t)]]}, [1]]} for t in shown]
+        steps = [
+            {
+                "method": "restyle",
+                "label": str(self.indices[t]),
+                "args": [{"source": [uris[int(t)]]}, [1]],
+            }
+            for t in shown
+        ]
         fig.update_layout(
-            title=self._title(), dragmode="lasso", height=560, width=1200, showlegend=False,
-            sliders=[{"active": int(np.flatnonzero(shown == start)[0]), "steps": steps,
-                      "currentvalue": {"prefix": "frame "}, "pad": {"t": 30}}],
+            title=self._title(),
+            dragmode="lasso",
+            height=560,
+            width=1200,
+            showlegend=False,
+            sliders=[
+                {
+                    "active": int(np.flatnonzero(shown == start)[0]),
+                    "steps": steps,
+                    "currentvalue": {"prefix": "frame "},
+                    "pad": {"t": 30},
+                }
+            ],
             meta={"patch_size": self.patch_size, "positions": [int(t) for t in shown]},
         )
         return fig
 
     def write_html(
-        self, path: str | Path, include_plotlyjs: bool | Literal["cdn"] = True, max_frames: int = 200
+        self,
+        path: str | Path,
+        include_plotlyjs: bool | Literal["cdn"] = True,
+        max_frames: int = 200,
     ) -> Path:
         """Write :meth:`plotly_figure` as a standalone, interactive HTML page.
 
@@ -406,7 +489,9 @@ class EmbeddingView:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig = self.plotly_figure(max_frames=max_frames)
-        fig.write_html(path, include_plotlyjs=include_plotlyjs, full_html=True, post_script=_SELECTION_JS)
+        fig.write_html(
+            path, include_plotlyjs=include_plotlyjs, full_html=True, post_script=_SELECTION_JS
+        )
         return path
 
     # ---- widgets --------------------------------------------------------------------------
@@ -422,12 +507,26 @@ class EmbeddingView:
         ui = self._ui
         emb = self.embedding("pca") if self.method == "umap" else self.embedding()
         height, width = self.frames.shape[1:3]
-        ui["method"] = w.ToggleButtons(options=["pca", "umap"], value=self.method, description="embedding",
-                                       style={"button_width": "70px"})
-        ui["color_by"] = w.ToggleButtons(options=["segment", "frame"], value=self.color_by,
-                                         description="colour by", style={"button_width": "80px"})
-        ui["frame"] = w.IntSlider(value=self.frame, min=0, max=len(self.frames) - 1, description="frame",
-                                  continuous_update=True, layout=w.Layout(width="420px"))
+        ui["method"] = w.ToggleButtons(
+            options=["pca", "umap"],
+            value=self.method,
+            description="embedding",
+            style={"button_width": "70px"},
+        )
+        ui["color_by"] = w.ToggleButtons(
+            options=["segment", "frame"],
+            value=self.color_by,
+            description="colour by",
+            style={"button_width": "80px"},
+        )
+        ui["frame"] = w.IntSlider(
+            value=self.frame,
+            min=0,
+            max=len(self.frames) - 1,
+            description="frame",
+            continuous_update=True,
+            layout=w.Layout(width="420px"),
+        )
         ui["clear"] = w.Button(description="clear selection", layout=w.Layout(width="140px"))
         ui["note"] = w.HTML("")
         ui["scatter_title"] = w.HTML("")
@@ -435,15 +534,37 @@ class EmbeddingView:
         ui["strip"] = w.Image(format="jpeg", layout=w.Layout(max_width="100%"))
         scatter = go.FigureWidget(
             data=[
-                go.Scatter(x=emb.coords[:, 0], y=emb.coords[:, 1], mode="markers", marker={"size": 5},
-                           name="patches", hoverinfo="text", unselected={"marker": {"opacity": 0.25}}),
-                go.Scatter(x=[], y=[], mode="markers", name="clicked", hoverinfo="skip",
-                           marker={"size": 14, "color": "rgba(0,0,0,0)",
-                                   "line": {"width": 3, "color": _hex(CLICKED_RGB)}}),
+                go.Scatter(
+                    x=emb.coords[:, 0],
+                    y=emb.coords[:, 1],
+                    mode="markers",
+                    marker={"size": 5},
+                    name="patches",
+                    hoverinfo="text",
+                    unselected={"marker": {"opacity": 0.25}},
+                ),
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="markers",
+                    name="clicked",
+                    hoverinfo="skip",
+                    marker={
+                        "size": 14,
+                        "color": "rgba(0,0,0,0)",
+                        "line": {"width": 3, "color": _hex(CLICKED_RGB)},
+                    },
+                ),
             ],
-            layout=go.Layout(width=460, height=460, dragmode="lasso", showlegend=False,
-                             margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                             xaxis={"visible": False}, yaxis={"visible": False}),
+            layout=go.Layout(
+                width=460,
+                height=460,
+                dragmode="lasso",
+                showlegend=False,
+                margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                xaxis={"visible": False},
+                yaxis={"visible": False},
+            ),
         )
         scale = max(1.0, 420 / width)
         image = w.Image(format="jpeg", layout=w.Layout(width=f"{int(width * scale)}px"))
@@ -452,7 +573,9 @@ class EmbeddingView:
         try:
             from ipyevents import Event
 
-            ui["events"] = Event(source=image, watched_events=["click"], prevent_default_action=True)
+            ui["events"] = Event(
+                source=image, watched_events=["click"], prevent_default_action=True
+            )
         except ImportError:  # clicks need ipyevents; everything else works without it
             ui["events"] = None
             ui["image_title"].value = "<small>(install ipyevents to click on patches)</small>"
@@ -493,15 +616,19 @@ class EmbeddingView:
         ui["method"].observe(on_method, names="value")
         ui["color_by"].observe(on_color, names="value")
         ui["clear"].on_click(lambda _: self.clear())
-        ui["app"] = w.VBox([
-            w.HBox([ui["method"], ui["color_by"]]),
-            w.HBox([ui["frame"], ui["clear"]]),
-            ui["note"],
-            w.HBox([w.VBox([ui["scatter_title"], scatter]), w.VBox([ui["image_title"], image])],
-                   layout=w.Layout(align_items="flex-start")),
-            ui["summary"],
-            ui["strip"],
-        ])
+        ui["app"] = w.VBox(
+            [
+                w.HBox([ui["method"], ui["color_by"]]),
+                w.HBox([ui["frame"], ui["clear"]]),
+                ui["note"],
+                w.HBox(
+                    [w.VBox([ui["scatter_title"], scatter]), w.VBox([ui["image_title"], image])],
+                    layout=w.Layout(align_items="flex-start"),
+                ),
+                ui["summary"],
+                ui["strip"],
+            ]
+        )
         ui["app"].add_class("labkit-embedding")
         if self.explorer is not None and self.explorer._ui:
             w.link((self.explorer._ui["frame"], "value"), (ui["frame"], "value"))
@@ -519,7 +646,9 @@ class EmbeddingView:
         """Called by the explorer after each change: same frame, and new colours for a new k."""
         if self.layer is not None and state.layer == self.layer and self.explorer is not None:
             seg = self.explorer._segments.get((state.layer, state.k))
-            if seg is not None and (self.segments is None or not np.array_equal(seg, self.segments)):
+            if seg is not None and (
+                self.segments is None or not np.array_equal(seg, self.segments)
+            ):
                 self.set_segments(seg)
         if self.frame != state.frame:
             self.frame = state.frame
@@ -540,8 +669,11 @@ class EmbeddingView:
         self._update_colors()
         self._update_clicked()
         n, total = len(emb), emb.total_patches
-        rule = ("all patches" if n == total else
-                f"{n} of {total} patches: an equal share of every frame, drawn at random (seed {self.seed})")
+        rule = (
+            "all patches"
+            if n == total
+            else f"{n} of {total} patches: an equal share of every frame, drawn at random (seed {self.seed})"
+        )
         ui["note"].value = f"<small>{rule}{' | ' + self.note if self.note else ''}</small>"
 
     def _update_colors(self) -> None:
@@ -602,8 +734,11 @@ class EmbeddingView:
             return
         if self._thread is not None and self._thread.is_alive():
             return
-        first = ("" if umap_warmed_up() else
-                 " The first UMAP in this kernel also compiles numba code (about a minute on 2 CPU cores).")
+        first = (
+            ""
+            if umap_warmed_up()
+            else " The first UMAP in this kernel also compiles numba code (about a minute on 2 CPU cores)."
+        )
         self.note = f"UMAP: computing in the background, PCA shown meanwhile.{first}"
         self._update_points()
 

@@ -43,16 +43,23 @@ import numpy as np
 import torch
 
 from labkit.models import weights_label
-from labkit.validation import resolve_device
 from labkit.pos_embed import PosEmbedRule
+from labkit.validation import resolve_device
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from labkit.viz.embedding import EmbeddingView
 
-__all__ = ["AttentionExplorer", "ArtifactData", "ExplorerState", "LayerData", "PANELS", "ALL_PANELS",
-           "is_headless"]
+__all__ = [
+    "AttentionExplorer",
+    "ArtifactData",
+    "ExplorerState",
+    "LayerData",
+    "PANELS",
+    "ALL_PANELS",
+    "is_headless",
+]
 
 PANELS: tuple[str, ...] = ("frame", "heads", "objects", "segments")  # the default panels
 # every panel: also the token norms of the block with high-norm outliers outlined (labkit.artifacts),
@@ -106,9 +113,13 @@ class ArtifactData(NamedTuple):
 
     norms: torch.Tensor  # (T, L, gh, gw) float32 patch-token norms at each block's output
     outliers: torch.Tensor  # (T, L, gh, gw) bool, norm > factor x the median (labkit.artifacts)
-    cls_outlier_mass: torch.Tensor  # (T, L) float32 [CLS] patch-attention share on outliers, mean over heads
+    cls_outlier_mass: (
+        torch.Tensor
+    )  # (T, L) float32 [CLS] patch-attention share on outliers, mean over heads
     cls_register_mass: torch.Tensor | None  # (T, L) float32 [CLS] share on the registers, or None
-    register_maps: torch.Tensor | None  # (T, L, G, gh, gw) float32 registers' attention, mean over heads
+    register_maps: (
+        torch.Tensor | None
+    )  # (T, L, G, gh, gw) float32 registers' attention, mean over heads
     factor: float  # the outlier rule's multiple of the median
 
 
@@ -136,7 +147,9 @@ class _BytesLRU:
             self.size -= len(old)
 
 
-def encode_image(image: np.ndarray, fmt: Literal["jpeg", "png"] = "jpeg", quality: int = 90) -> bytes:
+def encode_image(
+    image: np.ndarray, fmt: Literal["jpeg", "png"] = "jpeg", quality: int = 90
+) -> bytes:
     """uint8 (H, W, 3) -> JPEG (no chroma subsampling) or PNG (fastest zlib level) bytes."""
     from PIL import Image
 
@@ -169,7 +182,11 @@ def _blend_grid(frame: np.ndarray, grid: np.ndarray, alpha: float, p: int) -> np
 
 
 def _load_clip(
-    video: Any, indices: Sequence[int] | None, start_frame: int, num_frames: int, frame_step: int,
+    video: Any,
+    indices: Sequence[int] | None,
+    start_frame: int,
+    num_frames: int,
+    frame_step: int,
     img_size: int | tuple[int, int] | None,
 ) -> tuple[np.ndarray, list[int], str]:
     """Frames (T, H, W, 3) uint8, their numbers in the video, and a name for titles."""
@@ -179,15 +196,20 @@ def _load_clip(
     if isinstance(video, np.ndarray):
         frames = video
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+            raise ValueError(
+                f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}"
+            )
         numbers = list(range(len(frames))) if indices is None else [int(i) for i in indices]
         if len(numbers) != len(frames):
             raise ValueError(f"indices: {len(numbers)} numbers for {len(frames)} frames")
         return frames, numbers, "frames"
 
     def read(v: Video) -> tuple[np.ndarray, list[int]]:
-        idx = (np.asarray(indices, dtype=np.int64) if indices is not None
-               else clip_indices_for(len(v), num_frames, start_frame, frame_step))
+        idx = (
+            np.asarray(indices, dtype=np.int64)
+            if indices is not None
+            else clip_indices_for(len(v), num_frames, start_frame, frame_step)
+        )
         return v.get(idx), [int(i) for i in idx]
 
     if isinstance(video, Video):
@@ -272,14 +294,23 @@ class AttentionExplorer:
 
         if isinstance(model, str):  # random weights: the same for the same seed
             model = load_backbone(
-                model, checkpoint=checkpoint or None, pretrained=pretrained, device=device,
-                pos_embed_rule=pos_embed_rule, seed=int(seed), **(model_kwargs or {}),
-            )  # fmt: skip
+                model,
+                checkpoint=checkpoint or None,
+                pretrained=pretrained,
+                device=device,
+                pos_embed_rule=pos_embed_rule,
+                seed=int(seed),
+                **(model_kwargs or {}),
+            )
         if not hasattr(model, "blocks"):
-            raise ValueError(f"model must be a timm ViT (from labkit.models.load_backbone), got {type(model).__name__}")
+            raise ValueError(
+                f"model must be a timm ViT (from labkit.models.load_backbone), got {type(model).__name__}"
+            )
         if image_format not in ("jpeg", "png"):
             raise ValueError(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
-        frames, numbers, name = _load_clip(video, indices, start_frame, num_frames, frame_step, img_size)
+        frames, numbers, name = _load_clip(
+            video, indices, start_frame, num_frames, frame_step, img_size
+        )
         if len(frames) < 1:
             raise ValueError("the clip has no frames")
         self.frames = np.ascontiguousarray(frames)
@@ -292,7 +323,9 @@ class AttentionExplorer:
         self.patch_size = patch_size(model)
         height, width = self.frames.shape[1:3]
         if height < self.patch_size or width < self.patch_size:
-            raise ValueError(f"frames {height}x{width} are smaller than one {self.patch_size}-pixel patch")
+            raise ValueError(
+                f"frames {height}x{width} are smaller than one {self.patch_size}-pixel patch"
+            )
         self.grid = (height // self.patch_size, width // self.patch_size)
         self.device = resolve_device(device)  # "auto": CUDA when available, else the CPU
         self.batch_size = int(batch_size)
@@ -308,7 +341,9 @@ class AttentionExplorer:
         self.panels: tuple[str, ...] = tuple(panels)
         bad = [p for p in self.panels if p not in ALL_PANELS]
         if bad or not self.panels or len(set(self.panels)) != len(self.panels):
-            raise ValueError(f"panels must be distinct names from {ALL_PANELS}, got {list(self.panels)}")
+            raise ValueError(
+                f"panels must be distinct names from {ALL_PANELS}, got {list(self.panels)}"
+            )
         self._layers: dict[int, LayerData] = {}
         self._artifacts: ArtifactData | None = None
         self._segments: dict[tuple[int, int], np.ndarray] = {}
@@ -321,7 +356,9 @@ class AttentionExplorer:
         self._views: list[EmbeddingView] = []
         self.last_update_ms: float | None = None
         self.state = self._validated(
-            ExplorerState(frame=0, layer=layer, heads=tuple(heads), k=k, alpha=alpha, sinkhorn=bool(sinkhorn))
+            ExplorerState(
+                frame=0, layer=layer, heads=tuple(heads), k=k, alpha=alpha, sinkhorn=bool(sinkhorn)
+            )
         )
 
     @classmethod
@@ -329,15 +366,25 @@ class AttentionExplorer:
         """Reuse the frames, model and what :func:`labkit.explore.explore` computed for its layer."""
         cfg = exp.config
         explorer = cls(
-            exp.frames, exp.model, indices=list(exp.indices), layer=cfg.layer, heads=cfg.heads, k=cfg.k,
-            device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed, **kwargs,
+            exp.frames,
+            exp.model,
+            indices=list(exp.indices),
+            layer=cfg.layer,
+            heads=cfg.heads,
+            k=cfg.k,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            **kwargs,
         )
         layer = explorer.state.layer
         keys, queries = getattr(exp, "keys", None), getattr(exp, "queries", None)
         explorer._layers[layer] = LayerData(
-            exp.attention.float(), exp.features.float(),
-            None if keys is None else keys.float(), None if queries is None else queries.float(),
-        )  # fmt: skip
+            exp.attention.float(),
+            exp.features.float(),
+            None if keys is None else keys.float(),
+            None if queries is None else queries.float(),
+        )
         explorer._segments[(layer, cfg.k)] = np.asarray(exp.segments_clip, dtype=np.int64)
         if getattr(exp, "video_info", {}).get("path"):
             explorer.name = Path(exp.video_info["path"]).name  # titles name the video, not "frames"
@@ -349,16 +396,26 @@ class AttentionExplorer:
             raise ValueError(f"layer {state.layer} out of range: the model has {self.depth} blocks")
         heads = tuple(int(h) for h in state.heads)
         if len(heads) != 3 or not all(0 <= h < self.num_heads for h in heads):
-            raise ValueError(f"heads must be three indices in 0..{self.num_heads - 1}, got {state.heads}")
+            raise ValueError(
+                f"heads must be three indices in 0..{self.num_heads - 1}, got {state.heads}"
+            )
         if not 0 <= state.frame < len(self.frames):
-            raise ValueError(f"frame {state.frame} out of range: the clip has {len(self.frames)} frames")
+            raise ValueError(
+                f"frame {state.frame} out of range: the clip has {len(self.frames)} frames"
+            )
         patches = len(self.frames) * self.grid[0] * self.grid[1]
         if not 2 <= state.k <= patches:
             raise ValueError(f"k must be in 2..{patches} (patches of the clip), got {state.k}")
         if not 0.0 <= state.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {state.alpha}")
-        return ExplorerState(int(state.frame), state.layer % self.depth, heads, int(state.k),
-                             float(state.alpha), bool(state.sinkhorn))
+        return ExplorerState(
+            int(state.frame),
+            state.layer % self.depth,
+            heads,
+            int(state.k),
+            float(state.alpha),
+            bool(state.sinkhorn),
+        )
 
     def set(self, **changes: Any) -> ExplorerState:
         """Change the state (``frame``, ``layer``, ``heads``, ``k``, ``alpha``, ``sinkhorn``).
@@ -379,7 +436,9 @@ class AttentionExplorer:
         if self._on_progress is not None:
             self._on_progress(done, total, what)
 
-    def _extract(self, layer: int, kinds: tuple[str, ...], attention: bool) -> dict[str, torch.Tensor]:
+    def _extract(
+        self, layer: int, kinds: tuple[str, ...], attention: bool
+    ) -> dict[str, torch.Tensor]:
         """One batched pass over the clip: {"attention"?, kind...} stacked on the CPU."""
         from labkit.attention import extract
         from labkit.models import prepare_images
@@ -423,7 +482,9 @@ class AttentionExplorer:
         data = self._layers.get(layer)
         if data is None:  # one pass gives everything the panels need
             out = self._extract(layer, ("tokens", "keys", "queries"), attention=True)
-            data = LayerData(out["attention"], out["tokens"], out["keys"], out["queries"][0].clone())
+            data = LayerData(
+                out["attention"], out["tokens"], out["keys"], out["queries"][0].clone()
+            )
             self._layers[layer] = data
         elif keys and data.keys is None:  # seeded by from_exploration without keys
             out = self._extract(layer, ("keys", "queries"), attention=False)
@@ -463,7 +524,11 @@ class AttentionExplorer:
         if key not in self._objects:
             data = self.layer_data(layer, keys=True)
             found = discover_objects(
-                data.attention[:1], data.queries[None], data.tokens[:1], k=3, heads=list(key[1]),
+                data.attention[:1],
+                data.queries[None],
+                data.tokens[:1],
+                k=3,
+                heads=list(key[1]),
                 sinkhorn=key[2],
             )  # reference: the clip's first frame
             tracks = track_objects(found.prototypes, data.keys[None])  # maps (1, T, 3, gh, gw)
@@ -488,7 +553,9 @@ class AttentionExplorer:
             lo = maps.min(axis=(0, 2, 3), keepdims=True)  # (1, 3, 1, 1)
             span = maps.max(axis=(0, 2, 3), keepdims=True) - lo
             unit = (maps - lo) / np.where(span > 0, span, 1.0)
-            self._object_rgb[key] = np.clip(np.rint(unit.transpose(0, 2, 3, 1) * 255), 0, 255).astype(np.uint8)
+            self._object_rgb[key] = np.clip(
+                np.rint(unit.transpose(0, 2, 3, 1) * 255), 0, 255
+            ).astype(np.uint8)
         return self._object_rgb[key]
 
     def compute(self, state: ExplorerState | None = None) -> None:
@@ -554,7 +621,9 @@ class AttentionExplorer:
 
         data = self.artifacts()
         norms = data.norms[s.frame, s.layer]  # (gh, gw)
-        grid = norms_to_rgb(norms, vmax=data.factor * float(norms.flatten().median()), vmin=float(norms.min()))
+        grid = norms_to_rgb(
+            norms, vmax=data.factor * float(norms.flatten().median()), vmin=float(norms.min())
+        )
         blended = _blend_grid(self.frames[s.frame], grid, s.alpha, self.patch_size)
         return outline_patches(blended, data.outliers[s.frame, s.layer], self.patch_size)
 
@@ -580,7 +649,9 @@ class AttentionExplorer:
             m = regs[i].numpy()
             lo, span = m.min(), m.max() - m.min()
             unit = (m - lo) / span if span > 0 else np.zeros_like(m)
-            grid = np.repeat(np.rint(unit * 255).astype(np.uint8)[..., None], 3, axis=-1)  # (gh, gw, 3)
+            grid = np.repeat(
+                np.rint(unit * 255).astype(np.uint8)[..., None], 3, axis=-1
+            )  # (gh, gw, 3)
             full = _blend_grid(frame, grid, max(s.alpha, 0.5), self.patch_size)
             tile = np.asarray(Image.fromarray(full).resize((tile_w, tile_h), Image.BILINEAR))
             tile = caption(tile, f"register {i}")
@@ -603,23 +674,40 @@ class AttentionExplorer:
             factor = 0.0
             for start in range(0, len(self.frames), self.batch_size):
                 chunk = self.frames[start : start + self.batch_size]
-                art = token_artifacts(self.model, prepare_images(chunk, self.model, device=self.device),
-                                      register_layers=every)
+                art = token_artifacts(
+                    self.model,
+                    prepare_images(chunk, self.model, device=self.device),
+                    register_layers=every,
+                )
                 factor = art.factor
-                values = {"norms": art.norms, "outliers": art.outliers,
-                          "cls_outlier_mass": art.cls_outlier_mass.mean(-1),
-                          "cls_register_mass": None if art.cls_register_mass is None else art.cls_register_mass.mean(-1),
-                          "register_maps": None if art.register_attention is None else art.register_attention.mean(3)}
+                values = {
+                    "norms": art.norms,
+                    "outliers": art.outliers,
+                    "cls_outlier_mass": art.cls_outlier_mass.mean(-1),
+                    "cls_register_mass": None
+                    if art.cls_register_mass is None
+                    else art.cls_register_mass.mean(-1),
+                    "register_maps": None
+                    if art.register_attention is None
+                    else art.register_attention.mean(3),
+                }
                 for name, value in values.items():
                     if value is not None:
-                        parts.setdefault(name, []).append(value.float().cpu() if value.is_floating_point()
-                                                          else value.cpu())
-                self._report(min(start + self.batch_size, len(self.frames)), len(self.frames), "token norms")
+                        parts.setdefault(name, []).append(
+                            value.float().cpu() if value.is_floating_point() else value.cpu()
+                        )
+                self._report(
+                    min(start + self.batch_size, len(self.frames)), len(self.frames), "token norms"
+                )
             joined = {name: torch.cat(p) for name, p in parts.items()}
             self._artifacts = ArtifactData(
-                joined["norms"], joined["outliers"], joined["cls_outlier_mass"], joined.get("cls_register_mass"),
-                joined.get("register_maps"), factor,
-            )  # fmt: skip
+                joined["norms"],
+                joined["outliers"],
+                joined["cls_outlier_mass"],
+                joined.get("cls_register_mass"),
+                joined.get("register_maps"),
+                factor,
+            )
         return self._artifacts
 
     def _segment_grid(self, layer: int, k: int) -> np.ndarray:
@@ -644,7 +732,9 @@ class AttentionExplorer:
             self._encoded.put(key, data)
         return data
 
-    def prerender(self, frames: Sequence[int] | None = None, state: ExplorerState | None = None) -> None:
+    def prerender(
+        self, frames: Sequence[int] | None = None, state: ExplorerState | None = None
+    ) -> None:
         """Render and encode every panel of the given frames (default all) for a state, ahead."""
         s = self.state if state is None else self._validated(state)
         self.compute(s)
@@ -658,17 +748,23 @@ class AttentionExplorer:
         """One line saying what a state shows."""
         s = self.state if state is None else state
         norms = ""
-        if self._artifacts is not None and ("artifacts" in self.panels or "registers" in self.panels):
+        if self._artifacts is not None and (
+            "artifacts" in self.panels or "registers" in self.panels
+        ):
             data = self._artifacts  # once computed (compute() does it), so the title never waits
-            norms = (f"norms: {int(data.outliers[s.frame, s.layer].sum())} outliers; [CLS] "
-                     f"{float(data.cls_outlier_mass[s.frame, s.layer]):.0%} on the block input's outliers")
+            norms = (
+                f"norms: {int(data.outliers[s.frame, s.layer].sum())} outliers; [CLS] "
+                f"{float(data.cls_outlier_mass[s.frame, s.layer]):.0%} on the block input's outliers"
+            )
             if data.cls_register_mass is not None:
                 norms += f", {float(data.cls_register_mass[s.frame, s.layer]):.0%} on the registers"
             norms += " | "
-        return (f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | "
-                f"layer {s.layer} | heads {s.heads} as R,G,B | DoRA objects, Sinkhorn-Knopp "
-                f"{'on' if s.sinkhorn else 'off'} | k-means k={s.k} | opacity {s.alpha:.2f} | "
-                f"{norms}{self.weights}")
+        return (
+            f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | "
+            f"layer {s.layer} | heads {s.heads} as R,G,B | DoRA objects, Sinkhorn-Knopp "
+            f"{'on' if s.sinkhorn else 'off'} | k-means k={s.k} | opacity {s.alpha:.2f} | "
+            f"{norms}{self.weights}"
+        )
 
     def figure(self, state: ExplorerState | None = None) -> Figure:
         """A state (default: the current one) as a static matplotlib Figure, one panel per view
@@ -682,9 +778,12 @@ class AttentionExplorer:
         from labkit.viz.plot import plot_grid
 
         per = 3  # more than four panels: rows of three, so that the figure stays readable
-        return plot_grid([images[i : i + per] for i in range(0, len(images), per)],
-                         col_titles=[titles[i : i + per] for i in range(0, len(titles), per)],
-                         suptitle=self.title(s).replace(" | norms:", "\nnorms:"), panel_size=3.0)
+        return plot_grid(
+            [images[i : i + per] for i in range(0, len(images), per)],
+            col_titles=[titles[i : i + per] for i in range(0, len(titles), per)],
+            suptitle=self.title(s).replace(" | norms:", "\nnorms:"),
+            panel_size=3.0,
+        )
 
     def panel_titles(self, state: ExplorerState | None = None) -> list[str]:
         """A short title per shown panel (what the static figure writes above each)."""
@@ -737,9 +836,17 @@ class AttentionExplorer:
 
         layer = self.state.layer if layer is None else layer % self.depth
         view = EmbeddingView(
-            self.frames, self.layer_data(layer, keys=False).tokens, self.segments(layer, self.state.k),
-            patch_size=self.patch_size, indices=self.indices, method=method, max_points=max_points,
-            color_by=color_by, seed=self.seed, frame=self.state.frame, name=f"{self.name}, layer {layer}",
+            self.frames,
+            self.layer_data(layer, keys=False).tokens,
+            self.segments(layer, self.state.k),
+            patch_size=self.patch_size,
+            indices=self.indices,
+            method=method,
+            max_points=max_points,
+            color_by=color_by,
+            seed=self.seed,
+            frame=self.state.frame,
+            name=f"{self.name}, layer {layer}",
         )
         view.layer = layer
         view.explorer = self
@@ -758,47 +865,97 @@ class AttentionExplorer:
         s = self.state
         last = len(self.frames) - 1
         ui = self._ui
-        ui["frame"] = w.IntSlider(value=s.frame, min=0, max=last, description="frame", continuous_update=True,
-                                  layout=w.Layout(width="420px"))
+        ui["frame"] = w.IntSlider(
+            value=s.frame,
+            min=0,
+            max=last,
+            description="frame",
+            continuous_update=True,
+            layout=w.Layout(width="420px"),
+        )
         ui["play"] = w.Play(value=s.frame, min=0, max=last, interval=100, description="play")
         w.jslink((ui["play"], "value"), (ui["frame"], "value"))
-        ui["layer"] = w.Dropdown(options=list(range(self.depth)), value=s.layer, description="layer",
-                                 layout=w.Layout(width="160px"))
+        ui["layer"] = w.Dropdown(
+            options=list(range(self.depth)),
+            value=s.layer,
+            description="layer",
+            layout=w.Layout(width="160px"),
+        )
         ui["heads"] = [
-            w.Dropdown(options=list(range(self.num_heads)), value=h, description=c, layout=w.Layout(width="120px"),
-                       style={"description_width": "20px"})
+            w.Dropdown(
+                options=list(range(self.num_heads)),
+                value=h,
+                description=c,
+                layout=w.Layout(width="120px"),
+                style={"description_width": "20px"},
+            )
             for h, c in zip(s.heads, ("R", "G", "B"))
         ]
-        ui["sinkhorn"] = w.Checkbox(value=s.sinkhorn, description="Sinkhorn-Knopp", indent=False,
-                                    layout=w.Layout(width="140px"))
-        ui["k"] = w.IntSlider(value=s.k, min=2, max=20, description="k", continuous_update=False,
-                              layout=w.Layout(width="260px"))
-        ui["alpha"] = w.FloatSlider(value=s.alpha, min=0.0, max=1.0, step=0.05, description="opacity",
-                                    layout=w.Layout(width="280px"))
-        ui["progress"] = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="300px"))
+        ui["sinkhorn"] = w.Checkbox(
+            value=s.sinkhorn,
+            description="Sinkhorn-Knopp",
+            indent=False,
+            layout=w.Layout(width="140px"),
+        )
+        ui["k"] = w.IntSlider(
+            value=s.k,
+            min=2,
+            max=20,
+            description="k",
+            continuous_update=False,
+            layout=w.Layout(width="260px"),
+        )
+        ui["alpha"] = w.FloatSlider(
+            value=s.alpha,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="opacity",
+            layout=w.Layout(width="280px"),
+        )
+        ui["progress"] = w.IntProgress(
+            value=0, min=0, max=1, description="", layout=w.Layout(width="300px")
+        )
         ui["busy"] = w.Label("")
         ui["status"] = w.Label(self.title())
         ui["images"] = {}
         cells = []
         for name in self.panels:
-            image = w.Image(format=self.image_format, layout=w.Layout(width=f"{self.panel_width}px"))
+            image = w.Image(
+                format=self.image_format, layout=w.Layout(width=f"{self.panel_width}px")
+            )
             image.add_class(f"labkit-panel-{name}")
             ui["images"][name] = image
             cells.append(w.VBox([w.HTML(f"<b>{_TITLES[name]}</b>"), image]))
-        ui["panels"] = w.GridBox(cells, layout=w.Layout(grid_template_columns="repeat(2, max-content)",
-                                                         grid_gap="4px 8px"))
+        ui["panels"] = w.GridBox(
+            cells,
+            layout=w.Layout(grid_template_columns="repeat(2, max-content)", grid_gap="4px 8px"),
+        )
         ui["syncing"] = False
 
         def on_change(_: Any = None) -> None:
             if ui["syncing"]:
                 return
-            self.state = self._validated(ExplorerState(
-                frame=ui["frame"].value, layer=ui["layer"].value, heads=tuple(h.value for h in ui["heads"]),
-                k=ui["k"].value, alpha=ui["alpha"].value, sinkhorn=ui["sinkhorn"].value,
-            ))
+            self.state = self._validated(
+                ExplorerState(
+                    frame=ui["frame"].value,
+                    layer=ui["layer"].value,
+                    heads=tuple(h.value for h in ui["heads"]),
+                    k=ui["k"].value,
+                    alpha=ui["alpha"].value,
+                    sinkhorn=ui["sinkhorn"].value,
+                )
+            )
             self._refresh()
 
-        for control in (ui["frame"], ui["layer"], ui["k"], ui["alpha"], ui["sinkhorn"], *ui["heads"]):
+        for control in (
+            ui["frame"],
+            ui["layer"],
+            ui["k"],
+            ui["alpha"],
+            ui["sinkhorn"],
+            *ui["heads"],
+        ):
             control.observe(on_change, names="value")
 
         def progress(done: int, total: int, what: str) -> None:
@@ -811,13 +968,15 @@ class AttentionExplorer:
 
         ui["on_progress"] = progress
         ui["progress"].layout.visibility = "hidden"
-        ui["app"] = w.VBox([
-            w.HBox([ui["play"], ui["frame"], ui["layer"]]),
-            w.HBox([*ui["heads"], ui["sinkhorn"], ui["k"], ui["alpha"]]),
-            w.HBox([ui["progress"], ui["busy"]]),
-            ui["status"],
-            ui["panels"],
-        ])
+        ui["app"] = w.VBox(
+            [
+                w.HBox([ui["play"], ui["frame"], ui["layer"]]),
+                w.HBox([*ui["heads"], ui["sinkhorn"], ui["k"], ui["alpha"]]),
+                w.HBox([ui["progress"], ui["busy"]]),
+                ui["status"],
+                ui["panels"],
+            ]
+        )
         ui["app"].add_class("labkit-explorer")
         return ui["app"]
 

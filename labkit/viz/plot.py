@@ -62,7 +62,9 @@ def _panel(im: Any, where: str) -> Any:
 
 
 def _wrap(
-    rows: list[list[Any]], row_titles: list[str] | None, col_titles: list[list[str] | None],
+    rows: list[list[Any]],
+    row_titles: list[str] | None,
+    col_titles: list[list[str] | None],
     max_columns: int | None,
 ) -> tuple[list[list[Any]], list[str] | None, list[list[str] | None]]:
     """Rows longer than ``max_columns`` cut into balanced chunks (8 -> 4 + 4, 6 -> 3 + 3).
@@ -172,16 +174,19 @@ def plot_grid(
     if not 0.0 <= heat_alpha <= 1.0:
         raise ValueError(f"plot_grid: heat_alpha must be in [0, 1], got {heat_alpha}")
 
-    images = [[_panel(im, f"plot_grid: rows[{i}][{j}]") for j, im in enumerate(r)]
-              for i, r in enumerate(rows)]  # fmt: skip
+    images = [
+        [_panel(im, f"plot_grid: rows[{i}][{j}]") for j, im in enumerate(r)]
+        for i, r in enumerate(rows)
+    ]
     if col_titles is None:
         titles: list[list[str] | None] = [None] * nrows
     elif per_row:
         titles = [list(t) for t in col_titles]
     else:
         titles = [list(col_titles) if i == 0 else None for i in range(nrows)]
-    images, row_titles, titles = _wrap(images, None if row_titles is None else list(row_titles),
-                                       titles, max_columns)
+    images, row_titles, titles = _wrap(
+        images, None if row_titles is None else list(row_titles), titles, max_columns
+    )
     nrows, ncols = len(images), max(len(r) for r in images)
 
     first = next(im for r in images for im in r if im is not None)
@@ -194,7 +199,10 @@ def plot_grid(
     bar = 0.5 if colorbar else 0.0  # room for colour bars (inches)
     text_h = 0.3 if any(titles) else 0.05  # a title line above each row
     label_w = 0.35 if row_titles is not None else 0.0
-    figsize = (ncols * panel_w + label_w + bar, nrows * (panel_h + text_h) + (0.45 if suptitle else 0.1))
+    figsize = (
+        ncols * panel_w + label_w + bar,
+        nrows * (panel_h + text_h) + (0.45 if suptitle else 0.1),
+    )
     fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     mappables = []
@@ -208,8 +216,14 @@ def plot_grid(
                 continue
             if isinstance(im, tuple):
                 ax.imshow(im[0], interpolation="nearest")
-                m = ax.imshow(im[1], cmap=cmap, vmin=vmin, vmax=vmax, alpha=heat_alpha,
-                              interpolation="nearest")
+                m = ax.imshow(
+                    im[1],
+                    cmap=cmap,
+                    vmin=vmin,
+                    vmax=vmax,
+                    alpha=heat_alpha,
+                    interpolation="nearest",
+                )
                 mappables.append((ax, m))
             elif im.ndim == 2:
                 m = ax.imshow(im, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
@@ -223,8 +237,9 @@ def plot_grid(
     label = colorbar if isinstance(colorbar, str) else None
     if colorbar and mappables:
         if vmin is not None and vmax is not None:  # one scale: one bar beside the whole grid
-            cb = fig.colorbar(mappables[0][1], ax=axes.ravel().tolist(), shrink=0.8, aspect=30,
-                              pad=0.01)
+            cb = fig.colorbar(
+                mappables[0][1], ax=axes.ravel().tolist(), shrink=0.8, aspect=30, pad=0.01
+            )
             cb.solids.set_alpha(1.0)
             if label:
                 cb.set_label(label, fontsize=TITLE_SIZE)
@@ -269,8 +284,13 @@ def plot_strip(
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"plot_strip: {len(images)} images but {len(titles)} titles")
     return plot_grid(
-        [images], col_titles=titles, panel_size=panel_size, cmap=cmap, suptitle=suptitle,
-        max_columns=max_columns, colorbar=colorbar,
+        [images],
+        col_titles=titles,
+        panel_size=panel_size,
+        cmap=cmap,
+        suptitle=suptitle,
+        max_columns=max_columns,
+        colorbar=colorbar,
     )
 
 

@@ -41,11 +41,27 @@ __all__ = [
 # matplotlib's "tab20" colours, reordered: the ten dark ones (tab10) first, then the ten light ones,
 # so that the first few labels get clearly different hues.
 _TAB20 = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
-)  # fmt: skip
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (199, 199, 199),
+    (219, 219, 141),
+    (158, 218, 229),
+)
 # the colours of the three heads shown as R, G, B (heads_to_rgb): their masks and curves get the
 # same colour; blue lightened a little so that a blue outline stays visible on dark frames
 HEAD_COLOURS = np.array([(255, 0, 0), (0, 230, 0), (40, 110, 255)], dtype=np.uint8)
@@ -639,7 +655,10 @@ def caption(frame: Any, text: str, *, font_size: int | None = None) -> np.ndarra
     image = Image.fromarray(out[:band])
     font = ImageFont.load_default(size=size)
     ImageDraw.Draw(image).text(
-        (max(2, size // 3), (band - size) // 2), " ".join(str(text).split()), fill=(255, 255, 255), font=font
+        (max(2, size // 3), (band - size) // 2),
+        " ".join(str(text).split()),
+        fill=(255, 255, 255),
+        font=font,
     )
     out[:band] = np.asarray(image)
     return out
@@ -654,7 +673,9 @@ def _font(size: int) -> Any:
     try:
         import matplotlib
 
-        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size)
+        return ImageFont.truetype(
+            str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size
+        )
     except (ImportError, OSError):
         return ImageFont.load_default(size=size)
 
@@ -690,7 +711,9 @@ def label_panels(
     single = f.ndim == 3
     f = f[None] if single else f
     if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
-        raise ValueError(f"label_panels: frames must be uint8 (T, H, W, 3), got {f.dtype} {f.shape}")
+        raise ValueError(
+            f"label_panels: frames must be uint8 (T, H, W, 3), got {f.dtype} {f.shape}"
+        )
     T, H, W, _ = f.shape
     n = len(panel_titles)
     if n < 1:
