@@ -26,24 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from labkit.config import parse_value
+
 __all__ = ["main", "one_line", "parse_value"]
-
-
-def parse_value(text: str) -> Any:
-    """Turn a command-line value into a Python literal the way YAML reads it.
-
-    ``5`` -> 5, ``0.1`` -> 0.1, ``true`` -> True, ``[0,1,2]`` -> [0, 1, 2]; anything else stays a
-    string (paths, model names). An empty string stays ``""``.
-    """
-    import yaml
-
-    if text == "":
-        return ""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return text if value is None else value
 
 
 def _parse_params(pairs: Sequence[Sequence[str]] | None) -> dict[str, Any]:

@@ -264,3 +264,15 @@ def describe(device: str = "cpu") -> dict[str, Any]:
     if str(device).startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+def is_headless() -> bool:
+    """True when widgets cannot be shown live: under ``labkit run``/papermill or outside IPython."""
+    if os.environ.get("LABKIT_HEADLESS", "") not in ("", "0"):
+        return True
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return True
+    shell = get_ipython()
+    return shell is None or not hasattr(shell, "kernel")

@@ -230,7 +230,7 @@ def load_pipeline_config(
     Raises:
         ValueError: an unknown key (with the known ones) or a bad value, naming the key.
     """
-    from labkit.cli import parse_value
+    from labkit.config import parse_value
 
     values: dict[str, Any] = {}
     if path:

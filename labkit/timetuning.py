@@ -11,7 +11,7 @@ The method (Salehi et al., ICCV 2023), as one training step on a batch of clips:
    (:func:`sinkhorn_knopp_global`, as the official ``sinkhorn(Q, iters, world_size)``).
 3. The *feature forwarder* carries those assignments to the later frames of each clip by label
    propagation with patch affinities of the backbone's own tokens, without the head and without
-   gradient (:func:`labkit.eval.propagation.propagate_soft_labels`, the propagation of the
+   gradient (:func:`labkit.propagation.propagate_soft_labels`, the propagation of the
    evaluation lab: first frame + ``n_last`` recent frames as context, top-5 neighbours in a
    6-patch window, temperature 0.1).
 4. The loss is the cross-entropy between the last frame's own scores (divided by 0.1) and the
@@ -87,9 +87,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.eval.propagation import propagate_soft_labels
 from labkit.losses import sinkhorn_knopp
 from labkit.models import patch_size
+from labkit.propagation import propagate_soft_labels
 
 __all__ = [
     "TimeTuningConfig",
@@ -361,7 +361,7 @@ def forward_assignments(
 ) -> torch.Tensor:
     """TimeTuning's feature forwarder: carry the first frame's soft assignments through each clip.
 
-    Label propagation with patch affinities (:func:`labkit.eval.propagation.propagate_soft_labels`,
+    Label propagation with patch affinities (:func:`labkit.propagation.propagate_soft_labels`,
     the evaluation lab's code) applied clip by clip, without autograd: the result is a target.
 
     Args:

@@ -238,7 +238,7 @@ def test_synthetic_run_structure(synthetic_result) -> None:
 
 
 def test_propagation_matches_the_batch_path(synthetic_result, reference) -> None:
-    from labkit.eval.propagation import propagate_labels
+    from labkit.propagation import propagate_labels
 
     ex, gt = reference
     pred = propagate_labels(

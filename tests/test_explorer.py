@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.viz.explorer import PANELS, AttentionExplorer, ExplorerState, is_headless
+from labkit.environment import is_headless
+from labkit.viz.explorer import PANELS, AttentionExplorer, ExplorerState
 
 TINY = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit.cli import parse_value
+from labkit.config import parse_value
 from labkit.notebooks import (
     NotebookError,
     find_notebook,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from labkit.eval import metrics as M
-from labkit.eval.propagation import (
+from labkit.propagation import (
     LabelPropagator,
     iter_propagate_labels,
     labels_from_soft,

@@ -393,7 +393,7 @@ def test_label_propagation_on_the_patch14_grid(
 ) -> None:
     """Same features in every frame and top-1 voting: each patch takes its own first-frame label."""
     from labkit.eval.metrics import grid_to_frame
-    from labkit.eval.propagation import propagate_labels
+    from labkit.propagation import propagate_labels
 
     p, _, _ = FACTS[arch]
     gh, gw = grid_of(model)

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labkit.eval.propagation import LabelPropagator, propagate_soft_labels
 from labkit.losses import sinkhorn_knopp
 from labkit.models import load_backbone
+from labkit.propagation import LabelPropagator, propagate_soft_labels
 from labkit.timetuning import (
     TimeTuningConfig,
     TimeTuningHead,
@@ -76,7 +76,7 @@ def ref_soft_propagation(feats, first, n_last, topk, temp, r):
 
 
 # ----------------------------------------------------------------------------------------------
-# Soft label propagation (the shared code in labkit.eval.propagation)
+# Soft label propagation (the shared code in labkit.propagation)
 # ----------------------------------------------------------------------------------------------
 
 

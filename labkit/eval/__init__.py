@@ -26,14 +26,6 @@ from labkit.eval.metrics import (
     resize_nearest,
     seg2bmap,
 )
-from labkit.eval.propagation import (
-    LabelPropagator,
-    PropagatedFrame,
-    iter_propagate_labels,
-    labels_from_soft,
-    propagate_labels,
-    propagation_step,
-)
 from labkit.eval.segmentation import (
     ClusterScores,
     ConfusionAccumulator,
@@ -49,6 +41,14 @@ from labkit.eval.segmentation import (
     mask_scores,
     object_mask_scores,
     overcluster_miou,
+)
+from labkit.propagation import (
+    LabelPropagator,
+    PropagatedFrame,
+    iter_propagate_labels,
+    labels_from_soft,
+    propagate_labels,
+    propagation_step,
 )
 
 __all__ = [

@@ -4,7 +4,7 @@ What :func:`evaluate` measures for each model on each sequence (one forward pass
 the [CLS] attention, patch tokens, keys and queries of the last block):
 
 - ``"propagation"``  semi-supervised VOS by label propagation, DINO's protocol and defaults
-  (:class:`labkit.eval.propagation.LabelPropagator`), J, F per object and frame at the masks'
+  (:class:`labkit.propagation.LabelPropagator`), J, F per object and frame at the masks'
   resolution, DAVIS statistics (first and last frames not scored).
 - ``"attention"``    each head's [CLS] attention and the head average, thresholded to keep
   ``keep`` (0.6) of the mass, J against the foreground; best head, mean over heads, stability.

@@ -169,9 +169,9 @@ def evaluate_sequence(
         patch_histogram,
         patch_index_map,
     )
-    from labkit.eval.propagation import LabelPropagator
     from labkit.models import patch_size as get_patch_size
     from labkit.models import prepare_images
+    from labkit.propagation import LabelPropagator
     from labkit.tracking import discover_objects, track_objects
     from labkit.video import open_frames
 

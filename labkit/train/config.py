@@ -479,7 +479,7 @@ def _check_names(values: Mapping[str, Any], source: str = "") -> None:
 def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
     """Turn ``["lr=1e-4", "model_kwargs.depth=2"]`` into ``{"lr": 1e-4, "model_kwargs.depth": 2}``.
 
-    Values are read as YAML literals by :func:`labkit.cli.parse_value` (``5``, ``0.1``, ``true``,
+    Values are read as YAML literals by :func:`labkit.config.parse_value` (``5``, ``0.1``, ``true``,
     ``[0,1,2]``, ``{depth: 2}``); anything else stays a string.
 
     Raises:
@@ -487,7 +487,7 @@ def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, A
     """
     if isinstance(overrides, Mapping):
         return dict(overrides)
-    from labkit.cli import parse_value
+    from labkit.config import parse_value
 
     out: dict[str, Any] = {}
     for item in overrides:

@@ -336,7 +336,7 @@ class LiveLossPlot:
 
     @property
     def active(self) -> bool:
-        from labkit.viz.explorer import is_headless
+        from labkit.environment import is_headless
 
         return not is_headless()
 

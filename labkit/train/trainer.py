@@ -815,7 +815,7 @@ class Trainer:
     def _progress_bar(self, first: int, stop: int) -> Any:
         if not self.progress or self.rank != 0 or stop <= first:
             return None
-        from labkit.viz.explorer import is_headless
+        from labkit.environment import is_headless
 
         if is_headless():  # papermill / scripts: a plain bar that prints rarely
             from tqdm import tqdm

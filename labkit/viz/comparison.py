@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from labkit.environment import is_headless
 from labkit.pos_embed import PosEmbedRule
-from labkit.viz.explorer import PANELS, AttentionExplorer, ExplorerState, _load_clip, is_headless
+from labkit.viz.explorer import PANELS, AttentionExplorer, ExplorerState, _load_clip
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

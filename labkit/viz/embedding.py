@@ -770,7 +770,7 @@ class EmbeddingView:
         """Display the live app, or a static figure when headless (``static=None``: detect)."""
         from IPython.display import display
 
-        from labkit.viz.explorer import is_headless
+        from labkit.environment import is_headless
 
         static = is_headless() if static is None else static
         if static:

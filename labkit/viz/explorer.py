@@ -31,7 +31,6 @@ Notation: T frames, h heads, gh x gw patch grid, D channels, H x W frame pixels,
 from __future__ import annotations
 
 import io
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 import torch
 
+from labkit.environment import is_headless
 from labkit.models import weights_label
 from labkit.pos_embed import PosEmbedRule
 from labkit.validation import resolve_device
@@ -58,7 +58,6 @@ __all__ = [
     "LayerData",
     "PANELS",
     "ALL_PANELS",
-    "is_headless",
 ]
 
 PANELS: tuple[str, ...] = ("frame", "heads", "objects", "segments")  # the default panels
@@ -73,18 +72,6 @@ _TITLES = {
     "artifacts": "token norms, outliers in cyan",
     "registers": "registers' attention",
 }
-
-
-def is_headless() -> bool:
-    """True when widgets cannot be shown live: under ``labkit run``/papermill or outside IPython."""
-    if os.environ.get("LABKIT_HEADLESS", "") not in ("", "0"):
-        return True
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return True
-    shell = get_ipython()
-    return shell is None or not hasattr(shell, "kernel")
 
 
 @dataclass(frozen=True)
