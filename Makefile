@@ -13,9 +13,14 @@ CHROMIUM ?= /usr/bin/chromium
 venv: $(STAMP)
 
 # Re-install only when the dependency list changes; the editable install tracks the code itself.
+# TORCH_INDEX (empty by default): a PyTorch wheel index that torch and torchvision come from, installed
+# before labkit so that pip keeps them. pip's default torch on Linux is the CUDA build; on a machine
+# without an NVIDIA GPU, `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` (new .venv).
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(if $(TORCH_INDEX),$(PY) -m pip install torch torchvision --index-url $(TORCH_INDEX))
 	$(PY) -m pip install -e ".[dev]"
 	@touch $(STAMP)
 
