@@ -1,4 +1,5 @@
-"""The reader interface shared by every backend: ``Video``, ``VideoError`` and size and index checks.
+"""The reader interface shared by every backend: ``Video``, ``VideoError`` and size and index
+checks.
 
 Notation and behaviour: see :mod:`labkit.video`.
 """

@@ -1,4 +1,6 @@
-"""Video files read with decord on the CPU, with its read-ahead stopped and its small-width bug avoided."""
+"""Video files read with decord on the CPU, with its read-ahead stopped and its small-width bug
+avoided.
+"""
 
 from __future__ import annotations
 
@@ -85,8 +87,9 @@ class DecordVideo(Video):
 
     def close(self) -> None:
         self._reader = None
-        if getattr(self, "_pyav", None) is not None:
-            self._pyav.close()
+        pyav = getattr(self, "_pyav", None)  # None also when __init__ failed early
+        if pyav is not None:
+            pyav.close()
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
         try:
@@ -120,7 +123,10 @@ class DecordVideo(Video):
 
             h, w = self.size
             frames = np.stack(
-                [np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames]
+                [
+                    np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR))
+                    for f in frames
+                ]
             )
         return frames
 

@@ -74,7 +74,7 @@ class FrameFolder(Video):
                     f"{self.files[0].name} is {self.source_size[0]}x{self.source_size[1]}"
                 )
             if self.size != self.source_size:
-                image = image.resize((w, h), Image.BILINEAR)
+                image = image.resize((w, h), Image.Resampling.BILINEAR)
             out[j] = np.asarray(image)
         return out
 
@@ -124,7 +124,7 @@ def load_masks(folder: str | Path, *, size: Size = None) -> np.ndarray:
 
     folder = Path(folder)
     files = _image_files(folder, (".png",), "mask PNGs")
-    masks = None
+    masks: np.ndarray | None = None
     for k, file in enumerate(files):
         labels = _mask_labels(_open_image(file), file)  # (H0, W0)
         if masks is None:
@@ -137,8 +137,10 @@ def load_masks(folder: str | Path, *, size: Size = None) -> np.ndarray:
                 f"{files[0].name} is {source[0]}x{source[1]}"
             )
         if (h, w) != source:
-            labels = np.asarray(Image.fromarray(labels).resize((w, h), Image.NEAREST))
+            labels = np.asarray(Image.fromarray(labels).resize((w, h), Image.Resampling.NEAREST))
         masks[k] = labels
+    if masks is None:  # _image_files raises on a folder without masks
+        raise VideoError(f"{folder}: no mask PNGs")
     return masks
 
 

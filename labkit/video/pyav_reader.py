@@ -1,16 +1,24 @@
-"""Video files read with PyAV (FFmpeg): demux once for timestamps, seek to a keyframe, decode forward."""
+"""Video files read with PyAV (FFmpeg): demux once for timestamps, seek to a keyframe, decode
+forward.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labkit.video.base import Size, Video, VideoError
 
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.frame import VideoFrame
+    from av.video.stream import VideoStream
 
-def _open_container(path: Path):
+
+def _open_container(path: Path) -> tuple[InputContainer, VideoStream]:
     """av.open + the first video stream; VideoError if FFmpeg cannot read a video from the file."""
     import av
 
@@ -53,7 +61,9 @@ class PyAVVideo(Video):
             container.close()
         self._declared = declared
         self._num_threads = int(num_threads)
-        self._container = self._stream = self._run = None
+        self._container: InputContainer | None = None
+        self._stream: VideoStream | None = None
+        self._run: Iterator[tuple[int, VideoFrame]] | None = None
         self._pos = -1  # index of the last frame the running decoder produced
         self._frames_decoded = 0  # total decoded frames, to check that seeking works
         # a header that promises more frames than the file holds means truncation: those frames
@@ -89,23 +99,25 @@ class PyAVVideo(Video):
         self._keyframes = keyframes if keyframes.size and keyframes[0] == 0 else np.r_[0, keyframes]
 
     def close(self) -> None:
-        if getattr(self, "_container", None) is not None:
+        container = getattr(self, "_container", None)  # None also when __init__ failed early
+        if container is not None:
             self._run = None
-            self._container.close()
+            container.close()
         self._container = self._stream = self._run = None
         self._pos = -1
 
     def _keyframe_before(self, index: int) -> int:
         return int(self._keyframes[np.searchsorted(self._keyframes, index, side="right") - 1])
 
-    def _decode_from(self, keyframe: int) -> Iterator[tuple[int, object]]:
+    def _decode_from(self, keyframe: int) -> Iterator[tuple[int, VideoFrame]]:
         """Seeks to ``keyframe`` and yields (frame index, av.VideoFrame) in display order."""
-        if self._container is None:
-            self._container, self._stream = _open_container(self.path)
-            self._stream.codec_context.thread_type = "AUTO"
-            self._stream.codec_context.thread_count = self._num_threads
         container, stream = self._container, self._stream
-        if self._pts is None:
+        if container is None or stream is None:  # both are set and cleared together
+            container, stream = _open_container(self.path)
+            stream.codec_context.thread_type = "AUTO"
+            stream.codec_context.thread_count = self._num_threads
+            self._container, self._stream = container, stream
+        if self._pts is None or self._pts_index is None:  # both None without timestamps
             container.seek(0)
             for i, frame in enumerate(container.decode(stream)):
                 self._frames_decoded += 1
@@ -125,7 +137,7 @@ class PyAVVideo(Video):
             last = i
             yield i, frame
 
-    def _to_array(self, frame) -> np.ndarray:
+    def _to_array(self, frame: VideoFrame) -> np.ndarray:
         if self.size == self.source_size:
             return frame.to_ndarray(format="rgb24")
         h, w = self.size
