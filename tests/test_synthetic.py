@@ -326,3 +326,95 @@ def test_default_video_generated_once_under_labkit_data(monkeypatch, tmp_path):
         assert (stream.frames, stream.height, stream.width) == (120, 360, 640)
     last = np.array(Image.open(root / "Annotations" / "480p" / "synthetic" / "00119.png"))
     assert last.shape == (360, 640) and set(np.unique(last).tolist()) == {0, 1, 2, 3}
+
+
+# --------------------------------------------------------------------------- the hard variant
+
+
+@pytest.fixture(scope="module")
+def hard_arrays():
+    return render_synthetic(num_frames=48, size=(96, 160), variant="hard")
+
+
+def test_hard_variant_is_deterministic_and_differs_from_easy(hard_arrays):
+    frames, masks = hard_arrays
+    again = render_synthetic(num_frames=48, size=(96, 160), variant="hard")
+    assert np.array_equal(frames, again[0]) and np.array_equal(masks, again[1])
+    easy = render_synthetic(num_frames=48, size=(96, 160))
+    assert not np.array_equal(frames, easy[0])
+    assert set(np.unique(masks)) <= {0, 1, 2, 3}
+
+
+def test_hard_objects_wear_the_floors_colours(hard_arrays):
+    """Every object's mean colour lies within the floor's colour range (10 levels of slack for the
+    changing light); the easy variant's saturated objects do not."""
+    frames, masks = hard_arrays
+    floor = frames[masks == 0].astype(np.float64)  # (n, 3) background (floor and poles)
+    lo, hi = np.percentile(floor, 1, axis=0), np.percentile(floor, 99, axis=0)
+    for k in (1, 2, 3):
+        mean = frames[masks == k].astype(np.float64).mean(0)
+        assert np.all(mean >= lo - 10) and np.all(mean <= hi + 10), (k, mean, lo, hi)
+    easy_frames, easy_masks = render_synthetic(num_frames=48, size=(96, 160))
+    efloor = easy_frames[easy_masks == 0].astype(np.float64)
+    elo, ehi = np.percentile(efloor, 1, axis=0), np.percentile(efloor, 99, axis=0)
+    outside = [
+        not (np.all(m >= elo - 10) and np.all(m <= ehi + 10))
+        for m in (easy_frames[easy_masks == k].astype(np.float64).mean(0) for k in (1, 2, 3))
+    ]
+    assert any(outside)  # the easy variant's saturated objects stand out from their floor
+
+
+def test_hard_objects_change_their_look_over_time(hard_arrays):
+    """Per object, the mean colour moves over 2 s by far more than JPEG noise (easy: it stays)."""
+    frames, masks = hard_arrays
+
+    def spread(frames, masks):
+        out = []
+        for k in (1, 2, 3):
+            means = [
+                frames[t][masks[t] == k].mean(0)
+                for t in range(len(frames))
+                if (masks[t] == k).sum() > 20
+            ]
+            out.append(float(np.ptp(np.array(means), axis=0).max()))
+        return out
+
+    hard = spread(frames, masks)
+    easy = spread(*render_synthetic(num_frames=48, size=(96, 160)))
+    assert min(hard) > 12 and min(hard) > max(easy)
+
+
+def test_hard_poles_occlude_and_are_background(hard_arrays):
+    """Pole columns are background in every row of the mask; objects pass behind them."""
+    frames, masks = hard_arrays
+    scene = synthetic._Scene(synthetic._Params(48, (96, 160), 3, 24, 0, "hard"))
+    hidden = 0
+    for t in range(48):
+        spans = scene.pole_spans(t / 24)
+        assert spans  # two poles, at least one always in view at this size
+        for j0, j1 in spans:
+            assert (masks[t][:, j0:j1] == 0).all()
+        # an object straddling a pole: its pixels on both sides of the pole
+        for j0, j1 in spans:
+            left = masks[t][:, max(j0 - 2, 0) : j0]
+            right = masks[t][:, j1 : j1 + 2]
+            hidden += int(bool(set(np.unique(left)) & set(np.unique(right)) - {0}))
+    assert hidden > 0  # some object is split by a pole in some frame
+
+
+def test_hard_variant_meta_and_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
+    monkeypatch.setattr(
+        synthetic,
+        "ensure_synthetic",
+        lambda out_dir, **kw: ensure_synthetic(out_dir, **{**kw, **SMALL}),
+    )
+    root = default_dataset("hard")
+    assert root == tmp_path / "synthetic-hard"
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["params"]["variant"] == "hard" and "occluders" in meta
+    assert default_dataset("hard") == root  # reused, not regenerated
+    with pytest.raises(ValueError, match="variant"):
+        default_dataset("medium")
+    with pytest.raises(ValueError, match="variant"):
+        render_synthetic(num_frames=2, size=(32, 32), variant="medium")

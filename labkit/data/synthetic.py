@@ -76,6 +76,13 @@ _OBJECT_COLORS = (
 )
 _OBJECT_RADII = (0.30, 0.26, 0.23, 0.21, 0.19, 0.18, 0.17, 0.16)  # bounding radius / H
 _FLOOR_COLORS = ((118, 128, 92), (160, 142, 112), (96, 106, 118))  # olive, tan, slate
+VARIANTS = ("easy", "hard")
+# The hard variant's objects wear the floor's own colours (two of olive, tan, slate, shared between
+# objects) and one texture, paving-like checks; lighting and pattern change over time; two poles in
+# front of everything (background in the masks) occlude the objects as the camera pans.
+_HARD_TEXTURE = "checker"
+_HARD_RADII = (0.24, 0.23, 0.22, 0.21, 0.2, 0.19, 0.18, 0.17)  # similar sizes: no size cue
+_NUM_POLES = 2
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class SyntheticVideo:
     num_objects: int  # K: mask labels are 0 (background) and 1..K
     fps: float
     seed: int
+    variant: str = "easy"  # "hard": camouflaged objects, changing looks, occluding poles
 
     @property
     def frames_dir(self) -> Path:
@@ -114,6 +122,7 @@ class _Params:
     num_objects: int
     fps: float
     seed: int
+    variant: str = "easy"
 
     def __post_init__(self) -> None:
         def is_int(x: object) -> bool:
@@ -142,16 +151,21 @@ class _Params:
             raise ValueError(f"fps must be a positive number below 1000, got {self.fps!r}")
         if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         object.__setattr__(self, "size", (int(size[0]), int(size[1])))
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "num_frames": int(self.num_frames),
             "size": [self.size[0], self.size[1]],
             "num_objects": int(self.num_objects),
             "fps": float(self.fps),
             "seed": int(self.seed),
         }
+        if self.variant != "easy":  # the easy video's meta.json (and its cache) stay as they were
+            out["variant"] = self.variant
+        return out
 
 
 # ----------------------------------------------------------------------------- scene
@@ -254,6 +268,15 @@ class _Object:
     angle0: float
     spin: float  # rad / s
     breathe: tuple[float, float, float]  # scale amplitude, Hz, phase
+    light: tuple[float, float, float] = (0.0, 0.0, 0.0)  # brightness amplitude, Hz, phase
+    swap: tuple[float, float] = (0.0, 0.0)  # Hz and phase of the base/pattern colour exchange
+
+    def appearance(self, t: float) -> tuple[float, float]:
+        """(brightness factor, pattern exchange in [0, 1]) at time t; (1, 0) for a steady look."""
+        a, f, p = self.light
+        brightness = 1.0 + a * math.sin(2 * math.pi * f * t + p)
+        exchange = 0.5 - 0.5 * math.cos(2 * math.pi * self.swap[0] * t + self.swap[1])
+        return brightness, exchange if self.swap[0] > 0 else 0.0
 
     def pose(self, t: float, h: int, w: int) -> tuple[float, float, float, float]:
         """(cy, cx, angle, scale) at time t, centre in frame pixels."""
@@ -287,11 +310,28 @@ class _Scene:
             self._make_object(i, k, np.random.default_rng(streams[1 + i])) for i in range(k)
         ]
         self.depth_order = sorted(range(k), key=lambda i: -self.objects[i].radius)  # back to front
+        # Poles (hard variant): (world x at t = 0 as a fraction of W, half width / W, parallax),
+        # drawn in front of the objects; parallax > 1: nearer the camera than the floor.
+        pole_rng = np.random.default_rng(np.random.SeedSequence([params.seed, 7]))
+        self.poles = (
+            [
+                (
+                    (j + pole_rng.uniform(0.2, 0.8)) / _NUM_POLES,
+                    pole_rng.uniform(0.025, 0.04),
+                    pole_rng.uniform(1.6, 2.2),
+                )
+                for j in range(_NUM_POLES)
+            ]
+            if params.variant == "hard"
+            else []
+        )
         self._yc = np.arange(h, dtype=np.float32) + 0.5  # pixel centres
         self._xc = np.arange(w, dtype=np.float32) + 0.5
 
     def _make_object(self, i: int, k: int, rng: np.random.Generator) -> _Object:
         h = self.params.size[0]
+        if self.params.variant == "hard":
+            return self._make_hard_object(i, k, rng)
         return _Object(
             label=i + 1,
             shape=_SHAPES[i % len(_SHAPES)],
@@ -306,6 +346,41 @@ class _Scene:
             spin=rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.6),
             breathe=(rng.uniform(0.06, 0.12), rng.uniform(0.15, 0.35), rng.uniform(0, 2 * np.pi)),
         )
+
+    def _make_hard_object(self, i: int, k: int, rng: np.random.Generator) -> _Object:
+        """An object dressed like the floor: its colours are two of the floor's, shared."""
+        h = self.params.size[0]
+        floor = np.array(_FLOOR_COLORS, np.float32)  # (3, 3)
+        base, pattern = floor[i % 3], floor[(i + 1 + i // 3) % 3]
+        tint = rng.uniform(0.9, 1.1)  # a stone's spread of brightness, no more
+        return _Object(
+            label=i + 1,
+            shape=_SHAPES[i % len(_SHAPES)],
+            texture=_HARD_TEXTURE,
+            colors=np.stack([base * tint, pattern * tint]).astype(np.float32),
+            radius=_HARD_RADII[i] * h * rng.uniform(0.95, 1.05),
+            amp=(rng.uniform(0.2, 0.28), rng.uniform(0.3, 0.38)),  # wider paths: more overlaps
+            freq=(rng.uniform(0.14, 0.24), rng.uniform(0.12, 0.2)),
+            phase=(rng.uniform(0, 2 * np.pi), 2 * np.pi * i / k + rng.uniform(-0.3, 0.3)),
+            angle0=rng.uniform(0, 2 * np.pi),
+            spin=rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.6),
+            breathe=(rng.uniform(0.06, 0.12), rng.uniform(0.15, 0.35), rng.uniform(0, 2 * np.pi)),
+            light=(rng.uniform(0.18, 0.28), rng.uniform(0.2, 0.35), rng.uniform(0, 2 * np.pi)),
+            swap=(rng.uniform(0.08, 0.14), rng.uniform(0, 2 * np.pi)),
+        )
+
+    def pole_spans(self, t: float) -> list[tuple[int, int]]:
+        """Column ranges [j0, j1) covered by the poles at time t (hard variant; else none)."""
+        h, w = self.params.size
+        cam_x = self.camera(t)[1] - self.cam_start[1]  # world pan since t = 0, pixels
+        spans = []
+        for x0, half, parallax in self.poles:
+            period = w * (1 + 2 * half)  # a pole leaves on the left and comes back on the right
+            cx = (x0 * w - parallax * cam_x) % period - half * w
+            j0, j1 = max(round(cx - half * w), 0), min(round(cx + half * w), w)
+            if j0 < j1:
+                spans.append((j0, j1))
+        return spans
 
     def camera(self, t: float) -> tuple[float, float, float]:
         """(cam_y, cam_x, zoom) at time t: world point at the frame centre, and zoom >= 1."""
@@ -338,10 +413,22 @@ class _Scene:
             inside = _inside(obj.shape, u, v)  # (h', w') bool
             u, v = u[inside], v[inside]  # (n,) the object's pixels only
             weight = _pattern(obj.texture, u, v)[:, None]  # (n, 1)
+            brightness, exchange = obj.appearance(t)
+            weight = weight + (1.0 - 2.0 * weight) * exchange  # base and pattern trade places
             color = obj.colors[0] + (obj.colors[1] - obj.colors[0]) * weight  # (n, 3)
-            color *= (1.0 - 0.22 * (u * u + v * v))[:, None]  # darker rim: a hint of 3-D
+            color *= (brightness * (1.0 - 0.22 * (u * u + v * v)))[:, None]  # rim: a hint of 3-D
             frame[i0:i1, j0:j1][inside] = np.clip(color + 0.5, 0, 255).astype(np.uint8)
             labels[i0:i1, j0:j1][inside] = obj.label
+        for j0, j1 in self.pole_spans(t):  # in front of everything; background in the masks
+            x = np.arange(j0, j1, dtype=np.float32) + 0.5
+            centre, half = (j0 + j1) / 2, max((j1 - j0) / 2, 1.0)
+            shade = 1.0 - 0.35 * ((x - centre) / half) ** 2  # a round pole, lit from the front
+            rings = 0.88 + 0.12 * (np.sin(self._yc / (0.03 * h)) > 0)  # (H,) bands along it
+            pole = np.array(_FLOOR_COLORS[2], np.float32)[None, None] * (
+                rings[:, None, None] * shade[None, :, None]
+            )
+            frame[:, j0:j1] = np.clip(pole + 0.5, 0, 255).astype(np.uint8)
+            labels[:, j0:j1] = 0
         return frame, labels
 
     def _view(self, top: float, left: float, zoom: float) -> np.ndarray:
@@ -367,6 +454,11 @@ class _Scene:
                 "texture": o.texture,
                 "colors": o.colors.astype(int).tolist(),
                 "depth": depth[i],  # 0 = furthest back
+                **(
+                    {"changes": "brightness and base/pattern colours over time"}
+                    if o.swap[0] > 0
+                    else {}
+                ),
             }
             for i, o in enumerate(self.objects)
         ]
@@ -379,6 +471,7 @@ def render_synthetic(
     num_objects: int = 3,
     fps: float = 24,
     seed: int = 0,
+    variant: str = "easy",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render the synthetic video in memory: the exact frames ``generate_synthetic`` encodes.
 
@@ -388,12 +481,15 @@ def render_synthetic(
         num_objects: K in 0..8; the floor and camera do not depend on K.
         fps: frames per second; motion is defined in seconds, so fps sets the time step.
         seed: the same seed (and other arguments) gives identical arrays.
+        variant: ``"easy"`` (saturated objects on a muted floor, the default video) or ``"hard"``
+            (objects in the floor's colours and one shared texture, brightness and colours that
+            change over time, two poles in front that occlude them; masks just as exact).
 
     Returns:
         frames: uint8 (T, H, W, 3) RGB in [0, 255].
         masks: uint8 (T, H, W) labels, 0 = background, 1..K objects.
     """
-    params = _Params(num_frames, size, num_objects, fps, seed)
+    params = _Params(num_frames, size, num_objects, fps, seed, variant)
     scene = _Scene(params)
     h, w = params.size
     frames = np.empty((num_frames, h, w, 3), np.uint8)
@@ -424,6 +520,7 @@ def generate_synthetic(
     num_objects: int = 3,
     fps: float = 24,
     seed: int = 0,
+    variant: str = "easy",
 ) -> SyntheticVideo:
     """Generate the synthetic video, its DAVIS-layout frames and masks and meta.json in ``out_dir``.
 
@@ -437,6 +534,7 @@ def generate_synthetic(
         num_objects: K in 0..8.
         fps: frames per second of the mp4 (and the time step of the motion).
         seed: the same seed gives identical frames (before encoding) and byte-identical masks.
+        variant: ``"easy"`` or ``"hard"``, as in :func:`render_synthetic`.
 
     Returns:
         A ``SyntheticVideo`` with the paths written.
@@ -447,7 +545,7 @@ def generate_synthetic(
     import av
     from PIL import Image
 
-    params = _Params(num_frames, size, num_objects, fps, seed)
+    params = _Params(num_frames, size, num_objects, fps, seed, variant)
     root = Path(out_dir)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"out_dir {root} exists and is not an empty folder")
@@ -460,6 +558,7 @@ def generate_synthetic(
         num_objects=params.num_objects,
         fps=float(params.fps),
         seed=params.seed,
+        variant=params.variant,
     )
     result.frames_dir.mkdir(parents=True)
     result.masks_dir.mkdir(parents=True)
@@ -503,6 +602,11 @@ def generate_synthetic(
         masks=f"Annotations/{RESOLUTION}/{SEQUENCE}/%05d.png",
         encoding={"codec": "libx264", "pix_fmt": "yuv420p", "crf": VIDEO_CRF, "jpeg": JPEG_QUALITY},
         objects=scene.describe(),
+        **(
+            {"occluders": f"{len(scene.poles)} poles, background in the masks"}
+            if scene.poles
+            else {}
+        ),
     )
     _write_json(result.meta_path, meta)  # last: "complete" marks a finished dataset
     return result
@@ -541,6 +645,7 @@ def _load(root: Path, params: _Params) -> SyntheticVideo | None:
         num_objects=params.num_objects,
         fps=float(params.fps),
         seed=params.seed,
+        variant=params.variant,
     )
     try:
         complete = (
@@ -605,6 +710,7 @@ def ensure_synthetic(
     num_objects: int = 3,
     fps: float = 24,
     seed: int = 0,
+    variant: str = "easy",
 ) -> SyntheticVideo:
     """Reuse the synthetic dataset in ``out_dir`` if it matches, else generate it there atomically.
 
@@ -616,7 +722,7 @@ def ensure_synthetic(
 
     Args:
         out_dir: the dataset folder (``data_dir() / "synthetic"`` for the default).
-        num_frames, size, num_objects, fps, seed: as in ``generate_synthetic``.
+        num_frames, size, num_objects, fps, seed, variant: as in ``generate_synthetic``.
 
     Returns:
         A ``SyntheticVideo`` rooted at ``out_dir``.
@@ -624,7 +730,7 @@ def ensure_synthetic(
     Raises:
         ValueError: bad parameters, or ``out_dir`` holds something this generator did not write.
     """
-    params = _Params(num_frames, size, num_objects, fps, seed)
+    params = _Params(num_frames, size, num_objects, fps, seed, variant)
     root = Path(out_dir).expanduser().absolute()
     found = _load(root, params)
     if found is not None:
@@ -662,19 +768,32 @@ def ensure_synthetic(
     return found
 
 
-def default_video() -> Path:
+def default_video(variant: str = "easy") -> Path:
     """The default video, generated on first use under ``labkit.data.data_dir() / "synthetic"``.
+
+    Args:
+        variant: ``"easy"`` (the default video) or ``"hard"`` (``data_dir() / "synthetic-hard"``:
+            camouflaged objects, changing looks, occlusions; see :func:`render_synthetic`).
 
     Returns:
         Path of the H.264 mp4 (120 frames, 360 x 640, 24 fps, 3 objects, seed 0).
     """
     from labkit.data import data_dir
 
-    return ensure_synthetic(data_dir() / "synthetic").video
+    return ensure_synthetic(data_dir() / _folder(variant), variant=variant).video
 
 
-def default_dataset() -> Path:
+def _folder(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    return SEQUENCE if variant == "easy" else f"{SEQUENCE}-{variant}"
+
+
+def default_dataset(variant: str = "easy") -> Path:
     """The default video as a DAVIS-layout dataset (sequence "synthetic"), generated on first use.
+
+    Args:
+        variant: ``"easy"`` or ``"hard"``, as in :func:`default_video`.
 
     Returns:
         Path of the DAVIS root: ``JPEGImages/480p/synthetic/*.jpg``,
@@ -683,4 +802,4 @@ def default_dataset() -> Path:
     """
     from labkit.data import data_dir
 
-    return ensure_synthetic(data_dir() / "synthetic").root
+    return ensure_synthetic(data_dir() / _folder(variant), variant=variant).root
