@@ -1,4 +1,5 @@
-"""Backbones: timm ViTs loaded from timm, DINO, DoRA or labkit checkpoints, and their input pipeline.
+"""Backbones: timm ViTs loaded from timm, DINO, DoRA or labkit checkpoints, and their input
+pipeline.
 
 Notation::
 
@@ -14,10 +15,11 @@ Checkpoint layouts understood by :func:`load_checkpoint_state` (all read with
   ``blocks.{i}.attn.qkv.weight`` ...), or one wrapped under ``"state_dict"`` or ``"model"``.
 * **DINO, backbone only** (``dino_deitsmall16_pretrain.pth`` and friends): a plain state dict whose
   key names are timm's, so it is the case above.
-* **DINO / DoRA / labkit training checkpoints**: ``{"teacher": ..., "student": ..., "optimizer": ...,
-  "epoch": ..., "args": argparse.Namespace, ...}``. Each network is a ``MultiCropWrapper`` whose keys
-  read ``backbone.<timm key>`` and ``head.<projection head>``, with a ``module.`` prefix where it was
-  wrapped in ``DistributedDataParallel`` (always the student, the teacher only with batch norms).
+* **DINO / DoRA / labkit training checkpoints**: ``{"teacher": ..., "student": ...,
+  "optimizer": ..., "epoch": ..., "args": argparse.Namespace, ...}``. Each network is a
+  ``MultiCropWrapper`` whose keys read ``backbone.<timm key>`` and ``head.<projection head>``,
+  with a ``module.`` prefix where it was wrapped in ``DistributedDataParallel`` (always the
+  student, the teacher only with batch norms).
   The ``head.*`` weights are dropped: the backbone is all labkit uses.
 
 Classifier weights (``head.*``) of a plain timm state dict are dropped too, as
@@ -31,7 +33,7 @@ import contextlib
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -39,6 +41,9 @@ import torch
 from labkit.pos_embed import PosEmbedRule, apply_rule, check_rule, rule_for_weights
 from labkit.validation import resolve_device
 from labkit.zoo import in_local_cache
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -267,7 +272,9 @@ def load_backbone(
             f"load_backbone: {name!r} builds a {type(model).__name__}; labkit needs a timm "
             "VisionTransformer (vit_* architectures)"
         )
-    cfg = dict(model.pretrained_cfg or {})
+    timm_cfg: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}  # timm.create_model's
+    cfg = dict(timm_cfg)
+    source: Literal["random", "checkpoint", "pretrained"]
     recorded = None
     if checkpoint is not None:
         recorded = _recorded_rule(obj)
@@ -280,7 +287,7 @@ def load_backbone(
         )
         source = "checkpoint"
     elif pretrained:
-        cfg["labkit_weights"] = f"pretrained {model.pretrained_cfg.get('tag') or tag or 'default'}"
+        cfg["labkit_weights"] = f"pretrained {timm_cfg.get('tag') or tag or 'default'}"
         cfg.setdefault("mean", IMAGENET_MEAN)
         cfg.setdefault("std", IMAGENET_STD)
         source = "pretrained"
@@ -290,12 +297,12 @@ def load_backbone(
             "random init" + (f", seed {seed}" if seed is not None else "") + missing_note
         )
         source = "random"
-    rule = pos_embed_rule
+    rule: str = pos_embed_rule
     if rule == "auto":
         rule = rule_for_weights(source, name, checkpoint_rule=recorded)
     cfg["labkit_name"] = name
     cfg["pos_embed_rule"] = rule
-    model.pretrained_cfg = cfg
+    model.pretrained_cfg = cfg  # type: ignore[assignment]  # timm's attribute, not declared
     apply_rule(model, rule)  # type: ignore[arg-type]
     return model.to(resolve_device(device)).eval()
 
@@ -403,7 +410,7 @@ def _is_official_dinov2(state: Mapping[str, torch.Tensor]) -> bool:
 
 
 def _from_official_dinov2(
-    state: dict[str, torch.Tensor], model: torch.nn.Module
+    state: dict[str, torch.Tensor], model: VisionTransformer
 ) -> dict[str, torch.Tensor]:
     """facebookresearch/dinov2 key names to timm's, with timm's own converter."""
     from timm.models.vision_transformer import checkpoint_filter_fn
@@ -445,7 +452,8 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"checkpoint {source} does not fit {type(model).__name__} "
-            f"(embed_dim={getattr(model, 'embed_dim', '?')}, depth={len(getattr(model, 'blocks', []))}):\n"
+            f"(embed_dim={getattr(model, 'embed_dim', '?')}, "
+            f"depth={len(getattr(model, 'blocks', []))}):\n"
             f"  missing keys ({len(missing)}): {missing}\n"
             f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
             f"  shape mismatches ({len(mismatched)}): {mismatched}"

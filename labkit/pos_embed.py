@@ -31,10 +31,13 @@ Notation::
 from __future__ import annotations
 
 import types
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 PosEmbedRule = Literal["auto", "dino", "dinov2", "timm"]
 POS_EMBED_RULES: tuple[str, ...] = ("dino", "dinov2", "timm")
@@ -154,15 +157,17 @@ def apply_rule(model: torch.nn.Module, rule: Literal["dino", "dinov2", "timm"]) 
         ValueError: an unknown rule, or a stored grid that is not ``patch_embed.grid_size``.
     """
     check_rule(rule, allow_auto=False)
-    stored = model.pos_embed.shape[1] - (0 if model.no_embed_class else model.num_prefix_tokens)
-    old_h, old_w = model.patch_embed.grid_size
-    if stored != old_h * old_w:
-        raise ValueError(
-            f"apply_rule: the position embedding holds {stored} patches, not the model's "
-            f"{old_h}x{old_w} grid"
-        )
-    model.pos_embed_rule = rule
-    model._pos_embed = types.MethodType(_pos_embed_by_rule, model)
+    vit = cast("VisionTransformer", model)  # timm's attributes, typed
+    if vit.pos_embed is not None:  # None: a ViT built with pos_embed="none" has nothing to resample
+        stored = vit.pos_embed.shape[1] - (0 if vit.no_embed_class else vit.num_prefix_tokens)
+        old_h, old_w = vit.patch_embed.grid_size
+        if stored != old_h * old_w:
+            raise ValueError(
+                f"apply_rule: the position embedding holds {stored} patches, not the model's "
+                f"{old_h}x{old_w} grid"
+            )
+    vit.pos_embed_rule = rule  # type: ignore[assignment]  # nn.Module's __getattr__ types it
+    vit._pos_embed = types.MethodType(_pos_embed_by_rule, vit)  # type: ignore[method-assign]
     return model
 
 

@@ -190,6 +190,15 @@ def test_bad_rule_is_one_line_naming_the_key():
         check_rule("auto", allow_auto=False)
 
 
+def test_model_without_position_embedding_takes_a_rule():
+    # timm's pos_embed="none" leaves model.pos_embed None: apply_rule used to fail on its shape
+    model = load_backbone("vit_small_patch16_224", pos_embed="none", pos_embed_rule="dino", **TINY)
+    assert model.pos_embed is None and model.pos_embed_rule == "dino"
+    with torch.no_grad():
+        out = model.forward_features(torch.zeros(1, 3, 32, 48))
+    assert out.shape == (1, 1 + 2 * 3, model.embed_dim)
+
+
 def test_checkpoint_keeps_its_own_grid(reference, weights_file):
     # no img_size given: the model is built on the checkpoint's 14 x 14 grid, never resampled
     # at load time (which would resample twice)
