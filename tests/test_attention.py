@@ -14,7 +14,9 @@ from labkit.attention import (
     Extraction,
     cls_attention,
     extract,
+    extract_batches,
     extract_video,
+    image_batches,
     mass_threshold,
     patch_features,
 )
@@ -115,6 +117,49 @@ def test_patch_features_match_the_blocks_own_tensors(variant):
     torch.testing.assert_close(patch_features(model, x), final, atol=1e-5, rtol=0)
 
 
+def reference_values(model, x, layer):
+    """v (B, N, D) of block `layer` as its own forward computes it, heads concatenated."""
+    block, seen = model.blocks[layer], {}
+    handle = block.attn.qkv.register_forward_hook(lambda _m, _i, out: seen.__setitem__("qkv", out))
+    with torch.no_grad():
+        model.forward_features(x)
+    handle.remove()
+    width = block.attn.num_heads * block.attn.head_dim
+    return seen["qkv"][..., 2 * width :]  # rows ordered (q, k, v); v is (B, N, h*d) head-major
+
+
+@pytest.mark.parametrize("variant", ["plain", "registers_qk_norm_depth3"])
+def test_values_and_prefix_tokens(variant):
+    model = tiny(**VARIANTS[variant])
+    x = images(size=(48, 112))
+    prefix, grid = model.num_prefix_tokens, (3, 7)
+    for layer in (0, -1):
+        want = reference_values(model, x, layer)[:, prefix:].reshape(2, *grid, -1)
+        alone = patch_features(model, x, layer, "values")  # projected from the qkv weight rows
+        with_tokens = extract(model, x, layer, kinds=("tokens", "values"))  # the block's own qkv
+        torch.testing.assert_close(alone, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(with_tokens.features["values"], want, atol=1e-5, rtol=0)
+    out = extract(model, x, kinds=("tokens",))
+    with torch.no_grad():
+        final = model.forward_features(x)  # (B, N, D)
+    assert out.prefix_tokens.shape == (2, prefix, model.embed_dim)
+    torch.testing.assert_close(out.all_tokens(), final, atol=1e-5, rtol=0)
+    assert extract(model, x, kinds=("keys",)).prefix_tokens is None
+    with pytest.raises(ValueError, match="all_tokens"):
+        extract(model, x, kinds=("keys",)).all_tokens()
+
+
+def test_inference_false_keeps_the_callers_grad_mode():
+    model = tiny()
+    x = images()
+    assert extract(model, x).attention.is_inference()
+    with torch.no_grad():
+        out = extract(model, x, kinds=("tokens", "keys"), inference=False)
+    assert not out.attention.is_inference() and not out.features["tokens"].is_inference()
+    assert not out.features["tokens"].requires_grad
+    torch.testing.assert_close(out.attention, extract(model, x).attention, atol=0, rtol=0)
+
+
 def test_extract_gives_everything_from_one_pass():
     model = tiny(reg_tokens=4)
     x = images()
@@ -175,7 +220,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="prepare_images"):
         cls_attention(model, torch.zeros(1, 3, 64, 96, dtype=torch.uint8))
     with pytest.raises(ValueError, match="unknown feature kind"):
-        extract(model, images(), kinds=("values",))
+        extract(model, images(), kinds=("logits",))
     with pytest.raises(ValueError, match="nothing to compute"):
         extract(model, images(), attention=False, kinds=())
     no_cls = load_backbone("vit_small_patch16_224", class_token=False, global_pool="avg", **TINY)
@@ -229,6 +274,28 @@ def test_extract_video_streams_batches(video_type):
         extract_video(model, video, [7], progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         extract_video(model, video, batch_size=0, progress=False)
+
+
+def test_extract_video_takes_an_array_of_frames_and_reports_progress():
+    model = tiny()
+    frames = np.random.default_rng(1).integers(0, 256, size=(5, 70, 100, 3), dtype=np.uint8)
+    seen = []
+    out = extract_video(
+        model, frames, kinds=("tokens", "values"), batch_size=2, progress=lambda *a: seen.append(a)
+    )
+    assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
+    want = extract(model, prepare_images(frames, model), kinds=("tokens", "values"))
+    for kind in ("tokens", "values"):
+        torch.testing.assert_close(out.features[kind], want.features[kind], atol=1e-5, rtol=0)
+    assert out.prefix_tokens.shape == (5, 1, 64)
+    batches = list(extract_batches(model, frames, [4, 2, 0], attention=True, batch_size=2))
+    assert [b.indices.tolist() for _, b in batches] == [[4, 2], [0]]
+    assert [f.shape[0] for f, _ in batches] == [2, 1]
+    torch.testing.assert_close(batches[0][1].attention, want.attention[[4, 2]], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="model is on cpu"):
+        next(image_batches(model, frames, device="meta"))
+    with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
+        extract_video(model, frames[..., 0], progress=False)
 
 
 class LargestOutputs(TorchDispatchMode):

@@ -70,8 +70,9 @@ def frame_batches(
     """Frames ``indices`` of ``video`` in chunks of at most ``batch_size``, one chunk in memory.
 
     Args:
-        video: a :class:`Video` (its own ``batches``, indices checked first) or anything with
-            ``get(indices)`` returning uint8 (n, H, W, 3).
+        video: a :class:`Video` (its own ``batches``, indices checked first), a uint8
+            (T, H, W, 3) array of frames, or anything with ``get(indices)`` returning uint8
+            (n, H, W, 3).
         indices: int64 (T,) frame numbers, in reading order.
         batch_size: n, frames per chunk (the last may be shorter).
 
@@ -83,7 +84,7 @@ def frame_batches(
         return
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
-        yield chunk, video.get(chunk)
+        yield chunk, video[chunk] if isinstance(video, np.ndarray) else video.get(chunk)
 
 
 def open_video(
