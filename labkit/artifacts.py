@@ -47,7 +47,13 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from labkit.attention import _block_index, _check_model, _grid, _query_rows, _tokens_before
+from labkit.attention import (
+    attention_rows,
+    block_index,
+    patch_grid,
+    tokens_before_block,
+    vit_blocks,
+)
 
 __all__ = ["Artifacts", "OUTLIER_FACTOR", "outlier_mask", "token_artifacts"]
 
@@ -186,12 +192,12 @@ def token_artifacts(
     Returns:
         :class:`Artifacts` on the images' device (shapes in its docstring).
     """
-    blocks = _check_model(model, attention=True)
+    blocks = vit_blocks(model, attention=True)
     depth = len(blocks)
-    grid = _grid(model, images)
+    grid = patch_grid(model, images)
     num_prefix = int(model.num_prefix_tokens)
     num_registers = int(getattr(model, "num_reg_tokens", 0) or 0)
-    keep = sorted({_block_index(i, depth) for i in register_layers}) if num_registers else []
+    keep = sorted({block_index(i, depth) for i in register_layers}) if num_registers else []
     outlier_mask(torch.ones(1, 1), factor)  # validates factor before the pass
 
     norms: list[torch.Tensor] = []
@@ -205,7 +211,7 @@ def token_artifacts(
             qkv = qkv.view(batch, num_tokens, 3, attn.num_heads, attn.head_dim)  # (B, N, 3, h, d)
             q = attn.q_norm(qkv[:, :num_prefix, 0])  # (B, R, h, d): [CLS] and register queries
             k = attn.k_norm(qkv[:, :, 1])  # (B, N, h, d)
-            maps, prefix = _query_rows(
+            maps, prefix = attention_rows(
                 attn, q, k, num_prefix, grid
             )  # (B, R, h, gh, gw), (B, R, h, R)
             cls_rows.append(maps[:, 0])
@@ -222,7 +228,7 @@ def token_artifacts(
     handles = [b.attn.qkv.register_forward_hook(rows_of(i, b.attn)) for i, b in enumerate(blocks)]
     try:
         with torch.inference_mode():
-            x = _tokens_before(model, images, 0)  # (B, N, D) entering block 0
+            x = tokens_before_block(model, images, 0)  # (B, N, D) entering block 0
             embed = patch_norms(x)
             for block in blocks:
                 x = block(x)

@@ -29,8 +29,8 @@ DINO (:func:`dino_step`): frames are independent images; 2 global views through 
 2 global + n local views through the student, :meth:`labkit.losses.DINOLoss.forward`.
 
 The teacher is a no-grad forward (``torch.no_grad``, not ``inference_mode``: its outputs are
-the loss's targets and must be usable by autograd). It reuses the block internals of
-:mod:`labkit.attention` rather than a copy of them.
+the loss's targets and must be usable by autograd): :func:`labkit.attention.extract` with
+``inference=False``, not a copy of it.
 """
 
 from __future__ import annotations
@@ -46,15 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.attention import (
-    _block_index,
-    _check_model,
-    _cls_row,
-    _grid,
-    _run_block_keeping_qkv,
-    _split_qkv,
-    _tokens_before,
-)
+from labkit.attention import extract, vit_blocks
 from labkit.losses import DINOHead, DINOLoss
 from labkit.models import patch_size as model_patch_size
 from labkit.tracking import Discovery, Tracks, discover_objects, masked_views, track_objects
@@ -134,7 +126,7 @@ def build_backbone(config: Any) -> nn.Module:
         **config.model_kwargs,
     )
     if config.method == "dora":
-        _check_model(backbone, attention=True)
+        vit_blocks(backbone, attention=True)
         heads = backbone.blocks[-1].attn.num_heads
         needed = max(config.heads) + 1 if isinstance(config.heads, tuple) else config.k
         if needed > heads:
@@ -237,7 +229,9 @@ def teacher_forward(teacher: MultiCropNetwork, images: torch.Tensor) -> TeacherO
 
     Equal to ``teacher(images)`` for the logits and to
     ``labkit.attention.extract(backbone, images, kinds=("tokens", "keys", "queries"))`` for the
-    rest, computed together: the last block runs once, its q and k read off its qkv projection.
+    rest, computed together: one :func:`labkit.attention.extract` under ``torch.no_grad`` (not
+    ``inference_mode``: the outputs are the loss's targets), the last block run once, its q and
+    k read off its qkv projection; the logits from the whole final-norm token sequence.
 
     Args:
         teacher: a :class:`MultiCropNetwork` whose backbone is a timm VisionTransformer.
@@ -247,23 +241,14 @@ def teacher_forward(teacher: MultiCropNetwork, images: torch.Tensor) -> TeacherO
         :class:`TeacherOutput`.
     """
     backbone = teacher.backbone
-    blocks = _check_model(backbone, attention=True)
-    last = _block_index(-1, len(blocks))
-    grid = _grid(backbone, images)
-    x = _tokens_before(backbone, images, last)  # (M, R + N, D)
-    block = blocks[last]
-    out, qkv = _run_block_keeping_qkv(block, x)
-    q, k = _split_qkv(block.attn, qkv, True)  # (M, R + N, h, d) each
-    tokens = backbone.norm(out)  # (M, R + N, D)
-    logits = teacher.head(backbone.forward_head(tokens))  # (M, K)
-    prefix = backbone.num_prefix_tokens
-    attention = _cls_row(block.attn, q, k, prefix, grid)  # (M, h, gh, gw)
-
-    def patches(t: torch.Tensor) -> torch.Tensor:
-        t = t[:, prefix:]
-        return t.reshape(t.shape[0], *grid, -1)  # (M, gh, gw, D)
-
-    return TeacherOutput(logits, attention, patches(q), patches(k), patches(tokens))
+    out = extract(
+        backbone, images, -1, kinds=("tokens", "keys", "queries"), inference=False
+    )  # attention (M, h, gh, gw); features (M, gh, gw, D)
+    logits = teacher.head(backbone.forward_head(out.all_tokens()))  # (M, K)
+    features = out.features
+    return TeacherOutput(
+        logits, out.attention, features["queries"], features["keys"], features["tokens"]
+    )
 
 
 def discover_and_track(
