@@ -189,7 +189,9 @@ def video_segments(
     from tqdm.auto import tqdm
 
     total = len(sample) + (0 if reuse else len(idx))
-    options = dict(layer=layer, kind=kind, batch_size=batch_size, device=device, dtype=dtype)
+    options: dict[str, Any] = dict(
+        layer=layer, kind=kind, batch_size=batch_size, device=device, dtype=dtype
+    )
     with tqdm(total=total, unit="frame", disable=not progress, desc="video segments") as bar:
         sampled = list(_feature_batches(model, video, sample, bar=bar, **options))  # S frames
         centroids = fit_video_kmeans(
@@ -295,7 +297,9 @@ def frame_segments(
     idx = _indices(video, indices)
     from tqdm.auto import tqdm
 
-    options = dict(layer=layer, kind=kind, batch_size=batch_size, device=device, dtype=dtype)
+    options: dict[str, Any] = dict(
+        layer=layer, kind=kind, batch_size=batch_size, device=device, dtype=dtype
+    )
     with tqdm(total=len(idx), unit="frame", disable=not progress, desc="frame segments") as bar:
         batches = (f.to(device) for f in _feature_batches(model, video, idx, bar=bar, **options))
         labels = frame_segments_from_features(
@@ -374,7 +378,7 @@ def segment_maps(
         indices = sample_frame_indices(len(video), int(frames))
     else:
         indices = np.asarray(frames, dtype=np.int64).reshape(-1)
-    common = dict(
+    common: dict[str, Any] = dict(
         indices=indices,
         layer=layer,
         kind=kind,

@@ -134,7 +134,10 @@ def zoo_table() -> list[dict[str, object]]:
 
 def format_zoo(rows: list[dict[str, object]]) -> str:
     """The table ``labkit models`` prints: one line per weights, then how to use them."""
-    header = f"{'family':<19} {'model':<14} {'patch':>5} {'heads':>5} {'dim':>5} {'rule':<7} {'cached':<6} name to pass"
+    header = (
+        f"{'family':<19} {'model':<14} {'patch':>5} {'heads':>5} {'dim':>5} {'rule':<7} "
+        f"{'cached':<6} name to pass"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         cached = {True: "yes", False: "no", None: "file"}[row["cached"]]  # type: ignore[index]
@@ -145,8 +148,10 @@ def format_zoo(rows: list[dict[str, object]]) -> str:
         )
     lines += [
         "",
-        "cached: in the local Hugging Face cache now (HF_HOME); 'no' downloads on first use, online.",
-        "Use: load_backbone(NAME), or model=NAME in a notebook, or --model NAME on the command line.",
+        "cached: in the local Hugging Face cache now (HF_HOME); 'no' downloads on first use, "
+        "online.",
+        "Use: load_backbone(NAME), or model=NAME in a notebook, or --model NAME on the command "
+        "line.",
         "DINO's .pth files and DoRA's checkpoints: model=vit_small_patch16_224 (or the matching",
         "architecture) with checkpoint=FILE; they resize position embeddings with DINO's rule.",
     ]
