@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from labkit.config import load_config as load_dataclass
 from labkit.environment import describe, threads_for
 from labkit.models import resolve_pretrained
 from labkit.pos_embed import PosEmbedRule
@@ -52,7 +53,6 @@ from labkit.validation import (
     check_fields,
     check_model_kwargs,
     check_output_dir,
-    read_config_file,
     resolve_device,
 )
 from labkit.zoo import DEFAULT_PRETRAINED
@@ -227,27 +227,13 @@ def load_pipeline_config(
 ) -> PipelineConfig:
     """Read ``lab.yaml`` (optional) and apply ``key=value`` overrides (values read as YAML).
 
-    Raises:
-        ValueError: an unknown key (with the known ones) or a bad value, naming the key.
-    """
-    from labkit.config import parse_value
+    The one loader of every command (:func:`labkit.config.load_config`): ``train.num_local=4``
+    sets one entry of the ``train`` mapping.
 
-    values: dict[str, Any] = {}
-    if path:
-        values.update(read_config_file(path, "PipelineConfig keys"))
-    if isinstance(overrides, Mapping):
-        values.update(overrides)
-    else:
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r}: write key=value")
-            key, value = item.split("=", 1)
-            values[key.strip()] = parse_value(value.strip())
-    known = {f.name for f in fields(PipelineConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-    return PipelineConfig(**values)
+    Raises:
+        ValueError: an unknown key (with the nearest known one) or a bad value, naming the key.
+    """
+    return load_dataclass(PipelineConfig, path, overrides)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -224,3 +224,13 @@ def test_same_config_same_numbers(finished, tmp_path: Path) -> None:
     assert numbers(cfg.run_dir / "evaluate_synthetic" / "metrics.json") == numbers(
         again.run_dir / "evaluate_synthetic" / "metrics.json"
     )
+
+
+def test_one_loader_for_pipeline_and_training(tmp_path: Path) -> None:
+    # labkit.config.load_config reads both: dotted keys reach a mapping's entries
+    cfg = load_pipeline_config(None, ["train.num_local=6", "train.out_dim=512", "steps=4"])
+    assert cfg.train == {"num_local": 6, "out_dim": 512} and cfg.steps == 4
+    with pytest.raises(ValueError, match="did you mean 'steps'"):
+        load_pipeline_config(None, ["stepz=3"])
+    with pytest.raises(ValueError, match="lr.x"):
+        load_pipeline_config(None, ["lr.x=3"])

@@ -143,3 +143,58 @@ def test_param_groups_skip_biases_and_norms():
     assert [p.shape for p in decay["params"]] == [(4, 4)]
     assert sorted(tuple(p.shape) for p in no_decay["params"]) == [(4,), (4,), (4,)]
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_sections_are_views_of_the_flat_fields(tmp_path):
+    import dataclasses
+
+    from labkit.train.config import SECTIONS
+
+    flat = [name for names in SECTIONS.values() for name in names]
+    assert sorted(flat) == sorted(f.name for f in dataclasses.fields(TrainConfig))  # each once
+    cfg = TrainConfig(steps=5, lr=1e-4, model_kwargs={"depth": 2})
+    assert cfg.steps == 5 and cfg.sections.optimisation.steps == 5
+    assert cfg.sections.optimisation.lr == cfg.lr == 1e-4
+    assert cfg.sections.model.model == cfg.model and cfg.section("model").model_kwargs == {
+        "depth": 2
+    }
+    assert cfg.sections.method.method == "dora" and cfg.sections.output.out_dir == cfg.out_dir
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sections.data.num_frames = 3  # type: ignore[misc]
+    with pytest.raises(ValueError, match="no section 'optimization'"):
+        cfg.section("optimization")
+    # a sectioned YAML file reads back to the same config
+    nested = cfg.to_dict(nested=True)
+    assert list(nested) == list(SECTIONS) and nested["optimisation"]["steps"] == 5
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(nested))
+    assert load_config(path) == cfg
+
+
+def test_section_keys_in_files_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: vit_tiny_patch16_224\noptimisation: {steps: 7, lr: 1e-3}\nk: 2\n")
+    cfg = load_config(path, ["optimisation.batch_size=3", "method.k=4", "model.out_dim=128"])
+    assert (cfg.model, cfg.steps, cfg.lr, cfg.batch_size, cfg.k, cfg.out_dim) == (
+        "vit_tiny_patch16_224",
+        7,
+        1e-3,
+        3,
+        4,
+        128,
+    )
+    # flat and sectioned overrides are the same thing
+    assert load_config(None, ["lr=1e-4"]) == load_config(None, ["optimisation.lr=1e-4"])
+    # a section mapping under a field's name: "model" and "method" are both
+    cfg = load_config(None, {"model": "vit_tiny_patch16_224", "method": "dino"})
+    assert (cfg.model, cfg.method) == ("vit_tiny_patch16_224", "dino")
+    with pytest.raises(ValueError, match=r"optimisation.lrr.*did you mean 'optimisation.lr'"):
+        load_config(None, ["optimisation.lrr=1e-4"])
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("lr: 1e-3\noptimisation: {lr: 1e-4}\n")
+    with pytest.raises(ValueError, match=r"'lr' is given twice in .*twice.yaml"):
+        load_config(twice)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("data: {lr: 1e-4}\n")
+    with pytest.raises(ValueError, match=r"'data.lr' in .*wrong.yaml"):
+        load_config(wrong)

@@ -1,4 +1,4 @@
-"""The training run's configuration: one frozen dataclass, read from YAML with ``key=value`` overrides.
+"""The training run's configuration: a frozen dataclass in sections, read from YAML with overrides.
 
 The same :class:`TrainConfig` drives the notebook (its parameters cell uses the field names), the
 ``labkit train --config run.yaml -o lr=1e-4`` command and ``torchrun`` jobs. Every field is a plain
@@ -32,6 +32,23 @@ Methods (``method``):
 Method-dependent defaults: a field left at ``None`` takes its method's default on construction
 (:data:`METHOD_DEFAULTS`), so ``TrainConfig(method="timetuning")`` gets TimeTuning's learning rate
 and ``to_dict()`` (and every checkpoint) stores the value actually used.
+
+Sections. The fields fall into six sections (:data:`SECTIONS`): ``data`` (what the clips are),
+``model`` (the networks and their initial weights), ``method`` (DoRA / DINO / TimeTuning and
+their own knobs), ``optimisation`` (steps, batch, schedules, clipping), ``run`` (device,
+precision, threads, seed) and ``output`` (out_dir, checkpoints, resume). The design keeps the
+flat dataclass as the one source of truth and makes the sections **views** of it:
+
+* ``TrainConfig(steps=5)``, ``config.steps``, ``dataclasses.fields(TrainConfig)``, checkpoints'
+  stored configs (``to_dict()``: flat) and the notebooks' parameters (papermill ``-p lr 1e-4``)
+  all stay flat, so nothing written before the sections breaks;
+* ``config.sections.optimisation.lr`` (or ``config.section("optimisation")``) reads a section,
+  a frozen dataclass whose fields are those of :data:`SECTIONS`; ``to_dict(nested=True)`` writes
+  the sectioned YAML;
+* :func:`load_config` reads a file in either form (``lr: 1e-4`` or ``optimisation: {lr: 1e-4}``)
+  and overrides as ``-o lr=1e-4`` or ``-o optimisation.lr=1e-4`` (:func:`labkit.config.load_config`,
+  the loader every command uses). The ``model`` and ``method`` sections share their names with
+  the fields ``model`` (the timm name) and ``method``: a mapping is the section, a string the field.
 """
 
 from __future__ import annotations
@@ -44,18 +61,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from labkit.config import load_config as load_dataclass
+from labkit.config import parse_overrides
 from labkit.pos_embed import PosEmbedRule, check_rule
 from labkit.validation import (
     check_device,
     check_fields,
     check_model_kwargs,
     check_output_dir,
-    read_config_file,
     resolve_device,
 )
 
 __all__ = [
     "TrainConfig",
+    "TrainSections",
+    "SECTIONS",
     "load_config",
     "parse_overrides",
     "ARCHITECTURE_FIELDS",
@@ -105,6 +125,81 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 def architecture_fields(method: str) -> tuple[str, ...]:
     """The fields a checkpoint of ``method`` must share with the config that resumes it."""
     return TIMETUNING_ARCHITECTURE_FIELDS if method == "timetuning" else ARCHITECTURE_FIELDS
+
+
+# The sections of TrainConfig's fields: each field in exactly one (tests/test_train_config.py)
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": (
+        "video_path",
+        "num_frames",
+        "frame_step",
+        "decode_size",
+        "video_backend",
+        "img_size",
+        "local_size",
+        "num_local",
+        "global_scale",
+        "local_scale",
+        "pre_crop",
+        "num_workers",
+    ),
+    "model": (
+        "model",
+        "model_kwargs",
+        "pretrained",
+        "checkpoint",
+        "pos_embed_rule",
+        "drop_path_rate",
+        "out_dim",
+        "hidden_dim",
+        "bottleneck_dim",
+        "norm_last_layer",
+        "num_prototypes",
+        "head_dims",
+    ),
+    "method": (
+        "method",
+        "k",
+        "heads",
+        "sinkhorn",
+        "epsilon",
+        "sinkhorn_iterations",
+        "threshold",
+        "dora_loss",
+        "momentum_teacher",
+        "teacher_temp",
+        "warmup_teacher_temp",
+        "warmup_teacher_temp_epochs",
+        "student_temp",
+        "center_momentum",
+        "center_init",
+        "collapse_patience",
+        "trainable_blocks",
+        "train_norm",
+        "hard_targets",
+        "forwarder_n_last",
+        "forwarder_topk",
+        "forwarder_temperature",
+        "forwarder_radius",
+    ),
+    "optimisation": (
+        "steps",
+        "steps_per_epoch",
+        "batch_size",
+        "lr",
+        "scale_lr",
+        "warmup_epochs",
+        "min_lr",
+        "weight_decay",
+        "weight_decay_end",
+        "clip_grad",
+        "clip_grad_mode",
+        "freeze_last_layer",
+        "backbone_lr_ratio",
+    ),
+    "run": ("device", "precision", "compile", "threads", "seed"),
+    "output": ("out_dir", "checkpoint_every", "resume"),
+}
 
 
 @dataclass(frozen=True)
@@ -435,8 +530,13 @@ class TrainConfig:
 
     # -- conversions ----------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON types only (tuples become lists): what checkpoints and logs store."""
+    def to_dict(self, nested: bool = False) -> dict[str, Any]:
+        """Plain YAML/JSON types only (tuples become lists): what checkpoints and logs store.
+
+        Args:
+            nested: group the fields by section (``{"data": {...}, "model": {...}, ...}``), as a
+                sectioned YAML file holds them; default flat, as checkpoints store them.
+        """
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -445,7 +545,24 @@ class TrainConfig:
                 if isinstance(value, tuple)
                 else (dict(value) if isinstance(value, Mapping) else value)
             )
+        if nested:
+            return {name: {k: out[k] for k in keys} for name, keys in SECTIONS.items()}
         return out
+
+    def section(self, name: str) -> Any:
+        """One section's fields as a frozen dataclass (``config.section("optimisation").lr``).
+
+        Raises:
+            ValueError: ``name`` is not a section.
+        """
+        if name not in SECTIONS:
+            raise ValueError(f"TrainConfig has no section {name!r}; sections: {list(SECTIONS)}")
+        return _SECTION_CLASSES[name](**{k: getattr(self, k) for k in SECTIONS[name]})
+
+    @property
+    def sections(self) -> TrainSections:
+        """All sections: ``config.sections.data.num_frames``, ``config.sections.model.model``."""
+        return TrainSections(**{name: self.section(name) for name in SECTIONS})
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
@@ -460,6 +577,33 @@ class TrainConfig:
         return (self.video_path,) if self.video_path else ()
 
 
+def _section_class(name: str) -> type:
+    """A frozen dataclass of one section's fields, typed as TrainConfig's."""
+    by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    title = "".join(part.title() for part in name.split("_"))
+    return dataclasses.make_dataclass(
+        f"{title}Section",
+        [(k, by_name[k].type) for k in SECTIONS[name]],
+        frozen=True,
+        namespace={"__doc__": f"The {name} section of a TrainConfig (a read-only view)."},
+    )
+
+
+_SECTION_CLASSES = {name: _section_class(name) for name in SECTIONS}
+
+
+@dataclass(frozen=True)
+class TrainSections:
+    """The sections of a :class:`TrainConfig`, each a frozen dataclass of its fields."""
+
+    data: Any
+    model: Any
+    method: Any
+    optimisation: Any
+    run: Any
+    output: Any
+
+
 def _field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -472,31 +616,9 @@ def _check_names(values: Mapping[str, Any], source: str = "") -> None:
             where = f" in {source}" if source else ""
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ValueError(
-                f"unknown config key {key!r}{where}{suggestion} (TrainConfig has: {', '.join(names)})"
+                f"unknown config key {key!r}{where}{suggestion} "
+                f"(TrainConfig has: {', '.join(names)})"
             )
-
-
-def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """Turn ``["lr=1e-4", "model_kwargs.depth=2"]`` into ``{"lr": 1e-4, "model_kwargs.depth": 2}``.
-
-    Values are read as YAML literals by :func:`labkit.config.parse_value` (``5``, ``0.1``, ``true``,
-    ``[0,1,2]``, ``{depth: 2}``); anything else stays a string.
-
-    Raises:
-        ValueError: an item without ``=`` or with an empty key.
-    """
-    if isinstance(overrides, Mapping):
-        return dict(overrides)
-    from labkit.config import parse_value
-
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, text = str(item).partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"override {item!r} must read key=value")
-        out[key] = parse_value(text.strip())
-    return out
 
 
 def load_config(
@@ -505,10 +627,14 @@ def load_config(
 ) -> TrainConfig:
     """Read a :class:`TrainConfig` from a YAML mapping, then apply overrides.
 
+    The one loader of every command (:func:`labkit.config.load_config`) with TrainConfig's
+    sections. ``parse_overrides`` is :func:`labkit.config.parse_overrides`, re-exported.
+
     Args:
-        path: YAML file whose top level maps field names to values; None starts from defaults.
+        path: YAML file whose top level maps field names (or sections, as nested mappings) to
+            values; None starts from defaults.
         overrides: ``key=value`` strings (or a mapping) applied on top; ``model_kwargs.depth=2``
-            sets one entry of the ``model_kwargs`` dict.
+            sets one entry of the ``model_kwargs`` dict, ``optimisation.lr=1e-4`` is ``lr=1e-4``.
 
     Returns:
         The validated config.
@@ -517,20 +643,4 @@ def load_config(
         ValueError: the file is missing or not a mapping, a key is unknown (the message names it
             and the nearest valid one), or a value is invalid (named by ``TrainConfig``).
     """
-    values: dict[str, Any] = {}
-    source = ""
-    if path is not None:
-        loaded = read_config_file(path, "TrainConfig fields")
-        source = str(path)
-        _check_names(loaded, source)
-        values.update(loaded)
-    for key, value in parse_overrides(overrides).items():
-        head, dot, sub = key.partition(".")
-        if dot:
-            if head != "model_kwargs" or not sub:
-                raise ValueError(f"override {key!r}: only model_kwargs.<name> takes a dotted key")
-            values["model_kwargs"] = {**dict(values.get("model_kwargs") or {}), sub: value}
-        else:
-            _check_names({key: value}, "the overrides")
-            values[key] = value
-    return TrainConfig(**values)
+    return load_dataclass(TrainConfig, path, overrides, sections=SECTIONS)
