@@ -363,8 +363,9 @@ def test_kmeans_segments_on_the_grid(model: torch.nn.Module, frames: np.ndarray)
 
 
 def test_segment_maps_of_a_video(arch: str, model: torch.nn.Module, small_video: Path) -> None:
-    from labkit.segments import segment_maps, segment_panels
+    from labkit.segments import segment_maps
     from labkit.video import open_video
+    from labkit.viz.segments import segment_panels
 
     p, _, _ = FACTS[arch]
     with open_video(

@@ -274,8 +274,9 @@ def test_segment_maps_compute_both_pictures(tiny_model):
 
 
 def test_segment_panels_animation_and_figure(tiny_model, tmp_path):
-    from labkit.segments import plot_segment_maps, segment_animation, segment_maps, segment_panels
+    from labkit.segments import segment_maps
     from labkit.viz import palette, write_animation
+    from labkit.viz.segments import plot_segment_maps, segment_animation, segment_panels
 
     video = FakeVideo(9, size=(36, 50))  # not multiples of the patch: cropped to the 4 x 6 grid
     maps = segment_maps(tiny_model, video, frames=None, k_video=3, k_frame=4, progress=False)

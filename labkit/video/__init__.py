@@ -28,7 +28,8 @@ file, no frames, indices out of range, a clip longer than the video, a bad ``siz
 computed to be negative is almost always a bug, and ``len(video) - 1`` says what it means.
 
 The package: ``base`` (``Video``, ``VideoError``, size and index checks), ``pyav_reader``,
-``decord_reader``, ``frames`` (frame and mask folders, DAVIS sequences), and ``open_video`` here.
+``decord_reader``, ``frames`` (frame and mask folders, DAVIS sequences), and ``open_video``,
+``frame_batches`` and ``clip_indices`` (the frames of a clip) here.
 
 Readers are not thread-safe; give each worker its own (a ``Video`` pickles without its open
 decoder, so DataLoader workers can each reopen it).
@@ -61,6 +62,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Size",
     "frame_batches",
+    "clip_indices",
 ]
 
 
@@ -85,6 +87,34 @@ def frame_batches(
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         yield chunk, video[chunk] if isinstance(video, np.ndarray) else video.get(chunk)
+
+
+def clip_indices(num_video_frames: int, num_frames: int, start: int, step: int) -> np.ndarray:
+    """Frame indices of a clip: ``num_frames`` from ``start`` every ``step``, capped at the end.
+
+    Args:
+        num_video_frames: frames in the video.
+        num_frames: frames wanted; capped at what the video has.
+        start: first frame.
+        step: stride; 0 spreads ``num_frames`` evenly over the whole video.
+
+    Returns:
+        int64 array (T,) of valid, increasing frame indices.
+
+    Raises:
+        ValueError: the video has no frames, or ``start`` is past its last frame.
+    """
+    if num_video_frames < 1:
+        raise ValueError("the video has no frames")
+    if start >= num_video_frames:
+        raise ValueError(
+            f"start_frame {start} is past the video's last frame ({num_video_frames - 1})"
+        )
+    if step == 0:
+        count = min(num_frames, num_video_frames)
+        return np.unique(np.linspace(0, num_video_frames - 1, count).round().astype(np.int64))
+    count = min(num_frames, (num_video_frames - 1 - start) // step + 1)
+    return start + step * np.arange(count, dtype=np.int64)
 
 
 def open_video(

@@ -13,7 +13,7 @@ comes with its weights (:func:`labkit.models.weights_label`). Caching is the exp
 
 Models are given as loaded backbones, ``(label, backbone)`` pairs, or model specs of the
 evaluation lab, ``"LABEL=ARCH[:CHECKPOINT|:pretrained|:auto|:random]"``
-(:func:`labkit.eval.specs.parse_model_spec`), e.g. ``["random=vit_small_patch16_224",
+(:func:`labkit.specs.parse_model_spec`), e.g. ``["random=vit_small_patch16_224",
 "dino=vit_small_patch16_224.dino", "demo=vit_small_patch16_224:runs/train/checkpoint.pth"]``.
 
 Notation: M models, T frames, H x W frame pixels, n panels per row.
@@ -30,19 +30,22 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from labkit.artifacts import Artifacts, token_artifacts
 from labkit.environment import is_headless
+from labkit.models import prepare_images, weights_label
 from labkit.pos_embed import PosEmbedRule
+from labkit.specs import ModelSpec, parse_model_spec
+from labkit.viz.artifacts import plot_artifacts
 from labkit.viz.explorer import PANELS, AttentionExplorer, ExplorerState, _load_clip
+from labkit.viz.plot import plot_grid
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from labkit.artifacts import Artifacts
-
 __all__ = ["ModelComparison"]
 
 ModelEntry = (
-    Any  # torch.nn.Module | str | labkit.eval.specs.ModelSpec | tuple[str, torch.nn.Module]
+    Any  # torch.nn.Module | str | labkit.specs.ModelSpec | tuple[str, torch.nn.Module]
 )
 
 
@@ -52,7 +55,7 @@ class ModelComparison:
     Args:
         video: as :class:`AttentionExplorer` (path, Video, or uint8 frames (T, H, W, 3)).
         models: backbones, ``(label, backbone)`` pairs, model spec strings or
-            :class:`labkit.eval.specs.ModelSpec` (see the module docstring); at least one.
+            :class:`labkit.specs.ModelSpec` (see the module docstring); at least one.
         labels: one label per model, overriding the spec's or the default (the weights' label).
         start_frame, num_frames, frame_step, indices, img_size: the clip, read once for all rows.
         model_kwargs, pos_embed_rule: passed when a spec is loaded (e.g. ``{"depth": 2}`` in tests).
@@ -230,7 +233,6 @@ class ModelComparison:
         """A state as a static Figure: one row per model (label and weights at its left), one
         column per panel, every row on the same frame, block, heads and k; past four panels each
         model's row goes on in lines of at most three (row title ``"label (cont.)"``)."""
-        from labkit.viz.plot import plot_grid
 
         s = self.state if state is None else self._validated(state)
         n = len(self.panels)
@@ -276,9 +278,6 @@ class ModelComparison:
             model: the row, 0 .. M-1.
         """
         if model not in self._artifacts:
-            from labkit.artifacts import Artifacts, token_artifacts
-            from labkit.models import prepare_images
-
             explorer = self.explorers[model]
             layer = self.state.layer % explorer.depth
             parts = [
@@ -305,7 +304,6 @@ class ModelComparison:
                 its last block.
             max_layers: most norm maps per figure.
         """
-        from labkit.viz.artifacts import plot_artifacts
 
         figures = []
         for i, (label, weights) in enumerate(zip(self.labels, self.weights)):
@@ -543,8 +541,6 @@ def _load(
     pos_embed_rule: PosEmbedRule,
 ) -> tuple[str, torch.nn.Module]:
     """(label, backbone) of one model entry (module, (label, module), spec string or ModelSpec)."""
-    from labkit.eval.specs import ModelSpec, parse_model_spec
-    from labkit.models import weights_label
 
     if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], torch.nn.Module):
         return str(entry[0]), entry[1]
