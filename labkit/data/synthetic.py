@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from labkit.data.location import data_dir
+
 __all__ = [
     "GENERATOR_VERSION",
     "SEQUENCE",
@@ -778,8 +780,6 @@ def default_video(variant: str = "easy") -> Path:
     Returns:
         Path of the H.264 mp4 (120 frames, 360 x 640, 24 fps, 3 objects, seed 0).
     """
-    from labkit.data import data_dir
-
     return ensure_synthetic(data_dir() / _folder(variant), variant=variant).video
 
 
@@ -800,6 +800,4 @@ def default_dataset(variant: str = "easy") -> Path:
         ``Annotations/480p/synthetic/*.png`` (palette PNGs, 0 = background, 1..3 objects),
         ``sequences.txt``.
     """
-    from labkit.data import data_dir
-
     return ensure_synthetic(data_dir() / _folder(variant), variant=variant).root
