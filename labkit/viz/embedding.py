@@ -40,6 +40,9 @@ import numpy as np
 import torch
 
 from labkit.embedding import PatchEmbedding, embed_patches, embed_patches_in_worker, umap_warmed_up
+from labkit.environment import is_headless
+from labkit.viz.encode import encode_image
+from labkit.viz.render import mask_overlay, palette
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -56,8 +59,6 @@ def _hex(rgb: Sequence[int]) -> str:
 
 
 def _data_uri(image: np.ndarray, fmt: str = "jpeg") -> str:
-    from labkit.viz.explorer import encode_image
-
     mime = "image/jpeg" if fmt == "jpeg" else "image/png"
     return f"data:{mime};base64," + base64.b64encode(encode_image(image, fmt)).decode("ascii")
 
@@ -174,7 +175,6 @@ class EmbeddingView:
 
     def point_colors(self, emb: PatchEmbedding | None = None) -> list[str] | np.ndarray:
         """Marker colours: hex strings of the segment palette, or the frame positions (n,)."""
-        from labkit.viz.render import palette
 
         emb = emb or self.shown
         t, i, j = emb.index.T
@@ -278,7 +278,6 @@ class EmbeddingView:
         Returns:
             uint8 (H, W, 3).
         """
-        from labkit.viz.render import mask_overlay
 
         t = self.frame if t is None else int(t)
         out = self.frames[t]
@@ -700,7 +699,6 @@ class EmbeddingView:
 
     def _update_frames(self) -> None:
         """The frame with its highlights, the selection summary and strip."""
-        from labkit.viz.explorer import encode_image
 
         ui = self._ui
         ui["image"].value = encode_image(self.render_frame(), "jpeg")
@@ -769,8 +767,6 @@ class EmbeddingView:
     def show(self, static: bool | None = None) -> None:
         """Display the live app, or a static figure when headless (``static=None``: detect)."""
         from IPython.display import display
-
-        from labkit.environment import is_headless
 
         static = is_headless() if static is None else static
         if static:
