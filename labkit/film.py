@@ -58,6 +58,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
+from labkit.attention import FeatureKind
 from labkit.video import frame_batches
 
 __all__ = [
@@ -70,15 +71,15 @@ __all__ = [
     "write_films",
 ]
 
-FILM_METHODS: tuple[str, ...] = ("heads", "mean", "dora", "discovery", "kmeans")
 FilmMethod = Literal["heads", "mean", "dora", "discovery", "kmeans"]
+FILM_METHODS: tuple[FilmMethod, ...] = ("heads", "mean", "dora", "discovery", "kmeans")
 
 
 @dataclass(frozen=True)
 class FilmConfig:
     """What :func:`write_films` films and how; every field has a working default."""
 
-    methods: tuple[str, ...] = FILM_METHODS  # one MP4 each, named <method>.mp4
+    methods: tuple[FilmMethod, ...] = FILM_METHODS  # one MP4 each, named <method>.mp4
     batch_size: int = 8  # frames decoded and passed through the model at once: bounds the memory
     max_side: int | None = (
         None  # scale frames so the longer side is at most this; None: source size
@@ -188,7 +189,12 @@ def _open(video: Any, cfg: FilmConfig) -> Any:
 
 
 def _fit_kmeans(
-    model: torch.nn.Module, video: Any, indices: np.ndarray, cfg: FilmConfig, progress: bool
+    model: torch.nn.Module,
+    video: Any,
+    indices: np.ndarray,
+    cfg: FilmConfig,
+    device: str,
+    progress: bool,
 ) -> torch.Tensor:
     """(k, D) centroids fitted on the tokens of ``sample_frames`` evenly spaced frames."""
     from tqdm.auto import tqdm
@@ -212,7 +218,7 @@ def _fit_kmeans(
                     attention=False,
                     kinds=("tokens",),
                     batch_size=cfg.batch_size,
-                    device=cfg.device,
+                    device=device,
                     progress=False,
                 ).features["tokens"]
             )  # (n, gh, gw, D)
@@ -221,9 +227,10 @@ def _fit_kmeans(
     del parts
     if feats.shape[0] * feats.shape[1] * feats.shape[2] < cfg.k:
         raise ValueError(
-            f"write_films: k={cfg.k} segments but the sample has only {feats[..., 0].numel()} patches"
+            f"write_films: k={cfg.k} segments but the sample has only {feats[..., 0].numel()} "
+            "patches"
         )
-    return fit_video_kmeans(feats.to(cfg.device), cfg.k, seed=cfg.seed, max_points=cfg.max_points)
+    return fit_video_kmeans(feats.to(device), cfg.k, seed=cfg.seed, max_points=cfg.max_points)
 
 
 def film_batches(
@@ -254,7 +261,8 @@ def film_batches(
 
     cfg = config or FilmConfig()
     video = _open(video, cfg)
-    num_heads, depth = model.blocks[0].attn.num_heads, len(model.blocks)
+    blocks: Any = model.blocks  # timm's Blocks (nn.Module attributes are untyped)
+    num_heads, depth = blocks[0].attn.num_heads, len(blocks)
     if not all(-num_heads <= h < num_heads for h in cfg.heads):
         raise ValueError(
             f"write_films: heads {cfg.heads} out of range, the model has {num_heads} heads"
@@ -268,14 +276,18 @@ def film_batches(
             f"write_films: layer {cfg.layer} out of range, the model has {depth} blocks"
         )
     param = next(model.parameters(), None)
-    if cfg.device is None:
-        cfg = replace(cfg, device=str(param.device) if param is not None else "cpu")
-    if param is not None and param.device != torch.device(cfg.device):
-        raise ValueError(f"write_films: the model is on {param.device}, device is {cfg.device}")
+    device = cfg.device
+    if device is None:
+        device = str(param.device) if param is not None else "cpu"
+        cfg = replace(cfg, device=device)
+    if param is not None and param.device != torch.device(device):
+        raise ValueError(f"write_films: the model is on {param.device}, device is {device}")
     total = len(video) if cfg.num_frames is None else min(cfg.num_frames, len(video))
     indices = np.arange(total, dtype=np.int64)
     methods = set(cfg.methods)
-    centroids = _fit_kmeans(model, video, indices, cfg, progress) if "kmeans" in methods else None
+    centroids = (
+        _fit_kmeans(model, video, indices, cfg, device, progress) if "kmeans" in methods else None
+    )
     prototypes: torch.Tensor | None = None  # (1, k, D) DoRA objects being tracked
     position = 0  # frames filmed so far
     # frames per second even below 1 (tqdm would switch to seconds per frame)
@@ -289,7 +301,7 @@ def film_batches(
                 for i in range(n)
                 if position + i == 0 or (cfg.rediscover and (position + i) % cfg.rediscover == 0)
             ]
-            kinds: list[str] = []
+            kinds: list[FeatureKind] = []
             if methods & {"dora", "discovery"}:
                 kinds.append("keys")
             if "dora" in methods and starts:
@@ -297,7 +309,7 @@ def film_batches(
             if "kmeans" in methods and "tokens" not in kinds:
                 kinds.append("tokens")
             attention = bool(methods & {"heads", "mean"}) or ("dora" in methods and bool(starts))
-            images = prepare_images(frames, model, device=cfg.device)  # (n, 3, gh*p, gw*p)
+            images = prepare_images(frames, model, device=device)  # (n, 3, gh*p, gw*p)
             out = extract(model, images, cfg.layer, attention=attention, kinds=tuple(kinds))
             del images
             objects = discovered = boxes = segments = None
@@ -305,7 +317,7 @@ def film_batches(
                 objects, prototypes = _track(out, starts, prototypes, cfg)
             if "discovery" in methods:
                 discovered, boxes = _discover(out.features["keys"], cfg)
-            if "kmeans" in methods:
+            if centroids is not None:  # "kmeans" in methods
                 from labkit.clustering import assign
 
                 segments = assign(out.features["tokens"], centroids).cpu()  # (n, gh, gw)
@@ -346,6 +358,8 @@ def _track(
             pieces.append(
                 track_objects(prototypes, keys[None, start:stop]).masks[0]
             )  # (m, k, gh, gw)
+    if prototypes is None:  # pragma: no cover - frame 0 always discovers
+        raise RuntimeError("DoRA film: no prototypes before the first discovery")
     return torch.cat(pieces).cpu(), prototypes
 
 
@@ -470,7 +484,7 @@ def render_film(
             frames, batch.objects.numpy(), alpha=0.45, thickness=thickness, patch_size=p
         )
     elif method == "discovery":
-        if batch.discovered is None:
+        if batch.discovered is None or batch.boxes is None:
             raise ValueError("render_film: the batch has no discovery masks")
         masked = mask_overlay(
             frames, batch.discovered.numpy(), alpha=0.4, contour=False, patch_size=p
