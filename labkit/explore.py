@@ -19,13 +19,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from labkit.models import weights_label
+from labkit.artifacts import Artifacts, token_artifacts
+from labkit.attention import extract_video, image_batches, mass_threshold
+from labkit.clustering import kmeans_segments
+from labkit.data import default_video
+from labkit.models import load_backbone, patch_size, weights_label
 from labkit.pos_embed import PosEmbedRule, model_rule
+from labkit.video import open_video
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from labkit.artifacts import Artifacts
     from labkit.viz.comparison import ModelComparison
 
 __all__ = ["ExploreConfig", "Exploration", "explore", "save_exploration", "clip_indices_for"]
@@ -495,13 +499,6 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
     Returns:
         An :class:`Exploration` holding tensors on the CPU.
     """
-    from labkit.artifacts import Artifacts, token_artifacts
-    from labkit.attention import extract, mass_threshold
-    from labkit.clustering import kmeans_segments
-    from labkit.data import default_video
-    from labkit.models import load_backbone, patch_size, prepare_images
-    from labkit.video import open_video
-
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     path = Path(cfg.video_path) if cfg.video_path else default_video()
@@ -536,35 +533,28 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
     seconds["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    attn_parts, feat_parts, key_parts, queries = [], [], [], None
-    batches = range(0, len(frames), cfg.batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="attention", unit="batch")
-    for s in batches:
-        images = prepare_images(frames[s : s + cfg.batch_size], model, device=cfg.device)
-        out = extract(
-            model, images, layer=cfg.layer, attention=True, kinds=("tokens", "keys", "queries")
-        )  # one pass: the block runs whole anyway
-        attn_parts.append(out.attention.float().cpu())
-        feat_parts.append(out.features["tokens"].float().cpu())
-        key_parts.append(out.features["keys"].float().cpu())
-        if queries is None:
-            queries = out.features["queries"][0].float().cpu()  # (gh, gw, D), the first frame
-    attention = torch.cat(attn_parts)
-    features = torch.cat(feat_parts)
+    out = extract_video(
+        model,
+        frames,
+        layer=cfg.layer,
+        attention=True,
+        kinds=("tokens", "keys", "queries"),  # one pass: the block runs whole anyway
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        progress=progress,
+    )  # on the CPU: attention (T, h, gh, gw), features (T, gh, gw, D)
+    attention = out.attention.float()
+    features = out.features["tokens"].float()
+    queries = out.features["queries"][0].float().clone()  # (gh, gw, D), the first frame
     seconds["extract"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     artifacts = Artifacts.concat(
         [
-            token_artifacts(
-                model,
-                prepare_images(frames[s : s + cfg.batch_size], model, device=cfg.device),
-                register_layers=(cfg.layer,),
-            ).cpu()
-            for s in range(0, len(frames), cfg.batch_size)
+            token_artifacts(model, images, register_layers=(cfg.layer,)).cpu()
+            for _, _, images in image_batches(
+                model, frames, batch_size=cfg.batch_size, device=cfg.device
+            )
         ]
     )  # every block's norms in one more pass per batch
     seconds["artifacts"] = time.perf_counter() - t0
@@ -585,7 +575,7 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         segments_frame=seg_frame,
         segments_clip=seg_clip,
         patch_size=patch_size(model),
-        keys=torch.cat(key_parts),
+        keys=out.features["keys"].float(),
         queries=queries,
         model=model,
         video_info=info,
