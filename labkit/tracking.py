@@ -61,6 +61,8 @@ __all__ = [
     "binarize_maps",
     "masks_to_frames",
     "masked_views",
+    "ObjectShares",
+    "object_shares",
 ]
 
 
@@ -391,3 +393,65 @@ def masked_views(
         )
     weights = masks.permute(2, 0, 1, 3, 4).unsqueeze(3).to(frames.dtype)  # (k, B, T, 1, H, W)
     return frames.unsqueeze(0) * weights  # (k, B, T, 3, H, W)
+
+
+class ObjectShares(NamedTuple):
+    """Result of :func:`object_shares`: how k object maps divide a frame and how much they overlap.
+
+    Leading dimensions (...) are those of the maps, without the object and grid dimensions.
+    """
+
+    share: torch.Tensor  # (..., k) fraction of patches where the object's map is the largest
+    mass: torch.Tensor  # (..., k) mean over patches of the object's part of the k maps' sum
+    overlap: torch.Tensor  # (..., k, k) sum over patches of min(a, b), each map scaled to sum 1
+
+    def mean_overlap(self) -> torch.Tensor:
+        """Mean overlap over the k (k - 1) / 2 pairs of distinct objects: (...), NaN for k = 1."""
+        k = self.overlap.shape[-1]
+        pairs = torch.triu(torch.ones(k, k, dtype=torch.bool, device=self.overlap.device), 1)
+        return self.overlap[..., pairs].mean(-1)  # (...)
+
+
+def object_shares(maps: torch.Tensor) -> ObjectShares:
+    """Each object's share of the frame and the overlap between objects, for k object maps.
+
+    Three numbers a picture of DoRA's objects can be checked against:
+
+    * ``share[j]``: the fraction of the frame's patches where object j's map is the largest of
+      the k (a tie between objects splits the patch equally), i.e. the area of object j in the
+      arg-max picture. The k shares sum to 1.
+    * ``mass[j]``: object j's part of the k maps at each patch, ``a_j / sum_i a_i``, averaged
+      over the patches (the soft version of ``share``; for a transport plan whose rows sum to 1
+      it is the column sum / N, so Sinkhorn-Knopp's uniform marginals give 1/k each). Sums to 1.
+    * ``overlap[i, j]``: ``sum_n min(a_n, b_n)`` with each map first scaled to sum 1 over the
+      patches: the attention mass two objects share, 1 for identical maps, 0 for disjoint ones
+      (the diagonal is 1, except for a map that is zero everywhere: it overlaps nothing).
+
+    Maps are compared as they are, on one scale per object: give the tracking maps (each sums to
+    1) or the plan's columns, not maps normalised for display.
+
+    Args:
+        maps: (..., k, gh, gw) nonnegative maps, e.g. :attr:`Tracks.maps` (B, T, k, gh, gw) or
+            (T, k, gh, gw); for a plan (N, k), pass ``plan.T.reshape(k, gh, gw)``.
+
+    Returns:
+        :class:`ObjectShares`: share (..., k), mass (..., k), overlap (..., k, k); float32
+        (float64 for float64 maps), in [0, 1], on the maps' device.
+    """
+    maps = _float(maps, "maps")
+    if maps.ndim < 3:
+        raise ValueError(f"object_shares: maps must be (..., k, gh, gw), got {tuple(maps.shape)}")
+    if bool((maps < 0).any()) or not bool(torch.isfinite(maps).all()):
+        raise ValueError("object_shares: maps must be finite and nonnegative")
+    k = maps.shape[-3]
+    flat = maps.flatten(-2)  # (..., k, N)
+    top = flat.max(dim=-2, keepdim=True).values  # (..., 1, N)
+    winners = (flat == top).to(flat.dtype)  # (..., k, N), ties: several winners
+    share = (winners / winners.sum(-2, keepdim=True)).mean(-1)  # (..., k)
+    total = flat.sum(-2, keepdim=True)  # (..., 1, N)
+    part = torch.where(total > 0, flat / total.clamp_min(1e-30), 1.0 / k)  # (..., k, N)
+    mass = part.mean(-1)  # (..., k)
+    unit = flat / flat.sum(-1, keepdim=True).clamp_min(1e-30)  # (..., k, N), each sums to 1
+    # ... leading, i / j objects, n patch
+    overlap = torch.minimum(unit[..., :, None, :], unit[..., None, :, :]).sum(-1)  # (..., k, k)
+    return ObjectShares(share, mass, overlap.clamp(0.0, 1.0))

@@ -17,7 +17,7 @@ from labkit.train.report import (
     plot_log,
     plot_objects,
 )
-from labkit.viz import heads_to_rgb
+from labkit.viz import dora as dora_pictures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,8 +56,9 @@ def test_render_and_plot(clip):
     objects = clip_objects(model, frames, k=3, indices=indices)
     size = objects.frames.shape[1:3]
     rgb = objects_to_rgb(objects.maps["sinkhorn"], size, 16)
+    # one renderer and one palette for DoRA's objects (labkit.viz.dora, labkit.viz.palette)
     np.testing.assert_array_equal(
-        rgb, heads_to_rgb(objects.maps["sinkhorn"].numpy(), (0, 1, 2), size=size, patch_size=16)
+        rgb, dora_pictures.objects_to_rgb(objects.maps["sinkhorn"].numpy(), size, 16)
     )
     four = objects_to_rgb(torch.rand(3, 4, *objects.maps["sinkhorn"].shape[-2:]), size, 16)
     assert four.shape == (3, *size, 3) and four.dtype == np.uint8

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from labkit.viz import dora as dora_pictures
+from labkit.viz.palette import object_colours
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -33,7 +36,6 @@ __all__ = [
 ]
 
 PLANS = ("softmax", "sinkhorn")  # without / with Sinkhorn-Knopp
-_RGB = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
 
 
 @dataclass
@@ -135,19 +137,14 @@ def clip_objects(
     return ClipObjects(np.ascontiguousarray(cropped), indices, chosen, maps, masks, plans, p)
 
 
-def _colours(k: int) -> np.ndarray:
-    from labkit.viz import palette
-
-    return _RGB[:k] if k <= 3 else palette(k)
-
-
 def objects_to_rgb(
     maps: torch.Tensor | np.ndarray, size: tuple[int, int], patch_size: int
 ) -> np.ndarray:
-    """k object maps as one colour image per frame (k = 3: red, green, blue, as heads_to_rgb).
+    """k object maps as one colour image per frame, object j in ``object_colours(k)[j]``.
 
-    Each map is min-max normalised per frame and tinted with its object's colour; colours add
-    (k = 3 is exactly :func:`labkit.viz.heads_to_rgb`).
+    :func:`labkit.viz.dora.objects_to_rgb`: each map min-max normalised within each frame on its
+    own, tinted with its object's colour (:func:`labkit.viz.palette.object_colours`, the same in
+    every picture of DoRA's objects), the tints added.
 
     Args:
         maps: (T, k, gh, gw) maps.
@@ -157,19 +154,7 @@ def objects_to_rgb(
     Returns:
         uint8 (T, H, W, 3).
     """
-    from labkit.viz import heads_to_rgb, upsample_map
-
-    maps = maps.numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
-    k = maps.shape[1]
-    if k == 3:
-        return heads_to_rgb(maps, (0, 1, 2), size=size, patch_size=patch_size)
-    lo = maps.min(axis=(2, 3), keepdims=True)
-    span = maps.max(axis=(2, 3), keepdims=True) - lo
-    unit = np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1.0), 0.0)  # (T, k, gh, gw)
-    colours = _colours(k).astype(np.float32) / 255.0  # (k, 3)
-    mixed = np.einsum("tkhw,kc->tchw", unit, colours).clip(0, 1)  # (T, 3, gh, gw)
-    up = np.stack([upsample_map(m, size, patch_size) for m in mixed])  # (T, H, W, 3)
-    return np.rint(up * 255).clip(0, 255).astype(np.uint8)
+    return dora_pictures.objects_to_rgb(maps, size, patch_size)
 
 
 def masked_frames(objects: ClipObjects, plan: str = "sinkhorn") -> np.ndarray:
@@ -189,7 +174,8 @@ def masked_frames(objects: ClipObjects, plan: str = "sinkhorn") -> np.ndarray:
 def plot_objects(objects: ClipObjects, title: str | None = None, max_frames: int = 8) -> Figure:
     """The objects of a clip as a grid: frames; maps without and with Sinkhorn-Knopp; masks; views.
 
-    Rows: the frames; the k tracking maps as colours with the row-softmax plan and with the
+    Rows: the frames; the k tracking maps as colours (:func:`objects_to_rgb`: each object
+    min-max normalised within each frame, in its colour) with the row-softmax plan and with the
     Sinkhorn-Knopp plan; the Sinkhorn masks drawn over the frames; then one row per object with
     the masked view the student is trained on. Columns: up to ``max_frames`` frames of the clip.
 
@@ -209,7 +195,7 @@ def plot_objects(objects: ClipObjects, title: str | None = None, max_frames: int
         rows.append(list(objects_to_rgb(objects.maps[plan][cols], size, p)))
         names.append("maps, no SK" if plan == "softmax" else "maps, SK")
     masks = objects.masks["sinkhorn"][cols].numpy()  # (t, k, gh, gw)
-    rows.append(list(mask_overlay(frames, masks, _colours(objects.k), 0.4, patch_size=p)))
+    rows.append(list(mask_overlay(frames, masks, object_colours(objects.k), 0.4, patch_size=p)))
     names.append("masks, SK")
     views = masked_frames(objects)[:, cols]  # (k, t, H, W, 3)
     for j in range(objects.k):

@@ -1,7 +1,15 @@
 """Pictures of DoRA's discover-and-track, one per step (the teaching notebook's figures).
 
-Each function takes what :mod:`labkit.attention` and :mod:`labkit.tracking` computed and returns a
-``matplotlib.figure.Figure``; nothing is saved or shown here.
+Render (:func:`objects_to_rgb`, :func:`object_labels`: uint8 / int arrays) and plot (the
+``plot_*`` functions: ``matplotlib.figure.Figure``) of what :mod:`labkit.attention` and
+:mod:`labkit.tracking` computed; nothing is saved or shown here. Object j is drawn in
+:func:`labkit.viz.palette.object_colours` ``(k)[j]`` everywhere (the same colours as a training
+run's objects and the explorer's).
+
+Object maps are normalised per frame and per object for display: each object's map is min-max
+scaled within each frame on its own, so every object is visible in its colour whatever its
+range; how the objects divide the frame and how much they overlap is measured on the raw maps
+(:func:`labkit.tracking.object_shares`) and written in the titles.
 
 Notation: T frames, h heads, k objects, gh x gw patch grid, N = gh * gw, H x W frame pixels,
 p patch size.
@@ -15,10 +23,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from labkit.tracking import ObjectShares, masks_to_frames, object_shares
+from labkit.viz.palette import object_colours
+from labkit.viz.plot import MAX_WIDTH, TITLE_SIZE, plot_grid
+from labkit.viz.render import (
+    heads_to_rgb,
+    mask_overlay,
+    overlay,
+    segment_overlay,
+    upsample_map,
+)
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "objects_to_rgb",
+    "object_labels",
+    "sinkhorn_numbers",
+    "plot_sinkhorn_comparison",
     "plot_cls_attention",
     "plot_prototype_scores",
     "plot_transport_plans",
@@ -28,17 +51,9 @@ __all__ = [
     "plan_balance",
 ]
 
-_RGB = np.array([[230, 25, 25], [25, 200, 25], [40, 80, 255]], dtype=np.uint8)
-
 
 def _np(x: Any) -> np.ndarray:
     return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _colours(k: int) -> np.ndarray:
-    from labkit.viz.render import palette
-
-    return _RGB[:k] if k <= 3 else palette(k)
 
 
 def _grid_maps(values: Any, grid: tuple[int, int]) -> np.ndarray:
@@ -47,6 +62,244 @@ def _grid_maps(values: Any, grid: tuple[int, int]) -> np.ndarray:
     if v.ndim == 2:
         v = v.reshape(*grid, -1)
     return np.moveaxis(v, -1, 0)
+
+
+def _objects_last(values: Any, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """A plan (N, k) or (gh, gw, k) as (k, gh, gw) maps, float tensor on the CPU."""
+    v = torch.as_tensor(_np(values)).float()
+    if v.ndim == 2:
+        if grid is None:
+            raise ValueError(f"a plan of shape {tuple(v.shape)} needs grid (gh, gw)")
+        v = v.reshape(*grid, v.shape[-1])  # (gh, gw, k)
+    if v.ndim != 3:
+        raise ValueError(f"a plan must be (N, k) or (gh, gw, k), got {tuple(v.shape)}")
+    return v.permute(2, 0, 1)  # (k, gh, gw)
+
+
+def objects_to_rgb(
+    maps: Any,
+    size: tuple[int, int] | None = None,
+    patch_size: int | None = None,
+    *,
+    colours: Any = None,
+) -> np.ndarray:
+    """k object maps as one colour image per frame, each object in its own colour.
+
+    Each object's map is min-max normalised within each frame on its own, ``(a - min) / (max -
+    min)`` over the patch grid (a constant map becomes 0), so every object reaches full
+    brightness in every frame it is in; the maps are tinted with the objects' colours and the
+    tints add (clipped at 255). Where the objects' maps agree the colours mix towards white (or
+    grey): that is overlap, measured by :func:`labkit.tracking.object_shares`.
+
+    Args:
+        maps: (T, k, gh, gw) or (k, gh, gw) nonnegative maps (tensor or array).
+        size: (H, W) to upsample to (nearest, top-left grid, see
+            :func:`labkit.viz.render.upsample_map`); None keeps the grid.
+        patch_size: p; inferred from ``size`` when None.
+        colours: (k, 3) uint8 colours; default :func:`labkit.viz.palette.object_colours`.
+
+    Returns:
+        uint8 ([T,] H, W, 3), or ([T,] gh, gw, 3) without ``size``; deterministic.
+    """
+    m = _np(maps).astype(np.float32)
+    if m.ndim not in (3, 4):
+        raise ValueError(f"objects_to_rgb: maps must be ([T,] k, gh, gw), got {m.shape}")
+    single = m.ndim == 3
+    m = m[None] if single else m  # (T, k, gh, gw)
+    k = m.shape[1]
+    tints = object_colours(k) if colours is None else np.asarray(colours, dtype=np.uint8)
+    if tints.shape != (k, 3):
+        raise ValueError(f"objects_to_rgb: colours must be ({k}, 3), got {tints.shape}")
+    lo = m.min(axis=(2, 3), keepdims=True)  # (T, k, 1, 1): per frame and object
+    span = m.max(axis=(2, 3), keepdims=True) - lo
+    unit = np.where(span > 0, (m - lo) / np.where(span > 0, span, 1.0), 0.0)  # (T, k, gh, gw)
+    # t frame, k object, h / w grid, c colour channel
+    mixed = np.einsum("tkhw,kc->tchw", unit, tints.astype(np.float32) / 255.0).clip(0, 1)
+    if size is None:
+        mixed = mixed.transpose(0, 2, 3, 1)  # (T, gh, gw, 3)
+    else:
+        mixed = np.stack([upsample_map(x, size, patch_size) for x in mixed])  # (T, H, W, 3)
+    out = np.rint(mixed * 255).clip(0, 255).astype(np.uint8)
+    return out[0] if single else out
+
+
+def object_labels(maps: Any) -> np.ndarray:
+    """The object whose map is the largest at each patch (ties: the lowest index).
+
+    Args:
+        maps: ([T,] k, gh, gw) maps on one scale per object (tracking maps, plan columns).
+
+    Returns:
+        int64 ([T,] gh, gw) in 0..k-1; its colour picture is the ``share`` of
+        :func:`labkit.tracking.object_shares`.
+    """
+    m = _np(maps)
+    if m.ndim not in (3, 4):
+        raise ValueError(f"object_labels: maps must be ([T,] k, gh, gw), got {m.shape}")
+    return m.argmax(axis=-3).astype(np.int64)
+
+
+def sinkhorn_numbers(
+    maps: Mapping[str, Any],
+    plans: Mapping[str, Any] | None = None,
+    grid: tuple[int, int] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The numbers :func:`plot_sinkhorn_comparison` writes, as plain lists (for ``metrics.json``).
+
+    Per name (e.g. ``"Sinkhorn-Knopp"``, ``"softmax"``), from
+    :func:`labkit.tracking.object_shares` of the tracking maps (and of the plan on the
+    reference frame):
+
+    * ``share`` (T lists of k): fraction of each frame's patches where the object's map is the
+      largest; ``share_mean`` (k): its mean over the frames.
+    * ``mass`` (T lists of k): mean over patches of the object's part of the k maps' sum.
+    * ``overlap`` (T): sum over patches of min(a, b) of two objects' maps (each summing to 1),
+      mean over the pairs of objects: 1 identical, 0 disjoint; ``overlap_mean``: over frames.
+    * with ``plans``: ``plan_share``, ``plan_mass`` (k) and ``plan_overlap`` of the transport
+      plan's columns (``plan_mass`` is 1/k per object under Sinkhorn-Knopp).
+
+    Args:
+        maps: name -> (T, k, gh, gw) tracking maps (each summing to 1 over the patches).
+        plans: name -> (N, k) or (gh, gw, k) transport plan on the reference frame, or None.
+        grid: (gh, gw), needed for (N, k) plans (default: the maps' grid).
+
+    Returns:
+        name -> dict of floats and lists of floats.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in maps.items():
+        m = torch.as_tensor(_np(value)).float()  # (T, k, gh, gw)
+        if m.ndim != 4:
+            raise ValueError(f"sinkhorn_numbers: maps[{name!r}] must be (T, k, gh, gw)")
+        got: ObjectShares = object_shares(m)
+        row: dict[str, Any] = {
+            "share": got.share.tolist(),
+            "share_mean": got.share.mean(0).tolist(),
+            "mass": got.mass.tolist(),
+            "overlap": got.mean_overlap().tolist(),
+            "overlap_mean": float(got.mean_overlap().mean()),
+        }
+        if plans is not None and name in plans:
+            plan = object_shares(_objects_last(plans[name], grid or tuple(m.shape[-2:])))
+            row.update(
+                plan_share=plan.share.tolist(),
+                plan_mass=plan.mass.tolist(),
+                plan_overlap=float(plan.mean_overlap()),
+            )
+        out[name] = row
+    return out
+
+
+def _shares(values: Sequence[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
+
+
+def plot_sinkhorn_comparison(
+    frames: np.ndarray,
+    maps: Mapping[str, Any],
+    patch_size: int,
+    *,
+    plans: Mapping[str, Any] | None = None,
+    indices: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    weights: str | None = None,
+    max_frames: int = 4,
+    alpha: float = 0.6,
+) -> Figure:
+    """DoRA's objects with and without Sinkhorn-Knopp, side by side on the same frames.
+
+    Two rows per plan (e.g. ``{"with Sinkhorn-Knopp": ..., "row softmax": ...}``): the objects'
+    maps over the frame (each object min-max normalised within each frame, in its colour), and
+    the object whose map is the largest at each patch. Each panel's title gives the objects'
+    shares of that frame (fraction of patches where each object is the largest) and their
+    overlap (sum over patches of min(a, b) of two maps scaled to sum 1, mean over the pairs),
+    the numbers of :func:`sinkhorn_numbers`. With ``plans``, a first column shows the transport
+    plan on the reference frame (``frames[0]``), where Sinkhorn-Knopp acts.
+
+    Args:
+        frames: uint8 (T, H, W, 3), the clip whose first frame the objects were found on.
+        maps: name -> (T, k, gh, gw) tracking maps, one entry per plan (2 expected).
+        patch_size: p.
+        plans: name -> (N, k) or (gh, gw, k) plan on ``frames[0]``, or None.
+        indices: frame numbers for the titles.
+        heads: the head behind each object, for the legend.
+        weights: which network (:func:`labkit.models.weights_label`), named in the title.
+        max_frames: most frames shown (spread over the clip).
+        alpha: opacity of the colours over the frames.
+
+    Returns:
+        ``matplotlib.figure.Figure``.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    names = list(maps)
+    if not names:
+        raise ValueError("plot_sinkhorn_comparison: maps is empty")
+    numbers = sinkhorn_numbers(maps, plans)
+    first = _np(maps[names[0]])
+    total, k, gh, gw = first.shape
+    cols = np.unique(np.linspace(0, total - 1, min(max_frames, total)).round().astype(int))
+    with_plan = plans is not None and all(n in plans for n in names)
+    colours = object_colours(k)
+    size = frames.shape[1:3]
+    ncols = len(cols) + int(with_plan)
+    aspect = size[1] / size[0]
+    panel_w = min(2.9, (MAX_WIDTH - 0.5) / ncols)
+    fig = Figure(
+        figsize=(ncols * panel_w + 0.5, len(names) * (2 * panel_w / aspect + 0.95) + 1.3),
+        layout="constrained",
+    )
+    axes = fig.subplots(2 * len(names), ncols, squeeze=False)
+    for r, name in enumerate(names):
+        m = _np(maps[name])  # (T, k, gh, gw)
+        got = numbers[name]
+        panels = []  # (maps, frame, title) per column
+        if with_plan:
+            assert plans is not None
+            plan = _objects_last(plans[name], (gh, gw)).numpy()  # (k, gh, gw)
+            title = (
+                f"plan on the first frame\nshares {_shares(got['plan_share'])}\n"
+                f"overlap {got['plan_overlap']:.2f}"
+            )
+            panels.append((plan, frames[0], title))
+        for c in cols:
+            label = f"frame {indices[c]}" if indices is not None else f"t={c}"
+            title = f"{label}\nshares {_shares(got['share'][c])}\noverlap {got['overlap'][c]:.2f}"
+            panels.append((m[c], frames[c], title))
+        for j, (obj, frame, title) in enumerate(panels):
+            tint = objects_to_rgb(obj, size, patch_size, colours=colours)
+            top, bottom = axes[2 * r, j], axes[2 * r + 1, j]
+            top.imshow(overlay(frame, tint, alpha=alpha), interpolation="nearest")
+            bottom.imshow(
+                segment_overlay(
+                    frame, object_labels(obj), alpha=alpha, palette=colours, patch_size=patch_size
+                ),
+                interpolation="nearest",
+            )
+            top.set_title(title, fontsize=TITLE_SIZE)
+            for ax in (top, bottom):
+                ax.set_xticks([])
+                ax.set_yticks([])
+        axes[2 * r, 0].set_ylabel(f"{name}:\nmaps", fontsize=TITLE_SIZE)
+        axes[2 * r + 1, 0].set_ylabel(f"{name}:\nlargest object", fontsize=TITLE_SIZE)
+    owners = [f" (head {h})" for h in heads] if heads is not None else [""] * k
+    fig.legend(
+        handles=[Patch(color=colours[j] / 255.0, label=f"object {j}{owners[j]}") for j in range(k)],
+        loc="outside lower center",
+        ncol=min(k, 6),
+        fontsize=TITLE_SIZE,
+        frameon=False,
+    )
+    head = "DoRA's objects with and without Sinkhorn-Knopp"
+    fig.suptitle(
+        (f"{head} · weights: {weights}" if weights else head)
+        + "\nmaps: each object min-max scaled within each frame · shares: fraction of patches "
+        "where the object's map is the largest\noverlap: sum over patches of min(a, b) of two "
+        "objects' maps (each summing to 1), mean over the pairs: 1 identical, 0 disjoint",
+        fontsize=TITLE_SIZE,
+    )
+    return fig
 
 
 def plot_cls_attention(
@@ -60,8 +313,6 @@ def plot_cls_attention(
         heads: the three heads drawn as red, green and blue.
         patch_size: p.
     """
-    from labkit.viz import heads_to_rgb, overlay, plot_grid, upsample_map
-
     attn = _np(attention)
     size = frame.shape[:2]
     maps = [
@@ -96,8 +347,6 @@ def plot_prototype_scores(
         patch_size: p.
         heads: the head behind each prototype.
     """
-    from labkit.viz import plot_grid, upsample_map
-
     maps = _grid_maps(logits, grid)  # (k, gh, gw)
     size = frame.shape[:2]
     panels = [(frame, upsample_map(m, size, patch_size)) for m in maps]  # heat over the frame
@@ -139,11 +388,9 @@ def plot_transport_plans(
     """
     from matplotlib.figure import Figure
 
-    from labkit.viz import segment_overlay, upsample_map
-
     names = list(plans)
     k = _grid_maps(plans[names[0]], grid).shape[0]
-    colours = _colours(k)
+    colours = object_colours(k)
     size = frame.shape[:2]
     fig = Figure(figsize=(2.6 * (k + 2), 2.4 * len(names)), layout="constrained")
     axes = fig.subplots(len(names), k + 2, squeeze=False)
@@ -182,8 +429,6 @@ def plot_tracked_maps(
         patch_size: p.
         indices: frame numbers for the column titles.
     """
-    from labkit.viz import plot_grid, upsample_map
-
     m = _np(maps)
     size = frames.shape[1:3]
     rows = [list(frames)]
@@ -215,10 +460,8 @@ def plot_object_masks(
     frames: np.ndarray, masks: Any, patch_size: int, indices: Sequence[int] | None = None
 ) -> Figure:
     """Step 5: the binarised object masks over the frames (one colour per object)."""
-    from labkit.viz import mask_overlay, plot_grid
-
     mk = _np(masks).astype(bool)  # (T, k, gh, gw)
-    colours = _colours(mk.shape[1])
+    colours = object_colours(mk.shape[1])
     rows = [list(mask_overlay(frames, mk, colours, 0.4, patch_size=patch_size))]
     for j in range(mk.shape[1]):
         rows.append(list(mask_overlay(frames, mk[:, j], colours[j], 0.45, patch_size=patch_size)))
@@ -235,9 +478,6 @@ def plot_masked_views(
     frames: np.ndarray, masks: Any, patch_size: int, indices: Sequence[int] | None = None
 ) -> Figure:
     """Step 6: what the student sees: every frame times each object's mask (black elsewhere)."""
-    from labkit.tracking import masks_to_frames
-    from labkit.viz import plot_grid
-
     mk = torch.as_tensor(_np(masks)).bool()  # (T, k, gh, gw)
     pixel = masks_to_frames(mk, patch_size, frames.shape[1:3]).numpy()  # (T, k, H, W)
     rows = [

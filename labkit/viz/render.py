@@ -17,11 +17,12 @@ fewer than ``p`` pixels left at the right and bottom is filled with the edge val
 
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+
+from labkit.viz.palette import HEAD_COLOURS, palette
 
 __all__ = [
     "palette",
@@ -38,35 +39,7 @@ __all__ = [
     "label_panels",
 ]
 
-# matplotlib's "tab20" colours, reordered: the ten dark ones (tab10) first, then the ten light ones,
-# so that the first few labels get clearly different hues.
-_TAB20 = (
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-    (174, 199, 232),
-    (255, 187, 120),
-    (152, 223, 138),
-    (255, 152, 150),
-    (197, 176, 213),
-    (196, 156, 148),
-    (247, 182, 210),
-    (199, 199, 199),
-    (219, 219, 141),
-    (158, 218, 229),
-)
-# the colours of the three heads shown as R, G, B (heads_to_rgb): their masks and curves get the
-# same colour; blue lightened a little so that a blue outline stays visible on dark frames
-HEAD_COLOURS = np.array([(255, 0, 0), (0, 230, 0), (40, 110, 255)], dtype=np.uint8)
-_GOLDEN = 0.618033988749895
-_SV = ((0.75, 0.90), (0.95, 0.65), (0.55, 0.95), (0.85, 0.50))  # (saturation, value) cycle past 20
+# the colours (palette, HEAD_COLOURS) live in labkit.viz.palette; re-exported here
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
@@ -87,34 +60,6 @@ def _frame(frame: Any, name: str = "frame") -> np.ndarray:
     if f.ndim != 3 or f.shape[-1] != 3 or f.dtype != np.uint8:
         raise ValueError(f"{name}: expected uint8 (H, W, 3), got {f.dtype} {f.shape}")
     return f
-
-
-def palette(n: int) -> np.ndarray:
-    """``n`` fixed, distinct colours for labels; a prefix of ``palette(m)`` for any ``m >= n``.
-
-    The first 20 are matplotlib's ``tab20`` colours (its ten dark ones first); further colours
-    step the hue by the golden ratio, cycling through four (saturation, value) pairs, and skip
-    any colour already used.
-
-    Args:
-        n: Number of colours, ``n >= 0``.
-
-    Returns:
-        uint8 array ``(n, 3)``, RGB in 0..255.
-    """
-    if n < 0:
-        raise ValueError(f"palette: n must be >= 0, got {n}")
-    colours = list(_TAB20[:n])
-    seen = set(colours)
-    i = 0
-    while len(colours) < n:
-        s, v = _SV[i % len(_SV)]
-        rgb = tuple(round(c * 255) for c in colorsys.hsv_to_rgb((i * _GOLDEN) % 1.0, s, v))
-        i += 1
-        if rgb not in seen:
-            seen.add(rgb)
-            colours.append(rgb)
-    return np.array(colours, dtype=np.uint8).reshape(n, 3)
 
 
 _palette_fn = palette  # for functions that have an argument called palette
