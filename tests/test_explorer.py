@@ -389,6 +389,7 @@ def test_notebook_under_papermill(small_video: Path, tmp_path: Path) -> None:
 
 def test_artifact_panels(small_video: Path, model: torch.nn.Module, monkeypatch) -> None:
     import labkit.artifacts
+    import labkit.viz.explorer
     from labkit.artifacts import token_artifacts
     from labkit.models import load_backbone, prepare_images
     from labkit.viz.artifacts import OUTLIER_COLOUR
@@ -407,7 +408,7 @@ def test_artifact_panels(small_video: Path, model: torch.nn.Module, monkeypatch)
     calls = []
     real = labkit.artifacts.token_artifacts
     monkeypatch.setattr(
-        labkit.artifacts, "token_artifacts", lambda *a, **k: calls.append(1) or real(*a, **k)
+        labkit.viz.explorer, "token_artifacts", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     panel = ex.panel("artifacts")
     assert panel.shape == ex.frames.shape[1:] and panel.dtype == np.uint8

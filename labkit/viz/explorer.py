@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 import torch
 
+from labkit.artifacts import token_artifacts
+from labkit.attention import extract_video, image_batches
 from labkit.environment import is_headless
 from labkit.models import weights_label
 from labkit.pos_embed import PosEmbedRule
@@ -426,33 +428,26 @@ class AttentionExplorer:
     def _extract(
         self, layer: int, kinds: tuple[str, ...], attention: bool
     ) -> dict[str, torch.Tensor]:
-        """One batched pass over the clip: {"attention"?, kind...} stacked on the CPU."""
-        from labkit.attention import extract
-        from labkit.models import prepare_images
-
-        parts: dict[str, list[torch.Tensor]] = {}
-        starts = list(range(0, len(self.frames), self.batch_size))
-        bar = None
-        if self.progress and self._on_progress is None:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(self.frames), desc=f"layer {layer}", unit="frame", leave=False)
+        """One batched pass over the clip (:func:`labkit.attention.extract_video`):
+        {"attention"?, kind...} stacked on the CPU, float32."""
         what = f"extracting layer {layer}"
-        self._report(0, len(self.frames), what)
-        for s in starts:
-            chunk = self.frames[s : s + self.batch_size]
-            images = prepare_images(chunk, self.model, device=self.device)
-            out = extract(self.model, images, layer=layer, attention=attention, kinds=kinds)
-            if attention:
-                parts.setdefault("attention", []).append(out.attention.float().cpu())
-            for kind in kinds:
-                parts.setdefault(kind, []).append(out.features[kind].float().cpu())
-            if bar is not None:
-                bar.update(len(chunk))
-            self._report(min(s + self.batch_size, len(self.frames)), len(self.frames), what)
-        if bar is not None:
-            bar.close()
-        return {name: torch.cat(p) for name, p in parts.items()}
+        out = extract_video(
+            self.model,
+            self.frames,
+            layer=layer,
+            attention=attention,
+            kinds=kinds,  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            device=self.device,
+            # the app's status line when it listens, else a tqdm bar if asked
+            progress=self.progress
+            if self._on_progress is None
+            else lambda done, total: self._report(done, total, what),
+        )
+        parts = dict(out.features)
+        if attention:
+            parts["attention"] = out.attention
+        return {name: value.float() for name, value in parts.items()}
 
     def layer_data(self, layer: int, *, keys: bool = True) -> LayerData:
         """Attention, tokens, keys (and the first frame's queries) of one block, cached.
@@ -653,19 +648,13 @@ class AttentionExplorer:
         register maps averaged over heads as they come.
         """
         if self._artifacts is None:
-            from labkit.artifacts import token_artifacts
-            from labkit.models import prepare_images
-
             parts: dict[str, list[torch.Tensor]] = {}
             every = tuple(range(self.depth)) if self.num_registers else ()
             factor = 0.0
-            for start in range(0, len(self.frames), self.batch_size):
-                chunk = self.frames[start : start + self.batch_size]
-                art = token_artifacts(
-                    self.model,
-                    prepare_images(chunk, self.model, device=self.device),
-                    register_layers=every,
-                )
+            for idx, _, images in image_batches(
+                self.model, self.frames, batch_size=self.batch_size, device=self.device
+            ):
+                art = token_artifacts(self.model, images, register_layers=every)
                 factor = art.factor
                 values = {
                     "norms": art.norms,
@@ -683,9 +672,7 @@ class AttentionExplorer:
                         parts.setdefault(name, []).append(
                             value.float().cpu() if value.is_floating_point() else value.cpu()
                         )
-                self._report(
-                    min(start + self.batch_size, len(self.frames)), len(self.frames), "token norms"
-                )
+                self._report(int(idx[-1]) + 1, len(self.frames), "token norms")
             joined = {name: torch.cat(p) for name, p in parts.items()}
             self._artifacts = ArtifactData(
                 joined["norms"],
