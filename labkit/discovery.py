@@ -65,6 +65,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labkit.attention import mass_threshold
+from labkit.tracking import discover_objects, track_objects
+
 __all__ = [
     "METHODS",
     "ObjectDiscovery",
@@ -333,7 +336,6 @@ def attention_discovery(
         :class:`ObjectDiscovery`; ``seeds`` the most attended patch inside the mask, ``scores``
         (B, gh, gw) float32 the map thresholded.
     """
-    from labkit.attention import mass_threshold
 
     if not isinstance(attention, torch.Tensor) or attention.ndim not in (3, 4):
         raise ValueError("attention_discovery: attention must be (B, h, gh, gw) or (B, gh, gw)")
@@ -383,7 +385,6 @@ def dora_discovery(
         :class:`ObjectDiscovery` with ``objects`` (B, k, gh, gw) bool; ``scores`` (B, gh, gw) the
         largest object map per patch; ``seeds`` its argmax.
     """
-    from labkit.tracking import discover_objects, track_objects
 
     if not isinstance(keys, torch.Tensor) or keys.ndim != 4:
         raise ValueError("dora_discovery: keys must be (B, gh, gw, D)")

@@ -34,6 +34,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from labkit.clustering import pca
+
 __all__ = [
     "PatchEmbedding",
     "sample_patches",
@@ -179,8 +181,6 @@ def umap_2d(
     global _umap_runs
     import warnings
 
-    from labkit.clustering import pca
-
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
     if x.ndim != 2 or len(x) < 4:
         raise ValueError(f"umap_2d: need (n, D) points with n >= 4, got {tuple(x.shape)}")
@@ -228,8 +228,6 @@ def embed_patches(
         :class:`PatchEmbedding` with coords float32 (n, 2) and index int64 (n, 3).
     """
     import time
-
-    from labkit.clustering import pca
 
     feats = torch.as_tensor(
         np.asarray(features) if not isinstance(features, torch.Tensor) else features

@@ -51,6 +51,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from labkit.attention import mass_threshold
 from labkit.losses import sinkhorn_knopp
 
 __all__ = [
@@ -262,7 +263,6 @@ def binarize_maps(
         raise ValueError(f"binarize_maps: keep-mass threshold must be in (0, 1], got {threshold!r}")
     # one definition of keep-mass masks for the whole lab; imported here because
     # labkit.attention pulls in the model stack (timm), which tracking itself does not need
-    from labkit.attention import mass_threshold
 
     return mass_threshold(maps, keep=float(threshold))
 

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from labkit.video.frames import _mask_labels, _open_image
+
 __all__ = [
     "DatasetError",
     "DatasetWarning",
@@ -98,7 +100,6 @@ def read_masks(seq: DavisSequence, num_frames: int | None = None) -> tuple[np.nd
         ``(labels, annotated)``: uint8 ``(T, H, W)`` labels as :func:`labkit.video.load_masks`
         reads them (0 where a frame has no mask), and bool ``(T,)``, which frames have a mask.
     """
-    from labkit.video.frames import _mask_labels, _open_image
 
     T = seq.num_frames if num_frames is None else min(num_frames, seq.num_frames)
     labels = np.zeros((T, *seq.size), dtype=np.uint8)

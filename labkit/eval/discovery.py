@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from labkit.eval.patchgrid import mask_jaccard
+
 __all__ = [
     "box_iou",
     "label_boxes",
@@ -196,7 +198,6 @@ def discovery_scores(
         ``box_iou`` (T',) (against the foreground box), ``stability_per_frame`` (T - 1,), and
         their means ``j``, ``corloc_mean``, ``corloc_any_mean``, ``stability``.
     """
-    from labkit.eval.patchgrid import mask_jaccard
 
     grid = tuple(masks.shape[1:])
     annotated = torch.as_tensor(annotated, dtype=torch.bool)

@@ -27,6 +27,11 @@ from typing import Any
 
 import torch
 
+from labkit.data import default_dataset
+from labkit.eval.datasets import davis_sequences
+from labkit.eval.results import ModelResult
+from labkit.eval.runner import EvalConfig, score_sequences
+
 __all__ = ["PROTOCOLS", "segmentation_miou", "segmentation_scores", "miou_rows"]
 
 PROTOCOLS = (
@@ -87,9 +92,6 @@ def segmentation_miou(
     Raises:
         ValueError: a bad setting or dataset (the evaluation lab's checks, before any frame).
     """
-    from labkit.eval.datasets import davis_sequences
-    from labkit.eval.results import ModelResult
-    from labkit.eval.runner import EvalConfig, score_sequences
 
     start = time.perf_counter()
     cfg = EvalConfig(
@@ -110,8 +112,6 @@ def segmentation_miou(
     if cfg.data_root:
         root = Path(cfg.data_root).expanduser()
     else:
-        from labkit.data import default_dataset
-
         root = default_dataset()
     seqs = davis_sequences(root, cfg.sequences, folder=cfg.davis_folder)
     result = ModelResult(label="k-means mIoU", spec="", info={})

@@ -39,6 +39,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
+from labkit.attention import mass_threshold
+from labkit.clustering import kmeans_segments
 from labkit.eval.metrics import Alignment, grid_to_frame, jaccard
 from labkit.eval.patchgrid import mask_statistics
 
@@ -450,7 +452,6 @@ def kmeans_miou(
     Returns:
         :class:`ClusterScores`.
     """
-    from labkit.clustering import kmeans_segments
 
     seg = kmeans_segments(features, k, mode=protocol, seed=seed, normalize=normalize)
     return cluster_scores(
@@ -550,7 +551,6 @@ def attention_mask_scores(
         the head-averaged map's mask), ``"head_average_jaccard"`` (``(T,)``) and ``"masks"``
         (``(T, h, gh, gw)`` bool, the thresholded heads).
     """
-    from labkit.attention import mass_threshold
 
     a = torch.from_numpy(np.asarray(attention)) if isinstance(attention, np.ndarray) else attention
     if a.ndim != 4:
@@ -597,7 +597,6 @@ def object_mask_scores(
     if m.dtype != torch.bool:
         if not 0 < keep <= 1:
             raise ValueError(f"object_mask_scores: keep must be in (0, 1], got {keep}")
-        from labkit.attention import mass_threshold
 
         m = mass_threshold(m.float(), keep)
     out = mask_scores(m, gt, patch_size=patch_size, alignment=alignment)

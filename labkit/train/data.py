@@ -45,6 +45,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from labkit.models import IMAGENET_MEAN, IMAGENET_STD
+from labkit.video import open_video
 
 __all__ = ["ClipDataset", "StepBatchSampler", "step_seed", "preview_clip"]
 
@@ -127,8 +128,6 @@ class ClipDataset(Dataset):
         photometric: bool = True,
         pre_crop: bool = False,
     ) -> None:
-        from labkit.video import open_video
-
         if isinstance(videos, (str, os.PathLike)):
             videos = [videos]
         self.paths = [Path(v) for v in videos]
@@ -199,8 +198,6 @@ class ClipDataset(Dataset):
         return video, start + self.frame_step * np.arange(self.num_frames, dtype=np.int64)
 
     def _reader(self, video: int) -> Any:
-        from labkit.video import open_video
-
         if os.getpid() != self._pid:  # a forked worker: never touch the parent's decoders
             self._inherited = getattr(self, "_inherited", []) + [self._readers]
             self._readers, self._pid = {}, os.getpid()
@@ -409,7 +406,6 @@ def preview_clip(
     Returns:
         ``(indices int64 (T,), frames uint8 (T, H, W, 3))``.
     """
-    from labkit.video import open_video
 
     with open_video(video_path, size=size, backend=backend) as video:
         span = (num_frames - 1) * frame_step + 1

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from labkit.viz.render import heads_to_rgb, overlay
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -108,7 +110,6 @@ def norm_overlay(
     Returns:
         uint8 (H, W, 3).
     """
-    from labkit.viz.render import overlay
 
     grid = norms_to_rgb(norms, vmax, vmin=vmin)  # (gh, gw, 3)
     blended = overlay(frame, grid, alpha, patch_size=patch_size, mode="nearest")
@@ -156,8 +157,6 @@ def plot_artifacts(
         ``matplotlib.figure.Figure``.
     """
     from matplotlib.figure import Figure
-
-    from labkit.viz.render import heads_to_rgb, overlay
 
     if frames.ndim != 4 or len(frames) != art.norms.shape[0]:
         raise ValueError(
