@@ -35,8 +35,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labkit.eval.datasets import DatasetError, DavisSequence
+from labkit.attention import extract, image_batches, mass_threshold
+from labkit.discovery import attention_discovery, dora_discovery, lost, tokencut
+from labkit.eval.datasets import DatasetError, DavisSequence, read_masks
+from labkit.eval.metrics import SequenceScores, davis_frame_scores, resize_nearest
+from labkit.eval.patchgrid import (
+    mask_jaccard,
+    mask_statistics,
+    patch_histogram,
+    patch_index_map,
+)
 from labkit.eval.results import SequenceExamples, SequenceResult
+from labkit.models import patch_size as get_patch_size
+from labkit.propagation import LabelPropagator
+from labkit.tracking import discover_objects, track_objects
+from labkit.video import open_frames
 
 if TYPE_CHECKING:
     from labkit.eval.runner import EvalConfig
@@ -159,22 +172,6 @@ def evaluate_sequence(
     """
     from tqdm.auto import tqdm
 
-    from labkit.attention import extract, mass_threshold
-    from labkit.discovery import attention_discovery, dora_discovery, lost, tokencut
-    from labkit.eval.datasets import read_masks
-    from labkit.eval.metrics import SequenceScores, davis_frame_scores, resize_nearest
-    from labkit.eval.patchgrid import (
-        mask_jaccard,
-        mask_statistics,
-        patch_histogram,
-        patch_index_map,
-    )
-    from labkit.models import patch_size as get_patch_size
-    from labkit.models import prepare_images
-    from labkit.propagation import LabelPropagator
-    from labkit.tracking import discover_objects, track_objects
-    from labkit.video import open_frames
-
     seconds = {"read": 0.0, "model": 0.0, "propagation": 0.0, "scores": 0.0}
     t0 = time.perf_counter()
     device = torch.device(cfg.device)
@@ -219,10 +216,11 @@ def evaluate_sequence(
     prototypes = None
     bar = tqdm(total=T, desc=seq.name, unit="frame", leave=False, disable=not progress)
     t0 = time.perf_counter()
-    for idx, frames in video.batches(np.arange(T), cfg.batch_size):
+    # the frames read, cropped to the patch grid and normalised on the device, batch by batch
+    batches = image_batches(model, video, np.arange(T), batch_size=cfg.batch_size, device=device)
+    for idx, frames, images in batches:  # (n,), (n, h, w, 3) uint8, (n, 3, h, w)
         seconds["read"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        images = prepare_images(frames, model, device=device)  # (n, 3, h, w)
         out = extract(model, images, cfg.layer, attention=want_attention, kinds=tuple(kinds))
         tokens = out.features.get("tokens")  # (n, gh, gw, D)
         if want_attention:
