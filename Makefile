@@ -1,6 +1,7 @@
 # labkit: two commands do all the set-up.
 #   make demo   create or reuse .venv, install labkit, run the main job on the default video
 #   make test   create or reuse .venv, install labkit with its test tools, run pytest
+#   make lint   ruff (lint, format check), mypy on labkit/, the import contracts: zero errors
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.labkit-installed
 PYTEST_ARGS ?= -n auto --dist loadfile
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test venv bench bench-explorer chromium clean-runs
+.PHONY: demo test lint lint-imports venv bench bench-explorer chromium clean-runs
 
 venv: $(STAMP)
 
@@ -42,6 +43,26 @@ chromium:
 
 test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Every check runs even when an earlier one fails, so one run lists all the errors; the settings
+# are in pyproject.toml ([tool.ruff], [tool.mypy], [tool.importlinter]). .pre-commit-config.yaml
+# runs the same tools on each commit.
+LINT_PATHS := labkit tests bench
+lint: $(STAMP)
+	@status=0; \
+	echo "ruff check $(LINT_PATHS)"; $(VENV)/bin/ruff check $(LINT_PATHS) || status=1; \
+	echo "ruff format --check $(LINT_PATHS)"; $(VENV)/bin/ruff format --check $(LINT_PATHS) || status=1; \
+	echo "mypy labkit"; $(VENV)/bin/mypy labkit || status=1; \
+	$(MAKE) --no-print-directory lint-imports || status=1; \
+	exit $$status
+
+# The layer contracts of docs/architecture.md, once pyproject.toml has them.
+lint-imports:
+	@if grep -q '^\[tool\.importlinter\]' pyproject.toml; then \
+		echo "lint-imports"; $(VENV)/bin/lint-imports; \
+	else \
+		echo "lint-imports: no [tool.importlinter] contracts in pyproject.toml yet; skipped"; \
+	fi
 
 bench: $(STAMP)
 	$(PY) bench/attention.py
