@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-import labkit.train.trainer as trainer_module
+import labkit.train.dora_dino as dora_dino_module
 from labkit.train import TrainConfig, train
 from labkit.train.step import teacher_statistics
 from labkit.train.watchdog import (
@@ -102,7 +102,7 @@ def _collapse_from(monkeypatch, step):
             center = torch.zeros_like(center)
         return teacher_statistics(logits, center, temperature)
 
-    monkeypatch.setattr(trainer_module, "teacher_statistics", statistics)
+    monkeypatch.setattr(dora_dino_module, "teacher_statistics", statistics)  # the DoRA method's
 
 
 def test_trainer_warns_once_at_the_right_step(tmp_path, monkeypatch):

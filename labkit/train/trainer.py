@@ -1,9 +1,13 @@
 """The training loop: optimiser and schedules, EMA teacher, checkpoints and resume, DDP, logging.
 
 One :class:`Trainer` per process. ``Trainer(config).fit()`` (or :func:`train`) runs
-``config.steps`` steps of :func:`labkit.train.step.dora_step` or ``dino_step``, or of
-:func:`labkit.timetuning.timetuning_step` with ``method="timetuning"`` (see the end of this
-docstring for what differs there):
+``config.steps`` steps of the config's training method, a :class:`labkit.train.method.Method`
+(:func:`labkit.train.methods.method_for`): DoRA or DINO (:mod:`labkit.train.dora_dino`: a student,
+an EMA teacher, :func:`labkit.train.step.dora_step` or ``dino_step``) or TimeTuning
+(:mod:`labkit.train.timetuning_method`, see the end of this docstring). The loop below knows no
+method by name: the networks, the step's forward and loss, the updates after the optimiser's,
+the checkpoint's network entries, the log columns and the schedules besides lr and wd are the
+method's; everything else is the trainer's:
 
 * **Optimiser**: AdamW with DINO's parameter groups (weight decay on weight matrices only, none
   on biases and norm parameters). Per step: learning rate with a linear warm-up then a cosine to
@@ -52,7 +56,8 @@ docstring for what differs there):
 * **Threads**: torch's thread count follows the CPUs this process may use, less the data
   workers (``threads``; :func:`labkit.environment.configure_threads`), restored by ``close``.
 
-**TimeTuning** (``method="timetuning"``) runs in the same loop, with the same data (clips of
+**TimeTuning** (``method="timetuning"``, :mod:`labkit.train.timetuning_method`) runs in the
+same loop, with the same data (clips of
 ``ClipDataset(mode="dora")``: one crop and flip per clip, colour per frame; no local crops), seeds,
 checkpoints, resume, DDP and logs. What differs:
 
@@ -99,6 +104,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from labkit import __version__
+from labkit.data import default_video
+from labkit.environment import configure_threads, is_headless
+from labkit.models import load_backbone, normalization
 from labkit.pos_embed import model_rule
 from labkit.runfolder import (
     RunFolderWarning,
@@ -108,16 +117,13 @@ from labkit.runfolder import (
     remove_stale_temporaries,
     write_atomic,
 )
-from labkit.train.config import TrainConfig, architecture_fields
+from labkit.train.config import TrainConfig
 from labkit.train.data import ClipDataset, StepBatchSampler, preview_clip, step_seed
-from labkit.train.step import (
-    build_networks,
-    build_timetuning,
-    dino_step,
-    dora_step,
-    teacher_statistics,
-    update_teacher,
-)
+from labkit.train.dora_dino import LOG_COLUMNS, param_groups
+from labkit.train.method import Method
+from labkit.train.methods import log_columns, method_for
+from labkit.train.schedules import cosine_schedule
+from labkit.train.timetuning_method import TIMETUNING_LOG_COLUMNS, TIMETUNING_METRICS
 from labkit.train.watchdog import CollapseWarning, CollapseWatchdog
 
 __all__ = [
@@ -133,50 +139,18 @@ __all__ = [
     "param_groups",
     "read_log",
     "log_columns",
+    "LOG_COLUMNS",
+    "TIMETUNING_LOG_COLUMNS",
+    "TIMETUNING_METRICS",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pth"
 # what a run leaves in out_dir: a new run there moves these aside (force) or refuses
 RUN_FILES = (CHECKPOINT_NAME, "log.jsonl", "log.csv", "metrics.json")
-LOG_COLUMNS = (
-    "step",
-    "epoch",
-    "loss",
-    "teacher_entropy",
-    "teacher_kl_uniform",
-    "teacher_top_mass",
-    "lr",
-    "wd",
-    "momentum",
-    "teacher_temp",
-    "grad_norm",
-    "images_per_s",
-    "seconds",
-)
-TIMETUNING_LOG_COLUMNS = (
-    "step",
-    "epoch",
-    "loss",
-    "agreement",
-    "target_confidence",
-    "target_clusters",
-    "first_clusters",
-    "lr",
-    "backbone_lr",
-    "wd",
-    "grad_norm",
-    "images_per_s",
-    "seconds",
-)
-TIMETUNING_METRICS = ("agreement", "target_confidence", "target_clusters", "first_clusters")
-_HEADS_TAG = 0x68656164  # "head": keeps the heads' random stream apart from the data's
+# LOG_COLUMNS (DoRA / DINO), TIMETUNING_LOG_COLUMNS, TIMETUNING_METRICS, log_columns,
+# cosine_schedule and param_groups live with their methods and schedules; re-exported here
 
 Callback = Callable[[dict, "Trainer"], Any]
-
-
-def log_columns(method: str) -> tuple[str, ...]:
-    """Columns of ``log.csv`` (keys of every ``log.jsonl`` record) for a training method."""
-    return TIMETUNING_LOG_COLUMNS if method == "timetuning" else LOG_COLUMNS
 
 
 class TrainingDiverged(RuntimeError):
@@ -229,25 +203,6 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def cosine_schedule(
-    step: int, total: int, base: float, final: float, warmup: int = 0, warmup_start: float = 0.0
-) -> float:
-    """Value at ``step`` of a linear warm-up followed by a half cosine.
-
-    Steps ``0 .. warmup - 1`` go linearly from ``warmup_start`` towards ``base``; from ``warmup``
-    to ``total - 1`` the value follows ``final + (base - final) * (1 + cos(pi * i / n)) / 2``
-    with ``i = step - warmup`` and ``n = total - warmup`` (DINO's schedules, as a function).
-
-    Returns:
-        The value, a float.
-    """
-    if step < warmup:
-        return warmup_start + (base - warmup_start) * step / warmup
-    span = max(total - warmup, 1)
-    progress = min(step - warmup, span) / span
-    return final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * progress))
-
-
 def clip_gradients(
     parameters: Sequence[torch.nn.Parameter] | Any,
     max_norm: float,
@@ -281,16 +236,6 @@ def clip_gradients(
         coefficients = [(limit / (n + 1e-6)).clamp(max=1.0) for n in norms]
         torch._foreach_mul_(grads, coefficients)
     return total
-
-
-def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
-    """DINO's AdamW groups: ``[regularised weights, biases and norm parameters (no weight decay)]``."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if name.endswith(".bias") or param.ndim == 1 else decay).append(param)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:
@@ -356,18 +301,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """A DoRA / DINO / TimeTuning training run in this process (one rank of a DDP job).
+    """A training run of any :class:`labkit.train.method.Method` in this process (one rank of a
+    DDP job).
 
     Args:
         config: the run's :class:`TrainConfig`.
         progress: show a tqdm bar (rank 0 only; plain text under papermill).
 
     Attributes:
-        student, teacher: the :class:`labkit.train.step.MultiCropNetwork` s (not DDP-wrapped);
-            for TimeTuning the student is the :class:`labkit.timetuning.TimeTuningModel` and the
-            teacher is None.
+        method: the run's :class:`labkit.train.method.Method` (networks, step, state, columns).
+        student, teacher: the method's networks (not DDP-wrapped): for DoRA / DINO the
+            :class:`labkit.train.step.MultiCropNetwork` s; for TimeTuning the student is the
+            :class:`labkit.timetuning.TimeTuningModel` and the teacher is None.
         backbone: the ViT to look at and evaluate (the teacher's; TimeTuning: the tuned one).
         loss_fn: the :class:`labkit.losses.DINOLoss` (holds the center); None for TimeTuning.
+        watchdog: the method's collapse watchdog, or None.
         optimizer: AdamW.
         dataset: the :class:`labkit.train.data.ClipDataset`.
         step: optimiser steps done so far.
@@ -388,8 +336,6 @@ class Trainer:
             self._lock.acquire()  # a second process on this folder fails here, at once
         self._threads_before = torch.get_num_threads()
         try:
-            from labkit.environment import configure_threads
-
             # the processes of a job on one machine share its CPUs (torchrun: LOCAL_WORLD_SIZE)
             local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
             self.threads = configure_threads(
@@ -439,65 +385,32 @@ class Trainer:
             dist.barrier()
 
     def _build(self) -> None:
-        from labkit.losses import DINOLoss
-        from labkit.models import normalization
-
         config = self.config
-        self.timetuning = config.method == "timetuning"
         with torch.random.fork_rng(
             devices=[]
         ):  # same initial weights on every rank, no side effect
             torch.manual_seed(config.seed)
-            if self.timetuning:
-                self.student, self.teacher = build_timetuning(config), None
-            else:
-                self.student, self.teacher = build_networks(config)
-        self.student.to(self.device)
-        self.loss_fn: DINOLoss | None = None
-        if self.timetuning:
-            # (lr scale, regularised) of each group; the schedules set lr and wd per step
-            groups = self.student.param_groups(
-                lr=1.0, backbone_lr=config.backbone_lr_ratio, weight_decay=1.0
-            )
-            self._group_rules = [(g["lr"], g["weight_decay"] > 0) for g in groups]
-            groups = [
-                {"params": g["params"], "weight_decay": config.weight_decay * g["weight_decay"]}
-                for g in groups
-            ]  # biases and norms: 0
-        else:
-            self.teacher.to(self.device)
-            self.loss_fn = DINOLoss(
-                config.out_dim,
-                warmup_teacher_temp=config.warmup_teacher_temp,
-                teacher_temp=config.teacher_temp,
-                warmup_teacher_temp_epochs=config.warmup_teacher_temp_epochs,
-                student_temp=config.student_temp,
-                center_momentum=config.center_momentum,
-                dora_loss=config.dora_loss,
-                center_init=config.center_init,
-            ).to(self.device)
-            groups = param_groups(self.student)
-            self._group_rules = [(1.0, True), (1.0, False)]  # only the first group is regularised
+            self.method: Method = method_for(config)
+        self.method.to(self.device)
+        groups, self._group_rules = self.method.param_groups()
         self.optimizer = torch.optim.AdamW(groups, lr=0.0)
 
         mean, std = normalization(self.student.backbone)
         decode = config.decode_size or 2 * round(0.75 * config.img_size)  # 1.5 x img_size, even
-        self.video_paths = [str(p) for p in config.video_paths] or [str(_default_video())]
+        self.video_paths = [str(p) for p in config.video_paths] or [str(default_video())]
         self.dataset = ClipDataset(
             self.video_paths,
             num_frames=config.num_frames,
             frame_step=config.frame_step,
-            mode="dora" if self.timetuning else config.method,
             img_size=config.img_size,
             local_size=config.local_size,
-            num_local=0 if self.timetuning else config.num_local,
             global_scale=config.global_scale,
             local_scale=config.local_scale,
             decode_size=decode,
             backend=config.video_backend,
             mean=mean,
             std=std,
-            pre_crop=config.pre_crop and config.method == "dora",
+            **self.method.dataset_options,  # mode, num_local, pre_crop
         )
         self.global_batch = config.batch_size * self.world_size
         self.steps_per_epoch = config.steps_per_epoch or max(
@@ -509,9 +422,8 @@ class Trainer:
             self.load_checkpoint(self.checkpoint_path)
         else:
             self._truncate_logs(0)  # a fresh run does not append to an old run's log
-        self.watchdog: CollapseWatchdog | None = None
-        if not self.timetuning:
-            self.watchdog = CollapseWatchdog(config.out_dim, config.collapse_patience)
+        self.watchdog: CollapseWatchdog | None = self.method.watchdog
+        if self.watchdog is not None:
             for record in self.log:  # a resumed run picks up its streak (and a past event)
                 self.watchdog.update(record)
 
@@ -538,10 +450,10 @@ class Trainer:
         return step // self.steps_per_epoch
 
     def schedules(self, step: int) -> dict[str, float]:
-        """Learning rate, weight decay, teacher momentum and temperature at ``step``.
+        """Learning rate and weight decay at ``step``, with the method's own schedule values.
 
-        TimeTuning: learning rate of the head, of the trainable backbone blocks
-        (``backbone_lr``) and weight decay.
+        DoRA / DINO: teacher momentum and temperature; TimeTuning: the learning rate of the
+        trainable backbone blocks (``backbone_lr``).
         """
         cfg = self.config
         total = cfg.steps
@@ -549,19 +461,27 @@ class Trainer:
         warmup = min(int(round(cfg.warmup_epochs * self.steps_per_epoch)), total)
         lr = cosine_schedule(step, total, peak, cfg.min_lr, warmup)
         wd = cosine_schedule(step, total, cfg.weight_decay, cfg.weight_decay_end)
-        if self.timetuning:
-            return {"lr": lr, "backbone_lr": lr * cfg.backbone_lr_ratio, "wd": wd}
-        return {
-            "lr": lr,
-            "wd": wd,
-            "momentum": cosine_schedule(step, total, cfg.momentum_teacher, 1.0),
-            "teacher_temp": self.loss_fn.teacher_temperature(self.epoch_of(step)),
-        }
+        return self.method.schedules(step, self.epoch_of(step), lr, wd)
 
     @property
     def backbone(self) -> torch.nn.Module:
         """The ViT to look at and evaluate: the teacher's, or TimeTuning's tuned backbone."""
-        return self.student.backbone if self.teacher is None else self.teacher.backbone
+        return self.method.backbone
+
+    @property
+    def student(self) -> torch.nn.Module:
+        """The network the optimiser trains (the method's; not DDP-wrapped)."""
+        return self.method.student
+
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        """The method's EMA teacher, or None (TimeTuning)."""
+        return self.method.teacher
+
+    @property
+    def loss_fn(self) -> torch.nn.Module | None:
+        """The method's loss with state (DINO's center), or None (TimeTuning)."""
+        return self.method.loss_fn
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -588,48 +508,15 @@ class Trainer:
         }
         torch.manual_seed(step_seed(cfg.seed, step, self.rank))  # stochastic depth of this step
         start = self._last_time if self._last_time is not None else time.perf_counter()
-        if self.timetuning:
-            from labkit.timetuning import timetuning_metrics, timetuning_step
-
-            try:
-                out = timetuning_step(self._student_run, batch, autocast_dtype=self.autocast_dtype)
-            except ValueError as err:  # Sinkhorn and the loss refuse NaN scores: report divergence
-                if all(torch.isfinite(p).all() for p in self.student.parameters()):
-                    raise
-                raise TrainingDiverged(step + 1, math.nan, self.last_checkpoint) from err
-        elif cfg.method == "dora":
-            generator = torch.Generator().manual_seed(step_seed(cfg.seed, step, _HEADS_TAG))
-            out = dora_step(
-                self._student_run,
-                self.teacher,
-                self.loss_fn,
-                batch,
-                epoch=epoch,
-                k=cfg.k,
-                heads=cfg.heads,
-                sinkhorn=cfg.sinkhorn,
-                epsilon=cfg.epsilon,
-                iterations=cfg.sinkhorn_iterations,
-                threshold=cfg.threshold,
-                generator=generator,
-                autocast_dtype=self.autocast_dtype,
-            )
-        else:
-            out = dino_step(
-                self._student_run,
-                self.teacher,
-                self.loss_fn,
-                batch,
-                epoch=epoch,
-                autocast_dtype=self.autocast_dtype,
-            )
-        if self.timetuning:  # loss and diagnostics, averaged over processes in one call
-            diagnostics = timetuning_metrics(out)
-            names = TIMETUNING_METRICS
-            values_out = [float(out.loss.detach())] + [diagnostics[n] for n in names]
-            reduced = torch.tensor(values_out, dtype=torch.float64, device=self.device)
-        else:
-            reduced = out.loss.detach().float().reshape(1).clone()
+        out = self.method.forward(
+            self._student_run,
+            batch,
+            step=step,
+            epoch=epoch,
+            schedules=values,
+            autocast_dtype=self.autocast_dtype,
+        )
+        reduced = out.shared  # the loss and the method's diagnostics, averaged in one call
         if self.world_size > 1:  # every rank takes the same decision below
             dist.all_reduce(reduced)
             reduced /= self.world_size
@@ -637,23 +524,14 @@ class Trainer:
         if not math.isfinite(loss):
             raise TrainingDiverged(step + 1, loss, self.last_checkpoint)
 
-        from labkit.losses import cancel_last_layer_gradients
-
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        if not self.timetuning:  # a frozen layer's gradient must not enter the clipping norm
-            cancel_last_layer_gradients(self.student, epoch, cfg.freeze_last_layer)
+        self.method.after_backward(epoch)
         grad_norm = clip_gradients(
             list(self.student.parameters()), cfg.clip_grad, cfg.clip_grad_mode
         )
-        if self.timetuning:
-            self.optimizer.step()
-            self.student.after_optimizer_step()  # prototypes back on the unit sphere
-            statistics = {n: float(v) for n, v in zip(TIMETUNING_METRICS, reduced[1:].tolist())}
-        else:
-            self.optimizer.step()
-            update_teacher(self.teacher, self.student, values["momentum"])
-            statistics = teacher_statistics(out.teacher_logits, out.center, values["teacher_temp"])
+        self.optimizer.step()
+        statistics = self.method.after_update(out, reduced, values)
         self.step += 1
 
         now = time.perf_counter()
@@ -672,8 +550,8 @@ class Trainer:
         if self.watchdog is not None and (event := self.watchdog.update(record)):
             record["collapse"] = event
             if self.rank == 0:
-                name = "DoRA" if cfg.method == "dora" else "DINO"
-                warnings.warn(self.watchdog.message(name), CollapseWarning, stacklevel=2)
+                message = self.watchdog.message(self.method.display_name)
+                warnings.warn(message, CollapseWarning, stacklevel=2)
         return record
 
     # -- the loop ----------------------------------------------------------------------------
@@ -784,23 +662,17 @@ class Trainer:
         recent = [r for r in self.log if r["step"] > first]
         speed = [r["images_per_s"] for r in recent[1:]] or [r["images_per_s"] for r in recent]
         last = self.log[-1] if self.log else {}
-        names = (
-            TIMETUNING_METRICS
-            if self.timetuning
-            else ("teacher_entropy", "teacher_kl_uniform", "teacher_top_mass")
-        )
+        own = self.method.metrics(last)  # e.g. out_dim, the last teacher statistics, collapse
         return {
             "method": self.config.method,
-            # K of the DINO head: the report judges a collapse against log K
-            "out_dim": None if self.timetuning else self.config.out_dim,
+            **({"out_dim": own.pop("out_dim")} if "out_dim" in own else {}),
             "steps": self.step,
             "steps_this_run": len(recent),
             "epochs": self.step / self.steps_per_epoch,
             "steps_per_epoch": self.steps_per_epoch,
             "final_loss": last.get("loss"),
             "first_loss": self.log[0]["loss"] if self.log else None,
-            **{name: last.get(name) for name in names},
-            **({} if self.timetuning else {"collapse": self.watchdog.event}),
+            **own,
             "images_per_second": float(np.mean(speed)) if speed else None,
             "images_per_step": self.global_batch * self.config.num_frames,
             "seconds": seconds,
@@ -815,8 +687,6 @@ class Trainer:
     def _progress_bar(self, first: int, stop: int) -> Any:
         if not self.progress or self.rank != 0 or stop <= first:
             return None
-        from labkit.environment import is_headless
-
         if is_headless():  # papermill / scripts: a plain bar that prints rarely
             from tqdm import tqdm
 
@@ -835,7 +705,7 @@ class Trainer:
         csv_path = self.out_dir / "log.csv"
         new = not csv_path.is_file()
         with open(csv_path, "a", newline="") as f:
-            columns = log_columns(self.config.method)
+            columns = self.method.log_columns
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
@@ -853,7 +723,7 @@ class Trainer:
             return
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.log).encode())
         text = io.StringIO()
-        columns = log_columns(self.config.method)
+        columns = self.method.log_columns
         writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.log)
@@ -862,22 +732,14 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """The checkpoint dict (see the module docstring).
+        """The checkpoint dict (see the module docstring): the method's network entries
+        (:meth:`labkit.train.method.Method.state_dict`) and the trainer's.
 
         TimeTuning: ``"teacher"`` is the student's state dict itself (the same tensors, which
         ``torch.save`` stores once), and there is no ``"dino_loss"``.
         """
-        from labkit import __version__
-
-        student = self.student.state_dict()
-        networks = {"student": student}
-        if self.timetuning:
-            networks["teacher"] = student  # no teacher: both names read the tuned model
-        else:
-            networks["teacher"] = self.teacher.state_dict()
-            networks["dino_loss"] = self.loss_fn.state_dict()
         return {
-            **networks,
+            **self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "epoch": self.epoch_of(self.step),
@@ -938,7 +800,7 @@ class Trainer:
         if missing:
             raise ValueError(f"{path} is not a labkit training checkpoint (no {missing})")
         ours = self.config.to_dict()
-        fields = architecture_fields(self.config.method)
+        fields = self.method.architecture_fields
         if not isinstance(state["config"], dict):
             raise ValueError(
                 f"{path} is not a labkit training checkpoint (its config is not a mapping)"
@@ -946,13 +808,10 @@ class Trainer:
         if changed := [k for k in fields if state["config"].get(k) != ours[k]]:
             detail = ", ".join(f"{k}: {state['config'].get(k)!r} -> {ours[k]!r}" for k in changed)
             raise ValueError(f"cannot resume from {path}: the architecture changed ({detail})")
-        if not self.timetuning and "dino_loss" not in state:
-            raise ValueError(f"{path} is not a labkit training checkpoint (no ['dino_loss'])")
+        if missing := [k for k in self.method.checkpoint_keys if k not in state]:
+            raise ValueError(f"{path} is not a labkit training checkpoint (no {missing})")
         try:
-            self.student.load_state_dict(state["student"])
-            if not self.timetuning:
-                self.teacher.load_state_dict(state["teacher"])
-                self.loss_fn.load_state_dict(state["dino_loss"])
+            self.method.load_state_dict(state)
             self.optimizer.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
         except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
@@ -992,12 +851,6 @@ class Trainer:
         if self._started_group and dist.is_initialized():
             dist.destroy_process_group()
             self._started_group = False
-
-
-def _default_video() -> Path:
-    from labkit.data import default_video
-
-    return default_video()
 
 
 _write_atomic = write_atomic  # the name this module used before labkit.runfolder
@@ -1042,8 +895,6 @@ def load_trained(
     Raises:
         ValueError: the file is not a labkit checkpoint (no stored config).
     """
-    from labkit.models import load_backbone
-
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
