@@ -393,7 +393,8 @@ def fit_video_kmeans(
     normalize: bool = False,
     max_points: int | None = None,
 ) -> torch.Tensor:
-    """Centroids of one k-means over the patches of many frames (a whole clip, or a sample of a video).
+    """Centroids of one k-means over the patches of many frames (a whole clip, or a sample of a
+    video).
 
     The fitting half of whole-video segmentation: fit here on the features of a sample of frames,
     then label every frame with :func:`assign`, batch by batch, so that a segment has the same id

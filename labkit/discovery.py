@@ -389,11 +389,11 @@ def dora_discovery(
     if not isinstance(keys, torch.Tensor) or keys.ndim != 4:
         raise ValueError("dora_discovery: keys must be (B, gh, gw, D)")
     batch = keys.shape[0]
-    if prototypes is None and (attention is None or queries is None or tokens is None):
-        raise ValueError("dora_discovery: give attention, queries and tokens, or prototypes")
     if prototypes is not None:
         tracks = track_objects(prototypes, keys[None])  # (1, B, k, gh, gw)
         maps, objects = tracks.maps[0], tracks.masks[0]  # (B, k, gh, gw)
+    elif attention is None or queries is None or tokens is None:
+        raise ValueError("dora_discovery: give attention, queries and tokens, or prototypes")
     elif reference is None:
         found = discover_objects(attention, queries, tokens, k=k)  # B clips of one frame
         tracks = track_objects(found.prototypes, keys[:, None])  # (B, 1, k, gh, gw)

@@ -83,9 +83,9 @@ def sample_patches(
         quota[: max_points % len(frames)] += 1
         gen = torch.Generator().manual_seed(int(seed))
         parts = []
-        for t, q in zip(frames, quota):
+        for frame, q in zip(frames, quota):
             chosen = torch.randperm(per_frame, generator=gen)[: int(q)].numpy()
-            parts.append(int(t) * per_frame + np.sort(chosen))
+            parts.append(int(frame) * per_frame + np.sort(chosen))
         flat = np.concatenate(parts).astype(np.int64)
     t, rest = np.divmod(flat, per_frame)
     i, j = np.divmod(rest, gw)
@@ -125,7 +125,9 @@ class PatchEmbedding:
         return (self.index[:, 0] * gh + self.index[:, 1]) * gw + self.index[:, 2]  # (n,) sorted
 
     def patches(self, points: np.ndarray | list[int]) -> np.ndarray:
-        """Selected point indices -> their patches: int64 (m, 3) rows (t, i, j), in the given order."""
+        """Selected point indices -> their patches: int64 (m, 3) rows (t, i, j), in the given
+        order.
+        """
         pts = np.asarray(points, dtype=np.int64).reshape(-1)
         if len(pts) and (pts.min() < 0 or pts.max() >= len(self)):
             raise ValueError(
@@ -309,7 +311,12 @@ def embed_patches_in_worker(
     T, gh, gw, _ = feats.shape
     index = sample_patches(T, (gh, gw), max_points, seed)
     x = feats[index[:, 0], index[:, 1], index[:, 2]].float().numpy()  # (n, D)
-    kwargs = {"n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed, "pca_dims": pca_dims}
+    kwargs: dict[str, Any] = {
+        "n_neighbors": n_neighbors,
+        "min_dist": min_dist,
+        "seed": seed,
+        "pca_dims": pca_dims,
+    }
     result: Future = Future()
     start = time.perf_counter()
 

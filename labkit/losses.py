@@ -248,15 +248,19 @@ def cancel_last_layer_gradients(module: nn.Module, epoch: int, freeze_epochs: in
     """
     if epoch >= freeze_epochs:
         return 0
-    heads = [m for m in module.modules() if isinstance(getattr(m, "last_layer", None), nn.Module)]
-    if not heads:
+    last_layers = [
+        layer
+        for m in module.modules()
+        if isinstance(layer := getattr(m, "last_layer", None), nn.Module)
+    ]
+    if not last_layers:
         raise ValueError(
             f"cancel_last_layer_gradients: {type(module).__name__} has no sub-module with a "
             "`last_layer` (expected a DINOHead inside)"
         )
     cleared = 0
-    for head in heads:
-        for param in head.last_layer.parameters():
+    for layer in last_layers:
+        for param in layer.parameters():
             param.grad = None
             cleared += 1
     return cleared
