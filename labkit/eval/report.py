@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from labkit.eval.results import EvalResult, ModelResult, SequenceResult
+from labkit.eval.results import DISCOVERY_NAMES, EvalResult, ModelResult, SequenceResult
+from labkit.viz.palette import palette
+from labkit.viz.plot import plot_grid
+from labkit.viz.render import box_overlay, mask_overlay
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -262,8 +265,6 @@ def plot_sequence_bars(
     """
     from matplotlib.figure import Figure
 
-    from labkit.viz import palette
-
     names = list(sequences) if sequences is not None else list(result.sequences)
     models = result.models
     values = np.full((len(models), len(names)), np.nan)
@@ -350,8 +351,6 @@ def example_panels(
         ``"attention head <i>"``, ``"head average"``, ``"DoRA object <j>"``, and one per
         discovery method (``"LOST"``, ``"TokenCut"``, ...: its mask and box) (those evaluated).
     """
-    from labkit.eval.results import DISCOVERY_NAMES
-    from labkit.viz import box_overlay, mask_overlay, palette
 
     ex = seq.examples
     if ex is None:
@@ -435,7 +434,6 @@ def plot_examples(
     Returns:
         ``matplotlib.figure.Figure``: one row per panel kind and sequence, one column per frame.
     """
-    from labkit.viz import plot_grid
 
     by_name = {s.name: s for s in model.sequences}
     names = list(sequences) if sequences is not None else list(by_name)[:max_sequences]
@@ -476,7 +474,6 @@ def plot_examples_compact(
         ``matplotlib.figure.Figure`` (a model's row wraps past 4 panels, see
         :func:`labkit.viz.plot_grid`).
     """
-    from labkit.viz import plot_grid
 
     candidates = [
         s
