@@ -58,8 +58,24 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from labkit.attention import FeatureKind
-from labkit.video import frame_batches
+from labkit.attention import FeatureKind, extract, extract_video
+from labkit.clustering import assign, fit_video_kmeans
+from labkit.discovery import lost, tokencut
+from labkit.models import patch_size, prepare_images, weights_label
+from labkit.segments import sample_frame_indices
+from labkit.tracking import discover_objects, track_objects
+from labkit.validation import check_device, resolve_device
+from labkit.video import frame_batches, open_video
+from labkit.viz import (
+    Mp4Writer,
+    box_overlay,
+    caption,
+    heads_to_rgb,
+    mask_overlay,
+    overlay,
+    segment_overlay,
+    upsample_map,
+)
 
 __all__ = [
     "FILM_METHODS",
@@ -107,8 +123,6 @@ class FilmConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        from labkit.validation import check_device, resolve_device
-
         if self.device is not None:
             check_device("FilmConfig.device", self.device)
             object.__setattr__(self, "device", resolve_device(self.device))
@@ -167,8 +181,6 @@ class FilmBatch(NamedTuple):
 
 
 def _open(video: Any, cfg: FilmConfig) -> Any:
-    from labkit.video import open_video
-
     if isinstance(video, (str, Path)):
         backend = "auto" if Path(video).is_dir() else cfg.backend
         opened = open_video(video, backend=backend)
@@ -198,10 +210,6 @@ def _fit_kmeans(
 ) -> torch.Tensor:
     """(k, D) centroids fitted on the tokens of ``sample_frames`` evenly spaced frames."""
     from tqdm.auto import tqdm
-
-    from labkit.attention import extract_video
-    from labkit.clustering import fit_video_kmeans
-    from labkit.segments import sample_frame_indices
 
     sample = indices[sample_frame_indices(len(indices), cfg.sample_frames)]  # (S,)
     parts = []
@@ -255,9 +263,6 @@ def film_batches(
         tensors on the CPU.
     """
     from tqdm.auto import tqdm
-
-    from labkit.attention import extract
-    from labkit.models import prepare_images
 
     cfg = config or FilmConfig()
     video = _open(video, cfg)
@@ -318,8 +323,6 @@ def film_batches(
             if "discovery" in methods:
                 discovered, boxes = _discover(out.features["keys"], cfg)
             if centroids is not None:  # "kmeans" in methods
-                from labkit.clustering import assign
-
                 segments = assign(out.features["tokens"], centroids).cpu()  # (n, gh, gw)
             attn = (
                 out.attention.cpu()
@@ -337,7 +340,6 @@ def _track(
     out: Any, starts: Sequence[int], prototypes: torch.Tensor | None, cfg: FilmConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DoRA object masks (n, k, gh, gw) for a batch, rediscovering at the positions ``starts``."""
-    from labkit.tracking import discover_objects, track_objects
 
     keys = out.features["keys"]  # (n, gh, gw, D)
     n = keys.shape[0]
@@ -365,7 +367,6 @@ def _track(
 
 def _discover(keys: torch.Tensor, cfg: FilmConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Discovery masks (n, gh, gw) and boxes (n, 4), one frame at a time (N x N per frame)."""
-    from labkit.discovery import lost, tokencut
 
     method = lost if cfg.discovery == "lost" else tokencut
     found = [method(keys[i : i + 1]) for i in range(keys.shape[0])]
@@ -391,8 +392,6 @@ def head_mean_to_rgb(
         uint8 (n, H, W, 3) (or (H, W, 3) for one frame's maps), RGB.
     """
     import matplotlib
-
-    from labkit.viz import upsample_map
 
     if isinstance(attn, torch.Tensor):
         a = attn.detach().float().cpu().numpy()
@@ -455,14 +454,6 @@ def render_film(
     Returns:
         uint8 (n, H, W, 3) RGB film frames, H, W the frames' size.
     """
-    from labkit.viz import (
-        box_overlay,
-        caption,
-        heads_to_rgb,
-        mask_overlay,
-        overlay,
-        segment_overlay,
-    )
 
     cfg = config or FilmConfig()
     frames = batch.frames
@@ -548,8 +539,6 @@ def write_films(
     Returns:
         ``{method: path}`` of the MP4s written, in ``config.methods`` order.
     """
-    from labkit.models import patch_size, weights_label
-    from labkit.viz import Mp4Writer
 
     names = {f.name for f in fields(FilmConfig)}
     unknown = sorted(set(options) - names)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from labkit.validation import check_device, check_model_kwargs, check_value, field_types
+
 __all__ = [
     "NotebookError",
     "NotebookRun",
@@ -120,8 +122,6 @@ def _parameter_types(notebook: Path) -> dict[str, Any]:
     type (a float default takes any number, ``None`` anything)."""
     import importlib
 
-    from labkit.validation import field_types
-
     hints: dict[str, Any] = {}
     if notebook.stem in _CONFIGS:
         module, name = _CONFIGS[notebook.stem]
@@ -157,7 +157,6 @@ def check_parameters(notebook: str | os.PathLike, parameters: Mapping[str, Any])
         ValueError: an unknown name (with the known ones), or a value of the wrong type or a
             mapping key without a value (``{depth:2}``), naming the parameter and its form.
     """
-    from labkit.validation import check_device, check_model_kwargs, check_value
 
     source = find_notebook(notebook)
     types = _parameter_types(source)

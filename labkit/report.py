@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from labkit.eval.report import BAR_METRICS, bar_file_name, html_table
+from labkit.notebooks import notebook_parameters
 from labkit.runfolder import write_atomic
+from labkit.train.config import TrainConfig
+from labkit.train.report import plot_log
+from labkit.train.watchdog import collapse_kind, collapse_sentence, describe_collapse
 
 __all__ = ["write_report", "verdict", "comparison_rows", "training_health", "learned_nothing"]
 
@@ -181,15 +186,11 @@ def _out_dim(stage: Any, cfg: dict[str, Any], metrics: dict[str, Any] | None = N
         or (cfg.get("train") or {}).get("out_dim")
     )
     if value is None and getattr(stage, "notebook", None):  # the notebook's own default
-        from labkit.notebooks import notebook_parameters
-
         try:
             value = notebook_parameters(stage.notebook).get("out_dim")
         except (OSError, ValueError):
             value = None
     if value is None:
-        from labkit.train.config import TrainConfig
-
         value = TrainConfig.__dataclass_fields__["out_dim"].default
     try:
         return int(value)
@@ -205,7 +206,6 @@ def training_health(stage: Any, metrics: dict[str, Any], cfg: dict[str, Any]) ->
     (:func:`labkit.train.watchdog.collapse_kind`: entropy within 1% of log K, or over half the
     mass on one output dimension).
     """
-    from labkit.train.watchdog import collapse_kind, describe_collapse
 
     method = {"dora": "DoRA", "dino": "DINO"}.get(stage.name.removeprefix("train_"), stage.name)
     k = _out_dim(stage, cfg, metrics)
@@ -293,8 +293,6 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     Returns:
         Path of ``report.html``.
     """
-    from labkit.eval.report import html_table  # imports torch: only when a report is written
-    from labkit.train.report import plot_log
 
     run_dir = Path(run_dir).resolve()
     cfg = _read_json_yaml(run_dir / "config.yaml")
@@ -382,8 +380,6 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     for stage in (s for s in stages if s.group == "train"):
         m = _read_json(stage.out_dir / "metrics.json") or {}
         if m:  # the collapse watchdog's verdict, in plain words
-            from labkit.train.watchdog import collapse_sentence
-
             collapse_notes.append(f"<p>{html.escape(collapse_sentence(m))}</p>")
         train_rows.append(
             {
@@ -516,7 +512,6 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
 def _bar_charts(folder: Path) -> list[tuple[Path, str]]:
     """The evaluation's bar charts and their metrics: the headline metrics first (J&F first),
     then any others."""
-    from labkit.eval.report import BAR_METRICS, bar_file_name
 
     first = [(folder / f"{bar_file_name(m)}.png", m) for m in BAR_METRICS]
     first = [(p, m) for p, m in first if p.is_file()]

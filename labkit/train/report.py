@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from labkit.attention import extract
+from labkit.environment import is_headless
+from labkit.models import patch_size, prepare_images
+from labkit.tracking import discover_objects, masks_to_frames, track_objects
+from labkit.train.trainer import read_log
 from labkit.viz import dora as dora_pictures
+from labkit.viz import mask_overlay, plot_grid
 from labkit.viz.palette import object_colours
 
 if TYPE_CHECKING:
@@ -100,9 +106,6 @@ def clip_objects(
     Returns:
         :class:`ClipObjects`, tensors on the CPU.
     """
-    from labkit.attention import extract
-    from labkit.models import patch_size, prepare_images
-    from labkit.tracking import discover_objects, track_objects
 
     frames = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     p = patch_size(backbone)
@@ -163,7 +166,6 @@ def masked_frames(objects: ClipObjects, plan: str = "sinkhorn") -> np.ndarray:
     Returns:
         uint8 (k, T, H, W, 3), black outside the mask.
     """
-    from labkit.tracking import masks_to_frames
 
     frames = objects.frames
     size = frames.shape[1:3]
@@ -182,7 +184,6 @@ def plot_objects(objects: ClipObjects, title: str | None = None, max_frames: int
     Returns:
         ``matplotlib.figure.Figure``.
     """
-    from labkit.viz import mask_overlay, plot_grid
 
     total = len(objects.frames)
     cols = np.unique(np.linspace(0, total - 1, min(max_frames, total)).round().astype(int))
@@ -227,8 +228,6 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
     from matplotlib.figure import Figure
 
     if isinstance(log, (str, os.PathLike, Path)):
-        from labkit.train.trainer import read_log
-
         log = read_log(log)
     records = list(log)
     fig = Figure(figsize=(13, 3.4), layout="constrained")
@@ -322,8 +321,6 @@ class LiveLossPlot:
 
     @property
     def active(self) -> bool:
-        from labkit.environment import is_headless
-
         return not is_headless()
 
     def __call__(self, record: dict, trainer: Any) -> None:
