@@ -80,6 +80,63 @@ def _img(run_dir: Path, path: Path, alt: str, css: str = "") -> str:
     )
 
 
+# DoRA's objects with and without Sinkhorn-Knopp: the step_by_step stage's metrics["sinkhorn"]
+SINKHORN_TEXT = (
+    "Share: the fraction of a frame's patches where the object's map is the largest of the k "
+    "(plan: of the first frame's transport plan; tracked: mean over the clip's frames); mass: "
+    "the object's part of the plan's row at each patch, averaged over the patches (1/k each "
+    "under Sinkhorn-Knopp); overlap: the sum over patches of min(a, b) of two objects' maps, "
+    "each summing to 1, averaged over the pairs of objects (and the frames): 1 for identical "
+    "maps, 0 for disjoint ones. The maps in the figure are min-max scaled within each frame, "
+    "per object."
+)
+NEAR_IDENTICAL_OVERLAP = 0.9  # above this mean overlap the report says the objects are one map
+
+
+def _shares(values: Any) -> str:
+    return "/".join(f"{float(v):.2f}" for v in values) if values else "–"
+
+
+def sinkhorn_rows(numbers: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The with/without Sinkhorn-Knopp numbers as table rows and a sentence on the overlap.
+
+    Args:
+        numbers: ``metrics.json["sinkhorn"]`` of the dora_step_by_step notebook
+            (:func:`labkit.viz.dora.sinkhorn_numbers`): plan name -> share_mean, overlap_mean,
+            plan_share, plan_mass.
+
+    Returns:
+        (rows, sentence): one row per plan, shares as ``a/b/c`` strings; the sentence says
+        whether the tracked objects are distinct (empty when nothing was measured).
+    """
+    rows = [
+        {
+            "plan": name,
+            "plan share": _shares(n.get("plan_share")),
+            "plan mass": _shares(n.get("plan_mass")),
+            "tracked share": _shares(n.get("share_mean")),
+            "tracked overlap": n.get("overlap_mean"),
+        }
+        for name, n in numbers.items()
+    ]
+    overlaps = {
+        name: n["overlap_mean"]
+        for name, n in numbers.items()
+        if isinstance(n.get("overlap_mean"), (int, float))
+    }
+    if not overlaps:
+        return rows, ""
+    if min(overlaps.values()) > NEAR_IDENTICAL_OVERLAP:
+        sentence = (
+            f"The tracked objects' maps overlap by more than {NEAR_IDENTICAL_OVERLAP:.0%} with "
+            "and without Sinkhorn-Knopp: the objects are nearly one map, and their shares rest "
+            "on small differences between them."
+        )
+    else:
+        sentence = "; ".join(f"{name}: overlap {v:.2f}" for name, v in overlaps.items()) + "."
+    return rows, sentence
+
+
 def _png_width(path: Path) -> int:
     try:
         from PIL import Image
@@ -415,6 +472,21 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         parts.append(f"<h3>{html.escape(stage.name)}</h3>")
         if weights:
             parts.append(f"<p class='muted'>weights: {html.escape(str(weights))}</p>")
+        sinkhorn = (_read_json(stage.out_dir / "metrics.json") or {}).get("sinkhorn")
+        if sinkhorn:  # DoRA's objects with and without Sinkhorn-Knopp (dora_step_by_step)
+            rows, sentence = sinkhorn_rows(sinkhorn)
+            parts += [
+                "<h4>DoRA's objects with and without Sinkhorn-Knopp</h4>",
+                html_table(rows, digits=2),
+                f"<p>{html.escape(sentence)}</p>" if sentence else "",
+                f"<p class='muted'>{html.escape(SINKHORN_TEXT)}</p>",
+                _img(
+                    run_dir,
+                    stage.out_dir / "sinkhorn.png",
+                    f"{stage.name}: DoRA's objects with Sinkhorn-Knopp and with a row softmax, "
+                    "shares and overlap per frame",
+                ),
+            ]
         parts.append(
             _img(
                 run_dir,
@@ -429,7 +501,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
                 ("all_heads.png", "every head's attention"),
                 ("masks.png", "thresholded attention masks"),
                 ("segments.png", "k-means segments and PCA"),
-                ("objects.png", "DoRA objects"),
+                ("objects.png", "DoRA objects: masks (Sinkhorn-Knopp)"),
                 ("artifacts.png", "high-norm tokens"),
             )
         )

@@ -221,3 +221,36 @@ def test_sinkhorn_figure_numbers_equal_object_shares():
         np.testing.assert_array_equal(a, b)  # deterministic
     without_plans = pictures.plot_sinkhorn_comparison(frames, maps, P, max_frames=2)
     assert sum(bool(ax.get_title()) for ax in without_plans.axes) == 2 * 2
+
+
+def test_report_shows_the_sinkhorn_figure_and_its_numbers(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from labkit.report import sinkhorn_rows, write_report
+
+    frames, maps, plans = clip()
+    numbers = pictures.sinkhorn_numbers(maps, plans)
+    out = tmp_path / "step_by_step"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"weights": "W", "sinkhorn": numbers}))
+    pictures.plot_sinkhorn_comparison(frames, maps, P, plans=plans).savefig(out / "sinkhorn.png")
+    stage = SimpleNamespace(
+        name="step_by_step", group="explore", out_dir=out, params={}, notebook="dora_step_by_step"
+    )
+    page = write_report(tmp_path, [stage]).read_text()
+    assert "<img src='step_by_step/sinkhorn.png'" in page
+    assert "<h4>DoRA's objects with and without Sinkhorn-Knopp</h4>" in page
+    rows, sentence = sinkhorn_rows(numbers)
+    for row in rows:  # the numbers as text, the same as in the figure's titles
+        name = row["plan"]
+        assert row["tracked share"] == "/".join(f"{v:.2f}" for v in numbers[name]["share_mean"])
+        assert row["plan share"] == "/".join(f"{v:.2f}" for v in numbers[name]["plan_share"])
+        assert (
+            f"<td>{row['tracked share']}</td>" in page and f"<td>{row['plan share']}</td>" in page
+        )
+        assert f"<td>{numbers[name]['overlap_mean']:.2f}</td>" in page
+    assert "min-max scaled within each frame" in page
+    same = {"a": {"overlap_mean": 0.95}, "b": {"overlap_mean": 0.97}}
+    assert "more than 90%" in sinkhorn_rows(same)[1]
+    assert sinkhorn_rows({"a": {"overlap_mean": 0.2}})[1] == "a: overlap 0.20."
