@@ -74,12 +74,14 @@ class DavisSequence:
     annotated: tuple[int, ...] | None = None  # (M,) frame indices with a mask; None: all
 
     def __post_init__(self) -> None:
-        if self.annotated is None:
-            object.__setattr__(self, "annotated", tuple(range(len(self.masks))))
-        if len(self.annotated) != len(self.masks):
+        annotated = self.annotated
+        if annotated is None:
+            annotated = tuple(range(len(self.masks)))
+            object.__setattr__(self, "annotated", annotated)
+        if len(annotated) != len(self.masks):
             raise ValueError(
                 f"sequence {self.name!r}: {len(self.masks)} masks for "
-                f"{len(self.annotated)} annotated frames"
+                f"{len(annotated)} annotated frames"
             )
 
     @property
@@ -89,7 +91,7 @@ class DavisSequence:
     @property
     def unannotated(self) -> tuple[int, ...]:
         """Indices of the frames without a mask (run, not scored)."""
-        marked = set(self.annotated)
+        marked = set(self.annotated or ())  # never None after __post_init__
         return tuple(i for i in range(self.num_frames) if i not in marked)
 
 
@@ -104,7 +106,7 @@ def read_masks(seq: DavisSequence, num_frames: int | None = None) -> tuple[np.nd
     T = seq.num_frames if num_frames is None else min(num_frames, seq.num_frames)
     labels = np.zeros((T, *seq.size), dtype=np.uint8)
     annotated = np.zeros(T, dtype=bool)
-    for index, path in zip(seq.annotated, seq.masks):
+    for index, path in zip(seq.annotated or (), seq.masks):  # never None after __post_init__
         if index >= T:
             continue
         mask = _mask_labels(_open_image(path), path)
@@ -157,8 +159,8 @@ def _pair_by_name(
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
         warnings.warn(
-            f"sequence {name!r}: {len(missing)} of {len(frames)} frames have no mask in {masks_dir} "
-            f"({shown}); they are not scored",
+            f"sequence {name!r}: {len(missing)} of {len(frames)} frames have no mask in "
+            f"{masks_dir} ({shown}); they are not scored",
             DatasetWarning,
             stacklevel=3,
         )
@@ -340,7 +342,8 @@ def image_folder_split(root: str | Path) -> ImageFolderSplit:
     else:
         by_class = _class_images(root)
         classes = tuple(sorted(by_class))
-        train_l, test_l = [], []
+        train_l: list[tuple[Path, int]] = []
+        test_l: list[tuple[Path, int]] = []
         for label, c in enumerate(classes):
             for i, p in enumerate(by_class[c]):
                 (test_l if i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1 else train_l).append((p, label))
@@ -380,7 +383,7 @@ def load_image_batch(paths: Sequence[Path], size: int) -> np.ndarray:
         w, h = im.size
         scale = short / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.BICUBIC)
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
         left, top = (nw - size) // 2, (nh - size) // 2
         out[i] = np.asarray(im.crop((left, top, left + size, top + size)))
     return out

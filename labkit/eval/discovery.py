@@ -199,7 +199,7 @@ def discovery_scores(
         their means ``j``, ``corloc_mean``, ``corloc_any_mean``, ``stability``.
     """
 
-    grid = tuple(masks.shape[1:])
+    grid = (masks.shape[1], masks.shape[2])  # (gh, gw)
     annotated = torch.as_tensor(annotated, dtype=torch.bool)
     j = mask_jaccard(masks[annotated][:, None], foreground, area)[:, 0]  # (T',)
     fg_box, obj_boxes = label_boxes(labels, num_objects)  # (T', 4), (T', K, 4)

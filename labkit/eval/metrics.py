@@ -290,7 +290,7 @@ def f_measure(
     if void is not None:
         keep = ~_as_mask(void, "f_measure: void").to(p.device)
         p, g = p & keep, g & keep
-    radius = boundary_radius(tuple(p.shape[-2:]), bound_th)
+    radius = boundary_radius((p.shape[-2], p.shape[-1]), bound_th)
     pb, gb = seg2bmap(p), seg2bmap(g)
     n_pred = pb.sum(dim=(-2, -1))
     n_gt = gb.sum(dim=(-2, -1))

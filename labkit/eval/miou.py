@@ -124,7 +124,9 @@ def segmentation_miou(
     summary = result.segmentation_summary() or {}
     return {
         **{name: float(summary.get(name, math.nan)) for name in PROTOCOLS},
-        "per_sequence": {s.name: dict(s.segmentation) for s in result.sequences},
+        "per_sequence": {  # every sequence has one: evaluations=("segmentation",)
+            s.name: dict(s.segmentation) for s in result.sequences if s.segmentation is not None
+        },
         "sequences": [s.name for s in result.sequences],
         "frames": int(sum(s.num_frames for s in result.sequences)),
         "data_root": str(root),
@@ -179,7 +181,8 @@ def miou_rows(
 
     Returns:
         Rows ``{"dataset", "protocol", "before", "after", "change"}`` (mIoU in [0, 1], change
-        = after - before) for the datasets scored in both; for :func:`labkit.eval.report.html_table`.
+        = after - before) for the datasets scored in both; for
+        :func:`labkit.eval.report.html_table`.
     """
     rows = []
     for name, first in before.items():

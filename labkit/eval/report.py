@@ -179,7 +179,9 @@ def html_table(
     caption: str = "",
     columns: Sequence[str] | None = None,
 ) -> str:
-    """An HTML ``<table>`` of rows of flat dicts (columns: ``columns``, else the first row's keys)."""
+    """An HTML ``<table>`` of rows of flat dicts (columns: ``columns``, else the first row's
+    keys).
+    """
     if not rows:
         return "<p>(no rows)</p>"
     cols = list(columns or rows[0])
@@ -326,6 +328,15 @@ PREDICTION_COLOUR = (
 )  # one predicted mask (a head, an object, a method): magenta, rare in video
 
 
+def _best(scores: dict[str, Any] | None, what: str, name: str) -> int:
+    """The best head (or object) of a sequence's ``attention`` or ``tracking`` scores."""
+    if scores is None:  # the masks are kept with their scores: a result file edited by hand?
+        raise ValueError(
+            f"example_panels: sequence {name!r} has example masks but no {what} scores"
+        )
+    return scores["best_head"]
+
+
 def example_panels(
     seq: SequenceResult,
     *,
@@ -401,12 +412,12 @@ def example_panels(
         )
         out["propagated"] = with_gt(drawn)
     if ex.head_masks is not None:
-        h = seq.attention["best_head"] if head is None else head
+        h = _best(seq.attention, "attention", seq.name) if head is None else head
         out[f"attention head {h}"] = one_mask([ex.head_masks[i][h].numpy() for i in keep])
     if ex.average_mask is not None:
         out["head average"] = one_mask([ex.average_mask[i].numpy() for i in keep])
     if ex.object_masks is not None:
-        j = seq.tracking["best_head"] if obj is None else obj
+        j = _best(seq.tracking, "tracking", seq.name) if obj is None else obj
         out[f"DoRA object {j}"] = one_mask([ex.object_masks[i][j].numpy() for i in keep])
     for method, (masks, boxes) in (ex.discovery or {}).items():
         drawn = one_mask([masks[i].numpy() for i in keep])
@@ -443,6 +454,8 @@ def plot_examples(
     rows, row_titles, col_titles = [], [], []
     for n in names:
         seq = by_name[n]
+        if seq.examples is None:  # as example_panels says
+            raise ValueError(f"example_panels: sequence {seq.name!r} kept no example frames")
         for kind, images in example_panels(seq).items():
             rows.append(list(images))
             row_titles.append(f"{n}\n{kind}")
@@ -486,10 +499,13 @@ def plot_examples_compact(
             f"plot_examples_compact: no example frames{f' of {sequence!r}' if sequence else ''}"
         )
     name = candidates[0].name
-    rows, row_titles, col_titles, frame = [], [], [], None
+    rows: list[list[np.ndarray]] = []
+    row_titles: list[str] = []
+    col_titles: list[list[str]] = []
+    frame = None
     for m in result.models:
         seq = next((s for s in m.sequences if s.name == name and s.examples is not None), None)
-        if seq is None:
+        if seq is None or seq.examples is None:
             continue
         middle = len(seq.examples.frames) // 2
         frame = int(seq.examples.indices[middle])
@@ -509,7 +525,9 @@ def plot_examples_compact(
         col_titles=col_titles,
         panel_size=2.0,
         max_width=max_width,
-        suptitle=f"{name}, frame {frame}: each model's masks (magenta), ground truth outlined in white",
+        suptitle=(
+            f"{name}, frame {frame}: each model's masks (magenta), ground truth outlined in white"
+        ),
     )
 
 

@@ -34,7 +34,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -394,7 +394,7 @@ def cluster_scores(
         if alignment == "crop" and patch_size is None:
             raise ValueError("cluster_scores: patch_size is required to map grid labels to frames")
         lab = grid_to_frame(
-            lab, tuple(g.shape[1:]), patch_size=patch_size or 1, alignment=alignment
+            lab, (g.shape[1], g.shape[2]), patch_size=patch_size or 1, alignment=alignment
         )
     valid = g if ignore_index is None else g[g != ignore_index]
     C = (int(valid.max()) + 1 if valid.numel() else 1) if num_classes is None else num_classes
@@ -479,7 +479,7 @@ def mask_scores(
     *,
     patch_size: int,
     alignment: Alignment = "crop",
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """J of each of ``h`` candidate masks per frame against the foreground, and their stability.
 
     Args:
@@ -511,7 +511,7 @@ def mask_scores(
         )
     m = m.bool()
     g = g.to(m.device)
-    size = tuple(g.shape[1:])
+    size = (g.shape[1], g.shape[2])  # (H, W)
     fg = (g > 0)[:, None]  # (T, 1, H, W)
     j = torch.stack(
         [
@@ -532,7 +532,7 @@ def attention_mask_scores(
     *,
     patch_size: int,
     alignment: Alignment = "crop",
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """How well each [CLS] attention head (and the head average) segments the foreground.
 
     Each head's map is thresholded with :func:`labkit.attention.mass_threshold` (the smallest set
@@ -576,7 +576,7 @@ def object_mask_scores(
     *,
     patch_size: int,
     alignment: Alignment = "crop",
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Which tracked object (DoRA) covers the foreground, per frame, and how stably.
 
     Args:
