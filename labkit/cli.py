@@ -14,6 +14,10 @@
 Every error is one line naming the file or key, with a non-zero exit status (2: a bad input or
 config, 1: a failed stage or run, 3: training diverged, 130: interrupted); ``--debug`` (anywhere on
 the line) or ``LABKIT_DEBUG=1`` shows the traceback instead.
+
+Each command imports the modules it runs when it runs (most import torch: seconds), so that
+``labkit --help`` and a mistyped option answer at once: the CLI is the one module whose labkit
+imports sit inside functions (``tests/test_layers.py`` holds the list of exceptions).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.config import parse_value
+from labkit.validation import check_mapping, check_output_dir
 
 __all__ = ["main", "one_line", "parse_value"]
 
@@ -36,8 +41,6 @@ def _parse_params(pairs: Sequence[Sequence[str]] | None) -> dict[str, Any]:
 
 
 def _model_kwargs(text: str | None) -> dict[str, Any]:
-    from labkit.validation import check_mapping
-
     value = parse_value(text) if text else {}
     if not isinstance(value, dict):
         raise ValueError(f"--model-kwargs must be a mapping such as '{{depth: 2}}', got {text!r}")
@@ -59,7 +62,6 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from labkit.notebooks import NotebookError, check_parameters, find_notebook, run_notebook
-    from labkit.validation import check_output_dir
 
     params = _parse_params(args.param)
     source = find_notebook(args.notebook)
