@@ -86,11 +86,11 @@ def cgroup_cpu_limit(
             return None
     for folder in (root / "cpu", root / "cpu,cpuacct", root):  # v1
         try:
-            quota = float((folder / "cpu.cfs_quota_us").read_text().strip())
-            period = float((folder / "cpu.cfs_period_us").read_text().strip())
+            quota_us = float((folder / "cpu.cfs_quota_us").read_text().strip())
+            period_us = float((folder / "cpu.cfs_period_us").read_text().strip())
         except (OSError, ValueError):
             continue
-        return _quota(quota, period)
+        return _quota(quota_us, period_us)
     return None
 
 
@@ -238,7 +238,7 @@ def describe(device: str = "cpu") -> dict[str, Any]:
     """
     import torch
 
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             packages[name] = metadata.version(name)

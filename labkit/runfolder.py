@@ -201,7 +201,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         The files removed.
     """
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for path in folder.iterdir():
@@ -225,7 +225,7 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict]:
     path = Path(path)
     text = path.read_text(errors="replace")
     lines = text.splitlines()
-    records = []
+    records: list[dict] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -39,6 +39,7 @@ import socket
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -199,7 +200,8 @@ def _floor_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     def fbm(base_cell: float) -> np.ndarray:
         octaves = [(1.0, 1.0), (0.5, 0.5), (0.25, 0.25)]  # (cell factor, amplitude)
         total = sum(a for _, a in octaves)
-        return sum(a * _value_noise(rng, (hb, wb), base_cell * c) for c, a in octaves) / total
+        layers = (a * _value_noise(rng, (hb, wb), base_cell * c) for c, a in octaves)
+        return cast(np.ndarray, sum(layers)) / total  # a sum of arrays: an array
 
     olive, tan, slate = (np.array(c, np.float32) for c in _FLOOR_COLORS)
     m1 = np.clip((fbm(0.5 * h) - 0.3) / 0.4, 0, 1)[..., None]  # (Hb, Wb, 1)
