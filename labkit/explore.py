@@ -25,12 +25,33 @@ from labkit.clustering import kmeans_segments
 from labkit.data import default_video
 from labkit.models import load_backbone, patch_size, weights_label
 from labkit.pos_embed import PosEmbedRule, model_rule
+from labkit.specs import parse_model_spec
+from labkit.validation import (
+    check_device,
+    check_fields,
+    check_model_kwargs,
+    check_output_dir,
+    check_value,
+    resolve_device,
+)
+from labkit.video import clip_indices as clip_indices_for
 from labkit.video import open_video
+from labkit.viz import (
+    features_to_rgb,
+    heads_to_rgb,
+    mask_overlay,
+    overlay,
+    plot_grid,
+    segment_overlay,
+    upsample_map,
+    write_animation,
+)
+from labkit.viz.artifacts import plot_artifacts
+from labkit.viz.comparison import ModelComparison
+from labkit.viz.render import HEAD_COLOURS, label_panels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from labkit.viz.comparison import ModelComparison
 
 __all__ = ["ExploreConfig", "Exploration", "explore", "save_exploration", "clip_indices_for"]
 
@@ -66,15 +87,6 @@ class ExploreConfig:
     compare_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from labkit.validation import (
-            check_device,
-            check_fields,
-            check_model_kwargs,
-            check_output_dir,
-            check_value,
-            resolve_device,
-        )
-
         check_fields(
             self, skip=("heads",)
         )  # every value of its annotated type, or the key is named
@@ -107,8 +119,6 @@ class ExploreConfig:
         if not str(self.device).startswith(("cpu", "cuda", "mps")):
             raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'mps', got {self.device!r}")
         if self.compare_models:
-            from labkit.eval.specs import parse_model_spec
-
             try:
                 labels = [parse_model_spec(spec).label for spec in self.compare_models]
             except ValueError as err:
@@ -117,31 +127,6 @@ class ExploreConfig:
                 raise ValueError(
                     f"compare_models: labels {labels} repeat; give each spec its own as LABEL=ARCH..."
                 )
-
-
-def clip_indices_for(num_video_frames: int, num_frames: int, start: int, step: int) -> np.ndarray:
-    """Frame indices of the explored clip.
-
-    Args:
-        num_video_frames: frames in the video.
-        num_frames: frames wanted; capped at what the video has.
-        start: first frame.
-        step: stride; 0 spreads ``num_frames`` evenly over the whole video.
-
-    Returns:
-        int64 array (T,) of valid, increasing frame indices.
-    """
-    if num_video_frames < 1:
-        raise ValueError("the video has no frames")
-    if start >= num_video_frames:
-        raise ValueError(
-            f"start_frame {start} is past the video's last frame ({num_video_frames - 1})"
-        )
-    if step == 0:
-        count = min(num_frames, num_video_frames)
-        return np.unique(np.linspace(0, num_video_frames - 1, count).round().astype(np.int64))
-    count = min(num_frames, (num_video_frames - 1 - start) // step + 1)
-    return start + step * np.arange(count, dtype=np.int64)
 
 
 @dataclass
@@ -196,7 +181,6 @@ class Exploration:
         self, heads: tuple[int, int, int] | None = None, mode: str = "nearest"
     ) -> np.ndarray:
         """Three heads as R, G, B at frame resolution: uint8 (T, H, W, 3)."""
-        from labkit.viz import heads_to_rgb
 
         heads = heads or self.config.heads
         return np.stack(
@@ -214,8 +198,6 @@ class Exploration:
                 (the chosen heads are red, green and blue as in :meth:`rgb_maps`; another head
                 is drawn in white).
         """
-        from labkit.viz import mask_overlay
-        from labkit.viz.render import HEAD_COLOURS
 
         heads = list(self.config.heads) if head is None else [head]
         chosen = list(self.config.heads)
@@ -238,7 +220,6 @@ class Exploration:
 
     def segment_overlays(self, mode: str = "frame", alpha: float = 0.55) -> np.ndarray:
         """k-means segments over the frames: uint8 (T, H, W, 3); ``mode`` 'frame' or 'clip'."""
-        from labkit.viz import segment_overlay
 
         labels = self.segments_frame if mode == "frame" else self.segments_clip
         return np.stack(
@@ -250,7 +231,6 @@ class Exploration:
 
     def pca_maps(self) -> np.ndarray:
         """Patch features as RGB through a PCA shared by all frames: uint8 (T, gh, gw, 3)."""
-        from labkit.viz import features_to_rgb
 
         return features_to_rgb(self.features)
 
@@ -264,7 +244,6 @@ class Exploration:
         anim = np.concatenate([self.frames, self.rgb_maps(), self.segment_overlays("clip")], axis=2)
         if not labels:
             return anim
-        from labkit.viz.render import label_panels
 
         cfg, T = self.config, len(self.indices)
         titles = [
@@ -291,7 +270,6 @@ class Exploration:
 
     def figure_heads(self, max_columns: int = 8) -> Figure:
         """Frames, the three heads as RGB, and the RGB map over the frame."""
-        from labkit.viz import overlay, plot_grid
 
         cols = self._strip_columns(max_columns)
         rgb = self.rgb_maps()
@@ -310,7 +288,6 @@ class Exploration:
 
     def figure_all_heads(self, frame: int = 0) -> Figure:
         """Every head's map for one frame of the clip (its position in the clip)."""
-        from labkit.viz import plot_grid, upsample_map
 
         attn = self.attention[frame]
         images = []
@@ -332,7 +309,6 @@ class Exploration:
 
     def figure_masks(self, max_columns: int = 8) -> Figure:
         """Per head R, G, B masks keeping ``keep`` of the attention mass, over the frames."""
-        from labkit.viz import plot_grid
 
         cols = self._strip_columns(max_columns)
         rows = [[self.mask_overlays(head)[c] for c in cols] for head in self.config.heads]
@@ -345,7 +321,6 @@ class Exploration:
 
     def figure_segments(self, max_columns: int = 8) -> Figure:
         """k-means per frame (labels matched over time) and over the whole clip, plus PCA RGB."""
-        from labkit.viz import features_to_rgb, plot_grid
 
         cols = self._strip_columns(max_columns)
         per_frame = self.segment_overlays("frame")
@@ -375,7 +350,6 @@ class Exploration:
         Returns:
             :class:`labkit.viz.comparison.ModelComparison` over this exploration's frames.
         """
-        from labkit.viz.comparison import ModelComparison
 
         cfg = self.config
         models = list(cfg.compare_models if models is None else models)
@@ -410,7 +384,6 @@ class Exploration:
             frame: position in the clip; default :meth:`artifact_frame`, a frame with outliers.
             max_layers: most norm maps shown.
         """
-        from labkit.viz.artifacts import plot_artifacts
 
         frame = self.artifact_frame() if frame is None else int(frame)
         return plot_artifacts(
@@ -602,7 +575,6 @@ def save_exploration(
     Returns:
         Mapping of what was written to its path.
     """
-    from labkit.viz import write_animation
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
