@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit.attention import mass_threshold
+from labkit.geometry import check_grid, grid_to_frame
 from labkit.losses import sinkhorn_knopp
 
 __all__ = [
@@ -325,7 +326,8 @@ def masks_to_frames(masks: torch.Tensor, patch_size: int, size: tuple[int, int])
     Patch (i, j) covers pixels ``[i*p:(i+1)*p, j*p:(j+1)*p]``: the grid covers the top-left
     ``gh*p x gw*p`` pixels (the frame was cropped down to a multiple of p, see
     :func:`labkit.models.prepare_images`); the remaining strip (< p pixels at the bottom/right)
-    is outside every mask.
+    takes the value of the nearest edge patch, the border rule of :mod:`labkit.geometry` (so a
+    mask drawn here covers the pixels the evaluation scores it on).
 
     Args:
         masks: (..., gh, gw) masks (bool) or maps (any dtype).
@@ -333,25 +335,17 @@ def masks_to_frames(masks: torch.Tensor, patch_size: int, size: tuple[int, int])
         size: (H, W) of the frames, with 0 <= H - gh*p < p and 0 <= W - gw*p < p.
 
     Returns:
-        (..., H, W) tensor of the dtype of ``masks``; False / 0 outside the grid.
+        (..., H, W) tensor of the dtype of ``masks``; the strip outside the grid repeats the
+        edge patches.
     """
     if not isinstance(masks, torch.Tensor) or masks.ndim < 2:
         shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
         raise ValueError(f"masks_to_frames: masks must be a (..., gh, gw) tensor, got {shape}")
     if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
         raise ValueError(f"masks_to_frames: patch_size must be an int >= 1, got {patch_size!r}")
-    height, width = int(size[0]), int(size[1])
-    gh, gw = masks.shape[-2:]
-    rest_h, rest_w = height - gh * patch_size, width - gw * patch_size  # uncovered strips
-    if not (0 <= rest_h < patch_size and 0 <= rest_w < patch_size):
-        raise ValueError(
-            f"masks_to_frames: a {gh}x{gw} grid of {patch_size}-pixel patches does not fit "
-            f"frames of size {(height, width)} (need 0 <= H - gh*p < p and 0 <= W - gw*p < p)"
-        )
-    up = masks.repeat_interleave(patch_size, dim=-2).repeat_interleave(patch_size, dim=-1)
-    out = masks.new_zeros(*masks.shape[:-2], height, width)  # (..., H, W)
-    out[..., : gh * patch_size, : gw * patch_size] = up
-    return out
+    size = (int(size[0]), int(size[1]))
+    check_grid(tuple(masks.shape[-2:]), size, patch_size, "masks_to_frames")
+    return grid_to_frame(masks, size, patch_size=patch_size)  # (..., H, W)
 
 
 def masked_views(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from labkit.eval.metrics import Alignment, grid_to_frame
+from labkit.geometry import Alignment, grid_to_frame
 
 __all__ = [
     "patch_index_map",
@@ -45,7 +45,7 @@ def patch_index_map(
     Args:
         grid: ``(gh, gw)``.
         size: Frame ``(H, W)``.
-        patch_size, alignment: As :func:`labkit.eval.metrics.grid_to_frame`.
+        patch_size, alignment: As :func:`labkit.geometry.grid_to_frame`.
 
     Returns:
         ``(H, W)`` int64 patch index in ``[0, P)`` (row-major over the grid).

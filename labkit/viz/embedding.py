@@ -41,6 +41,7 @@ import torch
 
 from labkit.embedding import PatchEmbedding, embed_patches, embed_patches_in_worker, umap_warmed_up
 from labkit.environment import is_headless
+from labkit.geometry import pixel_to_patch
 from labkit.viz.encode import encode_image
 from labkit.viz.render import mask_overlay, palette
 
@@ -239,9 +240,9 @@ class EmbeddingView:
         height, width = self.frames.shape[1:3]
         if not (0 <= x < width and 0 <= y < height):
             return None
-        # the strip (< p pixels) right of and below the grid shows the edge patch, as everywhere in labkit.viz
-        i = min(int(y) // self.patch_size, self.grid[0] - 1)
-        j = min(int(x) // self.patch_size, self.grid[1] - 1)
+        # the strip (< p pixels) right of and below the grid shows the edge patch
+        # (labkit.geometry's border rule)
+        i, j = pixel_to_patch(y, x, self.grid, self.patch_size)
         return self.click_patch(self.frame, i, j)
 
     def click_point(self, q: int) -> tuple[int, int, int]:

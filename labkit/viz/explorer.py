@@ -44,6 +44,7 @@ import torch
 from labkit.artifacts import token_artifacts
 from labkit.attention import extract_video, image_batches
 from labkit.environment import is_headless
+from labkit.geometry import upsample_grid
 from labkit.models import weights_label
 from labkit.pos_embed import PosEmbedRule
 from labkit.validation import resolve_device
@@ -156,13 +157,12 @@ def _blend_grid(frame: np.ndarray, grid: np.ndarray, alpha: float, p: int) -> np
     """Blend a uint8 (gh, gw, 3) colour grid over a uint8 (H, W, 3) frame: uint8 (H, W, 3).
 
     Patch (i, j) covers pixels [i*p:(i+1)*p, j*p:(j+1)*p]; the strip right and below the grid
-    repeats the edge colours, and the blend is render.overlay's: rint((1 - a) f + a c) in float32.
+    repeats the edge colours (labkit.geometry's border rule), and the blend is render.overlay's:
+    rint((1 - a) f + a c) in float32.
     """
     height, width = frame.shape[:2]
-    colour = np.repeat(np.repeat(grid, p, axis=0), p, axis=1)  # (gh*p, gw*p, 3)
-    pad = ((0, height - colour.shape[0]), (0, width - colour.shape[1]), (0, 0))
-    if pad[0][1] or pad[1][1]:
-        colour = np.pad(colour, pad, mode="edge")
+    colour = upsample_grid(np.moveaxis(grid, -1, 0), (height, width), patch_size=p)  # (3, H, W)
+    colour = np.moveaxis(colour, 0, -1)  # (H, W, 3)
     out = frame.astype(np.float32)
     out *= np.float32(1.0 - alpha)
     out += np.float32(alpha) * colour.astype(np.float32)

@@ -12,7 +12,9 @@ Patch layout (the contract of ``labkit.models.prepare_images``): frames are crop
 multiple of the patch size keeping the top-left corner, so patch ``(i, j)`` covers pixels
 ``[i*p:(i+1)*p, j*p:(j+1)*p]`` of the original frame and the grid covers its top-left
 ``gh*p x gw*p`` pixels. Maps brought back to frame size are aligned that way, and the strip of
-fewer than ``p`` pixels left at the right and bottom is filled with the edge values.
+fewer than ``p`` pixels left at the right and bottom is filled with the edge values: the border
+rule of :mod:`labkit.geometry`, which does every grid -> pixel mapping (the evaluation scores
+masks on the same pixels as are drawn here).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from labkit.geometry import infer_patch_size, upsample_grid
 from labkit.viz.palette import HEAD_COLOURS, palette
 
 __all__ = [
@@ -65,66 +68,19 @@ def _frame(frame: Any, name: str = "frame") -> np.ndarray:
 _palette_fn = palette  # for functions that have an argument called palette
 
 
-_COMMON_PATCH_SIZES = (8, 14, 16, 32)  # ViT patch sizes, preferred when the grid is ambiguous
-
-
-def _grid_patch_size(grid: tuple[int, int], size: tuple[int, int], patch_size: int | None) -> int:
-    """The patch size ``p`` that maps a ``grid`` onto a frame of ``size`` (top-left layout).
-
-    ``p`` is valid when ``H // p == gh`` and ``W // p == gw``. Several values can be valid (a
-    224 x 224 frame with a 14 x 14 grid fits p = 15 and 16); inference then takes the largest
-    common ViT patch size among them (8, 14, 16, 32), else the largest valid one.
-    """
-    (gh, gw), (H, W) = grid, size
-    if patch_size is None:
-        lo = max(H // (gh + 1), W // (gw + 1)) + 1  # gh * p <= H < (gh + 1) * p, same for W
-        hi = min(H // gh, W // gw) if gh and gw else 0
-        if lo > hi:
-            raise ValueError(
-                f"cannot infer the patch size for a {gh}x{gw} grid on a {H}x{W} frame (no p "
-                "gives that grid); pass patch_size="
-            )
-        common = [p for p in _COMMON_PATCH_SIZES if lo <= p <= hi]
-        return common[-1] if common else hi
-    p = int(patch_size)
-    if p < 1 or H // p != gh or W // p != gw:
-        raise ValueError(
-            f"patch_size={patch_size}: a {H}x{W} frame cropped to multiples of {p} gives a "
-            f"{H // max(p, 1)}x{W // max(p, 1)} grid, not {gh}x{gw}"
-        )
-    return p
-
-
-def _pad_edge(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Pad the last two axes at the bottom/right with edge values up to ``size``."""
-    H, W = size
-    pad = [(0, 0)] * (a.ndim - 2) + [(0, H - a.shape[-2]), (0, W - a.shape[-1])]
-    return np.pad(a, pad, mode="edge")
+# grid -> pixels: labkit.geometry, with its one border rule (the strip right of and below the
+# grid repeats the edge patches), the same rule the evaluation scores masks with
+_grid_patch_size = infer_patch_size
 
 
 def _upsample_nearest(a: np.ndarray, size: tuple[int, int], p: int) -> np.ndarray:
-    """(..., gh, gw) any dtype -> (..., H, W): each patch becomes a p x p block, then edge pad."""
-    a = np.repeat(np.repeat(a, p, axis=-2), p, axis=-1)  # (..., gh*p, gw*p)
-    return _pad_edge(a, size)
-
-
-def _bilinear_weights(g: int, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights for pixel centres of g*p pixels over g patch centres."""
-    pos = (np.arange(g * p) + 0.5) / p - 0.5  # pixel centre in patch-centre coordinates
-    pos = np.clip(pos, 0.0, g - 1)
-    i0 = np.floor(pos).astype(np.int64)
-    i1 = np.minimum(i0 + 1, g - 1)
-    return i0, i1, (pos - i0).astype(np.float32)
+    """(..., gh, gw) any dtype -> (..., H, W): each patch on its p x p block, edge repeated."""
+    return upsample_grid(a, size, patch_size=p)
 
 
 def _upsample_bilinear(a: np.ndarray, size: tuple[int, int], p: int) -> np.ndarray:
     """(C, gh, gw) float -> (C, H, W): bilinear between patch centres, clamped at the borders."""
-    _, gh, gw = a.shape
-    y0, y1, wy = _bilinear_weights(gh, p)
-    x0, x1, wx = _bilinear_weights(gw, p)
-    rows = a[:, y0] * (1 - wy)[:, None] + a[:, y1] * wy[:, None]  # (C, gh*p, gw)
-    out = rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx  # (C, gh*p, gw*p)
-    return _pad_edge(out, size)
+    return upsample_grid(a, size, patch_size=p, mode="bilinear")
 
 
 def upsample_map(
