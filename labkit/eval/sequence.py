@@ -29,30 +29,32 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from labkit.attention import extract, image_batches, mass_threshold
+from labkit.clustering import kmeans, kmeans_segments
 from labkit.discovery import attention_discovery, dora_discovery, lost, tokencut
+from labkit.eval.config import EvalConfig
 from labkit.eval.datasets import DatasetError, DavisSequence, read_masks
+from labkit.eval.discovery import discovery_scores
 from labkit.eval.metrics import SequenceScores, davis_frame_scores, resize_nearest
 from labkit.eval.patchgrid import (
+    confusion_from_histograms,
     mask_jaccard,
     mask_statistics,
     patch_histogram,
     patch_index_map,
 )
 from labkit.eval.results import SequenceExamples, SequenceResult
+from labkit.eval.segmentation import hungarian_match, iou_from_mapping, many_to_one_match
 from labkit.models import patch_size as get_patch_size
 from labkit.propagation import LabelPropagator
 from labkit.tracking import discover_objects, track_objects
 from labkit.video import open_frames
-
-if TYPE_CHECKING:
-    from labkit.eval.runner import EvalConfig
 
 __all__ = ["model_input_size", "evaluate_sequence", "dataset_segmentation"]
 
@@ -97,7 +99,6 @@ def _example_indices(num_frames: int, count: int) -> list[int]:
 def _miou(conf: torch.Tensor, matching: Literal["hungarian", "many_to_one"]) -> float:
     """mIoU over the labels present, after matching clusters to labels (TimeTuning's rules:
     Hungarian leaves extra clusters to the background, many-to-one by precision)."""
-    from labkit.eval.segmentation import hungarian_match, iou_from_mapping, many_to_one_match
 
     if matching == "hungarian":
         iou = iou_from_mapping(conf, hungarian_match(conf), unmatched_class=0)
@@ -116,8 +117,6 @@ def _segmentation_scores(
         features: ``(T, gh, gw, D)`` patch tokens.
         histograms: ``(T, P, C)`` pixels of each label 0..K under each patch (labels scored).
     """
-    from labkit.clustering import kmeans_segments
-    from labkit.eval.patchgrid import confusion_from_histograms
 
     T, gh, gw, _ = features.shape
     classes = histograms.shape[-1]
@@ -323,8 +322,6 @@ def evaluate_sequence(
         result.tracking = mask_statistics(mask_jaccard(objects[annotated], foreground, area))
     discovered = {}  # method -> ((T, gh, gw) masks, (T, 4) boxes)
     if disc_on:
-        from labkit.eval.discovery import discovery_scores
-
         discovered = {
             m: (torch.cat([x for x, _ in parts]), torch.cat([b for _, b in parts]))
             for m, parts in found.items()
@@ -374,8 +371,6 @@ def dataset_segmentation(
     """One k-means over the whole dataset, fitted on a seeded sample of at most
     ``dataset_samples`` patches, every patch assigned to its nearest centroid, scored foreground
     vs background (object ids mean nothing across sequences)."""
-    from labkit.clustering import kmeans
-    from labkit.eval.patchgrid import confusion_from_histograms
 
     device = torch.device(cfg.device)
     arrays = [np.load(stash / f"{r.name}.npy", mmap_mode="r") for r in results]  # (T, gh, gw, D)
