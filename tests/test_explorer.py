@@ -89,8 +89,8 @@ def test_clip_selection(small_video: Path, model: torch.nn.Module) -> None:
 
 def test_panels_match_independent_rendering(explorer: AttentionExplorer) -> None:
     from labkit.clustering import kmeans_segments
-    from labkit.tracking import discover_objects, track_objects
-    from labkit.viz.render import heads_to_rgb, overlay, segment_overlay
+    from labkit.tracking import discover_objects, object_shares, track_objects
+    from labkit.viz.render import HEAD_COLOURS, heads_to_rgb, overlay, segment_overlay
 
     ref = reference(explorer)
     s = explorer.set(frame=3, heads=(2, 0, 1), alpha=0.6)
@@ -129,12 +129,28 @@ def test_panels_match_independent_rendering(explorer: AttentionExplorer) -> None
             rtol=1e-3,
             atol=1e-6,
         )
-        lo = maps.amin(dim=(0, 2, 3), keepdim=True)
-        unit = ((maps - lo) / (maps.amax(dim=(0, 2, 3), keepdim=True) - lo))[3]  # (3, gh, gw)
-        colour = (unit.permute(1, 2, 0) * 255).round().byte().numpy()
+        # each object min-max scaled within the frame, tinted with its colour, tints added
+        shown = maps[3]  # (3, gh, gw)
+        lo = shown.amin(dim=(1, 2), keepdim=True)
+        unit = (shown - lo) / (shown.amax(dim=(1, 2), keepdim=True) - lo)
+        tints = torch.from_numpy(HEAD_COLOURS).float() / 255  # objects 0, 1, 2 (3, 3)
+        mixed = torch.einsum("khw,kc->hwc", unit, tints).clamp(0, 1)
+        colour = (mixed * 255).round().byte().numpy()
         expected = overlay(frame, colour, alpha=0.6, patch_size=p, mode="nearest")
         got = explorer.panel("objects", replace(s, sinkhorn=sinkhorn))
         assert np.abs(got.astype(int) - expected).max() <= 1
+        assert unit.amax(dim=(1, 2)).tolist() == [1.0, 1.0, 1.0]  # every object at full colour
+
+    # the status line: the shown frame's shares and overlap, with Sinkhorn-Knopp on and off
+    explorer.compute()
+    title = explorer.title()
+    for sinkhorn, label in ((True, "with SK"), (False, "without")):
+        got = object_shares(torch.from_numpy(explorer.objects(s.layer, (2, 0, 1), sinkhorn)[3]))
+        shares = "/".join(f"{v:.2f}" for v in got.share.tolist())
+        text = f"shares {shares}, overlap {float(got.mean_overlap()):.2f}"
+        assert f"{label}: {text}" in title
+        assert explorer.objects_numbers(sinkhorn=sinkhorn) == text
+    assert explorer.objects_numbers() in explorer.panel_titles()[PANELS.index("objects")]
 
 
 def changed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> set[str]:

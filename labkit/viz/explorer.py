@@ -6,10 +6,14 @@ Four panels per frame, side by side::
 
 DoRA's objects (:mod:`labkit.tracking`): the three heads shown as R, G, B seed three object
 prototypes on the clip's *first* frame (``discover_objects``, Sinkhorn-Knopp on or off), which
-are tracked through the clip (``track_objects``); each object's map is drawn in the colour of
-the head that seeded it, min-max scaled over the whole clip (not per frame, so an object that
-leaves the picture fades). Everything uses the chosen block's attention, queries, keys and tokens (DoRA
-itself uses the last block, ``layer=-1``).
+are tracked through the clip (``track_objects``); each object's map is drawn in its colour
+(:func:`labkit.viz.palette.object_colours`: the colour of the head that seeded it), min-max
+scaled within each frame on its own (:func:`labkit.viz.dora.objects_to_rgb`), so each object
+is visible in every frame. The status line gives, for the shown frame, the objects' shares
+(fraction of patches where each object's map is the largest) and their overlap
+(:func:`labkit.tracking.object_shares`) with Sinkhorn-Knopp on and off. Everything uses the
+chosen block's attention, queries, keys and tokens (DoRA itself uses the last block,
+``layer=-1``).
 
 Caching, so that scrubbing is instant:
 
@@ -47,7 +51,9 @@ from labkit.environment import is_headless
 from labkit.geometry import upsample_grid
 from labkit.models import weights_label
 from labkit.pos_embed import PosEmbedRule
+from labkit.tracking import object_shares
 from labkit.validation import resolve_device
+from labkit.viz.dora import objects_to_rgb
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -528,17 +534,35 @@ class AttentionExplorer:
         return self._head_rgb[key]
 
     def _objects_grid(self, layer: int, heads: tuple[int, ...], sinkhorn: bool) -> np.ndarray:
-        """uint8 (T, gh, gw, 3): each object's map min-max scaled over the whole clip."""
+        """uint8 (T, gh, gw, 3): each object's map min-max scaled within each frame, in its
+        colour (:func:`labkit.viz.dora.objects_to_rgb`)."""
         key = (layer, heads, sinkhorn)
         if key not in self._object_rgb:
             maps = self.objects(layer, heads, sinkhorn)  # (T, 3, gh, gw)
-            lo = maps.min(axis=(0, 2, 3), keepdims=True)  # (1, 3, 1, 1)
-            span = maps.max(axis=(0, 2, 3), keepdims=True) - lo
-            unit = (maps - lo) / np.where(span > 0, span, 1.0)
-            self._object_rgb[key] = np.clip(
-                np.rint(unit.transpose(0, 2, 3, 1) * 255), 0, 255
-            ).astype(np.uint8)
+            self._object_rgb[key] = objects_to_rgb(maps)  # (T, gh, gw, 3)
         return self._object_rgb[key]
+
+    def objects_numbers(
+        self, state: ExplorerState | None = None, sinkhorn: bool | None = None
+    ) -> str:
+        """DoRA's objects in the shown frame: ``"shares a/b/c, overlap x"`` (empty until computed).
+
+        Shares: the fraction of the frame's patches where each object's map is the largest;
+        overlap: sum over patches of min(a, b) of two objects' maps (each summing to 1), mean over
+        the pairs (:func:`labkit.tracking.object_shares`). Reads the cache only, never computes.
+
+        Args:
+            state: the state (default: the current one).
+            sinkhorn: the plan (default: the state's).
+        """
+        s = self.state if state is None else state
+        use = s.sinkhorn if sinkhorn is None else sinkhorn
+        maps = self._objects.get((s.layer % self.depth, tuple(int(h) for h in s.heads), bool(use)))
+        if maps is None:
+            return ""
+        got = object_shares(torch.from_numpy(maps[s.frame]))  # of (3, gh, gw)
+        shares = "/".join(f"{v:.2f}" for v in got.share.tolist())
+        return f"shares {shares}, overlap {float(got.mean_overlap()):.2f}"
 
     def compute(self, state: ExplorerState | None = None) -> None:
         """Fill every cache the state needs (layer pass, k-means, DoRA), without rendering."""
@@ -547,6 +571,7 @@ class AttentionExplorer:
         self.segments(s.layer, s.k)
         self._heads_grid(s.layer, s.heads)
         self._objects_grid(s.layer, s.heads, s.sinkhorn)
+        self.objects(s.layer, s.heads, not s.sinkhorn)  # the status line compares on and off
         if "artifacts" in self.panels or "registers" in self.panels:
             self.artifacts()
 
@@ -733,11 +758,14 @@ class AttentionExplorer:
             if data.cls_register_mass is not None:
                 norms += f", {float(data.cls_register_mass[s.frame, s.layer]):.0%} on the registers"
             norms += " | "
+        on, off = self.objects_numbers(s, True), self.objects_numbers(s, False)
+        dora = f"DoRA objects, Sinkhorn-Knopp {'on' if s.sinkhorn else 'off'}"
+        if on and off:  # the shown frame's shares and overlap, both plans (per-frame maps)
+            dora += f" (with SK: {on}; without: {off})"
         return (
             f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | "
-            f"layer {s.layer} | heads {s.heads} as R,G,B | DoRA objects, Sinkhorn-Knopp "
-            f"{'on' if s.sinkhorn else 'off'} | k-means k={s.k} | opacity {s.alpha:.2f} | "
-            f"{norms}{self.weights}"
+            f"layer {s.layer} | heads {s.heads} as R,G,B | {dora} | k-means k={s.k} | "
+            f"opacity {s.alpha:.2f} | {norms}{self.weights}"
         )
 
     def figure(self, state: ExplorerState | None = None) -> Figure:
@@ -747,15 +775,17 @@ class AttentionExplorer:
 
         s = self.state if state is None else self._validated(state)
         images, titles = [self.panel(n, s) for n in self.panels], self.panel_titles(s)
+        # the status line in three lines: frame and heads; DoRA's objects; the rest
+        suptitle = self.title(s).replace(" | DoRA", "\nDoRA").replace(" | k-means", "\nk-means")
         if len(images) <= 4:
-            return plot_strip(images, titles=titles, suptitle=self.title(s), panel_size=3.0)
+            return plot_strip(images, titles=titles, suptitle=suptitle, panel_size=3.0)
         from labkit.viz.plot import plot_grid
 
         per = 3  # more than four panels: rows of three, so that the figure stays readable
         return plot_grid(
             [images[i : i + per] for i in range(0, len(images), per)],
             col_titles=[titles[i : i + per] for i in range(0, len(titles), per)],
-            suptitle=self.title(s).replace(" | norms:", "\nnorms:"),
+            suptitle=suptitle.replace(" | norms:", "\nnorms:"),
             panel_size=3.0,
         )
 
@@ -765,6 +795,9 @@ class AttentionExplorer:
         titles = {**_TITLES, "segments": f"k-means k={s.k}"}
         if not s.sinkhorn:
             titles["objects"] = "DoRA objects (no Sinkhorn-Knopp)"
+        numbers = self.objects_numbers(s)
+        if numbers:
+            titles["objects"] += "\n" + numbers  # the shown frame's shares and overlap
         if "artifacts" in self.panels or "registers" in self.panels:
             data = self.artifacts()
             count = int(data.outliers[s.frame, s.layer].sum())
