@@ -2,7 +2,9 @@
 
 ``labkit pipeline`` executes the lab's notebooks in order with papermill::
 
-    train     notebooks/train_dora.ipynb, once per method (DoRA and the DINO baseline, same budget)
+    train     once per method, each through its own notebook (the same budget):
+              notebooks/train_dora.ipynb for DoRA and the DINO baseline,
+              notebooks/timetuning.ipynb for TimeTuning (methods: [timetuning])
     explore   notebooks/attention_explorer.ipynb on each trained model, and
               notebooks/dora_step_by_step.ipynb on the DoRA model
     evaluate  notebooks/evaluate.ipynb: random init, DINO and DoRA side by side, on each dataset
@@ -46,8 +48,11 @@ from typing import Any, Literal
 from labkit.config import load_config as load_dataclass
 from labkit.environment import describe, threads_for
 from labkit.models import resolve_pretrained
+from labkit.notebooks import notebook_parameters
 from labkit.pos_embed import PosEmbedRule
 from labkit.runfolder import RunLock, remove_stale_temporaries, write_atomic
+from labkit.train.config import IGNORED_FIELDS, TrainConfig
+from labkit.train.step import build_backbone
 from labkit.validation import (
     check_device,
     check_fields,
@@ -69,6 +74,9 @@ __all__ = [
 
 STAGE_GROUPS = ("train", "explore", "evaluate", "report")
 METHODS = ("dora", "dino", "timetuning")
+# each method's training notebook: train_dora trains DoRA and DINO (its `method` parameter),
+# timetuning trains TimeTuning and scores its segments before and after
+TRAIN_NOTEBOOKS = {"dora": "train_dora", "dino": "train_dora", "timetuning": "timetuning"}
 SYNTHETIC = "synthetic"
 
 
@@ -276,6 +284,27 @@ def uses_pretrained(cfg: PipelineConfig) -> bool:
     return resolve_pretrained(cfg.pretrained_model, cfg.pretrained)[0]
 
 
+def _notebook_settings(notebook: str, cfg: PipelineConfig) -> dict[str, Any]:
+    """A training notebook's own parameters besides TrainConfig's, from the run's settings.
+
+    The TimeTuning notebook starts from the same weights as the other methods (``checkpoint``,
+    else a random init: ``pretrained`` false, as train_dora's default), segments the explore
+    stages' frames at their size, and scores its mIoU on the synthetic ground truth only (the
+    evaluate stages score every dataset)."""
+    if notebook != "timetuning":
+        return {}
+    return {
+        "pretrained": False,
+        "segment_size": cfg.explore_img_size,
+        "segment_frames": cfg.explore_frames,
+        "sample_frames": cfg.explore_frames,
+        "strip_columns": min(8, cfg.explore_frames),
+        "davis_root": "",
+        "eval_resolution": cfg.eval_resolution,
+        "eval_max_frames": cfg.eval_max_frames,
+    }
+
+
 def plan(cfg: PipelineConfig) -> list[Stage]:
     """The stages of a run, in order, with absolute paths and their notebook parameters."""
     run = cfg.run_dir.resolve()
@@ -284,6 +313,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     trained: dict[str, str] = {}
     for method in cfg.methods:
         out = run / f"train_{method}"
+        notebook = TRAIN_NOTEBOOKS[method]
         params = {
             "video_path": video,
             "method": method,
@@ -300,16 +330,22 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             "device": cfg.device,
             "seed": cfg.seed,
             "pos_embed_rule": cfg.pos_embed_rule,
+            **_notebook_settings(notebook, cfg),
             **cfg.train,
             "resume": True,
             "out_dir": str(out),
         }
+        # the options this method ignores stay out of a notebook without them (k, out_dim,
+        # num_local ... for TimeTuning); anything else reaches the notebook, which checks it
+        own = notebook_parameters(notebook)
+        ignored = {"method", *IGNORED_FIELDS[method]}
+        params = {k: v for k, v in params.items() if k in own or k not in ignored}
         stages.append(
             Stage(
                 f"train_{method}",
                 "train",
                 out,
-                "train_dora",
+                notebook,
                 params,
                 ("checkpoint.pth", "metrics.json"),
             )
@@ -563,16 +599,14 @@ def check_plan(cfg: PipelineConfig, stages: Sequence[Stage]) -> None:
 
 
 def _check_stage(stage: Stage, produced: set[str], built: set[str]) -> None:
-    from labkit.notebooks import notebook_parameters
-
     params = {**notebook_parameters(stage.notebook), **stage.params}
     if stage.group == "train":
-        from labkit.train.config import TrainConfig
-        from labkit.train.step import build_backbone
-
         names = {f.name for f in fields(TrainConfig)}
+        # a notebook of one method has no `method` parameter: the stage's name says it
+        method = params.get("method") or stage.name.removeprefix("train_")
         config = TrainConfig(
-            **{k: v for k, v in params.items() if k in names and k != "out_dir"},
+            **{k: v for k, v in params.items() if k in names and k not in ("out_dir", "method")},
+            method=method,
             out_dir=params["out_dir"],
         )
         key = json.dumps(

@@ -255,6 +255,19 @@ def _out_dim(stage: Any, cfg: dict[str, Any], metrics: dict[str, Any] | None = N
         return None
 
 
+def _timetuning_health(metrics: dict[str, Any]) -> str:
+    """One sentence about a TimeTuning run: the clusters its targets used at the last step
+    (a collapse shows as few) and how often the last frame agreed with them."""
+    clusters, agreement = metrics.get("target_clusters"), metrics.get("agreement")
+    if clusters is None or agreement is None:
+        return "TimeTuning has no teacher to collapse; no cluster statistics recorded."
+    return (
+        f"TimeTuning has no teacher to collapse; at its last step the targets used "
+        f"{clusters:.0f} clusters and {agreement:.0%} of the last frames' patches agreed "
+        "with them."
+    )
+
+
 def training_health(stage: Any, metrics: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, bool]:
     """One plain sentence about a training stage's teacher, and whether it collapsed.
 
@@ -264,6 +277,8 @@ def training_health(stage: Any, metrics: dict[str, Any], cfg: dict[str, Any]) ->
     mass on one output dimension).
     """
 
+    if metrics.get("method") == "timetuning":  # no teacher: the cluster count
+        return _timetuning_health(metrics), False
     method = {"dora": "DoRA", "dino": "DINO"}.get(stage.name.removeprefix("train_"), stage.name)
     k = _out_dim(stage, cfg, metrics)
     entropy = metrics.get("teacher_entropy")

@@ -81,6 +81,7 @@ __all__ = [
     "ARCHITECTURE_FIELDS",
     "METHODS",
     "METHOD_DEFAULTS",
+    "IGNORED_FIELDS",
     "architecture_fields",
 ]
 
@@ -119,6 +120,45 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "warmup_epochs": {"dora": 1.0, "dino": 1.0, "timetuning": 0.0},
     "drop_path_rate": {"dora": 0.1, "dino": 0.1, "timetuning": 0.0},
     "sinkhorn_iterations": {"dora": 30, "dino": 30, "timetuning": 10},
+}
+
+
+# Fields a method does not read (the pipeline passes its `train` options to each method's
+# notebook less these: `train: {num_local: 4}` reaches DoRA and DINO, not TimeTuning)
+_DINO_FIELDS = (
+    "local_size",
+    "num_local",
+    "local_scale",
+    "out_dim",
+    "hidden_dim",
+    "bottleneck_dim",
+    "norm_last_layer",
+    "momentum_teacher",
+    "teacher_temp",
+    "warmup_teacher_temp",
+    "warmup_teacher_temp_epochs",
+    "center_momentum",
+    "center_init",
+    "collapse_patience",
+    "freeze_last_layer",
+)
+_DORA_FIELDS = ("k", "heads", "sinkhorn", "threshold", "dora_loss", "pre_crop")
+_TIMETUNING_FIELDS = (
+    "num_prototypes",
+    "head_dims",
+    "trainable_blocks",
+    "train_norm",
+    "hard_targets",
+    "forwarder_n_last",
+    "forwarder_topk",
+    "forwarder_temperature",
+    "forwarder_radius",
+    "backbone_lr_ratio",
+)
+IGNORED_FIELDS: dict[str, tuple[str, ...]] = {
+    "dora": _TIMETUNING_FIELDS,
+    "dino": _DORA_FIELDS + ("epsilon", "sinkhorn_iterations") + _TIMETUNING_FIELDS,
+    "timetuning": _DINO_FIELDS + _DORA_FIELDS,
 }
 
 
