@@ -34,7 +34,8 @@ KEY_METRICS = (
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
+h1 { margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
@@ -226,8 +227,11 @@ def learned_nothing(evaluation: dict[str, Any], model: str, tie: float = 0.005) 
     rows = {r["model"]: r for r in comparison_rows(evaluation)}
     if model not in rows or "random" not in rows:
         return None
-    pairs = [(rows[model].get(k), rows["random"].get(k)) for k, _ in KEY_METRICS]
-    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    pairs = [
+        (a, b)
+        for a, b in ((rows[model].get(k), rows["random"].get(k)) for k, _ in KEY_METRICS)
+        if a is not None and b is not None
+    ]
     if not pairs:
         return None
     return all(a <= b + tie for a, b in pairs)
@@ -237,7 +241,7 @@ def _out_dim(stage: Any, cfg: dict[str, Any], metrics: dict[str, Any] | None = N
     """K of the stage's DINO head: what its training recorded in metrics.json, else its
     parameters, the run's train options, else TrainConfig's (the train notebook's own default
     differs from TrainConfig's, so the recorded value comes first)."""
-    value = (
+    value: Any = (  # from JSON files and the notebook's parameters
         (metrics or {}).get("out_dim")
         or (getattr(stage, "params", None) or {}).get("out_dim")
         or (cfg.get("train") or {}).get("out_dim")
@@ -336,8 +340,9 @@ def weights_section(cfg: dict[str, Any], stages: Sequence[Any]) -> str:
         note = "The pretrained reference was switched off (<code>pretrained: false</code>)."
     else:
         note = (
-            f"No pretrained weights were used: <code>{html.escape(name)}</code> is not in the local "
-            "Hugging Face cache, so every model here is a random init or trained by this run. "
+            f"No pretrained weights were used: <code>{html.escape(name)}</code> is not in the "
+            "local Hugging Face cache, so every model here is a random init or trained by this "
+            "run. "
             "Run once with network access and <code>-o pretrained=true</code> to add it "
             "(<code>labkit models</code> lists the supported weights)."
         )
@@ -370,11 +375,14 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     cfg = _read_json_yaml(run_dir / "config.yaml")
     env = _read_json(run_dir / "environment.json") or {}
     parts = [f"<h1>labkit run <code>{html.escape(run_dir.name)}</code></h1>"]
+    date, device = html.escape(str(env.get("date", ""))), html.escape(str(env.get("device")))
+    commit = html.escape(str(env.get("git_commit", ""))[:10])
+    modified = " (modified)" if env.get("git_dirty") else ""
+    torch_version = html.escape(str(env.get("packages", {}).get("torch")))
+    processor = html.escape(str(env.get("processor", "")))
     parts.append(
-        f"<p class='muted'>{html.escape(str(env.get('date', '')))} · device {html.escape(str(env.get('device')))}"
-        f" · git {html.escape(str(env.get('git_commit', ''))[:10])}{' (modified)' if env.get('git_dirty') else ''}"
-        f" · torch {html.escape(str(env.get('packages', {}).get('torch')))} · {html.escape(str(env.get('processor', '')))}"
-        f" × {env.get('cpu_count')}</p>"
+        f"<p class='muted'>{date} · device {device} · git {commit}{modified}"
+        f" · torch {torch_version} · {processor} × {env.get('cpu_count')}</p>"
     )
     budget = _budget(run_dir, cfg)
 
@@ -522,8 +530,8 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         )
         if more:
             parts.append(
-                f"<details><summary>more figures of {html.escape(stage.name)}: heads over 8 frames, "
-                f"every head, masks, segments, artifacts</summary>{more}</details>"
+                f"<details><summary>more figures of {html.escape(stage.name)}: heads over 8 "
+                f"frames, every head, masks, segments, artifacts</summary>{more}</details>"
             )
 
     # evaluation
@@ -536,8 +544,9 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             continue
         cfg_e = metrics.get("config", {})
         parts.append(
-            f"<p class='muted'>{len(metrics.get('sequences', []))} sequences at {cfg_e.get('resolution')} px"
-            f" (shorter side), data {html.escape(str(metrics.get('data_root') or 'synthetic'))}</p>"
+            f"<p class='muted'>{len(metrics.get('sequences', []))} sequences at "
+            f"{cfg_e.get('resolution')} px (shorter side), data "
+            f"{html.escape(str(metrics.get('data_root') or 'synthetic'))}</p>"
         )
         cols = [
             "model",
@@ -588,8 +597,9 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         f"{_link(run_dir, run_dir / 'config.yaml', 'config.yaml')}</p>"
     )
     page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>labkit {html.escape(run_dir.name)}</title>"
-        f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>labkit {html.escape(run_dir.name)}</title><style>{_STYLE}</style></head>"
+        f"<body>{''.join(parts)}</body></html>"
     )
     out = run_dir / "report.html"
     write_atomic(out, page.encode("utf-8"))  # the previous report stays whole until then
