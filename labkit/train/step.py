@@ -48,7 +48,9 @@ from torch import nn
 
 from labkit.attention import extract, vit_blocks
 from labkit.losses import DINOHead, DINOLoss
+from labkit.models import load_backbone, resolve_pretrained
 from labkit.models import patch_size as model_patch_size
+from labkit.timetuning import TimeTuningConfig, TimeTuningModel
 from labkit.tracking import Discovery, Tracks, discover_objects, masked_views, track_objects
 
 __all__ = [
@@ -110,7 +112,6 @@ def build_backbone(config: Any) -> nn.Module:
         ValueError: ``img_size`` (or, for DoRA / DINO, ``local_size``) is not a multiple of the
             patch size; DoRA needs more heads than the model has.
     """
-    from labkit.models import load_backbone, resolve_pretrained
 
     pretrained, _ = resolve_pretrained(config.model, config.pretrained, config.checkpoint or None)
     from_weights = bool(config.checkpoint) or pretrained
@@ -180,7 +181,6 @@ def build_timetuning(config: Any) -> nn.Module:
     Raises:
         ValueError: ``trainable_blocks`` exceeds the backbone's depth, or a field is invalid.
     """
-    from labkit.timetuning import TimeTuningConfig, TimeTuningModel
 
     backbone = build_backbone(config)
     depth = len(backbone.blocks)
