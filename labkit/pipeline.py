@@ -47,9 +47,13 @@ from typing import Any, Literal
 
 from labkit.config import load_config as load_dataclass
 from labkit.environment import describe, threads_for
+from labkit.eval.datasets import davis_sequences
+from labkit.eval.runner import EvalConfig
+from labkit.explore import ExploreConfig
 from labkit.models import resolve_pretrained
-from labkit.notebooks import notebook_parameters
+from labkit.notebooks import NotebookError, check_parameters, notebook_parameters, run_notebook
 from labkit.pos_embed import PosEmbedRule
+from labkit.report import write_report
 from labkit.runfolder import RunLock, remove_stale_temporaries, write_atomic
 from labkit.train.config import IGNORED_FIELDS, TrainConfig
 from labkit.train.step import build_backbone
@@ -581,7 +585,6 @@ def check_plan(cfg: PipelineConfig, stages: Sequence[Stage]) -> None:
     Raises:
         ValueError: naming the stage and the key or file at fault.
     """
-    from labkit.notebooks import check_parameters
 
     produced = {str(s.out_dir / "checkpoint.pth") for s in stages if s.group == "train"}
     built: set[str] = set()
@@ -626,17 +629,12 @@ def _check_stage(stage: Stage, produced: set[str], built: set[str]) -> None:
             built.add(key)
             build_backbone(config)
     elif stage.notebook == "attention_explorer":
-        from labkit.explore import ExploreConfig
-
         names = {f.name for f in fields(ExploreConfig)}
         values = {k: v for k, v in params.items() if k in names}
         if values.get("checkpoint") in produced:
             values["checkpoint"] = ""
         ExploreConfig(**values)
     elif stage.group == "evaluate":
-        from labkit.eval.datasets import davis_sequences
-        from labkit.eval.runner import EvalConfig
-
         names = {f.name for f in fields(EvalConfig)}
         values = {k: v for k, v in params.items() if k in names}
         models = []
@@ -738,8 +736,6 @@ def _run_stages(
 ) -> Path:
     import yaml
 
-    from labkit.notebooks import NotebookError, run_notebook
-
     for folder in [run_dir] + [s.out_dir for s in stages if s.group != "report"]:
         for path in remove_stale_temporaries(folder):  # left by writes that were killed
             say(f"removed {path}, left by a write that was killed")
@@ -763,8 +759,6 @@ def _run_stages(
         t0 = time.perf_counter()
         say(f"{head}: running {stage.notebook or 'report'} ...")
         if stage.group == "report":
-            from labkit.report import write_report
-
             write_report(run_dir, stages)
             _write_marker(stage, time.perf_counter() - t0)
         else:
