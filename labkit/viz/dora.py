@@ -180,7 +180,8 @@ def sinkhorn_numbers(
             "overlap_mean": float(got.mean_overlap().mean()),
         }
         if plans is not None and name in plans:
-            plan = object_shares(_objects_last(plans[name], grid or tuple(m.shape[-2:])))
+            plan_grid = grid or (int(m.shape[-2]), int(m.shape[-1]))
+            plan = object_shares(_objects_last(plans[name], plan_grid))
             row.update(
                 plan_share=plan.share.tolist(),
                 plan_mass=plan.mass.tolist(),
@@ -319,7 +320,7 @@ def plot_cls_attention(
         (frame, upsample_map(a / max(a.max(), 1e-12), size, patch_size)) for a in attn
     ]  # heat over frame
     rgb = heads_to_rgb(attn, tuple(heads), size=size, patch_size=patch_size)
-    rows = [maps, [frame, rgb, overlay(frame, rgb, alpha=0.6)]]
+    rows: list[list[Any]] = [maps, [frame, rgb, overlay(frame, rgb, alpha=0.6)]]
     return plot_grid(
         rows,
         row_titles=["each head", "heads as RGB"],

@@ -72,7 +72,8 @@ def palette(n: int) -> np.ndarray:
     i = 0
     while len(colours) < n:
         s, v = _SV[i % len(_SV)]
-        rgb = tuple(round(c * 255) for c in colorsys.hsv_to_rgb((i * _GOLDEN) % 1.0, s, v))
+        r, g, b = colorsys.hsv_to_rgb((i * _GOLDEN) % 1.0, s, v)
+        rgb = (round(r * 255), round(g * 255), round(b * 255))
         i += 1
         if rgb not in seen:
             seen.add(rgb)
