@@ -69,7 +69,8 @@ class Mp4Writer:
         path: Output ``.mp4`` file; missing parent folders are created.
         fps: Frames per second, > 0 (kept as a fraction, e.g. 30000/1001).
         crf: x264 constant rate factor (0 lossless .. 51 worst; 18 looks lossless).
-        preset: x264 speed preset (``"veryfast"`` ... ``"veryslow"``): slower is smaller, not better.
+        preset: x264 speed preset (``"veryfast"`` ... ``"veryslow"``): slower is smaller, not
+            better.
     """
 
     def __init__(
@@ -105,14 +106,17 @@ class Mp4Writer:
         self.size = (height, width)
 
     def write(self, frames: Any) -> None:
-        """Encode one uint8 ``(H, W, 3)`` frame or a batch ``(n, H, W, 3)``, all of the first size."""
+        """Encode one uint8 ``(H, W, 3)`` frame or a batch ``(n, H, W, 3)``, all of the first
+        size.
+        """
         import av
 
         a = _to_numpy(frames, "Mp4Writer.write: frames")
         a = a[None] if a.ndim == 3 else a
         if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or 0 in a.shape[1:3]:
             raise ValueError(
-                f"Mp4Writer.write: frames must be uint8 (H, W, 3) or (n, H, W, 3), got {a.dtype} {a.shape}"
+                "Mp4Writer.write: frames must be uint8 (H, W, 3) or (n, H, W, 3), got "
+                f"{a.dtype} {a.shape}"
             )
         if self._container is None:
             if self.frames_written:

@@ -12,7 +12,7 @@ Notation::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -78,14 +78,16 @@ def _wrap(
         return rows, row_titles, col_titles
     chunks = -(-ncols // max_columns)  # ceil
     width = -(-ncols // chunks)
-    out, out_rt, out_ct = [], [] if row_titles is not None else None, []
+    out: list[list[Any]] = []
+    out_rt: list[str] | None = [] if row_titles is not None else None
+    out_ct: list[list[str] | None] = []
 
     def add(i: int, c: int) -> None:
         part = rows[i][c * width : (c + 1) * width]
         if not part and c > 0:
             return
         out.append(part)
-        if out_rt is not None:
+        if out_rt is not None and row_titles is not None:  # both or neither
             out_rt.append(row_titles[i])
         titles = col_titles[i]
         out_ct.append(None if titles is None else list(titles[c * width : (c + 1) * width]))
@@ -181,9 +183,10 @@ def plot_grid(
     if col_titles is None:
         titles: list[list[str] | None] = [None] * nrows
     elif per_row:
-        titles = [list(t) for t in col_titles]
+        titles = [list(t) for t in cast("Sequence[Sequence[str]]", col_titles)]  # per row
     else:
-        titles = [list(col_titles) if i == 0 else None for i in range(nrows)]
+        one = list(cast("Sequence[str]", col_titles))  # one title per column
+        titles = [one if i == 0 else None for i in range(nrows)]
     images, row_titles, titles = _wrap(
         images, None if row_titles is None else list(row_titles), titles, max_columns
     )
@@ -230,8 +233,9 @@ def plot_grid(
                 mappables.append((ax, m))
             else:
                 ax.imshow(im, interpolation="nearest")
-            if titles[i] is not None and j < len(titles[i]) and titles[i][j]:
-                ax.set_title(titles[i][j], fontsize=TITLE_SIZE)
+            row_cols = titles[i]
+            if row_cols is not None and j < len(row_cols) and row_cols[j]:
+                ax.set_title(row_cols[j], fontsize=TITLE_SIZE)
         if row_titles is not None:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=TITLE_SIZE)
     label = colorbar if isinstance(colorbar, str) else None
@@ -240,14 +244,16 @@ def plot_grid(
             cb = fig.colorbar(
                 mappables[0][1], ax=axes.ravel().tolist(), shrink=0.8, aspect=30, pad=0.01
             )
-            cb.solids.set_alpha(1.0)
+            if cb.solids is not None:
+                cb.solids.set_alpha(1.0)
             if label:
                 cb.set_label(label, fontsize=TITLE_SIZE)
             cb.ax.tick_params(labelsize=TITLE_SIZE - 2)
         else:
             for ax, m in mappables:
                 cb = fig.colorbar(m, ax=ax, fraction=0.046, pad=0.02)
-                cb.solids.set_alpha(1.0)
+                if cb.solids is not None:
+                    cb.solids.set_alpha(1.0)
                 if label:
                     cb.set_label(label, fontsize=TITLE_SIZE - 2)
                 cb.ax.tick_params(labelsize=TITLE_SIZE - 3)

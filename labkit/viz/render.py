@@ -223,7 +223,7 @@ def overlay(
     if f.ndim == 4:
         if len(img) != len(f):
             raise ValueError(f"overlay: {len(f)} frames but {len(img)} maps")
-        kw = dict(vmin=vmin, vmax=vmax, patch_size=patch_size, mode=mode)
+        kw: dict[str, Any] = dict(vmin=vmin, vmax=vmax, patch_size=patch_size, mode=mode)
         return np.stack([overlay(fi, mi, alpha, cmap, **kw) for fi, mi in zip(f, img)])
     f = _frame(f, "overlay: frame")
     H, W = f.shape[:2]
@@ -305,7 +305,9 @@ def mask_overlay(
             raise ValueError(
                 f"mask_overlay: {len(f)} frames need masks (T, H, W) or (T, K, H, W), got {m.shape}"
             )
-        kw = dict(contour=contour, thickness=thickness, patch_size=patch_size, halo=halo)
+        kw: dict[str, Any] = dict(
+            contour=contour, thickness=thickness, patch_size=patch_size, halo=halo
+        )
         return np.stack([mask_overlay(fi, mi, color, alpha, **kw) for fi, mi in zip(f, m)])
     out = _frame(f, "mask_overlay: frame").copy()
     masks = m[None] if m.ndim == 2 else m  # (K, ., .)
@@ -426,7 +428,7 @@ def segments_to_rgb(
     table = np.concatenate([pal.astype(np.uint8), np.zeros((1, 3), np.uint8)])  # -1 -> black
     if size is not None and tuple(lab.shape[-2:]) != tuple(size):
         p = _grid_patch_size(lab.shape[-2:], size, patch_size)
-        lab = _upsample_nearest(lab, tuple(size), p)
+        lab = _upsample_nearest(lab, (size[0], size[1]), p)
     return table[lab]
 
 
@@ -462,7 +464,7 @@ def segment_overlay(
             raise ValueError(
                 f"segment_overlay: {len(f)} frames need labels (T, ., .), got {lab.shape}"
             )
-        kw = dict(palette=palette, patch_size=patch_size)
+        kw: dict[str, Any] = dict(palette=palette, patch_size=patch_size)
         return np.stack([segment_overlay(fi, li, alpha, **kw) for fi, li in zip(f, lab)])
     f = _frame(f, "segment_overlay: frame")
     if lab.ndim != 2:
@@ -529,7 +531,8 @@ def features_to_rgb(
 
 
 def caption(frame: Any, text: str, *, font_size: int | None = None) -> np.ndarray:
-    """Write one line of text in a dark band across the top of a frame, so a viewer knows what it is.
+    """Write one line of text in a dark band across the top of a frame, so a viewer knows what it
+    is.
 
     The band is the frame darkened to 35% (the picture stays faintly visible behind the text);
     text is white, in Pillow's built-in scalable font, cut at the right edge if too long.
@@ -566,7 +569,9 @@ def caption(frame: Any, text: str, *, font_size: int | None = None) -> np.ndarra
 
 
 def _font(size: int) -> Any:
-    """DejaVu Sans (matplotlib's bundled copy) at ``size`` pixels, else Pillow's scalable default."""
+    """DejaVu Sans (matplotlib's bundled copy) at ``size`` pixels, else Pillow's scalable
+    default.
+    """
     from pathlib import Path
 
     from PIL import ImageFont
