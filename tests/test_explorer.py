@@ -203,10 +203,10 @@ def test_state_is_validated(explorer: AttentionExplorer) -> None:
 
 def test_caches_fill_once(explorer: AttentionExplorer, monkeypatch) -> None:
     import labkit.attention
-    import labkit.clustering
+    import labkit.viz.explorer
 
     calls = {"extract": 0, "kmeans": 0}
-    extract, kmeans_segments = labkit.attention.extract, labkit.clustering.kmeans_segments
+    extract, kmeans_segments = labkit.attention.extract, labkit.viz.explorer.kmeans_segments
 
     def counting_extract(*args, **kwargs):
         calls["extract"] += 1
@@ -217,7 +217,7 @@ def test_caches_fill_once(explorer: AttentionExplorer, monkeypatch) -> None:
         return kmeans_segments(*args, **kwargs)
 
     monkeypatch.setattr(labkit.attention, "extract", counting_extract)
-    monkeypatch.setattr(labkit.clustering, "kmeans_segments", counting_kmeans)
+    monkeypatch.setattr(labkit.viz.explorer, "kmeans_segments", counting_kmeans)
     explorer.render()
     assert calls == {"extract": 2, "kmeans": 1}  # 6 frames in batches of 4, one k-means
     for t in range(len(explorer.frames)):

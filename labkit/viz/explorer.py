@@ -34,7 +34,6 @@ Notation: T frames, h heads, gh x gw patch grid, D channels, H x W frame pixels,
 
 from __future__ import annotations
 
-import io
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -47,18 +46,24 @@ import torch
 
 from labkit.artifacts import token_artifacts
 from labkit.attention import extract_video, image_batches
+from labkit.clustering import kmeans_segments
+from labkit.data import default_video
 from labkit.environment import is_headless
 from labkit.geometry import upsample_grid
-from labkit.models import weights_label
+from labkit.models import load_backbone, patch_size, weights_label
 from labkit.pos_embed import PosEmbedRule
-from labkit.tracking import object_shares
+from labkit.tracking import discover_objects, object_shares, track_objects
 from labkit.validation import resolve_device
+from labkit.video import Video, clip_indices, open_video
+from labkit.viz.artifacts import norms_to_rgb, outline_patches
 from labkit.viz.dora import objects_to_rgb
+from labkit.viz.embedding import EmbeddingView
+from labkit.viz.encode import encode_image
+from labkit.viz.plot import plot_grid, plot_strip
+from labkit.viz.render import caption, heads_to_rgb, palette
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from labkit.viz.embedding import EmbeddingView
 
 __all__ = [
     "AttentionExplorer",
@@ -143,22 +148,6 @@ class _BytesLRU:
             self.size -= len(old)
 
 
-def encode_image(
-    image: np.ndarray, fmt: Literal["jpeg", "png"] = "jpeg", quality: int = 90
-) -> bytes:
-    """uint8 (H, W, 3) -> JPEG (no chroma subsampling) or PNG (fastest zlib level) bytes."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    if fmt == "jpeg":
-        Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0)
-    elif fmt == "png":
-        Image.fromarray(image).save(buf, format="PNG", compress_level=1)
-    else:
-        raise ValueError(f"encode_image: fmt must be 'jpeg' or 'png', got {fmt!r}")
-    return buf.getvalue()
-
-
 def _blend_grid(frame: np.ndarray, grid: np.ndarray, alpha: float, p: int) -> np.ndarray:
     """Blend a uint8 (gh, gw, 3) colour grid over a uint8 (H, W, 3) frame: uint8 (H, W, 3).
 
@@ -185,8 +174,6 @@ def _load_clip(
     img_size: int | tuple[int, int] | None,
 ) -> tuple[np.ndarray, list[int], str]:
     """Frames (T, H, W, 3) uint8, their numbers in the video, and a name for titles."""
-    from labkit.explore import clip_indices_for
-    from labkit.video import Video, open_video
 
     if isinstance(video, np.ndarray):
         frames = video
@@ -203,7 +190,7 @@ def _load_clip(
         idx = (
             np.asarray(indices, dtype=np.int64)
             if indices is not None
-            else clip_indices_for(len(v), num_frames, start_frame, frame_step)
+            else clip_indices(len(v), num_frames, start_frame, frame_step)
         )
         return v.get(idx), [int(i) for i in idx]
 
@@ -211,8 +198,6 @@ def _load_clip(
         frames, numbers = read(video)
         return frames, numbers, Path(video.path).name
     if video is None or str(video) == "":
-        from labkit.data import default_video
-
         video = default_video()
     path = Path(video)
     if not path.exists():
@@ -229,7 +214,7 @@ class AttentionExplorer:
         video: a :class:`labkit.video.Video`, a path to an mp4 or frame folder (``""``/None: the
             lab's synthetic default video), or uint8 frames (T, H, W, 3) already at model size.
         model: a backbone from :func:`labkit.models.load_backbone`, or a timm name to load.
-        start_frame, num_frames, frame_step: the clip, as in :func:`labkit.explore.clip_indices_for`
+        start_frame, num_frames, frame_step: the clip, as in :func:`labkit.video.clip_indices`
             (``frame_step=0`` spreads the frames over the whole video); ignored for frames.
         indices: explicit frame numbers of the clip in the video (overrides the three above); for
             frames given as an array, their numbers for titles (default 0..T-1).
@@ -285,8 +270,6 @@ class AttentionExplorer:
         panel_width: int | None = None,
         panels: Sequence[str] | Literal["all"] = PANELS,
     ) -> None:
-        from labkit.models import load_backbone, patch_size
-
         if isinstance(model, str):  # random weights: the same for the same seed
             model = load_backbone(
                 model,
@@ -485,8 +468,6 @@ class AttentionExplorer:
         layer = layer % self.depth
         key = (layer, int(k))
         if key not in self._segments:
-            from labkit.clustering import kmeans_segments
-
             tokens = self.layer_data(layer, keys=False).tokens
             self._report(0, 1, f"k-means k={k}")
             labels = kmeans_segments(tokens, int(k), mode="clip", seed=self.seed).labels
@@ -505,7 +486,6 @@ class AttentionExplorer:
         Returns:
             float32 (T, 3, gh, gw) maps, each a softmax over the patches of its frame.
         """
-        from labkit.tracking import discover_objects, track_objects
 
         layer = layer % self.depth
         key = (layer, tuple(int(h) for h in heads), bool(sinkhorn))
@@ -527,8 +507,6 @@ class AttentionExplorer:
         """uint8 (T, gh, gw, 3): each head min-max scaled per frame (DINO's picture)."""
         key = (layer, heads)
         if key not in self._head_rgb:
-            from labkit.viz.render import heads_to_rgb
-
             attn = self.layer_data(layer, keys=False).attention
             self._head_rgb[key] = heads_to_rgb(attn, heads, norm="frame")
         return self._head_rgb[key]
@@ -624,7 +602,6 @@ class AttentionExplorer:
 
     def _artifact_panel(self, s: ExplorerState) -> np.ndarray:
         """Token norms of block ``s.layer`` at frame ``s.frame`` over the frame, outliers outlined."""
-        from labkit.viz.artifacts import norms_to_rgb, outline_patches
 
         data = self.artifacts()
         norms = data.norms[s.frame, s.layer]  # (gh, gw)
@@ -637,7 +614,6 @@ class AttentionExplorer:
     def _register_panel(self, s: ExplorerState) -> np.ndarray:
         """Each register's attention at block ``s.layer`` (mean over heads, white), tiled over the
         panel: uint8 (H, W, 3); a model without registers gets the frame, darkened, saying so."""
-        from labkit.viz.render import caption
 
         frame = self.frames[s.frame]
         maps = self.artifacts().register_maps
@@ -711,7 +687,6 @@ class AttentionExplorer:
 
     def _segment_grid(self, layer: int, k: int) -> np.ndarray:
         """uint8 (T, gh, gw, 3): the segment colours (labkit.viz.render.palette) of every patch."""
-        from labkit.viz.render import palette
 
         labels = self.segments(layer, k)
         return palette(int(labels.max()) + 1)[labels]
@@ -771,7 +746,6 @@ class AttentionExplorer:
     def figure(self, state: ExplorerState | None = None) -> Figure:
         """A state (default: the current one) as a static matplotlib Figure, one panel per view
         (one row; rows of three for more than four panels)."""
-        from labkit.viz.plot import plot_strip
 
         s = self.state if state is None else self._validated(state)
         images, titles = [self.panel(n, s) for n in self.panels], self.panel_titles(s)
@@ -779,7 +753,6 @@ class AttentionExplorer:
         suptitle = self.title(s).replace(" | DoRA", "\nDoRA").replace(" | k-means", "\nk-means")
         if len(images) <= 4:
             return plot_strip(images, titles=titles, suptitle=suptitle, panel_size=3.0)
-        from labkit.viz.plot import plot_grid
 
         per = 3  # more than four panels: rows of three, so that the figure stays readable
         return plot_grid(
@@ -839,7 +812,6 @@ class AttentionExplorer:
         Returns:
             :class:`labkit.viz.embedding.EmbeddingView`.
         """
-        from labkit.viz.embedding import EmbeddingView
 
         layer = self.state.layer if layer is None else layer % self.depth
         view = EmbeddingView(
