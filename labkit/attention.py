@@ -659,7 +659,8 @@ def extract_video(
         "prefix_tokens",
     )
     stacked: dict[str, list[torch.Tensor]] = {name: [] for name in rows}
-    feats: dict[str, list[torch.Tensor]] = {k: [] for k in dict.fromkeys(kinds)}
+    wanted: tuple[FeatureKind, ...] = tuple(dict.fromkeys(kinds))  # unique, order kept
+    feats: dict[str, list[torch.Tensor]] = {k: [] for k in wanted}
     total, done = len(indices), 0
     report = progress if callable(progress) else None
     bar = tqdm(
@@ -674,7 +675,7 @@ def extract_video(
             indices,
             layer=layer,
             attention=attention,
-            kinds=tuple(feats),
+            kinds=wanted,
             registers=registers,
             batch_size=batch_size,
             device=device,
