@@ -76,6 +76,7 @@ from labkit.viz import (
     segment_overlay,
     upsample_map,
 )
+from labkit.viz.palette import object_colours
 
 __all__ = [
     "FILM_METHODS",
@@ -471,8 +472,14 @@ def render_film(
         if batch.objects is None:
             raise ValueError("render_film: the batch has no DoRA objects")
         thickness = max(1, size[0] // 240)
+        objects = batch.objects.numpy()  # (n, k, gh, gw)
         out = mask_overlay(
-            frames, batch.objects.numpy(), alpha=0.45, thickness=thickness, patch_size=p
+            frames,
+            objects,
+            object_colours(objects.shape[1]),  # DoRA's objects: the one palette
+            alpha=0.45,
+            thickness=thickness,
+            patch_size=p,
         )
     elif method == "discovery":
         if batch.discovered is None or batch.boxes is None:

@@ -254,3 +254,25 @@ def test_report_shows_the_sinkhorn_figure_and_its_numbers(tmp_path):
     same = {"a": {"overlap_mean": 0.95}, "b": {"overlap_mean": 0.97}}
     assert "more than 90%" in sinkhorn_rows(same)[1]
     assert sinkhorn_rows({"a": {"overlap_mean": 0.2}})[1] == "a: overlap 0.20."
+
+
+def test_films_draw_dora_objects_in_their_colours(small_video):
+    from labkit.film import FilmConfig, film_batches, render_film
+    from labkit.models import load_backbone, patch_size
+    from labkit.viz.render import mask_overlay
+
+    model = load_backbone("vit_small_patch16_224", depth=2, embed_dim=48, num_heads=3, seed=0)
+    cfg = FilmConfig(methods=("dora",), batch_size=4, captions=False)
+    batch = next(iter(film_batches(small_video, model, cfg)))
+    p = patch_size(model)
+    objects = batch.objects.numpy()  # (n, k, gh, gw)
+    thickness = max(1, batch.frames.shape[1] // 240)
+    expected = mask_overlay(
+        batch.frames,
+        objects,
+        object_colours(objects.shape[1]),
+        0.45,
+        thickness=thickness,
+        patch_size=p,
+    )
+    np.testing.assert_array_equal(render_film("dora", batch, p, cfg), expected)
