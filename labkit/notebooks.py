@@ -14,8 +14,9 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from labkit.validation import check_device, check_model_kwargs, check_value, field_types
 
@@ -29,6 +30,7 @@ __all__ = [
     "check_parameters",
     "run_notebook",
     "export_html",
+    "kernel_arguments",
 ]
 
 
@@ -61,11 +63,29 @@ class NotebookRun:
     seconds: float
 
 
+# where setup.py puts the top-level notebooks/ inside the installed package
+_SHIPPED_NOTEBOOKS = "lab_notebooks"
+
+
 def notebook_dir() -> Path:
-    """The folder with the lab's notebooks: ``$LABKIT_NOTEBOOKS`` or ``notebooks/`` of the checkout."""
-    env = os.environ.get("LABKIT_NOTEBOOKS")
+    """The folder with the lab's notebooks.
+
+    Resolution order:
+        1. ``$LABKIT_NOTEBOOKS`` when set and non-empty.
+        2. The notebooks shipped in the installed package (``labkit/lab_notebooks`` of a wheel),
+           found with :mod:`importlib.resources`.
+        3. ``notebooks/`` of the checkout labkit is imported from (an editable install).
+
+    Returns:
+        The folder (it may not exist when labkit is neither installed with its notebooks nor run
+        from a checkout).
+    """
+    env = os.environ.get("LABKIT_NOTEBOOKS", "").strip()
     if env:
-        return Path(env)
+        return Path(env).expanduser()
+    shipped = resources.files("labkit").joinpath(_SHIPPED_NOTEBOOKS)
+    if isinstance(shipped, Path) and shipped.is_dir():
+        return shipped
     return Path(__file__).resolve().parent.parent / "notebooks"
 
 
@@ -130,7 +150,7 @@ def _parameter_types(notebook: Path) -> dict[str, Any]:
 
     # parameters every model-loading notebook shares, whatever its config class
     shared: dict[str, Any] = {
-        "pretrained": Union[bool, Literal["auto"], None],
+        "pretrained": bool | Literal["auto"] | None,
         "pos_embed_rule": PosEmbedRule,
     }
     types = {}
@@ -189,6 +209,24 @@ def export_html(executed: Path, html: Path | None = None) -> Path:
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     html.write_text(body, encoding="utf-8")
     return html
+
+
+# read by the kernels run_notebook starts (a traitlets config file; not imported here)
+_KERNEL_CONFIG = Path(__file__).resolve().with_name("kernel_config.py")
+
+
+def kernel_arguments() -> list[str]:
+    """Command-line arguments for the kernels :func:`run_notebook` starts.
+
+    Returns:
+        ``--config`` with :mod:`labkit.kernel_config`, which drops two records of the kernel's
+        log: its warning that its TCP sockets on 127.0.0.1 are not encrypted (on every start)
+        and the traceback of a reply sent on a closed socket (a kernel stopped by Ctrl-C);
+        nothing with ``LABKIT_DEBUG`` set (the kernel's log as it is).
+    """
+    if os.environ.get("LABKIT_DEBUG", "") not in ("", "0"):
+        return []
+    return [f"--config={_KERNEL_CONFIG}"]
 
 
 class _ProgressLines:
@@ -266,11 +304,7 @@ def run_notebook(
             if progress_lines
             else None,
             execution_timeout=timeout,
-            # the kernel's own log (a transport warning on every start; tracebacks of its message
-            # handlers when it is stopped by Ctrl-C) is noise to the user; LABKIT_DEBUG keeps it
-            extra_arguments=[]
-            if os.environ.get("LABKIT_DEBUG", "") not in ("", "0")
-            else ["--IPKernelApp.log_level=CRITICAL"],
+            extra_arguments=kernel_arguments(),
         )
     except pm.PapermillExecutionError as err:
         raise NotebookError(source, err.cell_index, err.ename, err.evalue, output) from None

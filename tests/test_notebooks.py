@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from labkit import kernel_config
 from labkit.config import parse_value
 from labkit.notebooks import (
     NotebookError,
     find_notebook,
+    kernel_arguments,
     list_notebooks,
     notebook_dir,
     notebook_parameters,
@@ -47,6 +50,21 @@ def test_papermill_reads_every_parameter(path: Path) -> None:
     import papermill as pm
 
     assert set(pm.inspect_notebook(str(path))) == set(notebook_parameters(path))
+
+
+def test_notebook_dir_installed_or_checkout(tmp_path: Path, monkeypatch) -> None:
+    import labkit.notebooks as notebooks
+
+    monkeypatch.delenv("LABKIT_NOTEBOOKS", raising=False)
+    assert notebook_dir() == Path(notebooks.__file__).resolve().parents[1] / "notebooks"
+    # installed from a wheel: the notebooks ship inside the package (setup.py)
+    shipped = tmp_path / "labkit" / "lab_notebooks"
+    shipped.mkdir(parents=True)
+    (shipped / "only_here.ipynb").write_text("{}")
+    monkeypatch.setattr(notebooks.resources, "files", lambda package: tmp_path / package)
+    assert notebook_dir() == shipped and list_notebooks() == ["only_here"]
+    monkeypatch.setenv("LABKIT_NOTEBOOKS", str(tmp_path))
+    assert notebook_dir() == tmp_path
 
 
 def test_find_notebook_errors() -> None:
@@ -101,3 +119,76 @@ def test_failing_notebook_names_the_cell(tmp_path: Path) -> None:
     assert err.value.output.is_file()  # the partly executed copy is kept
     executed = json.loads(err.value.output.read_text())
     assert any("x = 2" in "".join(c["source"]) for c in executed["cells"])
+
+
+TRANSPORT_WARNING = (
+    "Kernel is running over TCP without encryption. All communication (including code and "
+    "outputs) is sent in plain text and is susceptible to eavesdropping."
+)
+
+
+def _logged_with(app, error: BaseException) -> None:
+    try:
+        raise error
+    except BaseException:
+        app.log.error("Exception in message handler:", exc_info=True)
+
+
+def test_kernel_config_drops_only_the_kernel_noise(capsys) -> None:
+    """labkit/kernel_config.py read as a traitlets config file, as the kernel reads it: the
+    transport warning and a reply on a closed socket go, everything else stays."""
+    import zmq
+    from traitlets.config import Application
+
+    class IPKernelApp(Application):  # the kernel's logger is named after its application class
+        pass
+
+    path = Path(kernel_config.__file__)
+    logger = logging.getLogger("IPKernelApp")
+    try:
+        app = IPKernelApp()
+        app.load_config_file(path.name, path=[str(path.parent)])
+        app.log.warning(TRANSPORT_WARNING)
+        app.log.warning("Kernel is running over TCP on a port that is taken")
+        _logged_with(app, zmq.ZMQError(zmq.ENOTSOCK))
+        _logged_with(app, zmq.ZMQError(zmq.ETERM))
+        err = capsys.readouterr().err
+        assert "without encryption" not in err and "Traceback" not in err
+        assert "a port that is taken" in err
+        _logged_with(app, zmq.ZMQError(zmq.EAGAIN))
+        _logged_with(app, KeyError("boom"))
+        err = capsys.readouterr().err
+    finally:
+        logger.handlers.clear()
+        logger.filters.clear()
+    assert err.count("Exception in message handler") == 2 and "KeyError: 'boom'" in err
+
+
+def test_kernel_arguments(monkeypatch) -> None:
+    monkeypatch.delenv("LABKIT_DEBUG", raising=False)
+    (argument,) = kernel_arguments()
+    assert argument.startswith("--config=") and Path(argument[9:]).is_file()
+    monkeypatch.setenv("LABKIT_DEBUG", "1")
+    assert kernel_arguments() == []
+
+
+@pytest.mark.slow
+def test_kernel_starts_without_the_transport_warning(tmp_path: Path, capfd, monkeypatch) -> None:
+    """The kernel writes its log straight to this process's stderr (file descriptor 2)."""
+    monkeypatch.delenv("LABKIT_DEBUG", raising=False)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    params = nbformat.v4.new_code_cell("x = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("a quiet notebook"), params]
+    nb.cells.append(nbformat.v4.new_code_cell("y = x + 1"))
+    path = tmp_path / "quiet.ipynb"
+    nbformat.write(nb, path)
+    run = run_notebook(path, tmp_path / "out", {"x": 2}, progress=False, html=False)
+    assert run.output.is_file()
+    err = capfd.readouterr().err
+    assert "without encryption" not in err
