@@ -179,7 +179,8 @@ def plot_artifacts(
         [14.0 / 6 / aspect + 0.5] if has_maps else []
     )
     fig = Figure(figsize=(14.0, sum(rows) + 0.6), layout="constrained")
-    top, middle, *bottom = fig.subfigures(len(rows), 1, height_ratios=rows)
+    # two or more rows: an array of SubFigures (matplotlib's stubs also allow one SubFigure)
+    top, middle, *bottom = fig.subfigures(len(rows), 1, height_ratios=rows)  # type: ignore[misc]
 
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -220,7 +221,8 @@ def plot_artifacts(
         ax.set_axis_off()
     top.suptitle(
         f"patch-token norms at each block's output (before the final norm), {label}; colours "
-        f"from the map's minimum to {art.factor:g} x its median (magma); cyan outline: outlier, norm > {art.factor:g} x median",
+        f"from the map's minimum to {art.factor:g} x its median (magma); cyan outline: outlier, "
+        f"norm > {art.factor:g} x median",
         fontsize="medium",
     )
 
@@ -273,7 +275,7 @@ def plot_artifacts(
     what = f"over {len(frames)} frames (mean, min..max shaded)" if len(frames) > 1 else "one frame"
     middle.suptitle(f"per block, {what}", fontsize="medium")
 
-    if has_maps:
+    if art.register_attention is not None:  # has_maps
         kept = list(art.register_layers)
         layer = kept[-1] if register_layer is None else register_layer
         if layer not in kept:

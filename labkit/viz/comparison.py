@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -44,9 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelComparison"]
 
-ModelEntry = (
-    Any  # torch.nn.Module | str | labkit.specs.ModelSpec | tuple[str, torch.nn.Module]
-)
+ModelEntry = Any  # torch.nn.Module | str | labkit.specs.ModelSpec | tuple[str, torch.nn.Module]
 
 
 class ModelComparison:
@@ -119,8 +117,9 @@ class ModelComparison:
             raise ValueError(
                 f"ModelComparison: labels repeat ({self.labels}); give each model its own"
             )
-        depths = [len(m.blocks) for _, m in loaded]
-        num_heads = [int(m.blocks[0].attn.num_heads) for _, m in loaded]
+        blocks: list[Any] = [m.blocks for _, m in loaded]  # timm's Blocks (untyped attributes)
+        depths = [len(b) for b in blocks]
+        num_heads = [int(b[0].attn.num_heads) for b in blocks]
         self.min_depth, self.min_heads = min(depths), min(num_heads)
         if not -self.min_depth <= layer < self.min_depth:
             raise ValueError(
@@ -168,14 +167,17 @@ class ModelComparison:
         self.last_update_ms: float | None = None
         self._artifacts: dict[int, Artifacts] = {}
         self.state = self._validated(
-            ExplorerState(0, layer, tuple(heads), k, alpha, bool(sinkhorn))
+            ExplorerState(
+                0, layer, cast("tuple[int, int, int]", tuple(heads)), k, alpha, bool(sinkhorn)
+            )
         )
 
     # ---- state ----------------------------------------------------------------------------
     def _validated(self, state: ExplorerState) -> ExplorerState:
         if not -self.min_depth <= state.layer < self.min_depth:
             raise ValueError(
-                f"layer {state.layer} out of range: the shallowest model has {self.min_depth} blocks"
+                f"layer {state.layer} out of range: the shallowest model has {self.min_depth} "
+                "blocks"
             )
         if not self.same_depth and state.layer >= 0:
             raise ValueError(
@@ -183,17 +185,19 @@ class ModelComparison:
             )
         for explorer in self.explorers:
             explorer._validated(state)  # heads, frame, k, alpha for every model
+        heads = cast("tuple[int, int, int]", tuple(int(h) for h in state.heads))  # three: checked
         return ExplorerState(
             int(state.frame),
             int(state.layer),
-            tuple(int(h) for h in state.heads),
+            heads,
             int(state.k),
             float(state.alpha),
             bool(state.sinkhorn),
         )
 
     def set(self, **changes: Any) -> ExplorerState:
-        """Change the shared state (``frame``, ``layer``, ``heads``, ``k``, ``alpha``, ``sinkhorn``).
+        """Change the shared state (``frame``, ``layer``, ``heads``, ``k``, ``alpha``,
+        ``sinkhorn``).
 
         Returns:
             The new, validated state (``layer`` as given; each row normalises it to its depth).
@@ -224,9 +228,9 @@ class ModelComparison:
         s = self.state if state is None else state
         layer = s.layer if self.same_depth else f"{s.layer} (counted from each model's end)"
         return (
-            f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | layer {layer} | "
-            f"heads {s.heads} as R,G,B | DoRA objects, Sinkhorn-Knopp {'on' if s.sinkhorn else 'off'} | "
-            f"k-means k={s.k} | opacity {s.alpha:.2f}"
+            f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | "
+            f"layer {layer} | heads {s.heads} as R,G,B | DoRA objects, Sinkhorn-Knopp "
+            f"{'on' if s.sinkhorn else 'off'} | k-means k={s.k} | opacity {s.alpha:.2f}"
         )
 
     def figure(self, state: ExplorerState | None = None) -> Figure:
@@ -328,7 +332,9 @@ class ModelComparison:
         return figures
 
     def metrics(self) -> dict[str, Any]:
-        """Per model label: its weights and the artifact numbers of every block (JSON-serialisable)."""
+        """Per model label: its weights and the artifact numbers of every block
+        (JSON-serialisable).
+        """
         out = {}
         for i, (label, weights) in enumerate(zip(self.labels, self.weights)):
             art = self.artifacts(i)
@@ -350,8 +356,9 @@ class ModelComparison:
 
     # ---- widgets --------------------------------------------------------------------------
     def widget(self) -> Any:
-        """The ipywidgets app (built once): one frame slider with play, block, heads, Sinkhorn-Knopp,
-        k, opacity, a progress bar, then one row of panels per model under its label."""
+        """The ipywidgets app (built once): one frame slider with play, block, heads,
+        Sinkhorn-Knopp, k, opacity, a progress bar, then one row of panels per model under its
+        label."""
         if self._ui:
             return self._ui["app"]
         import ipywidgets as w
@@ -508,7 +515,9 @@ class ModelComparison:
         ui["status"].value = self.title(s)
 
     def show(self, static: bool | None = None) -> None:
-        """Display the live app, or the static :meth:`figure` when headless (``static=None``: detect)."""
+        """Display the live app, or the static :meth:`figure` when headless (``static=None``:
+        detect).
+        """
         from IPython.display import display
 
         static = is_headless() if static is None else static

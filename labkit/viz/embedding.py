@@ -56,10 +56,11 @@ _MAX_STRIP = 8  # frames in the selection strip
 
 
 def _hex(rgb: Sequence[int]) -> str:
-    return "#%02x%02x%02x" % tuple(int(c) for c in rgb)
+    r, g, b = (int(c) for c in rgb)
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _data_uri(image: np.ndarray, fmt: str = "jpeg") -> str:
+def _data_uri(image: np.ndarray, fmt: Literal["jpeg", "png"] = "jpeg") -> str:
     mime = "image/jpeg" if fmt == "jpeg" else "image/png"
     return f"data:{mime};base64," + base64.b64encode(encode_image(image, fmt)).decode("ascii")
 
@@ -139,7 +140,7 @@ class EmbeddingView:
         self.note = ""
 
     # ---- compute --------------------------------------------------------------------------
-    def embedding(self, method: str | None = None) -> PatchEmbedding:
+    def embedding(self, method: Literal["pca", "umap"] | None = None) -> PatchEmbedding:
         """The embedding by ``method`` (default: the view's), computed once in the foreground."""
         method = method or self.method
         if method not in self._embeddings:
@@ -166,7 +167,8 @@ class EmbeddingView:
             seg = np.asarray(segments.numpy() if isinstance(segments, torch.Tensor) else segments)
             if seg.shape != (len(self.frames), *self.grid):
                 raise ValueError(
-                    f"segments must be (T, gh, gw) = {(len(self.frames), *self.grid)}, got {seg.shape}"
+                    f"segments must be (T, gh, gw) = {(len(self.frames), *self.grid)}, got "
+                    f"{seg.shape}"
                 )
             self.segments = seg.astype(np.int64)
         else:
@@ -220,7 +222,8 @@ class EmbeddingView:
             self._update_clicked()
 
     def click_patch(self, t: int, i: int, j: int) -> int | None:
-        """A click on patch (i, j) of frame t: shows that frame, outlines the patch, rings its point.
+        """A click on patch (i, j) of frame t: shows that frame, outlines the patch, rings its
+        point.
 
         Returns:
             The patch's point index, or None where the subsample left it out.
@@ -242,8 +245,10 @@ class EmbeddingView:
             return None
         # the strip (< p pixels) right of and below the grid shows the edge patch
         # (labkit.geometry's border rule)
-        i, j = pixel_to_patch(y, x, self.grid, self.patch_size)
-        return self.click_patch(self.frame, i, j)
+        patch = pixel_to_patch(y, x, self.grid, self.patch_size)
+        if patch is None:  # a negative coordinate, excluded above
+            return None
+        return self.click_patch(self.frame, *patch)
 
     def click_point(self, q: int) -> tuple[int, int, int]:
         """A click on point q: shows its frame and outlines its patch. Returns (t, i, j)."""
@@ -416,8 +421,8 @@ class EmbeddingView:
                 mode="markers",
                 marker=marker,
                 customdata=custom,
-                hovertemplate="frame %{customdata[4]}<br>patch row %{customdata[1]}, col %{customdata[2]}"
-                "<br>segment %{customdata[3]}<extra></extra>",
+                hovertemplate="frame %{customdata[4]}<br>patch row %{customdata[1]}, "
+                "col %{customdata[2]}<br>segment %{customdata[3]}<extra></extra>",
                 name="patches",
             ),
             row=1,
@@ -672,7 +677,8 @@ class EmbeddingView:
         rule = (
             "all patches"
             if n == total
-            else f"{n} of {total} patches: an equal share of every frame, drawn at random (seed {self.seed})"
+            else f"{n} of {total} patches: an equal share of every frame, drawn at random "
+            f"(seed {self.seed})"
         )
         ui["note"].value = f"<small>{rule}{' | ' + self.note if self.note else ''}</small>"
 
@@ -736,7 +742,8 @@ class EmbeddingView:
         first = (
             ""
             if umap_warmed_up()
-            else " The first UMAP in this kernel also compiles numba code (about a minute on 2 CPU cores)."
+            else " The first UMAP in this kernel also compiles numba code (about a minute on 2 CPU "
+            "cores)."
         )
         self.note = f"UMAP: computing in the background, PCA shown meanwhile.{first}"
         self._update_points()
