@@ -321,10 +321,12 @@ def markdown(results: dict) -> str:
     load = m["load_average_1m"]
     lines = [
         f"Attention maps, {results['settings']['model']} (random init), "
-        f"{m['processor']}, {m['cpu_count']} cores, GPU: {m.get('device_name', 'none')}, torch {m['torch']}, "
+        f"{m['processor']}, {m['cpu_count']} cores, GPU: {m.get('device_name', 'none')}, "
+        f"torch {m['torch']}, "
         f"{results['date']} (1-min load average at start: {load:.1f})",
         "",
-        "| input | method | batch | frames | frames/s (median) | frames per CPU-second | peak RSS (MB) |",
+        "| input | method | batch | frames | frames/s (median) | frames per CPU-second "
+        "| peak RSS (MB) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in results["summary"]:

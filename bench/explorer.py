@@ -188,11 +188,13 @@ def main(argv=None) -> int:
 
     print(f"# Explorer slider latency, {date}")
     print(
-        f"{info['processor']}, {info['cpu_count']} cores (load average {info['load_average_1m']} at start), "
+        f"{info['processor']}, {info['cpu_count']} cores "
+        f"(load average {info['load_average_1m']} at start), "
         f"torch {info['torch']}"
     )
     print(
-        f"clip: {result['clip']['video']}, {T} frames at {H}x{W}, grid {ex.grid[0]}x{ex.grid[1]}, {args.model}\n"
+        f"clip: {result['clip']['video']}, {T} frames at {H}x{W}, grid {ex.grid[0]}x{ex.grid[1]}, "
+        f"{args.model}\n"
     )
     print("| what | n | median ms | p95 ms | max ms |")
     print("| --- | --- | --- | --- | --- |")
@@ -206,12 +208,13 @@ def main(argv=None) -> int:
         print(f"| {label} | {r['n']} | {r['median_ms']} | {r['p95_ms']} | {r['max_ms']} |")
     for name, r in panel_ms.items():
         print(
-            f"| render panel '{name}' | {r['n']} | {r['median_ms']} | {r['p95_ms']} | {r['max_ms']} |"
+            f"| render panel '{name}' | {r['n']} | {r['median_ms']} | {r['p95_ms']} "
+            f"| {r['max_ms']} |"
         )
     for fmt, r in enc.items():
         print(
-            f"| encode one panel, {fmt} ({r['bytes']} bytes) | {r['n']} | {r['median_ms']} | {r['p95_ms']} "
-            f"| {r['max_ms']} |"
+            f"| encode one panel, {fmt} ({r['bytes']} bytes) | {r['n']} | {r['median_ms']} "
+            f"| {r['p95_ms']} | {r['max_ms']} |"
         )
     print("\n| one-off | seconds |")
     print("| --- | --- |")

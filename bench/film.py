@@ -317,7 +317,8 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
         f"Attention films (heads + mean), {results['settings']['model']} (random init), "
-        f"{m['processor']}, {m['cpu_count']} cores, {results['settings']['threads']} torch threads, "
+        f"{m['processor']}, {m['cpu_count']} cores, {results['settings']['threads']} torch "
+        "threads, "
         f"GPU: {m.get('device_name', 'none')}, torch {m['torch']}, {results['date']} "
         f"(1-min load average at start: {m['load_average_1m']:.1f})",
         "",

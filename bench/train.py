@@ -99,7 +99,9 @@ def _explicit_attention(model) -> list:
 
 
 def _loop_teacher(teacher, frames, kept):
-    """Teacher per frame with explicit attention: logits (T, B, K), attn (T, B, h, N, N), q, k, tokens."""
+    """Teacher per frame with explicit attention: logits (T, B, K), attn (T, B, h, N, N), q, k,
+    tokens.
+    """
     import torch
 
     backbone = teacher.backbone
@@ -345,16 +347,23 @@ def main(argv=None) -> int:
     same = max(losses) - min(losses) <= 1e-3 * max(abs(x) for x in losses)
     labkit = next((r for r in results if r["method"] == "labkit"), None)
     print(
-        f"\nDoRA step, {args.model} {args.model_kwargs} at {args.img_size} px, T={args.num_frames}, "
+        f"\nDoRA step, {args.model} {args.model_kwargs} at {args.img_size} px, "
+        f"T={args.num_frames}, "
         f"B={args.batch_size}, k={args.k}, n={args.num_local} local at {args.local_size} px, "
         f"K={args.out_dim}, {args.device} {args.precision}, threads={results[0]['threads']}"
     )
     print(f"same loss in all methods: {same} ({', '.join(f'{x:.5f}' for x in losses)})\n")
     print(
-        f"timed: {'forward + backward of the whole step' if args.part == 'step' else 'teacher forward, discovery and tracking'}"
+        "timed: "
+        + (
+            "forward + backward of the whole step"
+            if args.part == "step"
+            else "teacher forward, discovery and tracking"
+        )
     )
     print(
-        "| method | median s / step | best s / step | images / s (median) | labkit speed-up (median, best) | peak RSS (MB) |"
+        "| method | median s / step | best s / step | images / s (median) "
+        "| labkit speed-up (median, best) | peak RSS (MB) |"
     )
     print("|---|---|---|---|---|---|")
     for r in results:
