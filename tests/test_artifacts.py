@@ -38,7 +38,9 @@ def images_for(
 def full_attention_rows(
     model: torch.nn.Module, images: torch.Tensor
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per block: the whole (B, h, N, N) attention matrix, and the block's output tokens (B, N, D)."""
+    """Per block: the whole (B, h, N, N) attention matrix, and the block's output tokens (B, N,
+    D).
+    """
     mats, outs = [], []
     with torch.no_grad():
         x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))

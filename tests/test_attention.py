@@ -1,4 +1,6 @@
-"""labkit.attention against the blocks' own attention matrices (non-fused path) and plain references."""
+"""labkit.attention against the blocks' own attention matrices (non-fused path) and plain
+references.
+"""
 
 from __future__ import annotations
 

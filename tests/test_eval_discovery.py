@@ -302,7 +302,7 @@ def test_discovery_on_davis(davis_root: Path):
     )
     seq = evaluate(cfg, progress=False).models[0].sequences[0]
     assert seq.grid == (4, 7)
-    for method, d in seq.discovery.items():
+    for d in seq.discovery.values():
         assert d["jaccard"].shape == (4,) and d["corloc"].shape == (4,)
         assert (
             0.0 <= d["j"] <= 1.0 and 0.0 <= d["corloc_mean"] <= 1.0 and 0.0 <= d["stability"] <= 1.0

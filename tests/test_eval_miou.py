@@ -1,4 +1,6 @@
-"""Segmentation mIoU of a model in memory: the evaluation lab's numbers, skipped datasets, tables."""
+"""Segmentation mIoU of a model in memory: the evaluation lab's numbers, skipped datasets,
+tables.
+"""
 
 from __future__ import annotations
 

@@ -176,7 +176,9 @@ def test_bad_heads_and_layer(small_video: Path) -> None:
 
 
 def test_cli_attention_on_real_footage(tour_video: Path, tmp_path: Path) -> None:
-    """The quick CLI path on the shared DAVIS tour video: real frames, right sizes, files written."""
+    """The quick CLI path on the shared DAVIS tour video: real frames, right sizes, files
+    written.
+    """
     from labkit import cli
 
     out = tmp_path / "attn"

@@ -1,4 +1,5 @@
-"""The explorer notebook in a real browser: JupyterLab on localhost, headless Chromium via playwright.
+"""The explorer notebook in a real browser: JupyterLab on localhost, headless Chromium via
+playwright.
 
 Runs ``notebooks/explorer.ipynb`` (tiny parameters injected by papermill without executing it) in
 JupyterLab, waits for the explorer's panels, moves the frame slider with the keyboard and checks
@@ -61,7 +62,8 @@ def browser_required() -> bool:
 def unavailable(reason: str) -> None:
     if browser_required():
         pytest.fail(
-            f"{reason} (required here: LABKIT_REQUIRE_BROWSER=1 or CI is set; `make test` installs it)"
+            f"{reason} (required here: LABKIT_REQUIRE_BROWSER=1 or CI is set; "
+            "`make test` installs it)"
         )
     pytest.skip(reason)
 
@@ -78,7 +80,9 @@ def find_chromium() -> str | None:
 
 
 def browser_tools():
-    """(chromium path, playwright's sync_playwright), or skip (fail where required) naming what is missing."""
+    """(chromium path, playwright's sync_playwright), or skip (fail where required) naming what is
+    missing.
+    """
     chromium = find_chromium()
     if chromium is None:
         unavailable("no chromium found (Debian: apt-get install chromium; or set LABKIT_CHROMIUM)")
@@ -155,7 +159,9 @@ def stop_lab(proc: subprocess.Popen) -> None:
 
 
 def accept_kernel_dialog(page) -> None:
-    """JupyterLab may ask which kernel to start: take the one it proposes (the notebook's python3)."""
+    """JupyterLab may ask which kernel to start: take the one it proposes (the notebook's
+    python3).
+    """
     dialog = page.locator(".jp-Dialog .jp-mod-accept")
     try:
         dialog.wait_for(state="visible", timeout=3000)
@@ -266,7 +272,8 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
                 emb = page.locator(".labkit-embedding")
                 emb.scroll_into_view_if_needed()
                 page.wait_for_function(  # the FigureWidget drawn with its data, the frame shown
-                    "() => document.querySelectorAll('.labkit-embedding .scatterlayer .point').length > 100 &&"
+                    "() => document.querySelectorAll('.labkit-embedding .scatterlayer .point')"
+                    ".length > 100 &&"
                     " document.querySelector('img.labkit-embedding-frame').naturalWidth > 0"
                 )
                 deadline = time.monotonic() + 60
@@ -278,7 +285,8 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
                 x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4
                 page.mouse.click(x, y)
                 page.wait_for_function(
-                    "() => document.querySelector('.labkit-embedding').textContent.includes('clicked patch')"
+                    "() => document.querySelector('.labkit-embedding').textContent"
+                    ".includes('clicked patch')"
                 )
                 plots = emb.locator(".js-plotly-plot")
                 box = plots.nth(0).locator(".nsewdrag").first.bounding_box()
@@ -295,7 +303,8 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
                     page.mouse.move(x, y, steps=8)
                 page.mouse.up()
                 page.wait_for_function(
-                    "() => document.querySelector('.labkit-embedding').textContent.includes('patches selected in')"
+                    "() => document.querySelector('.labkit-embedding').textContent"
+                    ".includes('patches selected in')"
                 )
                 page.wait_for_timeout(500)
                 emb.screenshot(path=str(shots / "embedding_selected.png"))

@@ -24,7 +24,9 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 def write_hub_cache(hf_home: Path, name: str, state: dict[str, torch.Tensor]) -> Path:
-    """Put ``state`` in ``hf_home`` as the hub cache holds ``timm/<name>``; returns the weights file."""
+    """Put ``state`` in ``hf_home`` as the hub cache holds ``timm/<name>``; returns the weights
+    file.
+    """
     from safetensors.torch import save_file
 
     repo = hf_home / "hub" / f"models--timm--{name}"

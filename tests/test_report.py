@@ -1,4 +1,6 @@
-"""The report's verdict: a plain statement of whether DoRA beats the DINO baseline and random init."""
+"""The report's verdict: a plain statement of whether DoRA beats the DINO baseline and random
+init.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ def test_verdict_counts_the_measures_dora_wins_outright():
         in text
     )
     assert (
-        "Label propagation J&F: DoRA is behind dino and random (dora 0.700, dino 0.750, random 0.760)."
-        in text
+        "Label propagation J&F: DoRA is behind dino and random "
+        "(dora 0.700, dino 0.750, random 0.760)." in text
     )
     assert "Attention-mask Jaccard, best head: DoRA beats dino, ties with random" in text
     assert "k-means mIoU per clip: DoRA ties with dino, is behind random" in text

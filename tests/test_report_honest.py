@@ -279,7 +279,9 @@ def test_evaluation_prints_a_line_per_sequence_under_papermill(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_evaluate_notebook_shows_progress_under_papermill(tmp_path, capsys):
-    """The long evaluation cell prints a line per sequence: in the notebook, its HTML and the log."""
+    """The long evaluation cell prints a line per sequence: in the notebook, its HTML and the
+    log.
+    """
     from labkit.data.synthetic import generate_synthetic
     from labkit.notebooks import run_notebook
 

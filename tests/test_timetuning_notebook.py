@@ -1,5 +1,7 @@
-"""The TimeTuning notebook under papermill with a tiny model: it tunes, shows the segment maps before
-and after, scores mIoU before and after, and writes metrics.json; an absent DAVIS folder is skipped."""
+"""The TimeTuning notebook under papermill with a tiny model: it tunes, shows the segment maps
+before and after, scores mIoU before and after, and writes metrics.json; an absent DAVIS folder is
+skipped.
+"""
 
 from __future__ import annotations
 

@@ -30,7 +30,9 @@ def still_video(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def counter_video(tmp_path_factory):
-    """A frame folder whose frame i is filled with grey level 10 * i (frames identify themselves)."""
+    """A frame folder whose frame i is filled with grey level 10 * i (frames identify
+    themselves).
+    """
     folder = tmp_path_factory.mktemp("counter")
     for i in range(20):
         Image.fromarray(np.full((40, 48, 3), 10 * i, np.uint8)).save(folder / f"{i:05d}.png")

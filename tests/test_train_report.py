@@ -1,4 +1,6 @@
-"""Figures of a training run: objects of a clip (shapes, dtypes, determinism), log plot, live plot."""
+"""Figures of a training run: objects of a clip (shapes, dtypes, determinism), log plot, live
+plot.
+"""
 
 from __future__ import annotations
 

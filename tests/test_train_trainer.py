@@ -1,4 +1,6 @@
-"""The trainer: exact resume, NaN stop, checkpoint layout and loading, logs, frozen last layer, CLI."""
+"""The trainer: exact resume, NaN stop, checkpoint layout and loading, logs, frozen last layer,
+CLI.
+"""
 
 from __future__ import annotations
 
@@ -191,10 +193,13 @@ def test_last_layer_frozen_for_the_first_epoch(tmp_path):
     trainer = Trainer(
         config(tmp_path, steps=4, steps_per_epoch=2, freeze_last_layer=1), progress=False
     )
-    last = lambda: (
-        trainer.student.head.last_layer.parametrizations.weight.original1.detach().clone()
-    )  # noqa: E731
-    other = lambda: trainer.student.head.mlp[0].weight.detach().clone()  # noqa: E731
+
+    def last():
+        return trainer.student.head.last_layer.parametrizations.weight.original1.detach().clone()
+
+    def other():
+        return trainer.student.head.mlp[0].weight.detach().clone()
+
     start, start_other = last(), other()
     trainer.fit(until=2)
     assert torch.equal(last(), start) and not torch.equal(other(), start_other)

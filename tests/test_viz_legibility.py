@@ -1,4 +1,6 @@
-"""Figures legible where they are viewed: wrapped strips, fixed text sizes, colour bars, head colours."""
+"""Figures legible where they are viewed: wrapped strips, fixed text sizes, colour bars, head
+colours.
+"""
 
 from __future__ import annotations
 

@@ -3,11 +3,16 @@ fine-tuning one with TimeTuning (``method="timetuning"``: patch clusters kept st
 
 Modules::
 
-    config.py   TrainConfig (the notebook's parameters, YAML + overrides for `labkit train`)
-    data.py     ClipDataset (clips of long videos, DoRA / DINO augmentations), StepBatchSampler
-    step.py     networks (build_timetuning too), the teacher's tracking forward, dora_step / dino_step
-    trainer.py  Trainer: schedules, EMA, checkpoints, resume, DDP, logs; train(), load_trained()
-    report.py   figures: objects of a clip before/after training, the training log, a live plot
+    config.py             TrainConfig in sections (the notebooks' parameters, YAML + overrides)
+    data.py               ClipDataset (clips of long videos, DoRA / DINO augmentations), batches
+    step.py               networks, the teacher's tracking forward, dora_step / dino_step
+    method.py             Method: what the trainer asks of a method (networks, step, state, logs)
+    dora_dino.py          DoRA and DINO as a Method (student, EMA teacher, DINO loss)
+    timetuning_method.py  TimeTuning as a Method (one tuned model, no teacher)
+    methods.py            method_for(config): the Method of config.method
+    schedules.py          cosine_schedule: warm-up and half cosine
+    trainer.py            Trainer: the method-agnostic loop (checkpoints, resume, DDP, logs)
+    report.py             figures: a clip's objects before/after training, the log, a live plot
 
 Typical use::
 

@@ -62,7 +62,8 @@ _HEADS_TAG = 0x68656164  # "head": keeps the heads' random stream apart from the
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
     """DINO's AdamW groups: ``[regularised weights, biases and norms (no weight decay)]``."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue

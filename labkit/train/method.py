@@ -85,16 +85,27 @@ class Method(Protocol):
             on the method (``mode``, ``num_local``, ``pre_crop``).
     """
 
-    name: str
-    display_name: str
-    log_columns: tuple[str, ...]
-    architecture_fields: tuple[str, ...]
-    checkpoint_keys: tuple[str, ...]
-    student: nn.Module
-    teacher: nn.Module | None
-    loss_fn: nn.Module | None
-    watchdog: CollapseWatchdog | None
-    dataset_options: dict[str, Any]
+    # read-only members (properties here, so an implementation may hold narrower types)
+    @property
+    def name(self) -> str: ...
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def log_columns(self) -> tuple[str, ...]: ...
+    @property
+    def architecture_fields(self) -> tuple[str, ...]: ...
+    @property
+    def checkpoint_keys(self) -> tuple[str, ...]: ...
+    @property
+    def student(self) -> nn.Module: ...
+    @property
+    def teacher(self) -> nn.Module | None: ...
+    @property
+    def loss_fn(self) -> nn.Module | None: ...
+    @property
+    def watchdog(self) -> CollapseWatchdog | None: ...
+    @property
+    def dataset_options(self) -> dict[str, Any]: ...
 
     @property
     def backbone(self) -> nn.Module:

@@ -15,7 +15,7 @@ from labkit.train.timetuning_method import TimeTuningMethod
 
 __all__ = ["METHOD_CLASSES", "method_for", "log_columns"]
 
-METHOD_CLASSES: dict[str, type] = {
+METHOD_CLASSES: dict[str, type[DoraDinoMethod] | type[TimeTuningMethod]] = {
     "dora": DoraDinoMethod,
     "dino": DoraDinoMethod,
     "timetuning": TimeTuningMethod,

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.timetuning import timetuning_metrics, timetuning_step
+from labkit.timetuning import TimeTuningModel, timetuning_metrics, timetuning_step
 from labkit.train.config import TIMETUNING_ARCHITECTURE_FIELDS, TrainConfig
 from labkit.train.method import GroupRule, MethodStep
 from labkit.train.step import build_timetuning
@@ -67,7 +67,9 @@ class TimeTuningMethod:
         if config.method != "timetuning":
             raise ValueError(f"TimeTuningMethod: method must be timetuning, got {config.method!r}")
         self.config = config
-        self.student = build_timetuning(config)
+        model = build_timetuning(config)
+        assert isinstance(model, TimeTuningModel)
+        self.student: TimeTuningModel = model
         self.teacher: nn.Module | None = None
         self.loss_fn: nn.Module | None = None
         self.watchdog: CollapseWatchdog | None = None

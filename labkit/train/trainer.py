@@ -395,7 +395,7 @@ class Trainer:
         groups, self._group_rules = self.method.param_groups()
         self.optimizer = torch.optim.AdamW(groups, lr=0.0)
 
-        mean, std = normalization(self.student.backbone)
+        mean, std = normalization(self.backbone)  # the student's and the teacher's
         decode = config.decode_size or 2 * round(0.75 * config.img_size)  # 1.5 x img_size, even
         self.video_paths = [str(p) for p in config.video_paths] or [str(default_video())]
         self.dataset = ClipDataset(
