@@ -14,7 +14,7 @@ from labkit.tracking import object_shares
 from labkit.train import report as train_report
 from labkit.viz import dora as pictures
 from labkit.viz import render
-from labkit.viz.palette import HEAD_COLOURS, object_colours, palette
+from labkit.viz.palette import OBJECT_RGB, object_colours, palette
 from labkit.viz.plot import MAX_WIDTH, TITLE_SIZE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,6 +120,10 @@ def test_objects_to_rgb_per_frame_and_object():
     assert grid.shape == (3, GH, GW, 3)
     np.testing.assert_array_equal(rgb[:, ::P, ::P], grid)
     assert grid[1].max() == 255 and grid[2].max() == 255
+    # three objects: exactly the heads' R, G, B picture, each map normalised per frame
+    np.testing.assert_array_equal(grid, render.heads_to_rgb(maps, (0, 1, 2), norm="frame"))
+    same = pictures.objects_to_rgb(maps[:, :1].expand(3, 3, GH, GW))  # identical objects: grey
+    assert (same[..., 0] == same[..., 1]).all() and (same[..., 1] == same[..., 2]).all()
     # one object alone: its own colour at its maximum, black at its minimum, in every frame
     for j, colour in enumerate(object_colours(5)):
         alone = torch.zeros(2, 5, GH, GW)
@@ -134,10 +138,11 @@ def test_objects_to_rgb_per_frame_and_object():
 
 
 def test_one_palette_for_dora_objects():
-    assert np.array_equal(object_colours(3), HEAD_COLOURS)
+    assert np.array_equal(object_colours(3), OBJECT_RGB)
+    assert np.array_equal(OBJECT_RGB, 255 * np.eye(3))  # equal maps mix to a neutral grey
     assert np.array_equal(object_colours(8)[:5], object_colours(5))
     assert len({tuple(c) for c in object_colours(12)}) == 12
-    assert render.palette is palette and render.HEAD_COLOURS is HEAD_COLOURS
+    assert render.palette is palette
     for k in (2, 3, 5):
         for j in range(k):
             one_hot = torch.zeros(1, k, GH, GW)

@@ -90,7 +90,7 @@ def test_clip_selection(small_video: Path, model: torch.nn.Module) -> None:
 def test_panels_match_independent_rendering(explorer: AttentionExplorer) -> None:
     from labkit.clustering import kmeans_segments
     from labkit.tracking import discover_objects, object_shares, track_objects
-    from labkit.viz.render import HEAD_COLOURS, heads_to_rgb, overlay, segment_overlay
+    from labkit.viz.render import heads_to_rgb, overlay, segment_overlay
 
     ref = reference(explorer)
     s = explorer.set(frame=3, heads=(2, 0, 1), alpha=0.6)
@@ -133,7 +133,7 @@ def test_panels_match_independent_rendering(explorer: AttentionExplorer) -> None
         shown = maps[3]  # (3, gh, gw)
         lo = shown.amin(dim=(1, 2), keepdim=True)
         unit = (shown - lo) / (shown.amax(dim=(1, 2), keepdim=True) - lo)
-        tints = torch.from_numpy(HEAD_COLOURS).float() / 255  # objects 0, 1, 2 (3, 3)
+        tints = torch.eye(3)  # objects 0, 1, 2: pure red, green, blue (viz.palette.OBJECT_RGB)
         mixed = torch.einsum("khw,kc->hwc", unit, tints).clamp(0, 1)
         colour = (mixed * 255).round().byte().numpy()
         expected = overlay(frame, colour, alpha=0.6, patch_size=p, mode="nearest")

@@ -22,7 +22,7 @@ import torch
 from labkit.attention import extract
 from labkit.environment import is_headless
 from labkit.models import patch_size, prepare_images
-from labkit.tracking import discover_objects, masks_to_frames, track_objects
+from labkit.tracking import discover_objects, masks_to_frames, object_shares, track_objects
 from labkit.train.trainer import read_log
 from labkit.viz import dora as dora_pictures
 from labkit.viz import mask_overlay, plot_grid
@@ -178,8 +178,9 @@ def plot_objects(objects: ClipObjects, title: str | None = None, max_frames: int
 
     Rows: the frames; the k tracking maps as colours (:func:`objects_to_rgb`: each object
     min-max normalised within each frame, in its colour) with the row-softmax plan and with the
-    Sinkhorn-Knopp plan; the Sinkhorn masks drawn over the frames; then one row per object with
-    the masked view the student is trained on. Columns: up to ``max_frames`` frames of the clip.
+    Sinkhorn-Knopp plan, each labelled with the objects' overlap (mean over the frames shown);
+    the Sinkhorn masks drawn over the frames; then one row per object with the masked view the
+    student is trained on. Columns: up to ``max_frames`` frames of the clip.
 
     Returns:
         ``matplotlib.figure.Figure``.
@@ -194,7 +195,10 @@ def plot_objects(objects: ClipObjects, title: str | None = None, max_frames: int
     names = ["frames"]
     for plan in PLANS:
         rows.append(list(objects_to_rgb(objects.maps[plan][cols], size, p)))
-        names.append("maps, no SK" if plan == "softmax" else "maps, SK")
+        # the objects' overlap (labkit.tracking.object_shares), mean over the frames shown:
+        # near 1, the maps are one map and their colours mix to grey
+        overlap = float(object_shares(objects.maps[plan][cols]).mean_overlap().mean())
+        names.append(f"maps, {'no SK' if plan == 'softmax' else 'SK'}\noverlap {overlap:.2f}")
     masks = objects.masks["sinkhorn"][cols].numpy()  # (t, k, gh, gw)
     rows.append(list(mask_overlay(frames, masks, object_colours(objects.k), 0.4, patch_size=p)))
     names.append("masks, SK")

@@ -7,7 +7,7 @@ Four panels per frame, side by side::
 DoRA's objects (:mod:`labkit.tracking`): the three heads shown as R, G, B seed three object
 prototypes on the clip's *first* frame (``discover_objects``, Sinkhorn-Knopp on or off), which
 are tracked through the clip (``track_objects``); each object's map is drawn in its colour
-(:func:`labkit.viz.palette.object_colours`: the colour of the head that seeded it), min-max
+(:func:`labkit.viz.palette.object_colours`: the channel of the head that seeded it), min-max
 scaled within each frame on its own (:func:`labkit.viz.dora.objects_to_rgb`), so each object
 is visible in every frame. The status line gives, for the shown frame, the objects' shares
 (fraction of patches where each object's map is the largest) and their overlap

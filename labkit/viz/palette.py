@@ -3,10 +3,13 @@
 * :func:`palette`: ``n`` distinct colours for labels (segments, models, ground-truth objects).
 * :data:`HEAD_COLOURS`: the colours of the three heads drawn as R, G, B (their masks, curves).
 * :func:`object_colours`: the colour of DoRA's object j, wherever an object is drawn (the
-  teaching notebook, a training run's objects, the explorer, the pipeline report). DoRA seeds
-  object j with the j-th chosen head, so the first three objects take the head colours; objects
-  past three continue with the label palette minus its red, green and blue. A prefix of
-  ``object_colours(m)`` for any ``m >= k``, so object j has one colour whatever k is.
+  teaching notebook, a training run's objects, the explorer, the films, the pipeline report).
+  DoRA seeds object j with the j-th chosen head, so the first three objects are pure red, green
+  and blue, the channels the heads are drawn in (:func:`labkit.viz.render.heads_to_rgb`): three
+  object maps drawn together then mix to exactly grey or white where they agree, so overlapping
+  objects look like what they are, not like one object's colour. Objects past three continue
+  with the label palette minus its blue, green and red. A prefix of ``object_colours(m)`` for
+  any ``m >= k``, so object j has one colour whatever k is.
 
 Everything here is a uint8 ``(n, 3)`` RGB array in 0..255; importing this module imports numpy
 only.
@@ -18,7 +21,7 @@ import colorsys
 
 import numpy as np
 
-__all__ = ["palette", "HEAD_COLOURS", "object_colours"]
+__all__ = ["palette", "HEAD_COLOURS", "OBJECT_RGB", "object_colours"]
 
 # matplotlib's "tab20" colours, reordered: the ten dark ones (tab10) first, then the ten light ones,
 # so that the first few labels get clearly different hues.
@@ -49,7 +52,9 @@ _TAB20 = (
 HEAD_COLOURS = np.array([(255, 0, 0), (0, 230, 0), (40, 110, 255)], dtype=np.uint8)
 _GOLDEN = 0.618033988749895
 _SV = ((0.75, 0.90), (0.95, 0.65), (0.55, 0.95), (0.85, 0.50))  # (saturation, value) cycle past 20
-_RED_GREEN_BLUE = (0, 2, 3)  # tab20's blue, green and red: too close to the head colours
+# DoRA's first three objects: the pure channels, so that equal maps add up to a neutral grey
+OBJECT_RGB = np.array([(255, 0, 0), (0, 255, 0), (0, 0, 255)], dtype=np.uint8)
+_RED_GREEN_BLUE = (0, 2, 3)  # tab20's blue, green and red: too close to OBJECT_RGB
 
 
 def palette(n: int) -> np.ndarray:
@@ -84,9 +89,9 @@ def palette(n: int) -> np.ndarray:
 def object_colours(k: int) -> np.ndarray:
     """The colours of DoRA's objects 0 .. k-1 (one palette for every picture of them).
 
-    Objects 0, 1, 2 take :data:`HEAD_COLOURS` (red, green, blue: the colours of the heads that
-    seed them); objects 3 and on take :func:`palette`'s colours in order, without its blue, green
-    and red.
+    Objects 0, 1, 2 take :data:`OBJECT_RGB` (pure red, green, blue: the channels of the heads
+    that seed them); objects 3 and on take :func:`palette`'s colours in order, without its blue,
+    green and red.
 
     Args:
         k: number of objects, ``k >= 0``.
@@ -96,7 +101,8 @@ def object_colours(k: int) -> np.ndarray:
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise ValueError(f"object_colours: k must be an int >= 0, got {k!r}")
-    if k <= len(HEAD_COLOURS):
-        return HEAD_COLOURS[:k].copy()
-    rest = np.delete(palette(k - len(HEAD_COLOURS) + len(_RED_GREEN_BLUE)), _RED_GREEN_BLUE, 0)
-    return np.concatenate([HEAD_COLOURS, rest[: k - len(HEAD_COLOURS)]]).astype(np.uint8)
+    first = len(OBJECT_RGB)
+    if k <= first:
+        return OBJECT_RGB[:k].copy()
+    rest = np.delete(palette(k - first + len(_RED_GREEN_BLUE)), _RED_GREEN_BLUE, 0)
+    return np.concatenate([OBJECT_RGB, rest[: k - first]]).astype(np.uint8)
