@@ -323,9 +323,8 @@ class LabelPropagator:
             )
         self.num_labels = K
         self.grid = (int(feats.shape[0]), int(feats.shape[1]))
-        self.out_size = (
-            tuple(labels.shape) if out_size is None else (int(out_size[0]), int(out_size[1]))
-        )
+        size = labels.shape if out_size is None else out_size  # labels: (H, W)
+        self.out_size = (int(size[0]), int(size[1]))
         self.n_last, self.topk, self.temperature = n_last, topk, temperature
         self.radius, self.patch_size, self.alignment = radius, patch_size, alignment
         self.max_elements = max_elements

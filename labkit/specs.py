@@ -22,11 +22,12 @@ Syntax::
 
 Examples::
 
-    vit_small_patch16_224                                    random ViT-S/16, label random-vit_small_patch16_224
-    random=vit_small_patch16_224                             the same, labelled "random"
+    vit_small_patch16_224                   random ViT-S/16, label random-vit_small_patch16_224
+    random=vit_small_patch16_224            the same, labelled "random"
     dino=vit_small_patch16_224:ckpt/dino_deitsmall16_pretrain.pth
     dora=vit_small_patch16_224:runs/train/checkpoint.pth#student
-    vit_small_patch16_224.dino:pretrained                    DINO ViT-S/16's weights (local cache or online); the same without ':pretrained'
+    vit_small_patch16_224.dino:pretrained   DINO ViT-S/16's weights (local cache or online); the
+                                            same without ':pretrained'
 """
 
 from __future__ import annotations
@@ -121,7 +122,11 @@ def parse_model_spec(text: str) -> ModelSpec:
                 f"(syntax {SPEC_SYNTAX})"
             )
     which: Literal["teacher", "student"] = "teacher"
-    for suffix, net in (("#student", "student"), ("#teacher", "teacher")):
+    nets: tuple[tuple[str, Literal["teacher", "student"]], ...] = (
+        ("#student", "student"),
+        ("#teacher", "teacher"),
+    )
+    for suffix, net in nets:
         if rest.endswith(suffix):
             rest, which = rest[: -len(suffix)], net
     arch, _, weights = rest.partition(":")

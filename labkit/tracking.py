@@ -344,7 +344,7 @@ def masks_to_frames(masks: torch.Tensor, patch_size: int, size: tuple[int, int])
     if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
         raise ValueError(f"masks_to_frames: patch_size must be an int >= 1, got {patch_size!r}")
     size = (int(size[0]), int(size[1]))
-    check_grid(tuple(masks.shape[-2:]), size, patch_size, "masks_to_frames")
+    check_grid((masks.shape[-2], masks.shape[-1]), size, patch_size, "masks_to_frames")
     return grid_to_frame(masks, size, patch_size=patch_size)  # (..., H, W)
 
 
