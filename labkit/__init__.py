@@ -1,4 +1,5 @@
-"""labkit: a notebook and visualization lab for self-supervised ViTs that discover and track objects.
+"""labkit: a notebook and visualization lab for self-supervised ViTs that discover and track
+objects.
 
 Data flows one way::
 

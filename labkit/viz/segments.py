@@ -1,7 +1,7 @@
 """The two segment pictures of :mod:`labkit.segments` side by side: render and plot.
 
-:func:`labkit.segments.segment_maps` computes both pictures (whole-video and per-frame k-means) for a
-set of frames; here :func:`segment_panels` and :func:`segment_animation` colour them over the
+:func:`labkit.segments.segment_maps` computes both pictures (whole-video and per-frame k-means)
+for a set of frames; here :func:`segment_panels` and :func:`segment_animation` colour them over the
 frames (render, uint8 arrays; the animation goes to :func:`labkit.viz.write_animation`) and
 :func:`plot_segment_maps` lays a strip of frames out in a Figure with one row per picture (plot),
 as in the talk that introduced TimeTuning.
