@@ -76,7 +76,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labkit.models import patch_size, prepare_images
+from labkit.geometry import stride_grid
+from labkit.models import patch_size, patch_stride, prepare_images
 from labkit.video import frame_batches
 
 __all__ = [
@@ -371,7 +372,8 @@ def patch_grid(model: torch.nn.Module, images: torch.Tensor) -> tuple[int, int]:
         images: (B, 3, H, W) normalised float batch.
 
     Returns:
-        ``(H // p, W // p)``.
+        ``(H // p, W // p)``; with overlapping patches (:func:`labkit.models.set_stride`, stride
+        ``s``) ``((H - p) // s + 1, (W - p) // s + 1)``.
 
     Raises:
         ValueError: not a (B, 3, H, W) float tensor, or H or W not a multiple of the patch size.
@@ -391,6 +393,9 @@ def patch_grid(model: torch.nn.Module, images: torch.Tensor) -> tuple[int, int]:
             f"images of {height}x{width} are not multiples of the patch size {p}; "
             "labkit.models.prepare_images crops them (top-left kept)"
         )
+    s = patch_stride(model)
+    if s != p:
+        return stride_grid(height, p, s), stride_grid(width, p, s)
     return height // p, width // p
 
 

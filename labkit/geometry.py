@@ -24,9 +24,22 @@ the nearest edge patch (edge repeat), for labels, masks and float maps alike, dr
 (:func:`grid_to_frame` with ``mode="bilinear"``, for heat maps) interpolates between patch
 centres and clamps beyond the outer centres, which gives the same edge values on the strip.
 
+Overlapping patches (a patch embedding run with a stride ``s`` smaller than ``p``, as
+dino-vit-features does for denser maps; :func:`labkit.models.set_stride`): patch ``i`` covers
+pixels ``[i*s, i*s + p)`` and the grid has ``g = (n - p) // s + 1`` patches along a side of ``n``
+pixels (cropped down to a multiple of ``p``). Each pixel belongs to the patch whose centre
+``i*s + p/2`` is nearest to the pixel's centre ``y + 0.5``: ``i = floor((2y + 1 - p + s) / (2s))``
+(a tie, possible only for odd ``s``, goes to the later patch), clamped to ``[0, g)``. The pixels
+before the first centre and the strip past the grid thus take the edge patch, as the border
+rule says. With ``s == p`` this is ``y // p`` clamped to the grid: the crop rule above, bit for
+bit (every function takes ``stride=None`` meaning ``s = p``). Bilinear upsampling puts patch
+``i``'s value at ``i*s + p/2`` and interpolates between those centres; sampling frame labels at
+the grid (:func:`frame_to_grid`) reads pixel ``i*s + p // 2``.
+
 Notation::
 
     H, W  frame size       gh, gw  patch grid      p  patch size in pixels
+    s  stride between patches in pixels (``p`` unless the patch embedding's stride was changed)
 """
 
 from __future__ import annotations
@@ -50,6 +63,7 @@ __all__ = [
     "grid_index",
     "frame_to_grid",
     "check_grid",
+    "stride_grid",
     "infer_patch_size",
     "pixel_to_patch",
 ]
@@ -120,14 +134,19 @@ def _check_alignment(alignment: str, name: str) -> None:
         raise ValueError(f"{name}: alignment must be 'resize' or 'crop', got {alignment!r}")
 
 
-def _bilinear_index(g: int, n: int, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _bilinear_index(
+    g: int, n: int, p: int, s: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each of ``n`` pixels: the two patch rows around its centre and the second's weight.
 
-    Pixel ``y``'s centre in patch-centre coordinates is ``(y + 0.5) / p - 0.5``, clamped to
-    ``[0, g - 1]`` (``align_corners=False`` semantics; beyond the outer centres, including the
-    strip past the grid, the edge patch alone).
+    Pixel ``y``'s centre in patch-centre coordinates is ``(y + 0.5) / p - 0.5`` (with a stride
+    ``s``: ``(y + 0.5 - p / 2) / s``), clamped to ``[0, g - 1]`` (``align_corners=False``
+    semantics; beyond the outer centres, including the strip past the grid, the edge patch alone).
     """
-    pos = np.clip((np.arange(n) + 0.5) / p - 0.5, 0.0, g - 1)  # float64
+    if s is None or s == p:
+        pos = np.clip((np.arange(n) + 0.5) / p - 0.5, 0.0, g - 1)  # float64
+    else:
+        pos = np.clip((np.arange(n) + 0.5 - p / 2) / s, 0.0, g - 1)
     i0 = np.floor(pos).astype(np.int64)
     i1 = np.minimum(i0 + 1, g - 1)
     return i0, i1, (pos - i0).astype(np.float32)
@@ -140,6 +159,7 @@ def grid_to_frame(
     patch_size: int,
     alignment: Alignment = "crop",
     mode: Upsampling = "nearest",
+    stride: int | None = None,
 ) -> torch.Tensor:
     """Map patch-grid values (labels, masks, maps) to frame pixels.
 
@@ -153,6 +173,8 @@ def grid_to_frame(
             the frame; PIL nearest resize). See the module docstring.
         mode: ``"nearest"`` (each patch paints its pixels) or ``"bilinear"`` (between patch
             centres, for heat maps; ``"crop"`` only).
+        stride: ``s`` between overlapping patches (``"crop"`` only; the nearest patch centre
+            paints each pixel, see the module docstring); None: ``p``.
 
     Returns:
         ``(..., H, W)``, same dtype (``"bilinear"``: floating) and device as ``x``.
@@ -167,21 +189,28 @@ def grid_to_frame(
     if alignment == "resize":
         if mode == "bilinear":
             raise ValueError("grid_to_frame: mode='bilinear' needs alignment='crop'")
+        if stride is not None and stride != patch_size:
+            raise ValueError("grid_to_frame: a stride needs alignment='crop'")
         return resize_nearest(t, size)
     if patch_size < 1:
         raise ValueError(f"grid_to_frame: patch_size must be >= 1, got {patch_size}")
+    _check_stride(stride, patch_size, "grid_to_frame")
     gh, gw = t.shape[-2:]
     H, W = int(size[0]), int(size[1])
     if mode == "bilinear":
         t = t if t.is_floating_point() else t.float()
-        y0, y1, wy = (torch.from_numpy(a).to(t.device) for a in _bilinear_index(gh, H, patch_size))
-        x0, x1, wx = (torch.from_numpy(a).to(t.device) for a in _bilinear_index(gw, W, patch_size))
+        y0, y1, wy = (
+            torch.from_numpy(a).to(t.device) for a in _bilinear_index(gh, H, patch_size, stride)
+        )
+        x0, x1, wx = (
+            torch.from_numpy(a).to(t.device) for a in _bilinear_index(gw, W, patch_size, stride)
+        )
         wy, wx = wy.to(t.dtype), wx.to(t.dtype)
         # (..., H, gw): blend of the two rows around each pixel row, then the same for columns
         rows = t.index_select(-2, y0) * (1 - wy)[:, None] + t.index_select(-2, y1) * wy[:, None]
         return rows.index_select(-1, x0) * (1 - wx) + rows.index_select(-1, x1) * wx
-    rows = torch.from_numpy(grid_index(H, gh, patch_size)).to(t.device)  # (H,)
-    cols = torch.from_numpy(grid_index(W, gw, patch_size)).to(t.device)  # (W,)
+    rows = torch.from_numpy(grid_index(H, gh, patch_size, stride)).to(t.device)  # (H,)
+    cols = torch.from_numpy(grid_index(W, gw, patch_size, stride)).to(t.device)  # (W,)
     return t.index_select(-2, rows).index_select(-1, cols)
 
 
@@ -190,22 +219,40 @@ def _check_mode(mode: str, name: str) -> None:
         raise ValueError(f"{name}: mode must be 'nearest' or 'bilinear', got {mode!r}")
 
 
-def grid_index(n: int, g: int, patch_size: int) -> np.ndarray:
+def _check_stride(stride: int | None, patch_size: int, name: str) -> None:
+    if stride is not None and not 1 <= int(stride) <= int(patch_size):
+        raise ValueError(f"{name}: stride must be in 1 .. patch_size={patch_size}, got {stride}")
+
+
+def grid_index(n: int, g: int, patch_size: int, stride: int | None = None) -> np.ndarray:
     """The patch row (or column) each of ``n`` pixel rows (or columns) shows ("crop" alignment).
 
     ``min(y // p, g - 1)``: patch ``i`` covers pixels ``i*p .. (i+1)*p - 1``, and the strip past
-    the grid repeats the edge patch (the border rule of the module docstring).
+    the grid repeats the edge patch (the border rule of the module docstring). With a stride
+    ``s`` (overlapping patches ``[i*s, i*s + p)``): the patch with the nearest centre,
+    ``floor((2y + 1 - p + s) / (2s))`` clamped to ``[0, g)``, which is ``y // p`` for ``s == p``.
 
     Returns:
         int64 (n,) in ``[0, g)``.
     """
     if patch_size < 1 or g < 1:
         raise ValueError(f"grid_index: patch_size and g must be >= 1, got {patch_size}, {g}")
-    return np.minimum(np.arange(int(n), dtype=np.int64) // int(patch_size), g - 1)
+    _check_stride(stride, patch_size, "grid_index")
+    y = np.arange(int(n), dtype=np.int64)
+    p = int(patch_size)
+    if stride is None or int(stride) == p:
+        return np.minimum(y // p, g - 1)
+    s = int(stride)
+    return np.clip((2 * y + 1 - p + s) // (2 * s), 0, g - 1)  # nearest patch centre
 
 
 def upsample_grid(
-    a: np.ndarray, size: tuple[int, int], *, patch_size: int, mode: Upsampling = "nearest"
+    a: np.ndarray,
+    size: tuple[int, int],
+    *,
+    patch_size: int,
+    mode: Upsampling = "nearest",
+    stride: int | None = None,
 ) -> np.ndarray:
     """:func:`grid_to_frame` ("crop") for numpy arrays, without torch: what labkit.viz draws with.
 
@@ -214,10 +261,11 @@ def upsample_grid(
         size: Frame ``(H, W)``.
         patch_size: ``p``.
         mode: ``"nearest"`` or ``"bilinear"`` (between patch centres, see the module docstring).
+        stride: ``s`` between overlapping patches; None: ``p``.
 
     Returns:
         ``(..., H, W)`` array, ``a``'s dtype (``"bilinear"``: floating), equal to
-        ``grid_to_frame(a, size, patch_size=p, mode=mode).numpy()``.
+        ``grid_to_frame(a, size, patch_size=p, mode=mode, stride=stride).numpy()``.
     """
     _check_mode(mode, "upsample_grid")
     a = np.asarray(a)
@@ -225,33 +273,66 @@ def upsample_grid(
         raise ValueError(f"upsample_grid: a must be (..., gh, gw), got shape {a.shape}")
     gh, gw = a.shape[-2:]
     H, W = int(size[0]), int(size[1])
+    _check_stride(stride, patch_size, "upsample_grid")
     if mode == "nearest":
-        rows, cols = grid_index(H, gh, patch_size), grid_index(W, gw, patch_size)
+        rows = grid_index(H, gh, patch_size, stride)
+        cols = grid_index(W, gw, patch_size, stride)
         return a[..., rows, :][..., cols]
     a = a if np.issubdtype(a.dtype, np.floating) else a.astype(np.float32)
-    y0, y1, wy = _bilinear_index(gh, H, patch_size)
-    x0, x1, wx = _bilinear_index(gw, W, patch_size)
+    y0, y1, wy = _bilinear_index(gh, H, patch_size, stride)
+    x0, x1, wx = _bilinear_index(gw, W, patch_size, stride)
     wy, wx = wy.astype(a.dtype), wx.astype(a.dtype)
     # (..., H, gw): blend of the two rows around each pixel row, then the same for columns
     rows_ = a[..., y0, :] * (1 - wy)[:, None] + a[..., y1, :] * wy[:, None]
     return rows_[..., x0] * (1 - wx) + rows_[..., x1] * wx
 
 
-def check_grid(grid: tuple[int, int], size: tuple[int, int], patch_size: int, name: str) -> None:
+def check_grid(
+    grid: tuple[int, int],
+    size: tuple[int, int],
+    patch_size: int,
+    name: str,
+    stride: int | None = None,
+) -> None:
     """Check that a ``gh x gw`` grid of ``p``-pixel patches is the grid of an ``H x W`` frame.
 
     True when ``0 <= H - gh*p < p`` and ``0 <= W - gw*p < p``: the frame cropped to multiples of
-    ``p`` (:func:`labkit.models.prepare_images`) gives that grid.
+    ``p`` (:func:`labkit.models.prepare_images`) gives that grid. With a stride ``s``: when
+    ``gh == stride_grid(H, p, s)`` and the same for ``W``.
 
     Raises:
         ValueError: starting with ``name``, saying the grid does not fit.
     """
+    if stride is not None and int(stride) != int(patch_size):
+        want = (stride_grid(size[0], patch_size, stride), stride_grid(size[1], patch_size, stride))
+        if tuple(grid) != want:
+            raise ValueError(
+                f"{name}: a {grid[0]}x{grid[1]} grid does not fit frames of size {tuple(size)} "
+                f"with {patch_size}-pixel patches every {stride} pixels (that grid is "
+                f"{want[0]}x{want[1]})"
+            )
+        return
     (gh, gw), (H, W), p = grid, size, int(patch_size)
     if p < 1 or not (0 <= H - gh * p < p and 0 <= W - gw * p < p):
         raise ValueError(
             f"{name}: a {gh}x{gw} grid of {patch_size}-pixel patches does not fit "
             f"frames of size {(H, W)} (need 0 <= H - gh*p < p and 0 <= W - gw*p < p)"
         )
+
+
+def stride_grid(n: int, patch_size: int, stride: int | None = None) -> int:
+    """Patches along a side of ``n`` pixels: ``(n' - p) // s + 1``, ``n'`` = ``n`` cropped down to
+    a multiple of ``p`` (as :func:`labkit.models.prepare_images` crops); ``n // p`` for ``s == p``.
+
+    Raises:
+        ValueError: ``n < p`` or a stride outside ``1 .. p``.
+    """
+    p = int(patch_size)
+    _check_stride(stride, p, "stride_grid")
+    if n < p:
+        raise ValueError(f"stride_grid: {n} pixels are fewer than one {p}-pixel patch")
+    s = p if stride is None else int(stride)
+    return (n // p * p - p) // s + 1
 
 
 def infer_patch_size(
@@ -295,7 +376,7 @@ def infer_patch_size(
 
 
 def pixel_to_patch(
-    y: float, x: float, grid: tuple[int, int], patch_size: int
+    y: float, x: float, grid: tuple[int, int], patch_size: int, stride: int | None = None
 ) -> tuple[int, int] | None:
     """The patch ``(i, j)`` a frame pixel belongs to ("crop" alignment, border rule above).
 
@@ -304,6 +385,8 @@ def pixel_to_patch(
             ``grid`` (see :func:`check_grid`).
         grid: ``(gh, gw)``.
         patch_size: ``p``.
+        stride: ``s`` between overlapping patches (the patch with the nearest centre, as
+            :func:`grid_index`); None: ``p``.
 
     Returns:
         ``(y // p, x // p)`` clamped to the grid (the strip belongs to the edge patch), or None
@@ -311,6 +394,10 @@ def pixel_to_patch(
     """
     if y < 0 or x < 0:
         return None
+    if stride is not None and int(stride) != int(patch_size):
+        i = int(grid_index(int(y) + 1, grid[0], patch_size, stride)[-1])
+        j = int(grid_index(int(x) + 1, grid[1], patch_size, stride)[-1])
+        return i, j
     i = min(int(y) // patch_size, grid[0] - 1)
     j = min(int(x) // patch_size, grid[1] - 1)
     return i, j
@@ -322,6 +409,7 @@ def frame_to_grid(
     *,
     patch_size: int,
     alignment: Alignment = "crop",
+    stride: int | None = None,
 ) -> torch.Tensor:
     """Sample frame labels at the patch grid by nearest neighbour (no averaging, no new labels).
 
@@ -335,6 +423,7 @@ def frame_to_grid(
         grid: ``(gh, gw)``.
         patch_size: Patch size ``p`` (used by ``"crop"``).
         alignment: ``"crop"`` or ``"resize"``, as in :func:`grid_to_frame`.
+        stride: ``s`` between overlapping patches (``"crop"``: pixel ``i*s + p // 2``); None: ``p``.
 
     Returns:
         ``(..., gh, gw)``, same dtype and device as ``labels``.
@@ -349,8 +438,10 @@ def frame_to_grid(
         return resize_nearest(t, grid)
     if patch_size < 1:
         raise ValueError(f"frame_to_grid: patch_size must be >= 1, got {patch_size}")
+    _check_stride(stride, patch_size, "frame_to_grid")
     H, W = t.shape[-2:]
     half = patch_size // 2
-    rows = torch.clamp(torch.arange(int(grid[0]), device=t.device) * patch_size + half, max=H - 1)
-    cols = torch.clamp(torch.arange(int(grid[1]), device=t.device) * patch_size + half, max=W - 1)
+    step = patch_size if stride is None else int(stride)
+    rows = torch.clamp(torch.arange(int(grid[0]), device=t.device) * step + half, max=H - 1)
+    cols = torch.clamp(torch.arange(int(grid[1]), device=t.device) * step + half, max=W - 1)
     return t.index_select(-2, rows).index_select(-1, cols)

@@ -427,7 +427,11 @@ def weights_label(model: torch.nn.Module) -> str:
     """
     cfg = getattr(model, "pretrained_cfg", None) or {}
     name = cfg.get("labkit_name") or cfg.get("architecture") or type(model).__name__
-    return f"{name}, {cfg.get('labkit_weights', 'weights unknown')}"
+    label = f"{name}, {cfg.get('labkit_weights', 'weights unknown')}"
+    stride = _conv_stride(model)
+    if stride is not None and stride != patch_size(model):  # set_stride: a denser grid, say so
+        label += f", stride {stride}"
+    return label
 
 
 def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -512,6 +516,71 @@ def patch_size(model: torch.nn.Module) -> int:
     if size[0] != size[1]:
         raise ValueError(f"patch_size: patches of {size} are not square")
     return int(size[0])
+
+
+def _conv_stride(model: torch.nn.Module) -> int | None:
+    """The patch embedding convolution's (square) stride, or None where there is none."""
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    stride = getattr(proj, "stride", None)
+    if stride is None:
+        return None
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    return int(stride[0]) if stride[0] == stride[1] else None
+
+
+def patch_stride(model: torch.nn.Module) -> int:
+    """Pixels between neighbouring patches: the patch size, unless :func:`set_stride` changed it.
+
+    Returns:
+        ``s`` as an int, ``1 <= s <= p``, ``p % s == 0``.
+    """
+    stride = _conv_stride(model)
+    return patch_size(model) if stride is None else stride
+
+
+def set_stride(model: torch.nn.Module, stride: int | None) -> torch.nn.Module:
+    """Run the patch embedding with a stride ``s`` smaller than the patch size: denser maps.
+
+    dino-vit-features' trick (Amir et al.): the patch embedding convolution (kernel ``p``) slides by
+    ``s`` pixels instead of ``p``, so patches overlap and a frame of ``H' x W'`` pixels (cropped to
+    multiples of ``p`` by :func:`prepare_images`) gives a grid of
+    ``gh = (H' - p) // s + 1`` by ``gw = (W' - p) // s + 1`` (``labkit.geometry.stride_grid``).
+    The position embedding is resampled to that grid on every forward pass by the model's rule
+    (:mod:`labkit.pos_embed`), exactly as for a larger frame; the weights are unchanged. The cost:
+    about ``(p / s)^2`` times the tokens, and attention cost grows with their square (stride
+    ``p / 2``: 4x the tokens, up to 16x the attention). ``labkit.geometry`` maps such a grid to
+    pixels (each pixel to the patch whose centre is nearest).
+
+    Args:
+        model: a timm VisionTransformer built with ``dynamic_img_size=True``
+            (:func:`load_backbone` builds them so).
+        stride: ``s`` in pixels, a divisor of ``p`` (so the grid covers the cropped frame exactly);
+            None or ``p``: the model's own patch grid, bit-identical to an unchanged model.
+
+    Returns:
+        ``model``, changed in place (``model.patch_embed.proj.stride``); :func:`patch_stride`
+        reads it back and :func:`weights_label` mentions it.
+
+    Raises:
+        ValueError: ``s`` not a divisor of ``p``, or a model whose patch grid is fixed.
+    """
+    p = patch_size(model)
+    s = p if stride is None else stride
+    if isinstance(s, bool) or not isinstance(s, int) or s < 1 or p % s:
+        raise ValueError(
+            f"set_stride: stride must be a divisor of the patch size {p}, got {stride}"
+        )
+    embed: Any = getattr(model, "patch_embed", None)
+    proj = getattr(embed, "proj", None)
+    if not isinstance(proj, torch.nn.Conv2d):
+        raise ValueError(f"set_stride: {type(model).__name__} has no patch_embed.proj convolution")
+    if s != p and not getattr(model, "dynamic_img_size", False):
+        raise ValueError(
+            "set_stride: the model has a fixed patch grid; build it with dynamic_img_size=True "
+            "(labkit.models.load_backbone does)"
+        )
+    proj.stride = (s, s)
+    return model
 
 
 def prepare_images(
