@@ -41,6 +41,8 @@ __all__ = [
     "sample_patches",
     "embed_patches",
     "embed_patches_in_worker",
+    "nearest_patch",
+    "patch_similarity",
     "umap_2d",
     "umap_warmed_up",
 ]
@@ -153,6 +155,56 @@ class PatchEmbedding:
         sel = self.patches(points)
         masks[sel[:, 0], sel[:, 1], sel[:, 2]] = True
         return masks
+
+
+def patch_similarity(features: torch.Tensor | np.ndarray, t: int, i: int, j: int) -> torch.Tensor:
+    """Cosine similarity of one patch's feature with every patch of every frame.
+
+    The map of dino-vit-features' "click a patch" demo, over a whole clip.
+
+    Args:
+        features: (T, gh, gw, D) patch features (any facet: tokens, keys, queries, values).
+        t, i, j: the patch: frame position, row, column.
+
+    Returns:
+        float32 (T, gh, gw) in [-1, 1]; 1 at (t, i, j) itself (for a non-zero feature).
+    """
+    feats = torch.as_tensor(
+        np.asarray(features) if not isinstance(features, torch.Tensor) else features
+    )
+    if feats.ndim != 4:
+        raise ValueError(
+            f"patch_similarity: features must be (T, gh, gw, D), got {tuple(feats.shape)}"
+        )
+    T, gh, gw, _ = feats.shape
+    if not (0 <= t < T and 0 <= i < gh and 0 <= j < gw):
+        raise ValueError(f"patch_similarity: patch {(t, i, j)} outside a {T}x{gh}x{gw} clip")
+    unit = torch.nn.functional.normalize(feats.float(), dim=-1)  # (T, gh, gw, D)
+    return torch.einsum("thwd,d->thw", unit, unit[t, i, j]).clamp_(-1.0, 1.0)  # (T, gh, gw)
+
+
+def nearest_patch(
+    features: torch.Tensor | np.ndarray, index: np.ndarray, t: int, i: int, j: int
+) -> tuple[int, float]:
+    """The point among ``index``'s patches whose feature is closest (cosine) to patch (t, i, j).
+
+    What a click on a patch that the embedding's subsample left out rings instead.
+
+    Args:
+        features: (T, gh, gw, D) patch features.
+        index: int64 (n, 3) rows (t, i, j) of the embedded patches (``PatchEmbedding.index``).
+        t, i, j: the clicked patch.
+
+    Returns:
+        (point q, its cosine similarity with the clicked patch).
+    """
+    idx = np.asarray(index, dtype=np.int64)
+    if idx.ndim != 2 or idx.shape[1] != 3 or len(idx) < 1:
+        raise ValueError(f"nearest_patch: index must be (n, 3) with n >= 1, got {idx.shape}")
+    sim = patch_similarity(features, t, i, j)  # (T, gh, gw)
+    values = sim[idx[:, 0], idx[:, 1], idx[:, 2]]  # (n,)
+    q = int(torch.argmax(values))
+    return q, float(values[q])
 
 
 def umap_warmed_up() -> bool:

@@ -15,9 +15,15 @@ on every frame change; selections on the scatter are not affected.) Selections g
 indices, and point ``q`` is patch ``embedding.index[q]`` exactly
 (:class:`labkit.embedding.PatchEmbedding`; subsampling rule in :mod:`labkit.embedding`).
 
+A click on a patch that the subsample left out rings the sampled point whose feature is closest
+to it (cosine, :func:`labkit.embedding.nearest_patch`) and says so; in a view linked to an
+explorer the click also shows the patch's similarity map there.
+
 UMAP runs in a worker process in the live app (:func:`labkit.embedding.embed_patches_in_worker`:
-the kernel stays responsive; PCA is shown meanwhile, with a note, as the first UMAP of a session
-compiles numba code); headless, it runs in the foreground.
+the kernel stays responsive; PCA is shown meanwhile, with a note that counts the seconds, as the
+first UMAP of a session compiles numba code); headless, it runs in the foreground. A figure or
+PNG made while UMAP still runs says "PCA (UMAP still running)" in its title;
+:meth:`EmbeddingView.save_png` can wait for it and rewrites its file when UMAP is done.
 
 Sharing without a kernel: :meth:`EmbeddingView.write_html` writes a standalone HTML page (plotly.js
 inlined by default, so it opens offline) with the embedding, the frames on a slider, hover
@@ -39,7 +45,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from labkit.embedding import PatchEmbedding, embed_patches, embed_patches_in_worker, umap_warmed_up
+from labkit.embedding import (
+    PatchEmbedding,
+    embed_patches,
+    embed_patches_in_worker,
+    nearest_patch,
+    umap_warmed_up,
+)
 from labkit.environment import is_headless
 from labkit.geometry import pixel_to_patch
 from labkit.viz.encode import encode_image
@@ -132,7 +144,10 @@ class EmbeddingView:
         self.set_segments(segments, refresh=False)
         self.selection = np.zeros(0, dtype=np.int64)  # selected point indices, sorted
         self.clicked: tuple[int, int, int] | None = None  # (t, i, j) of the last clicked patch
+        self.nearest: tuple[int, float] | None = None  # (point, cosine) for an unsampled click
         self.layer: int | None = None  # set by AttentionExplorer.embedding_view
+        self.facet = "tokens"  # the features' facet, set by AttentionExplorer.embedding_view
+        self._save_when_done: list[tuple[Path, int]] = []
         self.explorer: Any = None
         self._embeddings: dict[str, PatchEmbedding] = {}
         self._ui: dict[str, Any] = {}
@@ -222,19 +237,26 @@ class EmbeddingView:
             self._update_clicked()
 
     def click_patch(self, t: int, i: int, j: int) -> int | None:
-        """A click on patch (i, j) of frame t: shows that frame, outlines the patch, rings its
-        point.
+        """A click on patch (i, j) of frame t: shows that frame, outlines the patch, rings its point
+        (or, where the subsample left it out, the sampled point closest to it in feature space:
+        :attr:`nearest`). In a view linked to a live explorer, the explorer shows the patch's
+        similarity map.
 
         Returns:
             The patch's point index, or None where the subsample left it out.
         """
         q = self.shown.point_of(int(t), int(i), int(j))
         self.clicked = (int(t), int(i), int(j))
+        self.nearest = (
+            None if q is not None else nearest_patch(self.features, self.shown.index, t, i, j)
+        )
         self.frame = int(t)
         if self._ui:
             self._set_frame_control(self.frame)
             self._update_frames()
             self._update_clicked()
+            if self.explorer is not None and self.explorer._ui:
+                self.explorer.select_patch(t, i, j)
         return q
 
     def click_pixel(self, x: float, y: float) -> int | None:
@@ -318,8 +340,11 @@ class EmbeddingView:
     # ---- plot: Figures --------------------------------------------------------------------
     def _title(self) -> str:
         emb = self.shown
+        method = emb.method.upper()
+        if self.method == "umap" and emb.method != "umap":
+            method += " (UMAP still running)" if self._thread is not None else " (UMAP not run)"
         return (
-            f"{emb.method.upper()} of patch tokens{': ' + self.name if self.name else ''} | "
+            f"{method} of patch {self.facet}{': ' + self.name if self.name else ''} | "
             f"{len(emb)} of {emb.total_patches} patches"
         )
 
@@ -370,10 +395,18 @@ class EmbeddingView:
         fig.suptitle(self._title(), fontsize=10)
         return fig
 
-    def save_png(self, path: str | Path, dpi: int = 100) -> Path:
-        """Write :meth:`figure` as a PNG; returns the path."""
+    def save_png(self, path: str | Path, dpi: int = 100, wait: float | None = 0.0) -> Path:
+        """Write :meth:`figure` as a PNG; returns the path.
+
+        While a background UMAP runs (live app), waits up to ``wait`` seconds for it (None: as
+        long as it takes); if it is still running then, writes the PCA with "PCA (UMAP still
+        running)" in the title and writes the file again, with the UMAP, when UMAP is done.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        running = self.method == "umap" and "umap" not in self._embeddings
+        if running and self._thread is not None and not self.wait(wait):
+            self._save_when_done.append((path, dpi))
         self.figure().savefig(path, dpi=dpi)
         return path
 
@@ -649,8 +682,13 @@ class EmbeddingView:
 
     def _follow_explorer(self, state: Any) -> None:
         """Called by the explorer after each change: same frame, and new colours for a new k."""
-        if self.layer is not None and state.layer == self.layer and self.explorer is not None:
-            seg = self.explorer._segments.get((state.layer, state.k))
+        if (
+            self.layer is not None
+            and state.layer == self.layer
+            and state.facet == self.facet
+            and self.explorer is not None
+        ):
+            seg = self.explorer._segments.get((state.layer, state.k, state.facet))
             if seg is not None and (
                 self.segments is None or not np.array_equal(seg, self.segments)
             ):
@@ -682,6 +720,18 @@ class EmbeddingView:
         )
         ui["note"].value = f"<small>{rule}{' | ' + self.note if self.note else ''}</small>"
 
+    def _update_note(self) -> None:
+        ui = self._ui
+        n, total = len(self.shown), self.shown.total_patches
+        rule = (
+            "all patches"
+            if n == total
+            else f"{n} of {total} patches: an equal share of every frame, drawn at random "
+            f"(seed {self.seed})"
+        )
+        ui["note"].value = f"<small>{rule}{' | ' + self.note if self.note else ''}</small>"
+        ui["scatter_title"].value = f"<b>{self._title()}</b>"
+
     def _update_colors(self) -> None:
         emb = self.shown
         colors = self.point_colors(emb)
@@ -699,6 +749,8 @@ class EmbeddingView:
     def _update_clicked(self) -> None:
         ui = self._ui
         q = None if self.clicked is None else self.shown.point_of(*self.clicked)
+        if q is None and self.nearest is not None and self.nearest[0] < len(self.shown):
+            q = self.nearest[0]  # an unsampled patch: its nearest sampled point
         xy = self.shown.coords[[q]] if q is not None else np.zeros((0, 2))
         with ui["scatter"].batch_update():
             ui["scatter"].data[1].x = xy[:, 0]
@@ -713,7 +765,14 @@ class EmbeddingView:
         if self.clicked is not None:
             t, i, j = self.clicked
             q = self.shown.point_of(t, i, j)
-            where = f"point {q}" if q is not None else "not among the sampled points"
+            where = f"point {q}" if q is not None else "not sampled"
+            if q is None and self.nearest is not None and self.nearest[0] < len(self.shown):
+                n, cos = self.nearest
+                nt, ni, nj = (int(v) for v in self.shown.index[n])
+                where += (
+                    f"; ringed: the nearest sampled point, patch ({ni}, {nj}) of frame "
+                    f"{self.indices[nt]} (cosine {cos:.2f})"
+                )
             clicked = f" | clicked patch ({i}, {j}) of frame {self.indices[t]}: {where}"
         ui["image_title"].value = f"<b>frame {self.indices[self.frame]}</b>{clicked}"
         ui["summary"].value = f"<small>{self.selection_summary()}</small>"
@@ -730,6 +789,12 @@ class EmbeddingView:
             raise ValueError(f"method must be 'pca' or 'umap', got {method!r}")
         self.method = method
         self.selection = np.zeros(0, dtype=np.int64)  # point indices belong to one embedding
+        if self.clicked is not None:  # the nearest sampled point depends on the sample's points
+            self.nearest = (
+                None
+                if self.shown.point_of(*self.clicked) is not None
+                else nearest_patch(self.features, self.shown.index, *self.clicked)
+            )
         if not self._ui:
             return
         if method in self._embeddings:
@@ -742,25 +807,46 @@ class EmbeddingView:
         first = (
             ""
             if umap_warmed_up()
-            else " The first UMAP in this kernel also compiles numba code (about a minute on 2 CPU "
-            "cores)."
+            else " (the first UMAP of a kernel also compiles numba code: most of the wait)"
         )
-        self.note = f"UMAP: computing in the background, PCA shown meanwhile.{first}"
+        self.note = f"UMAP: computing in a worker process, PCA shown meanwhile{first}"
         self._update_points()
 
         future = embed_patches_in_worker(self.features, max_points=self.max_points, seed=self.seed)
 
         def work() -> None:
+            import concurrent.futures
+
             start = time.perf_counter()
             try:
-                self._embeddings["umap"] = future.result()  # waits without holding the GIL
+                while True:  # the note counts the seconds: the only progress UMAP gives
+                    try:
+                        self._embeddings["umap"] = future.result(timeout=1.0)  # GIL released
+                        break
+                    except concurrent.futures.TimeoutError:
+                        elapsed = time.perf_counter() - start
+                        self.note = (
+                            f"UMAP: running for {elapsed:.0f} s in a worker process, PCA shown "
+                            f"meanwhile{first}"
+                        )
+                        self._update_note()
                 self.note = f"UMAP took {time.perf_counter() - start:.1f} s (in a worker process)"
             except Exception as err:  # shown in the app: a thread has nowhere else to report
                 self.note = f"UMAP failed: {type(err).__name__}: {err}"
             if self.method == "umap":
                 self.selection = np.zeros(0, dtype=np.int64)
+                if self.clicked is not None and "umap" in self._embeddings:
+                    q = self.shown.point_of(*self.clicked)
+                    self.nearest = (
+                        None
+                        if q is not None
+                        else nearest_patch(self.features, self.shown.index, *self.clicked)
+                    )
                 self._update_points()
                 self._update_frames()
+            for path, dpi in self._save_when_done:  # save_png gave up waiting: now the UMAP
+                self.figure().savefig(path, dpi=dpi)
+            self._save_when_done.clear()
 
         self._thread = threading.Thread(target=work, name="labkit-umap", daemon=True)
         self._thread.start()

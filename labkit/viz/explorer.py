@@ -26,14 +26,33 @@ Caching, so that scrubbing is instant:
   dictionary look-up once the frame was shown; no matplotlib in that path
   (``bench/explorer.py`` measures it).
 
+Facets and similarity: the k-means segments (and :meth:`embedding_view`) use the chosen facet of
+the block (``"tokens"``, ``"keys"``, ``"queries"`` or ``"values"``, dino-vit-features' facets,
+all through :func:`labkit.attention.extract_video`). A click on a patch of any panel picks it;
+the app then shows its cosine similarity with every patch of the clip
+(:func:`labkit.embedding.patch_similarity`): a heat map over the shown frame with a colour bar,
+and a strip of frames spread over the clip on the same scale (:mod:`labkit.viz.similarity`).
+``"similarity"`` is also a panel (:data:`ALL_PANELS`) for static figures.
+
+In the live app (:meth:`show` in JupyterLab) everything heavy, a block's pass over the clip, a
+facet's pass, a clip k-means, the token norms, runs in one background thread: :meth:`show`
+returns at once (the notebook's next cells run), panels whose data is there are drawn at once,
+the others show a grey placeholder saying what is being computed and how far ("computing layer
+7: 40/100 frames"), the status line and progress bar say the same, and the newest state wins
+(moving k from 5 to 8 key by key computes one k-means, for 8; a layer pass that a newer layer
+choice makes stale stops at its next batch). Methods called from code (:meth:`render`,
+:meth:`layer_data` ...) wait for the background work they need, then compute in the caller.
+
 Outside a live JupyterLab front end (papermill, nbconvert, ``LABKIT_HEADLESS=1``) :meth:`show`
-renders the current state as a static figure, so an executed notebook shows something useful.
+renders the current state as a static figure, so an executed notebook shows something useful;
+everything is computed in the foreground there, as with :meth:`widget` alone.
 
 Notation: T frames, h heads, gh x gw patch grid, D channels, H x W frame pixels, p patch size.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -45,11 +64,12 @@ import numpy as np
 import torch
 
 from labkit.artifacts import token_artifacts
-from labkit.attention import extract_video, image_batches
+from labkit.attention import FEATURE_KINDS, FeatureKind, extract_video, image_batches
 from labkit.clustering import kmeans_segments
 from labkit.data import default_video
+from labkit.embedding import patch_similarity
 from labkit.environment import is_headless
-from labkit.geometry import upsample_grid
+from labkit.geometry import pixel_to_patch, upsample_grid
 from labkit.models import load_backbone, patch_size, weights_label
 from labkit.pos_embed import PosEmbedRule
 from labkit.tracking import discover_objects, object_shares, track_objects
@@ -61,6 +81,13 @@ from labkit.viz.embedding import EmbeddingView
 from labkit.viz.encode import encode_image
 from labkit.viz.plot import plot_grid, plot_strip
 from labkit.viz.render import caption, heads_to_rgb, palette
+from labkit.viz.similarity import (
+    colour_bar,
+    placeholder,
+    similarity_overlay,
+    similarity_strip,
+    strip_frames,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -75,9 +102,10 @@ __all__ = [
 ]
 
 PANELS: tuple[str, ...] = ("frame", "heads", "objects", "segments")  # the default panels
-# every panel: also the token norms of the block with high-norm outliers outlined (labkit.artifacts),
-# and the register tokens' own attention (models with registers)
-ALL_PANELS: tuple[str, ...] = (*PANELS, "artifacts", "registers")
+# every panel: also the token norms of the block with high-norm outliers outlined
+# (labkit.artifacts), the register tokens' own attention (models with registers), and the
+# clicked patch's similarity
+ALL_PANELS: tuple[str, ...] = (*PANELS, "artifacts", "registers", "similarity")
 _TITLES = {
     "frame": "frame",
     "heads": "[CLS] heads as R, G, B",
@@ -85,7 +113,9 @@ _TITLES = {
     "segments": "k-means segments",
     "artifacts": "token norms, outliers in cyan",
     "registers": "registers' attention",
+    "similarity": "similarity to the clicked patch",
 }
+_STRIP_FRAMES = 10  # frames in the app's similarity strip (plus the clicked and the shown one)
 
 
 @dataclass(frozen=True)
@@ -98,6 +128,10 @@ class ExplorerState:
     k: int = 5  # k-means segments
     alpha: float = 0.5  # opacity of the maps over the frame (1: the maps alone)
     sinkhorn: bool = True  # DoRA's discovery refined with Sinkhorn-Knopp (else a row softmax)
+    facet: FeatureKind = (
+        "tokens"  # features of k-means and similarity: tokens, keys, queries, values
+    )
+    patch: tuple[int, int, int] | None = None  # clicked patch (t, i, j) for the similarity map
 
 
 class LayerData(NamedTuple):
@@ -122,6 +156,10 @@ class ArtifactData(NamedTuple):
         torch.Tensor | None
     )  # (T, L, G, gh, gw) float32 registers' attention, mean over heads
     factor: float  # the outlier rule's multiple of the median
+
+
+class _Stale(Exception):
+    """Raised in the worker's progress callback when a newer state made its pass useless."""
 
 
 class _BytesLRU:
@@ -222,7 +260,8 @@ class AttentionExplorer:
             its own size.
         checkpoint, pretrained, pos_embed_rule, model_kwargs: passed to ``load_backbone`` when
             ``model`` is a name (``pretrained="auto"``: a tagged name's weights if cached).
-        layer, heads, k, alpha, sinkhorn: the initial state (see :class:`ExplorerState`).
+        layer, heads, k, alpha, sinkhorn, facet: the initial state (see :class:`ExplorerState`).
+        patch: a patch (t, i, j) whose similarity map is shown first (default: none until a click).
         device: where the model runs.
         batch_size: frames per forward pass while the cache fills.
         seed: k-means and embedding seed, and the seed of the random weights of a model given by
@@ -234,7 +273,8 @@ class AttentionExplorer:
         panel_width: width in screen pixels of one panel in the app (default: the frame's width,
             at least 256).
         panels: the panels shown, in order, from :data:`ALL_PANELS` (default :data:`PANELS`);
-            ``"all"``: every panel the model has (``"registers"`` only with register tokens).
+            ``"all"``: every panel the model has (``"registers"`` only with register tokens),
+            except ``"similarity"`` (the clicked patch's map over the shown frame: by name).
             ``"artifacts"``: the patch-token norms of the block at the current frame (magma from
             the frame's smallest norm to 3x its median, over the frame at the opacity) with the high-norm outliers outlined in
             cyan (:func:`labkit.artifacts.outlier_mask`); ``"registers"``: each register token's
@@ -261,6 +301,8 @@ class AttentionExplorer:
         k: int = 5,
         alpha: float = 0.5,
         sinkhorn: bool = True,
+        facet: FeatureKind = "tokens",
+        patch: Sequence[int] | None = None,
         device: str | torch.device = "auto",
         batch_size: int = 8,
         seed: int = 0,
@@ -315,7 +357,12 @@ class AttentionExplorer:
         if isinstance(panels, str):
             if panels != "all":
                 raise ValueError(f"panels must be a list of panel names or 'all', got {panels!r}")
-            panels = [p for p in ALL_PANELS if p != "registers" or self.num_registers]
+            # "similarity" needs a clicked patch: named, not part of "all"
+            panels = [
+                p
+                for p in ALL_PANELS
+                if p != "similarity" and (p != "registers" or self.num_registers)
+            ]
         self.panels: tuple[str, ...] = tuple(panels)
         bad = [p for p in self.panels if p not in ALL_PANELS]
         if bad or not self.panels or len(set(self.panels)) != len(self.panels):
@@ -324,7 +371,9 @@ class AttentionExplorer:
             )
         self._layers: dict[int, LayerData] = {}
         self._artifacts: ArtifactData | None = None
-        self._segments: dict[tuple[int, int], np.ndarray] = {}
+        self._facets: dict[tuple[int, str], torch.Tensor] = {}  # queries, values: (T, gh, gw, D)
+        self._similarity: dict[tuple, np.ndarray] = {}  # (layer, facet, patch) -> (T, gh, gw)
+        self._segments: dict[tuple[int, int, str], np.ndarray] = {}  # (layer, k, facet)
         self._head_rgb: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
         self._objects: dict[tuple[int, tuple[int, ...], bool], np.ndarray] = {}
         self._object_rgb: dict[tuple[int, tuple[int, ...], bool], np.ndarray] = {}
@@ -333,9 +382,25 @@ class AttentionExplorer:
         self._ui: dict[str, Any] = {}
         self._views: list[EmbeddingView] = []
         self.last_update_ms: float | None = None
+        # background work in the live app (show() turns it on; see the module docstring)
+        self.background = False
+        self._lock = threading.RLock()  # one heavy computation at a time, in any thread
+        self._show_lock = threading.Lock()  # one thread at a time sets the app's pictures
+        self._wake = threading.Condition()
+        self._wanted: ExplorerState | None = None  # the newest state the worker should compute
+        self._worker: threading.Thread | None = None
+        self._busy = ""  # what the worker computes now, for placeholders
+        self._busy_shown = 0.0
         self.state = self._validated(
             ExplorerState(
-                frame=0, layer=layer, heads=tuple(heads), k=k, alpha=alpha, sinkhorn=bool(sinkhorn)
+                frame=0,
+                layer=layer,
+                heads=tuple(heads),
+                k=k,
+                alpha=alpha,
+                sinkhorn=bool(sinkhorn),
+                facet=facet,
+                patch=None if patch is None else tuple(int(v) for v in patch),  # type: ignore[arg-type]
             )
         )
 
@@ -363,7 +428,7 @@ class AttentionExplorer:
             None if keys is None else keys.float(),
             None if queries is None else queries.float(),
         )
-        explorer._segments[(layer, cfg.k)] = np.asarray(exp.segments_clip, dtype=np.int64)
+        explorer._segments[(layer, cfg.k, "tokens")] = np.asarray(exp.segments_clip, dtype=np.int64)
         if getattr(exp, "video_info", {}).get("path"):
             explorer.name = Path(exp.video_info["path"]).name  # titles name the video, not "frames"
         return explorer
@@ -386,6 +451,19 @@ class AttentionExplorer:
             raise ValueError(f"k must be in 2..{patches} (patches of the clip), got {state.k}")
         if not 0.0 <= state.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {state.alpha}")
+        if state.facet not in FEATURE_KINDS:
+            raise ValueError(f"facet must be one of {FEATURE_KINDS}, got {state.facet!r}")
+        patch = None if state.patch is None else tuple(int(v) for v in state.patch)
+        if patch is not None and (
+            len(patch) != 3
+            or not 0 <= patch[0] < len(self.frames)
+            or not 0 <= patch[1] < self.grid[0]
+            or not 0 <= patch[2] < self.grid[1]
+        ):
+            raise ValueError(
+                f"patch must be (t, i, j) in a {len(self.frames)}x{self.grid[0]}x{self.grid[1]} "
+                f"clip, got {state.patch}"
+            )
         return ExplorerState(
             int(state.frame),
             state.layer % self.depth,
@@ -393,10 +471,13 @@ class AttentionExplorer:
             int(state.k),
             float(state.alpha),
             bool(state.sinkhorn),
+            state.facet,
+            patch,  # type: ignore[arg-type]
         )
 
     def set(self, **changes: Any) -> ExplorerState:
-        """Change the state (``frame``, ``layer``, ``heads``, ``k``, ``alpha``, ``sinkhorn``).
+        """Change the state (``frame``, ``layer``, ``heads``, ``k``, ``alpha``, ``sinkhorn``,
+        ``facet``, ``patch``).
 
         Also moves the app's controls when it is built, so that it shows the new state.
 
@@ -451,28 +532,92 @@ class AttentionExplorer:
         """
         layer = layer % self.depth
         data = self._layers.get(layer)
-        if data is None:  # one pass gives everything the panels need
-            out = self._extract(layer, ("tokens", "keys", "queries"), attention=True)
-            data = LayerData(
-                out["attention"], out["tokens"], out["keys"], out["queries"][0].clone()
-            )
-            self._layers[layer] = data
-        elif keys and data.keys is None:  # seeded by from_exploration without keys
-            out = self._extract(layer, ("keys", "queries"), attention=False)
-            data = data._replace(keys=out["keys"], queries=out["queries"][0].clone())
-            self._layers[layer] = data
+        if data is not None and (not keys or data.keys is not None):
+            return data  # cached: no lock, so the app draws while the worker computes
+        with self._lock:  # the background worker may be computing this very layer
+            data = self._layers.get(layer)
+            if data is None:  # one pass gives everything the panels need
+                out = self._extract(layer, ("tokens", "keys", "queries"), attention=True)
+                data = LayerData(
+                    out["attention"], out["tokens"], out["keys"], out["queries"][0].clone()
+                )
+                self._layers[layer] = data
+            elif keys and data.keys is None:  # seeded by from_exploration without keys
+                out = self._extract(layer, ("keys", "queries"), attention=False)
+                data = data._replace(keys=out["keys"], queries=out["queries"][0].clone())
+                self._layers[layer] = data
         return data
 
-    def segments(self, layer: int, k: int) -> np.ndarray:
-        """One k-means over the whole clip's patch tokens: int64 (T, gh, gw), cached."""
+    def features(self, layer: int, facet: FeatureKind = "tokens") -> torch.Tensor:
+        """One facet of a block for the whole clip, cached.
+
+        Tokens and keys come with the block's pass (:meth:`layer_data`); queries and values take
+        a pass of their own (:func:`labkit.attention.extract_video`).
+
+        Args:
+            layer: block index (negative counts from the end).
+            facet: ``"tokens"``, ``"keys"``, ``"queries"`` or ``"values"`` (heads concatenated).
+
+        Returns:
+            float32 (T, gh, gw, D) on the CPU.
+        """
+        if facet not in FEATURE_KINDS:
+            raise ValueError(f"facet must be one of {FEATURE_KINDS}, got {facet!r}")
         layer = layer % self.depth
-        key = (layer, int(k))
+        if facet in ("tokens", "keys"):
+            data = self.layer_data(layer, keys=facet == "keys")
+            return data.tokens if facet == "tokens" else data.keys  # type: ignore[return-value]
+        got = self._facets.get((layer, facet))
+        if got is None:
+            with self._lock:
+                got = self._facets.get((layer, facet))
+                if got is None:
+                    got = self._extract(layer, (facet,), attention=False)[facet]
+                    self._facets[(layer, facet)] = got
+        return got
+
+    def _has_features(self, layer: int, facet: str) -> bool:
+        data = self._layers.get(layer)
+        if facet == "tokens":
+            return data is not None
+        if facet == "keys":
+            return data is not None and data.keys is not None
+        return (layer, facet) in self._facets
+
+    def similarity(self, layer: int, facet: FeatureKind, patch: Sequence[int]) -> np.ndarray:
+        """Cosine similarity of one patch's facet with every patch of the clip, cached.
+
+        Args:
+            layer: block index.
+            facet: as in :meth:`features`.
+            patch: (t, i, j) position in the clip, row, column.
+
+        Returns:
+            float32 (T, gh, gw) in [-1, 1] (:func:`labkit.embedding.patch_similarity`).
+        """
+        t, i, j = (int(v) for v in patch)
+        key = (layer % self.depth, facet, (t, i, j))
+        got = self._similarity.get(key)
+        if got is None:
+            got = patch_similarity(self.features(layer, facet), t, i, j).numpy()
+            if len(self._similarity) >= 64:  # clicks accumulate: keep the newest
+                self._similarity.pop(next(iter(self._similarity)))
+            self._similarity[key] = got
+        return got
+
+    def segments(self, layer: int, k: int, facet: FeatureKind = "tokens") -> np.ndarray:
+        """One k-means over the whole clip's patch features (a facet, default the tokens):
+        int64 (T, gh, gw), cached."""
+        layer = layer % self.depth
+        key = (layer, int(k), facet)
         if key not in self._segments:
-            tokens = self.layer_data(layer, keys=False).tokens
-            self._report(0, 1, f"k-means k={k}")
-            labels = kmeans_segments(tokens, int(k), mode="clip", seed=self.seed).labels
-            self._segments[key] = labels.numpy().astype(np.int64)
-            self._report(1, 1, f"k-means k={k}")
+            with self._lock:
+                if key not in self._segments:
+                    feats = self.features(layer, facet)
+                    self._report(0, 1, f"k-means k={k} of the {facet}")
+                    labels = kmeans_segments(feats, int(k), mode="clip", seed=self.seed).labels
+                    self._segments[key] = labels.numpy().astype(np.int64)
+                    self._report(1, 1, f"k-means k={k} of the {facet}")
         return self._segments[key]
 
     def objects(self, layer: int, heads: Sequence[int], sinkhorn: bool) -> np.ndarray:
@@ -546,7 +691,9 @@ class AttentionExplorer:
         """Fill every cache the state needs (layer pass, k-means, DoRA), without rendering."""
         s = self.state if state is None else self._validated(state)
         self.layer_data(s.layer, keys=True)
-        self.segments(s.layer, s.k)
+        self.segments(s.layer, s.k, s.facet)
+        if s.patch is not None:
+            self.similarity(s.layer, s.facet, s.patch)
         self._heads_grid(s.layer, s.heads)
         self._objects_grid(s.layer, s.heads, s.sinkhorn)
         self.objects(s.layer, s.heads, not s.sinkhorn)  # the status line compares on and off
@@ -562,9 +709,11 @@ class AttentionExplorer:
         if name == "objects":
             return ("objects", s.frame, s.layer, s.heads, s.sinkhorn, s.alpha)
         if name == "segments":
-            return ("segments", s.frame, s.layer, s.k, s.alpha)
+            return ("segments", s.frame, s.layer, s.k, s.facet, s.alpha)
         if name in ("artifacts", "registers"):
             return (name, s.frame, s.layer, s.alpha)
+        if name == "similarity":
+            return ("similarity", s.frame, s.layer, s.facet, s.patch, s.alpha)
         raise ValueError(f"panel must be one of {ALL_PANELS}, got {name!r}")
 
     def panel(self, name: str, state: ExplorerState | None = None) -> np.ndarray:
@@ -590,15 +739,73 @@ class AttentionExplorer:
             return self._artifact_panel(s)
         if name == "registers":
             return self._register_panel(s)
+        if name == "similarity":
+            return self._similarity_panel(s)
         if name == "heads":
             grid = self._heads_grid(s.layer, s.heads)[s.frame]  # (gh, gw, 3)
         elif name == "objects":
             grid = self._objects_grid(s.layer, s.heads, s.sinkhorn)[s.frame]
         elif name == "segments":
-            grid = self._segment_grid(s.layer, s.k)[s.frame]
+            grid = self._segment_grid(s.layer, s.k, s.facet)[s.frame]
         else:
             raise ValueError(f"panel must be one of {ALL_PANELS}, got {name!r}")
         return _blend_grid(frame, grid, s.alpha, self.patch_size)
+
+    def _similarity_panel(self, s: ExplorerState) -> np.ndarray:
+        """The clicked patch's similarity over the shown frame (inferno, the clip's lowest
+        similarity .. 1), the patch outlined in cyan where it is in this frame; a caption gives
+        the patch and the scale. Without a clicked patch: a placeholder saying to click one."""
+        frame = self.frames[s.frame]
+        if s.patch is None:
+            return placeholder(frame.shape[:2], "click a patch of any panel:\nits similarity here")
+        t, i, j = s.patch
+        sims = self.similarity(s.layer, s.facet, s.patch)  # (T, gh, gw)
+        vmin = float(sims.min())
+        pic = similarity_overlay(
+            frame,
+            sims[s.frame],
+            patch_size=self.patch_size,
+            vmin=vmin,
+            alpha=s.alpha,
+            patch=(i, j) if t == s.frame else None,
+        )
+        return caption(
+            pic, f"cosine to ({i},{j}) of frame {self.indices[t]}: {vmin:.2f} dark, 1 bright"
+        )
+
+    def similarity_pictures(
+        self, state: ExplorerState | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The app's similarity section for a state with a clicked patch.
+
+        Returns:
+            (the shown frame's heat map with a colour bar: uint8 (H, W + 72, 3); a strip of
+            frames spread over the clip plus the clicked and the shown frame, on the same scale,
+            with a colour bar: uint8 (rows h', ..., 3), see
+            :func:`labkit.viz.similarity.similarity_strip`).
+        """
+        s = self.state if state is None else self._validated(state)
+        if s.patch is None:
+            raise ValueError("similarity_pictures: no patch clicked (state.patch is None)")
+        sims = self.similarity(s.layer, s.facet, s.patch)
+        vmin = float(sims.min())
+        t = s.patch[0]
+        panel = self._similarity_panel(s)
+        head = np.concatenate([panel, colour_bar(len(panel), vmin, 1.0)], axis=1)
+        shown = strip_frames(len(self.frames), _STRIP_FRAMES, include=(t, s.frame))
+        labels = [f"frame {self.indices[k]}" + (" (clicked)" if k == t else "") for k in shown]
+        strip = similarity_strip(
+            self.frames[shown],
+            sims[shown],
+            labels,
+            patch_size=self.patch_size,
+            vmin=vmin,
+            alpha=s.alpha,
+            patch=s.patch,
+            positions=shown,
+            per_row=6,
+        )
+        return head, strip
 
     def _artifact_panel(self, s: ExplorerState) -> np.ndarray:
         """Token norms of block ``s.layer`` at frame ``s.frame`` over the frame, outliers outlined."""
@@ -648,47 +855,53 @@ class AttentionExplorer:
         One pass over all blocks per batch of frames (:func:`labkit.artifacts.token_artifacts`),
         register maps averaged over heads as they come.
         """
-        if self._artifacts is None:
-            parts: dict[str, list[torch.Tensor]] = {}
-            every = tuple(range(self.depth)) if self.num_registers else ()
-            factor = 0.0
-            for idx, _, images in image_batches(
-                self.model, self.frames, batch_size=self.batch_size, device=self.device
-            ):
-                art = token_artifacts(self.model, images, register_layers=every)
-                factor = art.factor
-                values = {
-                    "norms": art.norms,
-                    "outliers": art.outliers,
-                    "cls_outlier_mass": art.cls_outlier_mass.mean(-1),
-                    "cls_register_mass": None
-                    if art.cls_register_mass is None
-                    else art.cls_register_mass.mean(-1),
-                    "register_maps": None
-                    if art.register_attention is None
-                    else art.register_attention.mean(3),
-                }
-                for name, value in values.items():
-                    if value is not None:
-                        parts.setdefault(name, []).append(
-                            value.float().cpu() if value.is_floating_point() else value.cpu()
-                        )
-                self._report(int(idx[-1]) + 1, len(self.frames), "token norms")
-            joined = {name: torch.cat(p) for name, p in parts.items()}
-            self._artifacts = ArtifactData(
-                joined["norms"],
-                joined["outliers"],
-                joined["cls_outlier_mass"],
-                joined.get("cls_register_mass"),
-                joined.get("register_maps"),
-                factor,
-            )
-        return self._artifacts
+        if self._artifacts is not None:
+            return self._artifacts
+        with self._lock:
+            if self._artifacts is None:
+                self._compute_artifacts()
+        return self._artifacts  # type: ignore[return-value]
 
-    def _segment_grid(self, layer: int, k: int) -> np.ndarray:
+    def _compute_artifacts(self) -> None:
+        parts: dict[str, list[torch.Tensor]] = {}
+        every = tuple(range(self.depth)) if self.num_registers else ()
+        factor = 0.0
+        for idx, _, images in image_batches(
+            self.model, self.frames, batch_size=self.batch_size, device=self.device
+        ):
+            art = token_artifacts(self.model, images, register_layers=every)
+            factor = art.factor
+            values = {
+                "norms": art.norms,
+                "outliers": art.outliers,
+                "cls_outlier_mass": art.cls_outlier_mass.mean(-1),
+                "cls_register_mass": None
+                if art.cls_register_mass is None
+                else art.cls_register_mass.mean(-1),
+                "register_maps": None
+                if art.register_attention is None
+                else art.register_attention.mean(3),
+            }
+            for name, value in values.items():
+                if value is not None:
+                    parts.setdefault(name, []).append(
+                        value.float().cpu() if value.is_floating_point() else value.cpu()
+                    )
+            self._report(int(idx[-1]) + 1, len(self.frames), "token norms")
+        joined = {name: torch.cat(p) for name, p in parts.items()}
+        self._artifacts = ArtifactData(
+            joined["norms"],
+            joined["outliers"],
+            joined["cls_outlier_mass"],
+            joined.get("cls_register_mass"),
+            joined.get("register_maps"),
+            factor,
+        )
+
+    def _segment_grid(self, layer: int, k: int, facet: FeatureKind = "tokens") -> np.ndarray:
         """uint8 (T, gh, gw, 3): the segment colours (labkit.viz.render.palette) of every patch."""
 
-        labels = self.segments(layer, k)
+        labels = self.segments(layer, k, facet)
         return palette(int(labels.max()) + 1)[labels]
 
     def render(self, state: ExplorerState | None = None) -> np.ndarray:
@@ -737,10 +950,15 @@ class AttentionExplorer:
         dora = f"DoRA objects, Sinkhorn-Knopp {'on' if s.sinkhorn else 'off'}"
         if on and off:  # the shown frame's shares and overlap, both plans (per-frame maps)
             dora += f" (with SK: {on}; without: {off})"
+        facet = f" of the {s.facet}" if s.facet != "tokens" else ""
+        clicked = ""
+        if s.patch is not None:
+            t, i, j = s.patch
+            clicked = f"similarity to patch ({i},{j}) of frame {self.indices[t]}{facet} | "
         return (
             f"{self.name} frame {self.indices[s.frame]} ({s.frame + 1}/{len(self.frames)}) | "
-            f"layer {s.layer} | heads {s.heads} as R,G,B | {dora} | k-means k={s.k} | "
-            f"opacity {s.alpha:.2f} | {norms}{self.weights}"
+            f"layer {s.layer} | heads {s.heads} as R,G,B | {dora} | k-means k={s.k}{facet} | "
+            f"opacity {s.alpha:.2f} | {clicked}{norms}{self.weights}"
         )
 
     def figure(self, state: ExplorerState | None = None) -> Figure:
@@ -765,7 +983,11 @@ class AttentionExplorer:
     def panel_titles(self, state: ExplorerState | None = None) -> list[str]:
         """A short title per shown panel (what the static figure writes above each)."""
         s = self.state if state is None else state
-        titles = {**_TITLES, "segments": f"k-means k={s.k}"}
+        facet = f" ({s.facet})" if s.facet != "tokens" else ""
+        titles = {**_TITLES, "segments": f"k-means k={s.k}{facet}"}
+        if s.patch is not None:
+            t, i, j = s.patch
+            titles["similarity"] = f"similarity to ({i},{j}) of frame {self.indices[t]}{facet}"
         if not s.sinkhorn:
             titles["objects"] = "DoRA objects (no Sinkhorn-Knopp)"
         numbers = self.objects_numbers(s)
@@ -797,6 +1019,7 @@ class AttentionExplorer:
         max_points: int = 3000,
         color_by: Literal["segment", "frame"] = "segment",
         layer: int | None = None,
+        facet: FeatureKind | None = None,
     ) -> EmbeddingView:
         """A 2-D embedding of the clip's patch tokens, linked to this explorer.
 
@@ -808,16 +1031,18 @@ class AttentionExplorer:
             max_points: most points shown (rule: :func:`labkit.embedding.sample_patches`).
             color_by: ``"segment"`` (the k-means colours of the segment panel) or ``"frame"``.
             layer: block of the features (default: the current one).
+            facet: features embedded (default: the explorer's facet; see :meth:`features`).
 
         Returns:
             :class:`labkit.viz.embedding.EmbeddingView`.
         """
 
         layer = self.state.layer if layer is None else layer % self.depth
+        facet = self.state.facet if facet is None else facet
         view = EmbeddingView(
             self.frames,
-            self.layer_data(layer, keys=False).tokens,
-            self.segments(layer, self.state.k),
+            self.features(layer, facet),
+            self.segments(layer, self.state.k, facet),
             patch_size=self.patch_size,
             indices=self.indices,
             method=method,
@@ -825,9 +1050,10 @@ class AttentionExplorer:
             color_by=color_by,
             seed=self.seed,
             frame=self.state.frame,
-            name=f"{self.name}, layer {layer}",
+            name=f"{self.name}, layer {layer}" + (f", {facet}" if facet != "tokens" else ""),
         )
         view.layer = layer
+        view.facet = facet
         view.explorer = self
         self._views.append(view)
         return view
@@ -881,8 +1107,14 @@ class AttentionExplorer:
             min=2,
             max=20,
             description="k",
-            continuous_update=False,
+            continuous_update=False,  # on release; a burst of key presses: the last counts
             layout=w.Layout(width="260px"),
+        )
+        ui["facet"] = w.Dropdown(
+            options=list(FEATURE_KINDS),
+            value=s.facet,
+            description="facet",
+            layout=w.Layout(width="190px"),
         )
         ui["alpha"] = w.FloatSlider(
             value=s.alpha,
@@ -903,9 +1135,39 @@ class AttentionExplorer:
             image = w.Image(
                 format=self.image_format, layout=w.Layout(width=f"{self.panel_width}px")
             )
+            image.value = self._placeholder("waiting for the kernel")  # never a broken image
             image.add_class(f"labkit-panel-{name}")
+            image.add_class("labkit-pending")
             ui["images"][name] = image
             cells.append(w.VBox([w.HTML(f"<b>{_TITLES[name]}</b>"), image]))
+        # the clicked patch's similarity: shown frame with a colour bar, and a strip over the clip
+        ui["sim_title"] = w.HTML("<b>similarity</b>: click a patch of any panel")
+        ui["sim_frame"] = w.Image(format=self.image_format)
+        ui["sim_frame"].add_class("labkit-similarity-frame")
+        ui["sim_strip"] = w.Image(format=self.image_format, layout=w.Layout(max_width="100%"))
+        ui["sim_strip"].add_class("labkit-similarity-strip")
+        ui["sim_strip"].layout.display = "none"
+        ui["events"] = []
+        try:
+            from ipyevents import Event
+        except ImportError:  # clicks need ipyevents; everything else works without it
+            Event = None
+            ui["sim_title"].value = "<b>similarity</b>: (install ipyevents to click on patches)"
+
+        def on_click(event: dict[str, Any]) -> None:
+            if event.get("type") != "click" or "dataX" not in event:
+                return
+            x, y = float(event["dataX"]), float(event["dataY"])
+            height, width = self.frames.shape[1:3]
+            if 0 <= x < width and 0 <= y < height:
+                i, j = pixel_to_patch(y, x, self.grid, self.patch_size)
+                self.select_patch(self.state.frame, i, j)
+
+        if Event is not None:
+            for image in [*ui["images"].values(), ui["sim_frame"]]:
+                event = Event(source=image, watched_events=["click"], prevent_default_action=True)
+                event.on_dom_event(on_click)
+                ui["events"].append(event)
         ui["panels"] = w.GridBox(
             cells,
             layout=w.Layout(grid_template_columns="repeat(2, max-content)", grid_gap="4px 8px"),
@@ -923,6 +1185,8 @@ class AttentionExplorer:
                     k=ui["k"].value,
                     alpha=ui["alpha"].value,
                     sinkhorn=ui["sinkhorn"].value,
+                    facet=ui["facet"].value,
+                    patch=self.state.patch,
                 )
             )
             self._refresh()
@@ -933,6 +1197,7 @@ class AttentionExplorer:
             ui["k"],
             ui["alpha"],
             ui["sinkhorn"],
+            ui["facet"],
             *ui["heads"],
         ):
             control.observe(on_change, names="value")
@@ -942,18 +1207,28 @@ class AttentionExplorer:
             bar.max = max(int(total), 1)
             bar.value = int(done)
             bar.description = ""
-            ui["busy"].value = f"{what}: {done}/{total}" if done < total else ""
+            text = what if total <= 1 else f"{what}: {done}/{total} frames"
+            ui["busy"].value = text if done < total else ""
             bar.layout.visibility = "visible" if done < total else "hidden"
+            if self.background and done < total:
+                self._busy = text
+                now = time.perf_counter()
+                if now - self._busy_shown > 0.5:  # the placeholders say how far, twice a second
+                    self._busy_shown = now
+                    self._update_placeholders()
 
         ui["on_progress"] = progress
         ui["progress"].layout.visibility = "hidden"
         ui["app"] = w.VBox(
             [
-                w.HBox([ui["play"], ui["frame"], ui["layer"]]),
+                w.HBox([ui["play"], ui["frame"], ui["layer"], ui["facet"]]),
                 w.HBox([*ui["heads"], ui["sinkhorn"], ui["k"], ui["alpha"]]),
                 w.HBox([ui["progress"], ui["busy"]]),
                 ui["status"],
                 ui["panels"],
+                ui["sim_title"],
+                ui["sim_frame"],
+                ui["sim_strip"],
             ]
         )
         ui["app"].add_class("labkit-explorer")
@@ -971,31 +1246,189 @@ class AttentionExplorer:
             ui["k"].value = s.k
             ui["alpha"].value = s.alpha
             ui["sinkhorn"].value = s.sinkhorn
+            ui["facet"].value = s.facet
         finally:
             ui["syncing"] = False
 
+    def select_patch(self, t: int, i: int, j: int) -> ExplorerState:
+        """A click on patch (i, j) of frame t: its similarity map becomes the shown one."""
+        return self.set(patch=(int(t), int(i), int(j)))
+
+    def ready(self, name: str, state: ExplorerState | None = None) -> bool:
+        """Whether a panel (or ``"similarity"``, the app's section) of a state can be drawn
+        without a heavy computation (a block's or a facet's pass, a clip k-means, token norms)."""
+        s = self.state if state is None else state
+        data = self._layers.get(s.layer)
+        if name == "frame":
+            return True
+        if name == "heads":
+            return data is not None
+        if name == "objects":
+            return data is not None and data.keys is not None and data.queries is not None
+        if name == "segments":
+            return (s.layer, s.k, s.facet) in self._segments
+        if name in ("artifacts", "registers"):
+            return self._artifacts is not None
+        if name == "similarity":
+            return s.patch is None or self._has_features(s.layer, s.facet)
+        raise ValueError(f"panel must be one of {ALL_PANELS}, got {name!r}")
+
+    def _placeholder(self, text: str) -> bytes:
+        return encode_image(placeholder(self.frames.shape[1:3], text), self.image_format)
+
+    def _update_placeholders(self) -> None:
+        """Rewrite the pending panels' placeholders with what the worker is doing."""
+        ui = self._ui
+        data = self._placeholder(self._busy or "waiting")
+        for image in ui["images"].values():
+            if "labkit-pending" in image._dom_classes:
+                image.value = data
+
+    def _show(self) -> bool:
+        """Swap in the current state's panels that can be drawn now, placeholders for the others,
+        the similarity section and the status line. Returns True when something is pending."""
+        ui = self._ui
+        with self._show_lock:
+            s = self.state
+            pending = False
+            busy = self._placeholder(self._busy or "computing")
+            for name in self.panels:
+                image = ui["images"][name]
+                if self.ready(name, s):
+                    data = self.encoded(name, s)
+                    image.remove_class("labkit-pending")
+                else:
+                    data, pending = busy, True
+                    image.add_class("labkit-pending")
+                if image.value != data:
+                    image.value = data
+            if self.ready("objects", s):  # the status line compares Sinkhorn-Knopp on and off
+                self.objects(s.layer, s.heads, not s.sinkhorn)
+            pending |= self._show_similarity(s)
+            ui["status"].value = self.title(s)
+        for view in self._views:
+            view._follow_explorer(s)
+        return pending
+
+    def _show_similarity(self, s: ExplorerState) -> bool:
+        ui = self._ui
+        if s.patch is None:
+            ui["sim_frame"].layout.display = "none"
+            ui["sim_strip"].layout.display = "none"
+            return False
+        t, i, j = s.patch
+        facet = f"{s.facet}, " if s.facet != "tokens" else ""
+        where = f"patch ({i}, {j}) of frame {self.indices[t]}"
+        ui["sim_frame"].layout.display = None
+        if not self.ready("similarity", s):
+            ui[
+                "sim_title"
+            ].value = f"<b>similarity to {where}</b> ({facet}layer {s.layer}): computing"
+            ui["sim_frame"].value = self._placeholder(self._busy or "computing")
+            ui["sim_frame"].add_class("labkit-pending")
+            ui["sim_strip"].layout.display = "none"
+            return True
+        head, strip = self.similarity_pictures(s)
+        ui["sim_title"].value = (
+            f"<b>cosine similarity to {where}</b> ({facet}layer {s.layer}): the shown frame, "
+            f"and frames spread over the clip on the same scale (click another patch)"
+        )
+        ui["sim_frame"].value = encode_image(head, self.image_format)
+        ui["sim_frame"].remove_class("labkit-pending")
+        ui["sim_strip"].value = encode_image(strip, self.image_format)
+        ui["sim_strip"].layout.display = None
+        return False
+
     def _refresh(self) -> None:
-        """Compute what is missing (progress bar), then swap in the panels of the current state."""
+        """Show the current state. In the foreground (default): compute what is missing (progress
+        bar), then swap in the panels. In the background (the live app, :meth:`show`): swap in
+        what can be drawn now, placeholders for the rest, and hand the rest to the worker."""
         ui, s = self._ui, self.state
         start = time.perf_counter()
+        if self.background:
+            if self._show():
+                self._request(s)
+            self.last_update_ms = (time.perf_counter() - start) * 1e3
+            return
         self._on_progress = ui["on_progress"]
         try:
             self.compute(s)
-            for name in self.panels:
-                data = self.encoded(name, s)
-                if ui["images"][name].value != data:
-                    ui["images"][name].value = data
         finally:
             self._on_progress = None
+        self._show()
         self.last_update_ms = (time.perf_counter() - start) * 1e3
-        ui["status"].value = self.title(s)
-        for view in self._views:
-            view._follow_explorer(s)
+
+    # ---- background worker (the live app) ---------------------------------------------------
+    def _request(self, state: ExplorerState) -> None:
+        """Ask the worker thread to compute a state (the newest request replaces older ones)."""
+        with self._wake:
+            self._wanted = state
+            self._wake.notify()
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(
+                    target=self._work, name="labkit-explorer", daemon=True
+                )
+                self._worker.start()
+
+    def _work(self) -> None:
+        """The worker: take the newest requested state, compute it, show the current state."""
+        ui = self._ui
+        while True:
+            with self._wake:
+                while self._wanted is None:
+                    self._wake.wait()
+                s = self._wanted
+                self._wanted = None
+            time.sleep(0.2)  # key presses come in bursts: wait for the last one
+            if self._wanted is not None:
+                continue
+
+            def report(done: int, total: int, what: str, layer: int = s.layer) -> None:
+                wanted = self._wanted
+                if wanted is not None and wanted.layer != layer:
+                    raise _Stale  # a newer choice of layer: this pass is not needed any more
+                ui["on_progress"](done, total, what)
+
+            try:
+                with self._lock:
+                    self._on_progress = report
+                    try:
+                        self.compute(s)
+                    finally:
+                        self._on_progress = None
+            except _Stale:
+                continue
+            except Exception as err:  # shown in the app: a thread has nowhere else to report
+                ui["busy"].value = f"failed: {type(err).__name__}: {err}"
+                continue
+            finally:
+                self._busy = ""
+                ui["progress"].layout.visibility = "hidden"
+            if self._wanted is None:
+                ui["busy"].value = ""
+                self._show()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the background worker has computed the current state (live app).
+
+        Returns:
+            True when every panel of the current state can be drawn.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not all(self.ready(n) for n in (*self.panels, "similarity")):
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            if not self.background:
+                self.compute()
+            time.sleep(0.05)
+        return True
 
     def show(self, static: bool | None = None) -> None:
         """Display the live app, or a static figure when headless (``static=None``: detect).
 
-        The live app is displayed first and then fills its cache, so its progress bar shows.
+        The live app is displayed at once and this returns at once: what is missing (the block's
+        pass over the clip, k-means ...) is computed by a background thread, placeholders and
+        the progress bar saying what and how far; the notebook's next cells run meanwhile.
         """
         from IPython.display import display
 
@@ -1003,6 +1436,7 @@ class AttentionExplorer:
         if static:
             display(self.figure())
             return
+        self.background = True
         app = self.widget()
         display(app)
         self._refresh()
