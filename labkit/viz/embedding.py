@@ -170,7 +170,7 @@ class EmbeddingView:
         the background UMAP is done (headless, UMAP is computed here, in the foreground)."""
         if self.method in self._embeddings:
             return self._embeddings[self.method]
-        if self._ui:
+        if self._ui or (self._thread is not None and self._thread.is_alive()):
             return self.embedding("pca")
         return self.embedding()
 
