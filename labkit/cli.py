@@ -4,6 +4,8 @@
     labkit models                                    the supported pretrained weights, cached or not
     labkit run attention_explorer -p k 5 -p num_frames 8
     labkit attention VIDEO --out DIR                 RGB head maps, masks, segments, animation
+    labkit attention VIDEO --head-images --img-size 480 --stride 8
+                                                     one image per head and their mean, denser
     labkit attention VIDEO --film --out DIR          every frame: one MP4 per method (film)
     labkit pipeline [--config lab.yaml] [-o k=v]     train -> explore -> evaluate -> report
     labkit train --config run.yaml -o steps=500      DoRA / DINO training (torchrun for DDP)
@@ -98,7 +100,13 @@ def _cmd_attention_film(args: argparse.Namespace) -> int:
         rediscover=args.rediscover,
         device=args.device,
         seed=args.seed,
+        fps=args.fps or None,
     )
+    if args.stride or args.size or args.head_images or args.facet != "tokens":
+        raise ValueError(
+            "--stride, --size, --head-images and --facet are for the clip, not --film "
+            "(a film is at the video's size; --max-side scales it down)"
+        )
     video = Path(args.video) if args.video else default_video()
     if not video.exists():
         raise ValueError(f"{video}: no such video file or frame folder")
@@ -140,7 +148,13 @@ def _cmd_attention(args: argparse.Namespace) -> int:
         start_frame=args.start_frame,
         frame_step=args.frame_step,
         img_size=args.img_size,
+        stride=args.stride,
+        facet=args.facet,
         k=args.k,
+        head_images=args.head_images,
+        head_frame=args.head_frame,
+        animation_fps=args.fps,
+        animation_size=args.size,
         device=args.device,
         seed=args.seed,
         out_dir=args.out,
@@ -342,6 +356,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--frame-step", type=int, default=4, help="0 spreads the frames over the whole video"
     )
     p.add_argument("--img-size", type=int, default=224, help="shorter side fed to the model")
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=0,
+        help="pixels between patches, a divisor of the patch size (0: the patch size); 8 with a "
+        "/16 model about doubles the grid's rows and columns (4x the tokens, slower)",
+    )
+    p.add_argument(
+        "--facet",
+        default="tokens",
+        choices=["tokens", "keys", "queries", "values"],
+        help="features the k-means segments and the PCA are made of: the block's output tokens "
+        "or its attention's keys, queries or values",
+    )
+    p.add_argument(
+        "--head-images",
+        action="store_true",
+        help="also save head_00.png ... head_mean.png and heads_grid.png: each head's [CLS] "
+        "attention over one frame and their mean (with --img-size 480 and a /8 model: 60-row maps)",
+    )
+    p.add_argument(
+        "--head-frame", type=int, default=0, help="clip position of the --head-images frame"
+    )
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=0.0,
+        help="frames per second of the animation or the films (0: the source's speed; for the "
+        "clip its rate divided by --frame-step)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        help="shorter side of the animation's panels (0: the source frame size)",
+    )
     p.add_argument("--k", type=int, default=5, help="k-means segments")
     p.add_argument(
         "--seed",

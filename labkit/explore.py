@@ -5,7 +5,16 @@ one forward pass per batch of frames for the [CLS] attention of every head and t
 then render. Compute (:func:`explore`) is separate from rendering (:class:`Exploration` methods
 return arrays and Figures) and from writing files (:func:`save_exploration`).
 
-Notation: T frames, h heads, gh x gw patch grid, D feature channels, H x W frame pixels.
+What DINO's and dino-vit-features' users look for is here too: one image per head and the head
+mean (``head_images``, :meth:`Exploration.figure_head_maps`), at any input size (``img_size``,
+the shorter side fed to the model: 480 with ViT-S/8 gives a 60-row grid), a ``stride`` smaller
+than the patch size for denser maps (:func:`labkit.models.set_stride`), and the ``facet``
+(tokens, keys, queries or values) that the k-means segments and the PCA are computed from. The
+animation plays at the source's speed and size unless ``animation_fps`` / ``animation_size``
+say otherwise.
+
+Notation: T frames, h heads, gh x gw patch grid, D feature channels, H x W frame pixels (as fed
+to the model), p patch size, s stride between patches (p unless ``stride`` is set).
 """
 
 from __future__ import annotations
@@ -20,10 +29,11 @@ import numpy as np
 import torch
 
 from labkit.artifacts import Artifacts, token_artifacts
-from labkit.attention import extract_video, image_batches, mass_threshold
+from labkit.attention import FeatureKind, extract_video, image_batches, mass_threshold
 from labkit.clustering import kmeans_segments
 from labkit.data import default_video
-from labkit.models import load_backbone, patch_size, weights_label
+from labkit.geometry import grid_to_frame, resize_nearest
+from labkit.models import load_backbone, patch_size, patch_stride, set_stride, weights_label
 from labkit.pos_embed import PosEmbedRule, model_rule
 from labkit.specs import parse_model_spec
 from labkit.validation import (
@@ -48,6 +58,7 @@ from labkit.viz import (
 )
 from labkit.viz.artifacts import plot_artifacts
 from labkit.viz.comparison import ModelComparison
+from labkit.viz.heads import head_maps, head_scale, plot_head_map, plot_head_maps
 from labkit.viz.render import HEAD_COLOURS, label_panels
 
 if TYPE_CHECKING:
@@ -76,9 +87,22 @@ class ExploreConfig:
     start_frame: int = 0
     frame_step: int = 4  # clip stride in frames; 0 spreads num_frames evenly over the whole video
     img_size: int = 224  # shorter side of the frames fed to the model (aspect ratio kept)
+    # pixels between patches: 0 is the patch size; a divisor of it (8 for a /16 model) runs the
+    # patch embedding with that stride for a denser grid, (H - p) // s + 1 rows, at about
+    # (p / s)^2 the tokens and up to (p / s)^4 the attention cost (labkit.models.set_stride)
+    stride: int = 0
+    # features the k-means segments and the PCA use: "tokens" (block output after the final
+    # norm), "keys", "queries" or "values" of the block (dino-vit-features' facets)
+    facet: FeatureKind = "tokens"
     k: int = 5  # k-means segments
     keep: float = 0.6  # attention mass kept by the thresholded masks (DINO uses 0.6)
     batch_size: int = 8  # frames per forward pass
+    # save head_00.png ... and head_mean.png (each head's [CLS] attention over one frame and
+    # their mean, DINO's visualize_attention.py) and heads_grid.png with all of them
+    head_images: bool = False
+    head_frame: int = 0  # the clip position whose per-head images are saved
+    animation_fps: float = 0.0  # 0: the source's speed (its frame rate / the clip's frame step)
+    animation_size: int = 0  # shorter side of the animation's panels; 0: the source frame size
     device: str = "auto"  # "auto": CUDA when available, else the CPU
     seed: int = 0
     out_dir: str = "runs/attention_explorer"
@@ -106,6 +130,22 @@ class ExploreConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.k < 2:
             raise ValueError(f"k must be >= 2 segments, got {self.k}")
+        if self.stride < 0:
+            raise ValueError(f"stride must be >= 0 (0: the patch size), got {self.stride}")
+        if self.facet not in ("tokens", "keys", "queries", "values"):
+            raise ValueError(
+                f"facet must be 'tokens', 'keys', 'queries' or 'values', got {self.facet!r}"
+            )
+        if not 0 <= self.head_frame < self.num_frames:
+            raise ValueError(
+                f"head_frame must be a clip position in 0 .. {self.num_frames - 1}, "
+                f"got {self.head_frame}"
+            )
+        if self.animation_fps < 0 or self.animation_size < 0:
+            raise ValueError(
+                "animation_fps and animation_size must be >= 0 (0: the source's), got "
+                f"{self.animation_fps}, {self.animation_size}"
+            )
         if self.start_frame < 0 or self.frame_step < 0:
             raise ValueError(
                 f"start_frame and frame_step must be >= 0, got {self.start_frame}, {self.frame_step}"
@@ -138,7 +178,8 @@ class Exploration:
         indices: int64 (T,) frame indices in the video.
         frames: uint8 (T, H, W, 3) RGB frames as fed to the model (before the patch crop).
         attention: float32 (T, h, gh, gw) [CLS] attention of each head over the patches.
-        features: float32 (T, gh, gw, D) patch tokens of the same block.
+        features: float32 (T, gh, gw, D) the block's ``config.facet`` (patch tokens by
+            default; keys, queries or values), which the segments and the PCA are made of.
         keys: float32 (T, gh, gw, D) the block's keys (heads concatenated), for DoRA's tracking.
         queries: float32 (gh, gw, D) the block's queries on the clip's first frame, for DoRA's
             discovery; keys and queries come from the same pass (the interactive explorer uses them).
@@ -146,6 +187,9 @@ class Exploration:
         segments_frame: int64 (T, gh, gw) per-frame k-means, labels aligned over time.
         segments_clip: int64 (T, gh, gw) one k-means over the whole clip.
         patch_size: the model's patch size in pixels.
+        stride: pixels between patches (``patch_size`` unless ``config.stride`` set another).
+        display_frames: uint8 (T, H2, W2, 3) the same frames at the animation's size (the
+            source's, or ``config.animation_size``) where that differs from ``frames``, else None.
         model: the backbone used (for the interactive explorer's other layers).
         seconds: wall time of each step.
         weights: the network and its weights in words, e.g. ``"vit_small_patch16_224.dino,
@@ -171,10 +215,51 @@ class Exploration:
     seconds: dict[str, float] = field(default_factory=dict)
     weights: str = ""  # which network and weights, in words (labkit.models.weights_label)
     artifacts: Artifacts | None = field(default=None, repr=False)  # token norms of every block
+    stride: int = 0  # pixels between patches; 0: patch_size
+    display_frames: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def size(self) -> tuple[int, int]:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+    @property
+    def patch_stride(self) -> int:
+        """s, pixels between patches (the patch size unless a stride was set)."""
+        return self.stride or self.patch_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(gh, gw), the patch grid."""
+        return int(self.attention.shape[-2]), int(self.attention.shape[-1])
+
+    def _on_pixels(
+        self, x: torch.Tensor, size: tuple[int, int] | None = None, mode: str = "nearest"
+    ) -> tuple[torch.Tensor, int]:
+        """Grid values ``(..., gh, gw)`` ready for a :mod:`labkit.viz` renderer of ``size``.
+
+        Returns ``(x, p)`` unchanged where the frames are ``size`` and patches do not overlap (the
+        renderers map the grid themselves, as always); else the values mapped to the frames'
+        pixels by :mod:`labkit.geometry` (the stride's nearest-centre rule, then a nearest resize
+        to ``size``) and ``1``, the patch size of a pixel map.
+        """
+        size = size or self.size
+        if size == self.size and self.patch_stride == self.patch_size:
+            return x, self.patch_size
+        px = grid_to_frame(
+            x,
+            self.size,
+            patch_size=self.patch_size,
+            stride=self.patch_stride,
+            mode=mode,  # type: ignore[arg-type]
+        )  # (..., H, W)
+        return (px if size == self.size else resize_nearest(px, size)), 1
+
+    def _input_words(self) -> str:
+        """The input size and the grid in words: ``"input 480x848 px, grid 60x106, patch 8"``."""
+        (H, W), (gh, gw), p = self.size, self.grid, self.patch_size
+        H, W = H // p * p, W // p * p  # what the model saw: cropped to multiples of p
+        s = self.patch_stride
+        return f"input {H}x{W} px, grid {gh}x{gw}, patch {p}" + (f", stride {s}" if s != p else "")
 
     # ---- render: arrays -------------------------------------------------------------------
     def rgb_maps(
@@ -182,12 +267,15 @@ class Exploration:
     ) -> np.ndarray:
         """Three heads as R, G, B at frame resolution: uint8 (T, H, W, 3)."""
 
+        return self._rgb_maps(heads, mode, self.size)
+
+    def _rgb_maps(
+        self, heads: tuple[int, int, int] | None, mode: str, size: tuple[int, int]
+    ) -> np.ndarray:
         heads = heads or self.config.heads
+        attention, p = self._on_pixels(self.attention[:, list(heads)], size, mode)  # (T, 3, ., .)
         return np.stack(
-            [
-                heads_to_rgb(a, heads, size=self.size, mode=mode, patch_size=self.patch_size)
-                for a in self.attention
-            ]
+            [heads_to_rgb(a, (0, 1, 2), size=size, mode=mode, patch_size=p) for a in attention]
         )
 
     def mask_overlays(self, head: int | None = None) -> np.ndarray:
@@ -203,15 +291,15 @@ class Exploration:
         chosen = list(self.config.heads)
         colours = [HEAD_COLOURS[chosen.index(h)] if h in chosen else (255, 255, 255) for h in heads]
         out = []
-        for frame, mask in zip(self.frames, self.masks):
-            m = mask[heads].numpy()  # (K, gh, gw), one mask per head
+        masks, p = self._on_pixels(self.masks[:, heads])  # (T, K, ., .), one mask per head
+        for frame, m in zip(self.frames, masks.numpy()):
             out.append(
                 mask_overlay(
                     frame,
                     m,
                     colours,
                     alpha=0.35,
-                    patch_size=self.patch_size,
+                    patch_size=p,
                     thickness=2,
                     halo=True,
                 )
@@ -221,11 +309,15 @@ class Exploration:
     def segment_overlays(self, mode: str = "frame", alpha: float = 0.55) -> np.ndarray:
         """k-means segments over the frames: uint8 (T, H, W, 3); ``mode`` 'frame' or 'clip'."""
 
+        return self._segment_overlays(mode, alpha, self.frames)
+
+    def _segment_overlays(self, mode: str, alpha: float, frames: np.ndarray) -> np.ndarray:
         labels = self.segments_frame if mode == "frame" else self.segments_clip
+        labels, p = self._on_pixels(labels, (int(frames.shape[1]), int(frames.shape[2])))
         return np.stack(
             [
-                segment_overlay(f, lab.numpy(), alpha=alpha, patch_size=self.patch_size)
-                for f, lab in zip(self.frames, labels)
+                segment_overlay(f, lab.numpy(), alpha=alpha, patch_size=p)
+                for f, lab in zip(frames, labels)
             ]
         )
 
@@ -234,22 +326,47 @@ class Exploration:
 
         return features_to_rgb(self.features)
 
+    def animation_fps(self) -> float:
+        """Frames per second of the animation: ``config.animation_fps``, else the source's speed
+        (its frame rate divided by the clip's step between frames; 6 where the rate is unknown).
+        """
+        if self.config.animation_fps > 0:
+            return float(self.config.animation_fps)
+        fps = float(self.video_info.get("fps") or 0.0)
+        if fps <= 0:
+            return 6.0
+        steps = np.diff(self.indices)
+        step = float(np.median(steps)) if len(steps) else 1.0
+        return fps / max(step, 1.0)
+
     def animation_frames(self, labels: bool = False) -> np.ndarray:
         """Frame | heads as RGB | k-means (clip) side by side: uint8 (T, H, 3 W, 3).
+
+        The panels are at the animation's size: ``display_frames``' (the source's, or
+        ``config.animation_size``) where :func:`explore` read them, else the model's frames'.
 
         Args:
             labels: add a band above the panels (:func:`labkit.viz.render.label_panels`) saying
                 what each panel is, the frame number and the weights: uint8 (T, band + H, 3 W, 3).
         """
-        anim = np.concatenate([self.frames, self.rgb_maps(), self.segment_overlays("clip")], axis=2)
+        frames = self.frames if self.display_frames is None else self.display_frames
+        size = (int(frames.shape[1]), int(frames.shape[2]))
+        anim = np.concatenate(
+            [
+                frames,
+                self._rgb_maps(None, "nearest", size),
+                self._segment_overlays("clip", 0.55, frames),
+            ],
+            axis=2,
+        )
         if not labels:
             return anim
 
         cfg, T = self.config, len(self.indices)
         titles = [
-            "frame",
+            f"frame ({self._input_words()})",
             f"heads {cfg.heads[0]}, {cfg.heads[1]}, {cfg.heads[2]} as R, G, B (block {cfg.layer})",
-            f"k-means over the clip, k={cfg.k}",
+            f"k-means of the {self.config.facet} over the clip, k={cfg.k}",
         ]
         info = [
             f"frame {int(i)} ({t + 1}/{T})" + (f"  ·  {self.weights}" if self.weights else "")
@@ -289,17 +406,17 @@ class Exploration:
     def figure_all_heads(self, frame: int = 0) -> Figure:
         """Every head's map for one frame of the clip (its position in the clip)."""
 
-        attn = self.attention[frame]
+        attn, p = self._on_pixels(self.attention[frame])
         images = []
         for a in attn:
             a = a / a.max().clamp_min(1e-12)
-            heat = upsample_map(a, self.size, self.patch_size, mode="nearest")
+            heat = upsample_map(a, self.size, p, mode="nearest")
             images.append((self.frames[frame], heat))  # heat map over the frame, with a colour bar
         return plot_grid(
             [images],
             col_titles=[f"head {i}" for i in range(len(images))],
             row_titles=[f"frame {self.indices[frame]}"],
-            suptitle=self._suptitle("every head's [CLS] attention"),
+            suptitle=self._suptitle(f"every head's [CLS] attention, {self._input_words()}"),
             cmap="inferno",
             vmin=0.0,
             vmax=1.0,
@@ -325,19 +442,98 @@ class Exploration:
         cols = self._strip_columns(max_columns)
         per_frame = self.segment_overlays("frame")
         per_clip = self.segment_overlays("clip")
-        pca = features_to_rgb(self.features, size=self.size, patch_size=self.patch_size)
+        if self.patch_stride == self.patch_size:
+            pca = features_to_rgb(self.features, size=self.size, patch_size=self.patch_size)
+        else:  # overlapping patches: the grid's colours mapped to pixels by labkit.geometry
+            grid = torch.from_numpy(features_to_rgb(self.features)).permute(0, 3, 1, 2)
+            pca = self._on_pixels(grid)[0].permute(0, 2, 3, 1).numpy()  # (T, H, W, 3)
         pca_full = [pca[c] for c in cols]
-        k = self.config.k
+        k, facet = self.config.k, self.config.facet
         return plot_grid(
             [[per_frame[c] for c in cols], [per_clip[c] for c in cols], pca_full],
             row_titles=[
                 f"k-means per frame (k={k})",
                 f"k-means per clip (k={k})",
-                "PCA of features",
+                f"PCA of the {facet}",
             ],
             col_titles=[self._titles()[c] for c in cols],
-            suptitle=self._suptitle("segments"),
+            suptitle=self._suptitle(
+                f"segments of the block {self.config.layer} {facet}, {self._input_words()}"
+            ),
         )
+
+    # ---- one image per head (DINO's visualize_attention.py) ------------------------------
+    def head_maps(self, frame: int | None = None, mode: str = "nearest") -> np.ndarray:
+        """Every head's [CLS] attention over one frame and their mean, at frame resolution.
+
+        Args:
+            frame: position in the clip; default ``config.head_frame``.
+            mode: ``"nearest"`` (each patch paints its pixels, as DINO) or ``"bilinear"``.
+
+        Returns:
+            float32 (h + 1, H, W), heads then their mean, values in [0, 1]
+            (:func:`labkit.viz.heads.head_maps`).
+        """
+        t = self.config.head_frame if frame is None else int(frame)
+        return head_maps(
+            self.attention[t],
+            self.size,
+            patch_size=self.patch_size,
+            stride=self.patch_stride,
+            mode=mode,  # type: ignore[arg-type]
+        )
+
+    def _head_title(self, frame: int, what: str) -> str:
+        return "\n".join(
+            [
+                f"{what}, block {self.config.layer}, frame {int(self.indices[frame])}",
+                self.weights or self.config.model,
+                self._input_words(),
+            ]
+        )
+
+    def figure_head_maps(
+        self, frame: int | None = None, scale: str = "shared", mode: str = "nearest"
+    ) -> Figure:
+        """The frame, every head's [CLS] attention and their mean, with a colour bar.
+
+        Titled with the weights, the block, the input size and the grid (e.g. 60x60 for ViT-S/8
+        at 480 x 480). ``scale="shared"``: one colour bar over the range of all the maps;
+        ``"own"``: each panel its own (:func:`labkit.viz.heads.plot_head_maps`).
+        """
+        t = self.config.head_frame if frame is None else int(frame)
+        return plot_head_maps(
+            self.frames[t],
+            self.head_maps(t, mode),
+            title=self._head_title(t, "[CLS] attention of every head and their mean"),
+            scale=scale,  # type: ignore[arg-type]
+        )
+
+    def head_figures(self, frame: int | None = None, mode: str = "nearest") -> dict[str, Figure]:
+        """One Figure per head (``head_00`` ...) and ``head_mean``, on one shared colour scale.
+
+        Returns:
+            ``{"head_00": Figure, ..., "head_mean": Figure}``, each map alone with a colour bar
+            from the smallest to the largest value of all of them (one scale for every file),
+            titled like :meth:`figure_head_maps`.
+        """
+        t = self.config.head_frame if frame is None else int(frame)
+        maps = self.head_maps(t, mode)
+        vmin, vmax = head_scale(maps, "shared")
+        h = maps.shape[0] - 1
+        out = {}
+        for i, heat in enumerate(maps):
+            name, what = (
+                (f"head_{i:02d}", f"head {i}") if i < h else ("head_mean", f"mean of {h} heads")
+            )
+            out[name] = plot_head_map(
+                heat,
+                title=self._head_title(t, f"[CLS] attention, {what}"),
+                label=f"{what} (scale shared by all heads)",
+                vmin=vmin,
+                vmax=vmax,
+            )
+        return out
 
     def comparison(self, models: Any = None, **kwargs: Any) -> ModelComparison:
         """The clip's frames under several models, one row each, same block, heads and k.
@@ -449,6 +645,9 @@ class Exploration:
             "layer": cfg.layer,
             "heads": list(cfg.heads),
             "k": cfg.k,
+            "facet": cfg.facet,
+            "patch_size": int(self.patch_size),
+            "stride": int(self.patch_stride),
             "attention_entropy_nats": float(entropy.mean()),
             "attention_entropy_uniform_nats": float(np.log(attn.shape[-1])),
             "mask_patch_fraction": float(self.masks.float().mean()),
@@ -484,6 +683,7 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         seed=cfg.seed,
         **cfg.model_kwargs,
     )
+    set_stride(model, cfg.stride or None)  # 0: the patch size, the model as built
     num_heads = model.blocks[0].attn.num_heads
     if max(cfg.heads) >= num_heads:
         raise ValueError(f"heads {cfg.heads} out of range: {cfg.model} has {num_heads} heads")
@@ -503,6 +703,12 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
             "length": len(video),
             "source_size": list(video.source_size),
         }
+        source_size = tuple(int(v) for v in video.source_size)
+    display = None  # the frames at the animation's size, where that is not the model's
+    want = cfg.animation_size or min(source_size)
+    if want != min(frames.shape[1:3]):
+        with open_video(path, size=cfg.animation_size or None) as video:
+            display = video.get(indices)
     seconds["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -511,25 +717,29 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         frames,
         layer=cfg.layer,
         attention=True,
-        kinds=("tokens", "keys", "queries"),  # one pass: the block runs whole anyway
+        # one pass: the block runs whole anyway; values only where they are the facet
+        kinds=("tokens", "keys", "queries") + (("values",) if cfg.facet == "values" else ()),
         batch_size=cfg.batch_size,
         device=cfg.device,
         progress=progress,
     )  # on the CPU: attention (T, h, gh, gw), features (T, gh, gw, D)
     attention = out.attention.float()
-    features = out.features["tokens"].float()
+    features = out.features[cfg.facet].float()  # what the segments and the PCA are made of
     queries = out.features["queries"][0].float().clone()  # (gh, gw, D), the first frame
     seconds["extract"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    artifacts = Artifacts.concat(
-        [
-            token_artifacts(model, images, register_layers=(cfg.layer,)).cpu()
-            for _, _, images in image_batches(
-                model, frames, batch_size=cfg.batch_size, device=cfg.device
-            )
-        ]
-    )  # every block's norms in one more pass per batch
+    stride = patch_stride(model)
+    artifacts = None  # drawn on the patch grid of the model as built: not with another stride
+    if stride == patch_size(model):
+        artifacts = Artifacts.concat(
+            [
+                token_artifacts(model, images, register_layers=(cfg.layer,)).cpu()
+                for _, _, images in image_batches(
+                    model, frames, batch_size=cfg.batch_size, device=cfg.device
+                )
+            ]
+        )  # every block's norms in one more pass per batch
     seconds["artifacts"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -555,6 +765,8 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         seconds=seconds,
         weights=weights_label(model),
         artifacts=artifacts,
+        stride=stride,
+        display_frames=display,
     )
 
 
@@ -563,10 +775,18 @@ def save_exploration(
     out_dir: str | Path,
     *,
     figures: bool = True,
-    fps: float = 6.0,
+    fps: float | None = None,
     comparison: ModelComparison | None = None,
+    head_images: bool | None = None,
 ) -> dict[str, Path]:
     """Write the figures (PNG), the animation (GIF and MP4) and ``metrics.json`` into ``out_dir``.
+
+    The animation runs at ``fps``, default :meth:`Exploration.animation_fps` (the source's speed
+    unless ``config.animation_fps`` is set), its panels at the animation's size
+    (:meth:`Exploration.animation_frames`). With ``head_images`` (default
+    ``config.head_images``): ``head_00.png ... head_mean.png`` (each head's [CLS] attention over
+    frame ``config.head_frame`` and their mean, one shared colour scale) and ``heads_grid.png``
+    (all of them with the frame, :meth:`Exploration.figure_head_maps`).
 
     With a ``comparison`` (:meth:`Exploration.comparison`) also ``comparison.png`` (its current
     state), and ``metrics.json`` gets ``"comparison"``: per model label, its weights and artifact
@@ -590,6 +810,13 @@ def save_exploration(
             path = out / f"{name}.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")
             written[name] = path
+    if exp.config.head_images if head_images is None else head_images:
+        figs = {**exp.head_figures(), "heads_grid": exp.figure_head_maps()}
+        for name, fig in figs.items():  # Figures without pyplot: nothing to close
+            path = out / f"{name}.png"
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+            written[name] = path
+    fps = exp.animation_fps() if fps is None else fps
     anim = exp.animation_frames(labels=True)  # what each panel is, frame number, weights
     written["animation_gif"] = write_animation(anim, out / "attention.gif", fps=fps)
     written["animation_mp4"] = write_animation(anim, out / "attention.mp4", fps=fps)

@@ -118,6 +118,7 @@ class FilmConfig:
         "veryfast"  # x264 speed; its short look-ahead also keeps the encoders' memory small
     )
     captions: bool = True  # method, weights and frame number on every frame
+    fps: float | None = None  # frames per second of the films; None: the video's own rate
     backend: Literal["auto", "decord", "pyav"] = "pyav"  # PyAV decodes forward without seeking
     # "cpu", "cuda[:n]", "mps", "auto" (CUDA when available, else mps, else the CPU; stored
     # resolved); None: wherever the model's parameters are
@@ -165,6 +166,10 @@ class FilmConfig:
             raise ValueError(
                 f"FilmConfig: backend must be 'auto', 'decord' or 'pyav', got {self.backend!r}"
             )
+        if self.fps is not None and (
+            isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not self.fps > 0
+        ):
+            raise ValueError(f"FilmConfig: fps must be None or a number > 0, got {self.fps!r}")
         if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not 0 <= self.crf <= 51:
             raise ValueError(f"FilmConfig: crf must be an int in 0..51, got {self.crf!r}")
 
@@ -527,7 +532,8 @@ def write_films(
     progress: bool = False,
     **options: Any,
 ) -> dict[str, Path]:
-    """Film a whole video: one MP4 per method, at the frames' size and the video's frame rate.
+    """Film a whole video: one MP4 per method, at the frames' size and the video's frame rate
+    (``config.fps`` and ``config.max_side`` change them).
 
     Batches come from :func:`film_batches`, are drawn by :func:`render_film` one method at a time
     and streamed into :class:`labkit.viz.Mp4Writer`s, so memory is bounded by the batch (module
@@ -556,7 +562,7 @@ def write_films(
     cfg = replace(config or FilmConfig(), **options)
     opened = _open(video, cfg)
     total = len(opened) if cfg.num_frames is None else min(cfg.num_frames, len(opened))
-    fps = opened.fps if opened.fps > 0 else 24.0
+    fps = cfg.fps or (opened.fps if opened.fps > 0 else 24.0)
     out = Path(out_dir)
     p = patch_size(model)
     label = weights_label(model)

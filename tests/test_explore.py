@@ -77,9 +77,9 @@ def test_renders(exploration: Exploration) -> None:
     swapped = exp.rgb_maps(heads=(0, 2, 1))
     np.testing.assert_array_equal(rgb[..., 0], swapped[..., 1])
     np.testing.assert_array_equal(rgb[..., 1], swapped[..., 0])
-    anim = exp.animation_frames()
-    assert anim.shape == (len(exp.indices), 64, 3 * 106, 3)
-    np.testing.assert_array_equal(anim[:, :, :106], exp.frames)
+    anim = exp.animation_frames()  # at the source's size, 96 x 160
+    assert anim.shape == (len(exp.indices), 96, 3 * 160, 3)
+    np.testing.assert_array_equal(anim[:, :, :160], exp.display_frames)
     assert exp.segment_overlays("clip").shape == exp.frames.shape
     assert exp.mask_overlays().shape == exp.frames.shape
 

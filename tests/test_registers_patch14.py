@@ -473,7 +473,8 @@ def test_explore_and_its_explorer(small_video: Path) -> None:
     torch.testing.assert_close(exp.attention, ref.attention, atol=1e-5, rtol=0)
     assert exp.rgb_maps().shape == exp.mask_overlays().shape == (3, *size, 3)
     assert exp.segment_overlays().shape == (3, *size, 3) and exp.pca_maps().shape == (3, 5, 9, 3)
-    assert exp.animation_frames().shape == (3, size[0], 3 * size[1], 3)
+    shown = exp.display_frames.shape[1:3]  # the animation is at the source's size
+    assert exp.animation_frames().shape == (3, shown[0], 3 * shown[1], 3)
     ex = AttentionExplorer.from_exploration(exp, progress=False)
     assert ex.grid == (5, 9) and ex.render().shape == (*size[:1], 4 * size[1], 3)
 
