@@ -32,7 +32,7 @@ from labkit.artifacts import Artifacts, token_artifacts
 from labkit.attention import FeatureKind, extract_video, image_batches, mass_threshold
 from labkit.clustering import kmeans_segments
 from labkit.data import default_video
-from labkit.geometry import grid_to_frame, resize_nearest
+from labkit.geometry import Upsampling, grid_to_frame, resize_nearest
 from labkit.models import load_backbone, patch_size, patch_stride, set_stride, weights_label
 from labkit.pos_embed import PosEmbedRule, model_rule
 from labkit.specs import parse_model_spec
@@ -233,7 +233,7 @@ class Exploration:
         return int(self.attention.shape[-2]), int(self.attention.shape[-1])
 
     def _on_pixels(
-        self, x: torch.Tensor, size: tuple[int, int] | None = None, mode: str = "nearest"
+        self, x: torch.Tensor, size: tuple[int, int] | None = None, mode: Upsampling = "nearest"
     ) -> tuple[torch.Tensor, int]:
         """Grid values ``(..., gh, gw)`` ready for a :mod:`labkit.viz` renderer of ``size``.
 
@@ -250,7 +250,7 @@ class Exploration:
             self.size,
             patch_size=self.patch_size,
             stride=self.patch_stride,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
         )  # (..., H, W)
         return (px if size == self.size else resize_nearest(px, size)), 1
 
@@ -263,14 +263,14 @@ class Exploration:
 
     # ---- render: arrays -------------------------------------------------------------------
     def rgb_maps(
-        self, heads: tuple[int, int, int] | None = None, mode: str = "nearest"
+        self, heads: tuple[int, int, int] | None = None, mode: Upsampling = "nearest"
     ) -> np.ndarray:
         """Three heads as R, G, B at frame resolution: uint8 (T, H, W, 3)."""
 
         return self._rgb_maps(heads, mode, self.size)
 
     def _rgb_maps(
-        self, heads: tuple[int, int, int] | None, mode: str, size: tuple[int, int]
+        self, heads: tuple[int, int, int] | None, mode: Upsampling, size: tuple[int, int]
     ) -> np.ndarray:
         heads = heads or self.config.heads
         attention, p = self._on_pixels(self.attention[:, list(heads)], size, mode)  # (T, 3, ., .)
@@ -463,7 +463,7 @@ class Exploration:
         )
 
     # ---- one image per head (DINO's visualize_attention.py) ------------------------------
-    def head_maps(self, frame: int | None = None, mode: str = "nearest") -> np.ndarray:
+    def head_maps(self, frame: int | None = None, mode: Upsampling = "nearest") -> np.ndarray:
         """Every head's [CLS] attention over one frame and their mean, at frame resolution.
 
         Args:
@@ -480,7 +480,7 @@ class Exploration:
             self.size,
             patch_size=self.patch_size,
             stride=self.patch_stride,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
         )
 
     def _head_title(self, frame: int, what: str) -> str:
@@ -493,7 +493,7 @@ class Exploration:
         )
 
     def figure_head_maps(
-        self, frame: int | None = None, scale: str = "shared", mode: str = "nearest"
+        self, frame: int | None = None, scale: str = "shared", mode: Upsampling = "nearest"
     ) -> Figure:
         """The frame, every head's [CLS] attention and their mean, with a colour bar.
 
@@ -509,7 +509,9 @@ class Exploration:
             scale=scale,  # type: ignore[arg-type]
         )
 
-    def head_figures(self, frame: int | None = None, mode: str = "nearest") -> dict[str, Figure]:
+    def head_figures(
+        self, frame: int | None = None, mode: Upsampling = "nearest"
+    ) -> dict[str, Figure]:
         """One Figure per head (``head_00`` ...) and ``head_mean``, on one shared colour scale.
 
         Returns:
