@@ -236,11 +236,20 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
                 page.get_by_text("Run All Cells", exact=True).click()
                 accept_kernel_dialog(page)
 
-                # the explorer's panels, after the cache filled
+                # the app before its panels are computed: placeholders, never broken images
+                wait_until(
+                    page,
+                    "() => { const a = [...document.querySelectorAll("
+                    "'.labkit-explorer img[class*=labkit-panel-]')];"
+                    " return a.length === 4 && a.every(i => i.complete && i.naturalWidth > 0); }",
+                    timeout=150,
+                )
+                # the explorer's panels, after the background worker filled the cache
                 wait_until(
                     page,
                     "() => { const i = document.querySelector('img.labkit-panel-heads');"
-                    " return !!i && i.complete && i.naturalWidth > 0; }",
+                    " return !!i && i.complete && i.naturalWidth > 0"
+                    " && !i.classList.contains('labkit-pending'); }",
                     timeout=150,
                 )
                 app = page.locator(".labkit-explorer")
@@ -267,6 +276,19 @@ def test_explorer_notebook_in_chromium(tmp_path: Path) -> None:
                 assert changed.mean() > 0.05, (
                     f"only {changed.mean():.1%} of the explorer's pixels changed"
                 )
+
+                # a click on a patch of the heads panel: its similarity map and the clip's strip
+                box = page.locator("img.labkit-panel-heads").bounding_box()
+                page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+                for sel in ("img.labkit-similarity-frame", "img.labkit-similarity-strip"):
+                    page.wait_for_function(
+                        "(sel) => { const i = document.querySelector(sel); return !!i"
+                        " && i.complete && i.naturalWidth > 0"
+                        " && !i.classList.contains('labkit-pending'); }",
+                        arg=sel,
+                    )
+                assert "cosine similarity to patch" in app.inner_text()
+                app.screenshot(path=str(shots / "explorer_similarity.png"))
 
                 # the embedding view: plotly FigureWidgets rendered, a click on the frame, a lasso
                 emb = page.locator(".labkit-embedding")

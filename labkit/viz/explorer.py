@@ -769,9 +769,7 @@ class AttentionExplorer:
             alpha=s.alpha,
             patch=(i, j) if t == s.frame else None,
         )
-        return caption(
-            pic, f"cosine to ({i},{j}) of frame {self.indices[t]}: {vmin:.2f} dark, 1 bright"
-        )
+        return caption(pic, f"cosine to ({i},{j}) of frame {self.indices[t]}, {vmin:.2f}..1")
 
     def similarity_pictures(
         self, state: ExplorerState | None = None
@@ -1142,7 +1140,11 @@ class AttentionExplorer:
             cells.append(w.VBox([w.HTML(f"<b>{_TITLES[name]}</b>"), image]))
         # the clicked patch's similarity: shown frame with a colour bar, and a strip over the clip
         ui["sim_title"] = w.HTML("<b>similarity</b>: click a patch of any panel")
-        ui["sim_frame"] = w.Image(format=self.image_format)
+        scale = self.panel_width / self.frames.shape[2]  # as the panels: frame + 72 px colour bar
+        ui["sim_frame"] = w.Image(
+            format=self.image_format,
+            layout=w.Layout(width=f"{round((self.frames.shape[2] + 72) * scale)}px"),
+        )
         ui["sim_frame"].add_class("labkit-similarity-frame")
         ui["sim_strip"] = w.Image(format=self.image_format, layout=w.Layout(max_width="100%"))
         ui["sim_strip"].add_class("labkit-similarity-strip")

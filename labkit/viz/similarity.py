@@ -120,7 +120,7 @@ def colour_bar(
     height, width = int(height), int(width)
     out = np.full((height, width, 3), 255, dtype=np.uint8)
     size = int(min(13, max(8, height // 12)))
-    top, bottom = size + 6, height - size // 2 - 2
+    top, bottom = size + 6, height - size - 2  # room for the lowest number's text
     bar = np.linspace(vmax, vmin, max(bottom - top, 2), dtype=np.float32)[:, None]  # (n, 1)
     rgb = norms_to_rgb(np.repeat(bar, 12, axis=1), vmax=vmax, vmin=vmin, cmap=SIMILARITY_CMAP)
     out[top : top + len(bar), 4:16] = rgb
