@@ -472,7 +472,7 @@ class AttentionExplorer:
             float(state.alpha),
             bool(state.sinkhorn),
             state.facet,
-            patch,  # type: ignore[arg-type]
+            patch,
         )
 
     def set(self, **changes: Any) -> ExplorerState:
@@ -1161,9 +1161,9 @@ class AttentionExplorer:
                 return
             x, y = float(event["dataX"]), float(event["dataY"])
             height, width = self.frames.shape[1:3]
-            if 0 <= x < width and 0 <= y < height:
-                i, j = pixel_to_patch(y, x, self.grid, self.patch_size)
-                self.select_patch(self.state.frame, i, j)
+            patch = pixel_to_patch(y, x, self.grid, self.patch_size)
+            if patch is not None and x < width and y < height:  # the frame, not the colour bar
+                self.select_patch(self.state.frame, *patch)
 
         if Event is not None:
             for image in [*ui["images"].values(), ui["sim_frame"]]:

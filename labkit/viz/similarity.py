@@ -198,7 +198,7 @@ def similarity_strip(
             alpha=alpha,
             patch=clicked,
         )
-        pic = np.asarray(Image.fromarray(pic).resize((tw, th), Image.BOX))
+        pic = np.asarray(Image.fromarray(pic).resize((tw, th), Image.Resampling.BOX))
         tiles.append(caption(pic, labels[k], font_size=max(9, th // 10)))
     cols = min(per_row, n)
     rows = -(-n // cols)
