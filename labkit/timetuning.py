@@ -80,7 +80,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -195,7 +195,8 @@ def trainable_parameters(
         )
     chosen = {id(p) for block in list(blocks)[depth - num_blocks :] for p in block.parameters()}
     if train_norm:
-        chosen |= {id(p) for p in backbone.norm.parameters()}
+        norm: Any = backbone.norm  # checked by _blocks; nn.Module attributes are untyped
+        chosen |= {id(p) for p in norm.parameters()}
     return [p for p in backbone.parameters() if id(p) in chosen]
 
 
@@ -259,17 +260,18 @@ def backbone_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
         )
     start = _first_trainable_block(backbone)
     frozen = torch.no_grad() if start > 0 else contextlib.nullcontext()
+    vit: Any = backbone  # timm's sub-modules and methods (nn.Module attributes are untyped)
     with frozen:
-        x = backbone.patch_embed(images)  # (N, gh, gw, D) with dynamic_img_size, else (N, P, D)
-        x = backbone._pos_embed(x)  # (N, R + P, D), R prefix tokens
-        x = backbone.patch_drop(x)
-        x = backbone.norm_pre(x)
+        x = vit.patch_embed(images)  # (N, gh, gw, D) with dynamic_img_size, else (N, P, D)
+        x = vit._pos_embed(x)  # (N, R + P, D), R prefix tokens
+        x = vit.patch_drop(x)
+        x = vit.norm_pre(x)
         for block in list(blocks)[:start]:
             x = block(x)
     for block in list(blocks)[start:]:
         x = block(x)
-    x = backbone.norm(x)  # (N, R + P, D)
-    patches = x[:, backbone.num_prefix_tokens :]  # (N, P, D)
+    x = vit.norm(x)  # (N, R + P, D)
+    patches = x[:, vit.num_prefix_tokens :]  # (N, P, D)
     return patches.reshape(images.shape[0], height // p, width // p, -1)  # (N, gh, gw, D)
 
 
@@ -530,7 +532,7 @@ class TimeTuningModel(nn.Module):
         self.config = TimeTuningConfig() if config is None else config
         freeze_backbone(backbone, self.config.trainable_blocks, train_norm=self.config.train_norm)
         self.backbone = backbone
-        embed_dim = getattr(backbone, "embed_dim", None) or backbone.num_features
+        embed_dim: Any = getattr(backbone, "embed_dim", None) or backbone.num_features  # timm's
         param = next(backbone.parameters())
         self.head = TimeTuningHead(
             int(embed_dim), self.config.head_dims, self.config.num_prototypes
