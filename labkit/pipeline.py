@@ -24,7 +24,8 @@ Finished work is never lost (see ``docs/reliability.md``):
 
 * the whole config is checked before any stage runs: every stage's parameters against its
   notebook and its config dataclass, the models built once, devices, paths and data roots;
-* a run folder has one writer: a second pipeline on it fails at once (:class:`labkit.runfolder.RunLock`);
+* a run folder has one writer: a second pipeline on it fails at once
+  (:class:`labkit.runfolder.RunLock`);
 * a complete stage that runs again (changed parameters, ``force``) is first renamed to
   ``.<stage>.previous``; the new outputs go into a fresh folder, and the backup is deleted only
   when the stage has succeeded. A failing rerun puts the previous outputs back (the failed
@@ -125,7 +126,8 @@ class PipelineConfig:
     batch_size: int = 4  # clips per step
     lr: float = 5e-4
     train: dict = field(default_factory=dict)  # any other TrainConfig field, e.g. {"num_local": 4}
-    # position-embedding resize of every model: "dino", "dinov2", "timm"; auto: as the weights' authors
+    # position-embedding resize of every model: "dino", "dinov2", "timm"; auto: as the weights'
+    # authors
     pos_embed_rule: PosEmbedRule = "auto"
     # ---- a pretrained reference, explored and evaluated beside the trained models ----
     # "auto": where its weights are in the local hub cache; true: always (downloads them online);
@@ -579,7 +581,8 @@ def check_plan(cfg: PipelineConfig, stages: Sequence[Stage]) -> None:
     Each notebook's parameters by name and type (:func:`labkit.notebooks.check_parameters`); each
     stage's config dataclass built from them (``TrainConfig``, ``ExploreConfig``, ``EvalConfig``:
     ranges, devices, paths); the training networks built once (patch size, heads); each
-    DAVIS-layout data root that exists checked file by file (:func:`labkit.eval.datasets.davis_sequences`).
+    DAVIS-layout data root that exists checked file by file
+    (:func:`labkit.eval.datasets.davis_sequences`).
     Checkpoints that earlier stages will write are left out of the checks that open files.
 
     Raises:
@@ -602,11 +605,13 @@ def check_plan(cfg: PipelineConfig, stages: Sequence[Stage]) -> None:
 
 
 def _check_stage(stage: Stage, produced: set[str], built: set[str]) -> None:
+    if stage.notebook is None:  # the report: check_stages skips it
+        return
     params = {**notebook_parameters(stage.notebook), **stage.params}
     if stage.group == "train":
         names = {f.name for f in fields(TrainConfig)}
         # a notebook of one method has no `method` parameter: the stage's name says it
-        method = params.get("method") or stage.name.removeprefix("train_")
+        method: Any = params.get("method") or stage.name.removeprefix("train_")  # checked below
         config = TrainConfig(
             **{k: v for k, v in params.items() if k in names and k not in ("out_dir", "method")},
             method=method,
@@ -761,6 +766,8 @@ def _run_stages(
         if stage.group == "report":
             write_report(run_dir, stages)
             _write_marker(stage, time.perf_counter() - t0)
+        elif stage.notebook is None:  # only the report is a Python step
+            raise ValueError(f"stage {stage.name}: no notebook to run")
         else:
             backup = _prepare(stage)
             try:
