@@ -114,7 +114,7 @@ def _cmd_attention_film(args: argparse.Namespace) -> int:
         args.model,
         checkpoint=args.checkpoint or None,
         pretrained=True if args.pretrained else None,
-        device=cfg.device,
+        device=cfg.device or "auto",  # FilmConfig resolved --device: never None here
         pos_embed_rule=args.pos_embed_rule,
         seed=args.seed,
         **_model_kwargs(args.model_kwargs),
@@ -289,7 +289,8 @@ THREADS_HELP = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labkit",
-        description="A lab for seeing how self-supervised ViTs discover and track objects in video.",
+        description="A lab for seeing how self-supervised ViTs discover and track objects in "
+        "video.",
     )
     parser.add_argument(
         "--debug",
@@ -303,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "models",
-        help="list the supported pretrained weights (DINO, DINOv2, DoRA) and whether they are cached",
+        help="list the supported pretrained weights (DINO, DINOv2, DoRA) and whether they are "
+        "cached",
     )
     p.set_defaults(func=_cmd_models)
 
@@ -344,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "dino", "dinov2", "timm"],
         help="how position embeddings are resized to the frame's patch grid; auto follows the "
-        "weights (DINO's rule for DINO/DoRA files and .dino tags, DINOv2's for DINOv2, else timm's)",
+        "weights (DINO's rule for DINO/DoRA files and .dino tags, DINOv2's for DINOv2, else "
+        "timm's)",
     )
     p.add_argument("--layer", type=int, default=-1, help="block index; -1 is the last")
     p.add_argument(
@@ -417,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=["heads", "mean", "dora", "discovery", "kmeans"],
         metavar="METHOD",
         help="films to write: heads (three heads as RGB), mean (head mean, as DINO's "
-        "video_generation.py), dora (DoRA objects), discovery (LOST), kmeans (whole-video segments)",
+        "video_generation.py), dora (DoRA objects), discovery (LOST), kmeans (whole-video "
+        "segments)",
     )
     p.add_argument(
         "--max-side", type=int, help="film: scale frames down so the longer side is at most N"
@@ -441,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train a ViT with DoRA or DINO on videos (torchrun --nproc_per_node N -m labkit.cli train ...)",
+        help="train a ViT with DoRA or DINO on videos "
+        "(torchrun --nproc_per_node N -m labkit.cli train ...)",
         description="Train with a TrainConfig read from YAML; -o overrides single fields.",
     )
     p.add_argument("--config", help="YAML file of TrainConfig fields (default: all defaults)")
@@ -450,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--override",
         action="append",
         metavar="KEY=VALUE",
-        help="set a field, value read as a YAML literal (steps=500, heads=[0,2,5], model_kwargs.depth=4)",
+        help="set a field, value read as a YAML literal "
+        "(steps=500, heads=[0,2,5], model_kwargs.depth=4)",
     )
     p.add_argument("--until", type=int, help="stop after this many steps in all (resume later)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -468,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate backbones on DAVIS-format data: label propagation J&F, attention and "
         "DoRA object masks, k-means mIoU, k-NN",
-        description="Model specs: [LABEL=]ARCH[:CHECKPOINT|:pretrained|:auto|:random][#student], e.g. "
+        description="Model specs: [LABEL=]ARCH[:CHECKPOINT|:pretrained|:auto|:random][#student], "
+        "e.g. "
         "random=vit_small_patch16_224, dino=vit_small_patch16_224.dino (a tag means its weights; "
         "labkit models lists them) or dino=vit_small_patch16_224:dino_deitsmall16_pretrain.pth "
         "(no weights: seeded random init). Writes metrics.json, summary.md and figures to --out.",
