@@ -403,12 +403,12 @@ class TrainConfig:
             "forwarder_topk": 1,
             "forwarder_radius": 0,
         }
-        for name, low in ints.items():
+        for name, minimum in ints.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an int, got {value!r}")
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {value}")
         if self.method == "timetuning" and self.num_frames < 2:
             raise ValueError(
                 f"num_frames must be >= 2 for timetuning (frame 0 is carried to the last), "
@@ -526,7 +526,8 @@ class TrainConfig:
         if isinstance(threshold, str):
             if threshold not in ("mean", "batch_mean"):
                 raise ValueError(
-                    f"threshold must be 'mean', 'batch_mean' or a number in (0, 1], got {threshold!r}"
+                    "threshold must be 'mean', 'batch_mean' or a number in (0, 1], got "
+                    f"{threshold!r}"
                 )
         elif (
             isinstance(threshold, bool)
