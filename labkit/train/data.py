@@ -56,7 +56,9 @@ def step_seed(*keys: int) -> int:
 
 
 def _blur(size: int, p: float) -> Any:
-    """Gaussian blur with probability p; DINO's sigma range (0.1, 2) px at 224 px, scaled to size."""
+    """Gaussian blur with probability p; DINO's sigma range (0.1, 2) px at 224 px, scaled to
+    size.
+    """
     from torchvision.transforms import v2
 
     sigma_max = max(2.0 * size / 224.0, 0.2)
@@ -228,7 +230,7 @@ class ClipDataset(Dataset):
     def _build_transforms(self) -> None:
         from torchvision.transforms import v2
 
-        def crop(size: int, scale: tuple[float, float]) -> Any:
+        def crop(size: int, scale: tuple[float, ...]) -> Any:  # scale: (low, high)
             return v2.Compose(
                 [
                     v2.RandomResizedCrop(
@@ -305,7 +307,8 @@ class ClipDataset(Dataset):
                 A bare index uses seed ``index`` (deterministic as well).
 
         Returns:
-            ``{"global": (G, T, 3, S, S), "local": (n, T, 3, s, s), "indices": (T,), "video": int}``.
+            ``{"global": (G, T, 3, S, S), "local": (n, T, 3, s, s), "indices": (T,),
+            "video": int}``.
         """
         index, seed = (
             (int(item[0]), int(item[1]))

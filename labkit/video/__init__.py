@@ -37,6 +37,7 @@ decoder, so DataLoader workers can each reopen it).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -118,7 +119,7 @@ def clip_indices(num_video_frames: int, num_frames: int, start: int, step: int) 
 
 
 def open_video(
-    path: str | Path,
+    path: str | os.PathLike,
     *,
     size: Size = None,
     backend: Literal["auto", "decord", "pyav"] = "auto",
