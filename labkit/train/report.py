@@ -95,7 +95,8 @@ def clip_objects(
     heads, and :func:`labkit.tracking.track_objects`.
 
     Args:
-        backbone: a timm ViT (e.g. ``trainer.teacher.backbone`` or :func:`labkit.train.load_trained`).
+        backbone: a timm ViT (e.g. ``trainer.teacher.backbone`` or
+            :func:`labkit.train.load_trained`).
         frames: uint8 (T, H, W, 3) RGB frames.
         k: objects.
         heads: k head indices; None: heads ``0 .. k-1`` (the same before and after training).
@@ -116,6 +117,8 @@ def clip_objects(
         out = extract(backbone, images, kinds=("tokens", "keys", "queries"))
     finally:
         backbone.train(was_training)
+    if out.attention is None:  # pragma: no cover - extract's attention=True gives it
+        raise ValueError("clip_objects: the extraction returned no [CLS] attention")
     attention = out.attention.float()  # (T, h, gh, gw)
     tokens, keys, queries = (out.features[n].float().clone() for n in ("tokens", "keys", "queries"))
     grid = tuple(attention.shape[-2:])
