@@ -119,7 +119,7 @@ def build_backbone(config: Any) -> nn.Module:
         config.model,
         checkpoint=config.checkpoint or None,
         pretrained=config.pretrained,  # "auto" resolves the same way again, with its note
-        pos_embed_rule=config.pos_embed_rule,  # type: ignore[arg-type]
+        pos_embed_rule=config.pos_embed_rule,
         # weights keep the grid they were trained on (resized per crop by the rule, as their
         # authors do); a random init is built on the crop's own grid
         **({} if from_weights else {"img_size": config.img_size}),
@@ -127,8 +127,8 @@ def build_backbone(config: Any) -> nn.Module:
         **config.model_kwargs,
     )
     if config.method == "dora":
-        vit_blocks(backbone, attention=True)
-        heads = backbone.blocks[-1].attn.num_heads
+        blocks: Any = vit_blocks(backbone, attention=True)  # timm Blocks: attn is untyped
+        heads = blocks[-1].attn.num_heads
         needed = max(config.heads) + 1 if isinstance(config.heads, tuple) else config.k
         if needed > heads:
             raise ValueError(
@@ -154,8 +154,9 @@ def build_networks(config: Any) -> tuple[MultiCropNetwork, MultiCropNetwork]:
         ``(student, teacher)`` on the CPU, the student in train mode.
     """
     backbone = build_backbone(config)
+    embed_dim: Any = backbone.embed_dim  # timm's attribute (untyped on nn.Module)
     head = DINOHead(
-        backbone.embed_dim,
+        embed_dim,
         config.out_dim,
         hidden_dim=config.hidden_dim,
         bottleneck_dim=config.bottleneck_dim,
@@ -183,7 +184,8 @@ def build_timetuning(config: Any) -> nn.Module:
     """
 
     backbone = build_backbone(config)
-    depth = len(backbone.blocks)
+    blocks: Any = backbone.blocks  # timm's nn.Sequential (untyped on nn.Module)
+    depth = len(blocks)
     if config.trainable_blocks > depth:
         raise ValueError(
             f"trainable_blocks {config.trainable_blocks} exceeds the model's {depth} blocks"
@@ -240,12 +242,14 @@ def teacher_forward(teacher: MultiCropNetwork, images: torch.Tensor) -> TeacherO
     Returns:
         :class:`TeacherOutput`.
     """
-    backbone = teacher.backbone
+    backbone: Any = teacher.backbone  # a timm VisionTransformer (forward_head is untyped)
     out = extract(
         backbone, images, -1, kinds=("tokens", "keys", "queries"), inference=False
     )  # attention (M, h, gh, gw); features (M, gh, gw, D)
     logits = teacher.head(backbone.forward_head(out.all_tokens()))  # (M, K)
     features = out.features
+    if out.attention is None:  # pragma: no cover - extract's attention=True gives it
+        raise ValueError("teacher_forward: the extraction returned no [CLS] attention")
     return TeacherOutput(
         logits, out.attention, features["queries"], features["keys"], features["tokens"]
     )
@@ -466,7 +470,8 @@ def dino_step(
 def teacher_statistics(
     logits: torch.Tensor, center: torch.Tensor, temperature: float
 ) -> dict[str, float]:
-    """Collapse signals of the centred, sharpened teacher distribution ``q = softmax((t - c) / tau)``.
+    """Collapse signals of the centred, sharpened teacher distribution
+    ``q = softmax((t - c) / tau)``.
 
     * ``teacher_entropy``: mean over rows of ``H(q_r)`` in nats. Near ``log K``: every output
       is uniform (collapse to the uniform distribution, too much centering).
@@ -500,8 +505,8 @@ def teacher_statistics(
 @torch.no_grad()
 def update_teacher(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """EMA: ``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter."""
-    teacher_params = list(teacher.parameters())
-    student_params = list(student.parameters())
+    teacher_params: list[torch.Tensor] = list(teacher.parameters())
+    student_params: list[torch.Tensor] = list(student.parameters())
     if len(teacher_params) != len(student_params):
         raise ValueError("update_teacher: teacher and student have different parameters")
     torch._foreach_lerp_(teacher_params, [p.detach() for p in student_params], 1.0 - momentum)
