@@ -98,7 +98,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -229,7 +229,7 @@ def clip_gradients(
     limit = max_norm if max_norm > 0 else math.inf
     if mode == "global":
         return float(torch.nn.utils.clip_grad_norm_(with_grads, limit))
-    grads = [p.grad for p in with_grads]
+    grads = [p.grad for p in with_grads if p.grad is not None]  # all of them
     norms = torch._foreach_norm(grads)  # one 0-d tensor per parameter
     total = float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
     if math.isfinite(limit):
@@ -440,7 +440,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._student_run = DistributedDataParallel(self.student, device_ids=ids)
         if config.compile:
-            self._student_run = torch.compile(self._student_run)
+            # a compiled module is a module (torch.compile's stubs say a callable)
+            self._student_run = cast(torch.nn.Module, torch.compile(self._student_run))
         self._last_time: float | None = None
 
     # -- schedules ---------------------------------------------------------------------------
@@ -456,6 +457,8 @@ class Trainer:
         trainable backbone blocks (``backbone_lr``).
         """
         cfg = self.config
+        if cfg.lr is None or cfg.warmup_epochs is None:  # TrainConfig.__post_init__ fills them
+            raise ValueError("Trainer.schedules: lr and warmup_epochs must be set")
         total = cfg.steps
         peak = cfg.lr * self.global_batch / 256.0 if cfg.scale_lr else cfg.lr
         warmup = min(int(round(cfg.warmup_epochs * self.steps_per_epoch)), total)
@@ -537,7 +540,7 @@ class Trainer:
         now = time.perf_counter()
         seconds = now - start
         self._last_time = now
-        record = {
+        record: dict[str, Any] = {
             "step": self.step,
             "epoch": epoch,
             "loss": loss,
@@ -878,10 +881,11 @@ def train(
 
 def load_trained(
     path: str | os.PathLike,
-    which: str = "teacher",
+    which: Literal["teacher", "student"] = "teacher",
     device: str | torch.device = "cpu",
 ) -> torch.nn.Module:
-    """The backbone of a labkit training checkpoint, its architecture rebuilt from the stored config.
+    """The backbone of a labkit training checkpoint, its architecture rebuilt from the stored
+    config.
 
     Args:
         path: ``checkpoint.pth`` or the run folder holding it.
