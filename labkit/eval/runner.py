@@ -134,8 +134,10 @@ def _knn(model: torch.nn.Module, cfg: EvalConfig, progress: bool) -> dict[str, A
 
 
 def _model_info(spec: ModelSpec, model: torch.nn.Module, cfg: EvalConfig) -> dict[str, Any]:
-    heads = model.blocks[0].attn.num_heads
-    info = {
+    vit: Any = model  # timm's blocks and embed_dim (untyped on nn.Module)
+    heads = vit.blocks[0].attn.num_heads
+    depth = len(vit.blocks)
+    info: dict[str, Any] = {
         "arch": spec.arch,
         "weights": spec.weights,
         "weights_label": weights_label(model),  # in words, for tables and figure titles
@@ -143,8 +145,8 @@ def _model_info(spec: ModelSpec, model: torch.nn.Module, cfg: EvalConfig) -> dic
         "network": spec.which if spec.checkpoint else None,
         "model_kwargs": cfg.kwargs_for(spec.label),
         "patch_size": patch_size(model),
-        "embed_dim": int(model.embed_dim),
-        "depth": len(model.blocks),
+        "embed_dim": int(vit.embed_dim),
+        "depth": depth,
         "heads": int(heads),
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
@@ -153,10 +155,8 @@ def _model_info(spec: ModelSpec, model: torch.nn.Module, cfg: EvalConfig) -> dic
             f"model {spec.label!r}: dora_objects={cfg.dora_objects} but the model has only "
             f"{heads} heads (DoRA takes one head per object)"
         )
-    if not -info["depth"] <= cfg.layer < info["depth"]:
-        raise ValueError(
-            f"model {spec.label!r}: layer {cfg.layer} out of range ({info['depth']} blocks)"
-        )
+    if not -depth <= cfg.layer < depth:
+        raise ValueError(f"model {spec.label!r}: layer {cfg.layer} out of range ({depth} blocks)")
     if getattr(model, "cls_token", None) is None and any(
         cfg.runs(e) for e in ("attention", "tracking", "discovery")
     ):
@@ -218,7 +218,8 @@ def score_sequences(
                 left = elapsed / done * (len(sequences) - done)
                 _progress_line(
                     f"evaluate {where}: sequence {done}/{len(sequences)} {seq.name} "
-                    f"({result.sequences[-1].num_frames} frames) in {_duration(time.perf_counter() - t0)}; "
+                    f"({result.sequences[-1].num_frames} frames) in "
+                    f"{_duration(time.perf_counter() - t0)}; "
                     f"{_duration(elapsed)} so far, about {_duration(left)} left for this model"
                 )
         if stash is not None and sequences:
@@ -284,7 +285,8 @@ def _evaluate(cfg: EvalConfig, *, progress: bool) -> EvalResult:
         if lines:
             _progress_line(
                 f"evaluate: model {i}/{len(cfg.specs)} {spec.label} "
-                f"({infos[spec.label].get('weights_label') or spec.text}), {len(sequences)} sequences"
+                f"({infos[spec.label].get('weights_label') or spec.text}), "
+                f"{len(sequences)} sequences"
             )
         model = spec.load(
             device=cfg.device,
@@ -299,7 +301,8 @@ def _evaluate(cfg: EvalConfig, *, progress: bool) -> EvalResult:
         res.seconds = time.perf_counter() - t_model
         if lines:
             _progress_line(
-                f"evaluate: model {i}/{len(cfg.specs)} {spec.label} done in {_duration(res.seconds)}"
+                f"evaluate: model {i}/{len(cfg.specs)} {spec.label} done in "
+                f"{_duration(res.seconds)}"
             )
         results.append(res)
         del model
