@@ -52,6 +52,7 @@ Notation: T frames, h heads, gh x gw patch grid, D channels, H x W frame pixels,
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from collections import OrderedDict
@@ -1126,7 +1127,8 @@ class AttentionExplorer:
             value=0, min=0, max=1, description="", layout=w.Layout(width="300px")
         )
         ui["busy"] = w.Label("")
-        ui["status"] = w.Label(self.title())
+        # HTML, not a Label: a Label cuts a long line at the widget's edge; this one wraps
+        ui["status"] = w.HTML(_status_html(self.title()))
         ui["images"] = {}
         cells = []
         for name in self.panels:
@@ -1307,7 +1309,7 @@ class AttentionExplorer:
             if self.ready("objects", s):  # the status line compares Sinkhorn-Knopp on and off
                 self.objects(s.layer, s.heads, not s.sinkhorn)
             pending |= self._show_similarity(s)
-            ui["status"].value = self.title(s)
+            ui["status"].value = _status_html(self.title(s))
         for view in self._views:
             view._follow_explorer(s)
         return pending
@@ -1442,3 +1444,8 @@ class AttentionExplorer:
         app = self.widget()
         display(app)
         self._refresh()
+
+
+def _status_html(text: str) -> str:
+    """The explorer's status line as HTML that wraps within the widget (the text escaped)."""
+    return f'<div style="white-space: normal; line-height: 1.3">{html.escape(text)}</div>'
