@@ -5,9 +5,9 @@
 scores, as the frames go by: label propagation (J, F per object and frame), attention masks and
 DoRA's tracked objects (J per frame and mask), single-object discovery (LOST, TokenCut, DINO's
 attention, DoRA: J, CorLoc, stability, :mod:`labkit.eval.discovery`), and k-means segments once
-the sequence's tokens are in. :func:`dataset_segmentation` runs the dataset-level k-means over the tokens every sequence
-left in a temporary folder. Configuration and the loop over models and sequences live in
-:mod:`labkit.eval.runner`.
+the sequence's tokens are in. :func:`dataset_segmentation` runs the dataset-level k-means over
+the tokens every sequence left in a temporary folder. Configuration and the loop over models and
+sequences live in :mod:`labkit.eval.runner`.
 
 Resolution, as DINO's DAVIS evaluation: each frame is resized so that its shorter side is
 ``resolution`` (rounded down to a multiple of the patch size) and its longer side is the aspect-
@@ -29,13 +29,13 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labkit.attention import extract, image_batches, mass_threshold
+from labkit.attention import FeatureKind, extract, image_batches, mass_threshold
 from labkit.clustering import kmeans, kmeans_segments
 from labkit.discovery import attention_discovery, dora_discovery, lost, tokencut
 from labkit.eval.config import EvalConfig
@@ -90,13 +90,24 @@ def model_input_size(
 # --------------------------------------------------------------------------------------------
 
 
+Matching = Literal["hungarian", "many_to_one"]
+_T = TypeVar("_T")
+
+
+def _present(value: _T | None, what: str) -> _T:
+    """``value``, which the evaluations that asked for it guarantee; ValueError if missing."""
+    if value is None:
+        raise ValueError(f"evaluate_sequence: {what} missing for the evaluations asked")
+    return value
+
+
 def _example_indices(num_frames: int, count: int) -> list[int]:
     if count == 0:
         return []
     return sorted({int(round(x)) for x in np.linspace(0, num_frames - 1, count)})
 
 
-def _miou(conf: torch.Tensor, matching: Literal["hungarian", "many_to_one"]) -> float:
+def _miou(conf: torch.Tensor, matching: Matching) -> float:
     """mIoU over the labels present, after matching clusters to labels (TimeTuning's rules:
     Hungarian leaves extra clusters to the background, many-to-one by precision)."""
 
@@ -121,10 +132,11 @@ def _segmentation_scores(
     T, gh, gw, _ = features.shape
     classes = histograms.shape[-1]
     out = {}
-    for name, k, matching in (
+    protocols: tuple[tuple[str, int, Matching], ...] = (
         ("hungarian", classes, "hungarian"),
         ("overcluster", cfg.overclusters, "many_to_one"),
-    ):
+    )
+    for name, k, matching in protocols:
         k = min(k, gh * gw)
         for protocol in ("frame", "clip"):
             seg = kmeans_segments(features, k, mode=protocol, seed=cfg.seed, normalize=True)
@@ -199,7 +211,7 @@ def evaluate_sequence(
     prop_on, attn_on = cfg.runs("propagation"), cfg.runs("attention")
     track_on, seg_on = cfg.runs("tracking"), cfg.runs("segmentation")
     disc_on = cfg.runs("discovery")
-    kinds = []
+    kinds: list[FeatureKind] = []
     if prop_on or seg_on or track_on or disc_on or stash is not None:
         kinds.append("tokens")
     if track_on or disc_on:
@@ -223,17 +235,19 @@ def evaluate_sequence(
         out = extract(model, images, cfg.layer, attention=want_attention, kinds=tuple(kinds))
         tokens = out.features.get("tokens")  # (n, gh, gw, D)
         if want_attention:
-            attn_seq.append(out.attention.cpu())  # (n, h, gh, gw)
+            attn_seq.append(_present(out.attention, "attention").cpu())  # (n, h, gh, gw)
         if (track_on or disc_on) and prototypes is None:
             # the first batch starts with frame 0: DoRA discovers there
             prototypes = discover_objects(
-                out.attention[:1],
+                _present(out.attention, "attention")[:1],
                 out.features["queries"][:1],
-                tokens[:1],
+                _present(tokens, "tokens")[:1],
                 k=cfg.dora_objects,
             ).prototypes  # (1, k, D)
         if track_on:
-            tracks = track_objects(prototypes, out.features["keys"][None])  # (1, n, k, gh, gw)
+            tracks = track_objects(
+                _present(prototypes, "DoRA prototypes"), out.features["keys"][None]
+            )  # (1, n, k, gh, gw)
             object_masks.append(tracks.masks[0].cpu())  # (n, k, gh, gw)
         if disc_on:
             t_disc = time.perf_counter()
@@ -241,7 +255,10 @@ def evaluate_sequence(
             for method, res in (
                 ("lost", lost(keys)),
                 ("tokencut", tokencut(keys)),
-                ("attention", attention_discovery(out.attention, keep=cfg.keep)),
+                (
+                    "attention",
+                    attention_discovery(_present(out.attention, "attention"), keep=cfg.keep),
+                ),
                 ("dora", dora_discovery(keys, prototypes=prototypes)),
             ):
                 found.setdefault(method, []).append((res.masks.cpu(), res.boxes.cpu()))
@@ -249,7 +266,7 @@ def evaluate_sequence(
             seconds["discovery"] = seconds.get("discovery", 0.0) + spent
             t0 += spent  # not counted twice: "model" is the forward pass
         if seg_on or stash is not None:
-            tokens_seq.append(tokens.float().cpu())
+            tokens_seq.append(_present(tokens, "tokens").float().cpu())
         seconds["model"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -265,7 +282,7 @@ def evaluate_sequence(
                 continue
             if t == 0:
                 propagator = LabelPropagator(
-                    tokens[0],
+                    _present(tokens, "tokens")[0],
                     labels_t,
                     n_last=cfg.n_last,
                     topk=cfg.topk,
@@ -278,7 +295,8 @@ def evaluate_sequence(
                 )
                 labels = propagator.first_frame_labels
             else:
-                labels = propagator.step(tokens[i]).labels  # (H, W) uint8
+                step = _present(propagator, "label propagator").step
+                labels = step(_present(tokens, "tokens")[i]).labels  # (H, W) uint8
             if 0 < t < T - 1 and annotated_np[t]:
                 j, f = davis_frame_scores(labels, labels_t, K)
                 scored.append(t)
@@ -311,6 +329,7 @@ def evaluate_sequence(
     attention = torch.cat(attn_seq) if want_attention else None  # (T, h, gh, gw)
     head_masks = average_mask = objects = None
     if attn_on:
+        attention = _present(attention, "attention")
         head_masks = mass_threshold(attention, cfg.keep)  # (T, h, gh, gw)
         average_mask = mass_threshold(attention.mean(dim=1), cfg.keep)  # (T, gh, gw)
         result.attention = mask_statistics(mask_jaccard(head_masks[annotated], foreground, area))
@@ -337,11 +356,12 @@ def evaluate_sequence(
     if seg_on:
         t0 = time.perf_counter()
         result.segmentation = _segmentation_scores(
-            features[annotated].to(device), hist[..., : K + 1], cfg
+            _present(features, "tokens")[annotated].to(device), hist[..., : K + 1], cfg
         )
         seconds["segmentation"] = time.perf_counter() - t0
     if stash is not None:
-        np.save(stash / f"{seq.name}.npy", features[annotated].half().numpy())  # as histograms
+        stashed = _present(features, "tokens")[annotated].half().numpy()
+        np.save(stash / f"{seq.name}.npy", stashed)  # as histograms
     if examples_at:
         sel = torch.tensor(examples_at)
         result.examples = SequenceExamples(
@@ -349,9 +369,9 @@ def evaluate_sequence(
             frames=np.stack([ex_frames[t] for t in examples_at]),
             gt=resize_nearest(gt[sel], size).numpy(),
             propagated=np.stack([ex_prop[t] for t in examples_at]) if prop_on else None,
-            head_masks=head_masks[sel] if attn_on else None,
-            average_mask=average_mask[sel] if attn_on else None,
-            object_masks=objects[sel] if track_on else None,
+            head_masks=head_masks[sel] if head_masks is not None else None,
+            average_mask=average_mask[sel] if average_mask is not None else None,
+            object_masks=objects[sel] if objects is not None else None,
             discovery={
                 m: (masks_m[sel], boxes_m[sel]) for m, (masks_m, boxes_m) in discovered.items()
             }
@@ -389,13 +409,16 @@ def dataset_segmentation(
         "num_patches": total,
         "classes": ["background", "foreground"],
     }
-    for name, k, matching in (
+    protocols: tuple[tuple[str, int, Matching], ...] = (
         ("hungarian", 2, "hungarian"),
         ("overcluster", cfg.overclusters, "many_to_one"),
-    ):
+    )
+    for name, k, matching in protocols:
         centroids = kmeans(x, min(k, n), seed=cfg.seed).centroids  # (k, D)
         conf = torch.zeros(2, centroids.shape[0], dtype=torch.long)
         for res, a in zip(results, arrays):
+            if res.histograms is None:  # a result read back from JSON keeps none
+                raise ValueError(f"dataset_segmentation: {res.name!r} has no patch histograms")
             for t in range(a.shape[0]):
                 f = torch.from_numpy(np.asarray(a[t], dtype=np.float32)).to(device)
                 f = F.normalize(f.reshape(-1, f.shape[-1]), dim=-1)  # (P, D)
