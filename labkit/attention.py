@@ -174,7 +174,10 @@ def cls_attention(model: torch.nn.Module, images: torch.Tensor, layer: int = -1)
     Returns:
         Tensor (B, h, gh, gw), float32, values in [0, 1], on the images' device.
     """
-    return extract(model, images, layer, attention=True, kinds=()).attention
+    maps = extract(model, images, layer, attention=True, kinds=()).attention
+    if maps is None:  # pragma: no cover - attention=True computes it
+        raise ValueError("cls_attention: the extraction returned no [CLS] attention")
+    return maps
 
 
 def register_attention(
@@ -202,9 +205,10 @@ def register_attention(
     Raises:
         ValueError: the model has no register tokens.
     """
-    return extract(
-        model, images, layer, attention=False, kinds=(), registers=True
-    ).register_attention
+    out = extract(model, images, layer, attention=False, kinds=(), registers=True)
+    if out.register_attention is None:  # pragma: no cover - registers=True computes it
+        raise ValueError("register_attention: the extraction returned no register attention")
+    return out.register_attention
 
 
 def patch_features(
@@ -278,15 +282,17 @@ def extract(
         )
     index = block_index(layer, len(blocks))
     grid = patch_grid(model, images)
-    num_prefix = model.num_prefix_tokens
+    vit: Any = model  # timm's attributes (untyped on nn.Module)
+    num_prefix: int = vit.num_prefix_tokens
 
     with torch.inference_mode() if inference else contextlib.nullcontext():
         x = tokens_before_block(model, images, index)  # (B, N, D)
-        block = blocks[index]
+        block: Any = blocks[index]  # a timm Block (vit_blocks checked it)
+        v: torch.Tensor | None
         if "tokens" in kinds:
             out, qkv = run_block(block, x)
             q, k, v = split_qkv(block.attn, qkv)  # (B, N, h, d) each
-            tokens = model.norm(out)  # (B, N, D)
+            tokens = vit.norm(out)  # (B, N, D)
         else:
             # queries of every token, of the prefix tokens (registers' rows), or of [CLS] only
             num_queries = x.shape[1] if "queries" in kinds else num_prefix if registers else 1
@@ -431,7 +437,8 @@ def run_block(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
         read with a forward hook that is removed again.
     """
     captured: list[torch.Tensor] = []
-    handle = block.attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    attn: Any = block.attn  # timm's Attention (untyped on nn.Module)
+    handle = attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         out = block(x)
     finally:
