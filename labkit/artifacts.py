@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 
@@ -97,7 +98,8 @@ class Artifacts:
     """Token norms, outliers and attention of every block for a batch (see the module docstring).
 
     Attributes:
-        norms: (B, L, gh, gw) float32 patch-token norms at each block's output (before the final norm).
+        norms: (B, L, gh, gw) float32 patch-token norms at each block's output (before the
+            final norm).
         embed_norms: (B, gh, gw) float32 norms of the patch tokens entering block 0.
         outliers: (B, L, gh, gw) bool, :func:`outlier_mask` of ``norms``.
         cls_attention: (B, L, h, gh, gw) float32, each block's [CLS] attention over the patches.
@@ -124,12 +126,16 @@ class Artifacts:
     num_registers: int = 0
 
     def input_outliers(self) -> torch.Tensor:
-        """(B, L, gh, gw) bool: outliers among the tokens entering each block (block 0: the embedding)."""
+        """(B, L, gh, gw) bool: outliers among the tokens entering each block (block 0: the
+        embedding).
+        """
         first = outlier_mask(self.embed_norms, self.factor)[:, None]  # (B, 1, gh, gw)
         return torch.cat([first, self.outliers[:, :-1]], dim=1)
 
     def outlier_fraction(self) -> torch.Tensor:
-        """(B, L) float32: fraction of each image's patches that are outliers at each block's output."""
+        """(B, L) float32: fraction of each image's patches that are outliers at each block's
+        output.
+        """
         return self.outliers.flatten(2).float().mean(-1)
 
     @staticmethod
@@ -142,13 +148,16 @@ class Artifacts:
             values = [getattr(p, name) for p in parts]
             return None if values[0] is None else torch.cat(values)
 
+        def cat_all(name: str) -> torch.Tensor:  # a field every part has
+            return torch.cat([getattr(p, name) for p in parts])
+
         first = parts[0]
         return Artifacts(
-            norms=cat("norms"),
-            embed_norms=cat("embed_norms"),
-            outliers=cat("outliers"),
-            cls_attention=cat("cls_attention"),
-            cls_outlier_mass=cat("cls_outlier_mass"),
+            norms=cat_all("norms"),
+            embed_norms=cat_all("embed_norms"),
+            outliers=cat_all("outliers"),
+            cls_attention=cat_all("cls_attention"),
+            cls_outlier_mass=cat_all("cls_outlier_mass"),
             cls_register_mass=cat("cls_register_mass"),
             register_attention=cat("register_attention"),
             register_layers=first.register_layers,
@@ -195,7 +204,8 @@ def token_artifacts(
     blocks = vit_blocks(model, attention=True)
     depth = len(blocks)
     grid = patch_grid(model, images)
-    num_prefix = int(model.num_prefix_tokens)
+    vit: Any = model  # timm's attributes (untyped on nn.Module)
+    num_prefix = int(vit.num_prefix_tokens)
     num_registers = int(getattr(model, "num_reg_tokens", 0) or 0)
     keep = sorted({block_index(i, depth) for i in register_layers}) if num_registers else []
     outlier_mask(torch.ones(1, 1), factor)  # validates factor before the pass
@@ -205,7 +215,7 @@ def token_artifacts(
     cls_prefix: list[torch.Tensor] = []
     reg_maps: list[torch.Tensor] = []
 
-    def rows_of(block_index: int, attn: torch.nn.Module):
+    def rows_of(block_index: int, attn: Any):  # a timm Attention
         def hook(_module: torch.nn.Module, _inputs: tuple, qkv: torch.Tensor) -> None:
             batch, num_tokens, _ = qkv.shape
             qkv = qkv.view(batch, num_tokens, 3, attn.num_heads, attn.head_dim)  # (B, N, 3, h, d)
@@ -225,7 +235,8 @@ def token_artifacts(
         patches = x[:, num_prefix:].float()  # (B, P, D)
         return patches.norm(dim=-1).reshape(x.shape[0], *grid)  # (B, gh, gw)
 
-    handles = [b.attn.qkv.register_forward_hook(rows_of(i, b.attn)) for i, b in enumerate(blocks)]
+    attns: list[Any] = [b.attn for b in blocks]  # timm Attention modules (vit_blocks checked)
+    handles = [a.qkv.register_forward_hook(rows_of(i, a)) for i, a in enumerate(attns)]
     try:
         with torch.inference_mode():
             x = tokens_before_block(model, images, 0)  # (B, N, D) entering block 0
