@@ -72,7 +72,8 @@ class ExploreConfig:
     """Parameters of the attention explorer; the notebook's parameters cell uses the same names."""
 
     video_path: str = ""  # mp4 or frame folder; empty means the lab's default synthetic video
-    model: str = "vit_small_patch16_224"  # timm name; a tagged name (vit_small_patch16_224.dino) loads its weights
+    # timm name; a tagged name (vit_small_patch16_224.dino) loads its weights
+    model: str = "vit_small_patch16_224"
     checkpoint: str = ""  # local checkpoint (timm, DINO, DoRA or labkit format); empty: none
     # timm's weights of a tagged model name: true, false, or "auto" (if in the local cache, else
     # a random init that says so); None: true where the name has a tag
@@ -148,7 +149,8 @@ class ExploreConfig:
             )
         if self.start_frame < 0 or self.frame_step < 0:
             raise ValueError(
-                f"start_frame and frame_step must be >= 0, got {self.start_frame}, {self.frame_step}"
+                "start_frame and frame_step must be >= 0, got "
+                f"{self.start_frame}, {self.frame_step}"
             )
         if not 0.0 < self.keep <= 1.0:
             raise ValueError(f"keep must be in (0, 1], got {self.keep}")
@@ -165,7 +167,8 @@ class ExploreConfig:
                 raise ValueError(f"compare_models: {err}") from None
             if len(set(labels)) != len(labels):
                 raise ValueError(
-                    f"compare_models: labels {labels} repeat; give each spec its own as LABEL=ARCH..."
+                    f"compare_models: labels {labels} repeat; give each spec its own as "
+                    "LABEL=ARCH..."
                 )
 
 
@@ -182,7 +185,8 @@ class Exploration:
             default; keys, queries or values), which the segments and the PCA are made of.
         keys: float32 (T, gh, gw, D) the block's keys (heads concatenated), for DoRA's tracking.
         queries: float32 (gh, gw, D) the block's queries on the clip's first frame, for DoRA's
-            discovery; keys and queries come from the same pass (the interactive explorer uses them).
+            discovery; keys and queries come from the same pass (the interactive explorer uses
+            them).
         masks: bool (T, h, gh, gw) smallest patch sets holding ``keep`` of each head's mass.
         segments_frame: int64 (T, gh, gw) per-frame k-means, labels aligned over time.
         segments_clip: int64 (T, gh, gw) one k-means over the whole clip.
@@ -576,13 +580,16 @@ class Exploration:
     def figure_artifacts(self, frame: int | None = None, max_layers: int = 8) -> Figure:
         """High-norm artifact tokens (Darcet et al.): norm maps per block for one frame with the
         outliers outlined, the outlier fraction and the [CLS] attention on outliers (and on the
-        registers) per block, the registers' own attention (:func:`labkit.viz.artifacts.plot_artifacts`).
+        registers) per block, the registers' own attention
+        (:func:`labkit.viz.artifacts.plot_artifacts`).
 
         Args:
             frame: position in the clip; default :meth:`artifact_frame`, a frame with outliers.
             max_layers: most norm maps shown.
         """
 
+        if self.artifacts is None:  # e.g. a strided exploration
+            raise ValueError("this exploration has no artifacts (explore computes them)")
         frame = self.artifact_frame() if frame is None else int(frame)
         return plot_artifacts(
             self.artifacts,
@@ -686,10 +693,11 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         **cfg.model_kwargs,
     )
     set_stride(model, cfg.stride or None)  # 0: the patch size, the model as built
-    num_heads = model.blocks[0].attn.num_heads
+    blocks: Any = model.blocks  # timm's Blocks (untyped on nn.Module)
+    num_heads = blocks[0].attn.num_heads
     if max(cfg.heads) >= num_heads:
         raise ValueError(f"heads {cfg.heads} out of range: {cfg.model} has {num_heads} heads")
-    depth = len(model.blocks)
+    depth = len(blocks)
     if not -depth <= cfg.layer < depth:
         raise ValueError(f"layer {cfg.layer} out of range: {cfg.model} has {depth} blocks")
     seconds["load"] = time.perf_counter() - t0
@@ -725,6 +733,8 @@ def explore(cfg: ExploreConfig, *, progress: bool = True) -> Exploration:
         device=cfg.device,
         progress=progress,
     )  # on the CPU: attention (T, h, gh, gw), features (T, gh, gw, D)
+    if out.attention is None:  # pragma: no cover - attention=True computes it
+        raise ValueError("explore: the extraction returned no [CLS] attention")
     attention = out.attention.float()
     features = out.features[cfg.facet].float()  # what the segments and the PCA are made of
     queries = out.features["queries"][0].float().clone()  # (gh, gw, D), the first frame

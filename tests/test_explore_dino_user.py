@@ -96,6 +96,8 @@ def test_stride_through_the_workflow(small_video: Path) -> None:
     exp.figure_segments()
     metrics = exp.metrics()
     assert metrics["stride"] == 8 and metrics["grid"] == [7, 11]
+    with pytest.raises(ValueError, match="no artifacts"):  # not computed on a strided grid
+        exp.figure_artifacts(frame=0)
     with pytest.raises(ValueError, match="stride"):
         ExploreConfig(stride=-1)
 

@@ -267,7 +267,7 @@ def _mask_to_frame(
 def mask_overlay(
     frame: Any,
     mask: Any,
-    color: Sequence[int] | np.ndarray | None = None,
+    color: Sequence[int] | Sequence[Sequence[int]] | np.ndarray | None = None,
     alpha: float = 0.5,
     *,
     contour: bool = True,
