@@ -59,7 +59,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -277,8 +277,9 @@ class AttentionExplorer:
             ``"all"``: every panel the model has (``"registers"`` only with register tokens),
             except ``"similarity"`` (the clicked patch's map over the shown frame: by name).
             ``"artifacts"``: the patch-token norms of the block at the current frame (magma from
-            the frame's smallest norm to 3x its median, over the frame at the opacity) with the high-norm outliers outlined in
-            cyan (:func:`labkit.artifacts.outlier_mask`); ``"registers"``: each register token's
+            the frame's smallest norm to 3x its median, over the frame at the opacity) with the
+            high-norm outliers outlined in cyan (:func:`labkit.artifacts.outlier_mask`);
+            ``"registers"``: each register token's
             attention over the patches (mean over heads, white), tiled; the title line gives the
             outlier count and the [CLS] attention on the outliers and on the registers.
     """
@@ -325,7 +326,8 @@ class AttentionExplorer:
             )
         if not hasattr(model, "blocks"):
             raise ValueError(
-                f"model must be a timm ViT (from labkit.models.load_backbone), got {type(model).__name__}"
+                "model must be a timm ViT (from labkit.models.load_backbone), got "
+                f"{type(model).__name__}"
             )
         if image_format not in ("jpeg", "png"):
             raise ValueError(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
@@ -339,8 +341,9 @@ class AttentionExplorer:
         self.name = name
         self.model = model
         self.weights = weights_label(model)  # said in every title
-        self.depth = len(model.blocks)
-        self.num_heads = int(model.blocks[0].attn.num_heads)
+        blocks: Any = model.blocks  # timm's Blocks (untyped on nn.Module)
+        self.depth = len(blocks)
+        self.num_heads = int(blocks[0].attn.num_heads)
         self.patch_size = patch_size(model)
         height, width = self.frames.shape[1:3]
         if height < self.patch_size or width < self.patch_size:
@@ -396,7 +399,7 @@ class AttentionExplorer:
             ExplorerState(
                 frame=0,
                 layer=layer,
-                heads=tuple(heads),
+                heads=cast("tuple[int, int, int]", tuple(heads)),  # three: _validated checks
                 k=k,
                 alpha=alpha,
                 sinkhorn=bool(sinkhorn),
@@ -407,7 +410,9 @@ class AttentionExplorer:
 
     @classmethod
     def from_exploration(cls, exp: Any, **kwargs: Any) -> AttentionExplorer:
-        """Reuse the frames, model and what :func:`labkit.explore.explore` computed for its layer."""
+        """Reuse the frames, model and what :func:`labkit.explore.explore` computed for its
+        layer.
+        """
         cfg = exp.config
         explorer = cls(
             exp.frames,
@@ -517,6 +522,8 @@ class AttentionExplorer:
         )
         parts = dict(out.features)
         if attention:
+            if out.attention is None:  # pragma: no cover - attention=True computes it
+                raise ValueError("explorer: the extraction returned no [CLS] attention")
             parts["attention"] = out.attention
         return {name: value.float() for name, value in parts.items()}
 
@@ -637,6 +644,8 @@ class AttentionExplorer:
         key = (layer, tuple(int(h) for h in heads), bool(sinkhorn))
         if key not in self._objects:
             data = self.layer_data(layer, keys=True)
+            if data.keys is None or data.queries is None:  # pragma: no cover - keys=True
+                raise ValueError("explorer: the block's keys and queries were not computed")
             found = discover_objects(
                 data.attention[:1],
                 data.queries[None],
@@ -807,7 +816,9 @@ class AttentionExplorer:
         return head, strip
 
     def _artifact_panel(self, s: ExplorerState) -> np.ndarray:
-        """Token norms of block ``s.layer`` at frame ``s.frame`` over the frame, outliers outlined."""
+        """Token norms of block ``s.layer`` at frame ``s.frame`` over the frame, outliers
+        outlined.
+        """
 
         data = self.artifacts()
         norms = data.norms[s.frame, s.layer]  # (gh, gw)
@@ -842,7 +853,9 @@ class AttentionExplorer:
                 np.rint(unit * 255).astype(np.uint8)[..., None], 3, axis=-1
             )  # (gh, gw, 3)
             full = _blend_grid(frame, grid, max(s.alpha, 0.5), self.patch_size)
-            tile = np.asarray(Image.fromarray(full).resize((tile_w, tile_h), Image.BILINEAR))
+            tile = np.asarray(
+                Image.fromarray(full).resize((tile_w, tile_h), Image.Resampling.BILINEAR)
+            )
             tile = caption(tile, f"register {i}")
             r, c = divmod(i, cols)
             out[r * tile_h : (r + 1) * tile_h, c * tile_w : (c + 1) * tile_w] = tile
@@ -904,7 +917,9 @@ class AttentionExplorer:
         return palette(int(labels.max()) + 1)[labels]
 
     def render(self, state: ExplorerState | None = None) -> np.ndarray:
-        """The panels of a state side by side: uint8 (H, n W, 3), in the order of ``self.panels``."""
+        """The panels of a state side by side: uint8 (H, n W, 3), in the order of
+        ``self.panels``.
+        """
         s = self.state if state is None else self._validated(state)
         return np.concatenate([self.panel(name, s) for name in self.panels], axis=1)
 
@@ -940,7 +955,8 @@ class AttentionExplorer:
             data = self._artifacts  # once computed (compute() does it), so the title never waits
             norms = (
                 f"norms: {int(data.outliers[s.frame, s.layer].sum())} outliers; [CLS] "
-                f"{float(data.cls_outlier_mass[s.frame, s.layer]):.0%} on the block input's outliers"
+                f"{float(data.cls_outlier_mass[s.frame, s.layer]):.0%} on the block input's "
+                "outliers"
             )
             if data.cls_register_mass is not None:
                 norms += f", {float(data.cls_register_mass[s.frame, s.layer]):.0%} on the registers"
