@@ -32,7 +32,9 @@ DEFAULT_EVALUATIONS = ("propagation", "attention", "tracking", "segmentation")
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Parameters of an evaluation; ``notebooks/evaluate.ipynb`` and ``labkit eval`` use these names."""
+    """Parameters of an evaluation; ``notebooks/evaluate.ipynb`` and ``labkit eval`` use these
+    names.
+    """
 
     models: tuple[str, ...] = ("vit_small_patch16_224",)  # specs (labkit.specs): random ViT-S/16
     # position-embedding resize for every model: "dino", "dinov2", "timm"; "auto": as each model's
