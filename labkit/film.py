@@ -58,14 +58,14 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from labkit.attention import FeatureKind, extract, extract_video
+from labkit.attention import FeatureKind, extract, extract_video, image_batches
 from labkit.clustering import assign, fit_video_kmeans
 from labkit.discovery import lost, tokencut
-from labkit.models import patch_size, prepare_images, weights_label
+from labkit.models import patch_size, weights_label
 from labkit.segments import sample_frame_indices
 from labkit.tracking import discover_objects, track_objects
 from labkit.validation import check_device, resolve_device
-from labkit.video import frame_batches, open_video
+from labkit.video import open_video
 from labkit.viz import (
     Mp4Writer,
     box_overlay,
@@ -304,7 +304,9 @@ def film_batches(
     # frames per second even below 1 (tqdm would switch to seconds per frame)
     rate = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
     with tqdm(total=total, unit="frame", desc="film", disable=not progress, bar_format=rate) as bar:
-        for idx, frames in frame_batches(video, indices, cfg.batch_size):
+        for idx, frames, images in image_batches(
+            model, video, indices, batch_size=cfg.batch_size, device=device
+        ):  # (n,), uint8 (n, H, W, 3), (n, 3, gh*p, gw*p) on the device
             n = len(idx)
             # positions in this batch where DoRA discovers its objects afresh
             starts = [
@@ -320,7 +322,6 @@ def film_batches(
             if "kmeans" in methods and "tokens" not in kinds:
                 kinds.append("tokens")
             attention = bool(methods & {"heads", "mean"}) or ("dora" in methods and bool(starts))
-            images = prepare_images(frames, model, device=device)  # (n, 3, gh*p, gw*p)
             out = extract(model, images, cfg.layer, attention=attention, kinds=tuple(kinds))
             del images
             objects = discovered = boxes = segments = None
