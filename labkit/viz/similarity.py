@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from labkit.geometry import upsample_grid
 from labkit.viz.artifacts import norms_to_rgb, outline_patches
-from labkit.viz.render import caption
+from labkit.viz.render import _font, caption, overlay
 
 __all__ = [
     "CLICKED_RGB",
@@ -31,12 +30,6 @@ __all__ = [
 
 SIMILARITY_CMAP = "inferno"  # dark: unlike the clicked patch; bright yellow: alike
 CLICKED_RGB = (0, 229, 255)  # cyan outline of the clicked patch (as in the embedding view)
-
-
-def _font(size: int) -> Any:
-    from PIL import ImageFont
-
-    return ImageFont.load_default(size=size)
 
 
 def placeholder(size: tuple[int, int], text: str) -> np.ndarray:
@@ -85,15 +78,20 @@ def similarity_overlay(
         patch: (i, j) of the clicked patch when it is in this frame, outlined in cyan.
 
     Returns:
-        uint8 (H, W, 3). Patch values are upsampled bilinearly between patch centres
-        (:func:`labkit.geometry.upsample_grid`, the one border rule).
+        uint8 (H, W, 3): :func:`labkit.viz.render.overlay` of the map (upsampled bilinearly
+        between patch centres, the one border rule) through :data:`SIMILARITY_CMAP`.
     """
     sim = np.asarray(similarity, dtype=np.float32)
-    height, width = frame.shape[:2]
-    full = upsample_grid(sim, (height, width), patch_size=patch_size, mode="bilinear")  # (H, W)
-    colour = norms_to_rgb(full, vmax=vmax, vmin=vmin, cmap=SIMILARITY_CMAP).astype(np.float32)
-    out = (1.0 - alpha) * frame.astype(np.float32) + alpha * colour
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out = overlay(
+        frame,
+        sim,
+        alpha,
+        SIMILARITY_CMAP,
+        vmin=vmin,
+        vmax=vmax,
+        patch_size=patch_size,
+        mode="bilinear",
+    )  # uint8 (H, W, 3)
     if patch is not None:
         mask = np.zeros(sim.shape, dtype=bool)
         mask[patch[0], patch[1]] = True
