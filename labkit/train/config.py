@@ -140,6 +140,7 @@ _DINO_FIELDS = (
     "center_momentum",
     "center_init",
     "collapse_patience",
+    "control",
     "freeze_last_layer",
 )
 _DORA_FIELDS = ("k", "heads", "sinkhorn", "threshold", "dora_loss", "pre_crop")
@@ -214,6 +215,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "center_momentum",
         "center_init",
         "collapse_patience",
+        "control",
         "trainable_blocks",
         "train_norm",
         "hard_targets",
@@ -333,6 +335,13 @@ class TrainConfig:
     # steps the teacher must look collapsed (entropy within 1% of log K, or the batch-mean
     # distribution's top dimension above half the mass) before a CollapseWarning; 0: no watchdog
     collapse_patience: int = 20
+    # DoRA / DINO: the frozen-network control. Every step also runs the same step function on
+    # the same batch with frozen copies of the initial student and teacher and a DINO loss of
+    # their own, whose centre moves as in training; the log gets its `control_loss` (and
+    # `control_teacher_entropy`), the loss of a network that learns nothing. A falling loss counts
+    # as learning only below it (metrics.json's `learning`). Costs a forward pass of each
+    # network per step and two networks in the checkpoint. TimeTuning: ignored.
+    control: bool = False
     # -- run ----------------------------------------------------------------------------------
     device: str = (
         "auto"  # "auto": CUDA when available, else the CPU; "cuda" under torchrun: cuda:LOCAL_RANK
@@ -460,6 +469,7 @@ class TrainConfig:
             "train_norm",
             "hard_targets",
             "pre_crop",
+            "control",
         ):
             if name == "pretrained" and self.pretrained in (None, "auto"):
                 continue

@@ -10,6 +10,8 @@ H x W frame pixels, p patch size.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from labkit.environment import is_headless
 from labkit.models import patch_size, prepare_images
 from labkit.tracking import discover_objects, masks_to_frames, object_shares, track_objects
 from labkit.train.trainer import read_log
+from labkit.train.verdict import ENTROPY_RATIO_MAX, KL_UNIFORM_MIN
 from labkit.viz import dora as dora_pictures
 from labkit.viz import mask_overlay, plot_grid
 from labkit.viz.palette import object_colours
@@ -216,8 +219,18 @@ def plot_objects(objects: ClipObjects, title: str | None = None, max_frames: int
     return plot_grid(rows, row_titles=names, col_titles=col_titles, panel_size=1.8, suptitle=title)
 
 
-def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) -> Figure:
+def plot_log(
+    log: Sequence[dict] | str | os.PathLike,
+    title: str | None = None,
+    out_dim: int | None = None,
+) -> Figure:
     """Training curves: loss; teacher entropy and KL to uniform; learning rate (and weight decay).
+
+    With the frozen-network control (records with ``control_loss``, ``TrainConfig.control``) its
+    loss is drawn dashed on the loss's axes ("frozen-network control"), and its teacher entropy
+    dashed beside the teacher's. With ``out_dim`` (K) the collapse panel shows the limits of the
+    learning verdict (:mod:`labkit.train.verdict`): ``log K`` (every output uniform), ``0.9 log
+    K`` (the most a healthy teacher's entropy may be) and a KL of 0.1 (the least).
 
     A TimeTuning log (records with ``agreement``) shows its own diagnostics in the middle panel:
     the agreement of the last frame's best prototypes with the forwarded targets and the
@@ -228,6 +241,8 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
     Args:
         log: records (``TrainResult.log``), a ``log.jsonl`` or a run folder.
         title: figure title.
+        out_dim: K of the DINO head, for the ``log K`` lines; None: read from the run folder's
+            ``metrics.json`` when ``log`` is a path and it is there, else no such lines.
 
     Returns:
         ``matplotlib.figure.Figure`` with three panels side by side.
@@ -235,6 +250,8 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
     from matplotlib.figure import Figure
 
     if isinstance(log, (str, os.PathLike, Path)):
+        if out_dim is None:
+            out_dim = _run_out_dim(Path(log))
         log = read_log(log)
     records = list(log)
     fig = Figure(figsize=(13, 3.4), layout="constrained")
@@ -250,6 +267,18 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
         width = max(len(loss) // 20, 5)
         smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
         axes[0].plot(steps[width - 1 :], smooth, lw=1.5, label=f"mean of {width}")
+    if all(r.get("control_loss") is not None for r in records):
+        control = np.array([r["control_loss"] for r in records])
+        if len(control) >= 10:  # smoothed as the loss's mean, so the two compare
+            control = np.convolve(control, np.ones(width) / width, mode="valid")
+        axes[0].plot(
+            steps[len(steps) - len(control) :],
+            control,
+            color="0.25",
+            ls="--",
+            lw=1.3,
+            label="frozen-network control",
+        )
     timetuning = "agreement" in records[0]
     loss_title = "TimeTuning loss" if timetuning else "DINO loss"
     axes[0].set(xlabel="step", ylabel="loss", title=loss_title)
@@ -282,6 +311,28 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
         axes[1].plot(
             steps, [r["teacher_kl_uniform"] for r in records], label="KL(mean q || uniform)"
         )
+        if all(r.get("control_teacher_entropy") is not None for r in records):
+            axes[1].plot(
+                steps,
+                [r["control_teacher_entropy"] for r in records],
+                color="C0",
+                ls="--",
+                lw=0.9,
+                label="entropy, frozen control",
+            )
+        if out_dim is not None and out_dim >= 2:
+            log_k = math.log(out_dim)
+            axes[1].axhline(log_k, color="0.4", ls="-", lw=0.8, label=f"log K (K={out_dim})")
+            axes[1].axhline(
+                ENTROPY_RATIO_MAX * log_k,
+                color="0.4",
+                ls="--",
+                lw=0.8,
+                label=f"{ENTROPY_RATIO_MAX} log K (entropy at most)",
+            )
+            axes[1].axhline(
+                KL_UNIFORM_MIN, color="C1", ls=":", lw=0.8, label=f"KL {KL_UNIFORM_MIN} (at least)"
+            )
         axes[1].set(xlabel="step", ylabel="nats", title="teacher collapse signals")
         events = [r["collapse"] for r in records if r.get("collapse")]
         if events:  # the watchdog fired: mark where the collapse began
@@ -307,6 +358,17 @@ def plot_log(log: Sequence[dict] | str | os.PathLike, title: str | None = None) 
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _run_out_dim(path: Path) -> int | None:
+    """The head's K stored in a run folder's ``metrics.json`` (``path``: the folder or a file in
+    it), or None."""
+    metrics = (path if path.is_dir() else path.parent) / "metrics.json"
+    try:
+        value = json.loads(metrics.read_text()).get("out_dim")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class LiveLossPlot:
@@ -335,7 +397,11 @@ class LiveLossPlot:
             return
         from IPython.display import display
 
-        fig = plot_log(trainer.log, title=f"step {record['step']} / {trainer.config.steps}")
+        fig = plot_log(
+            trainer.log,
+            title=f"step {record['step']} / {trainer.config.steps}",
+            out_dim=None if trainer.config.method == "timetuning" else trainer.config.out_dim,
+        )
         if self._handle is None:
             self._handle = display(fig, display_id=True)
         else:

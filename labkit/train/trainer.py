@@ -48,7 +48,10 @@ method's; everything else is the trainer's:
   its slice of the step's global batch, the loss's center is all-reduced, and only rank 0 writes.
 * **Logging**: one JSON line per step in ``out_dir/log.jsonl`` (and ``log.csv``): step, epoch,
   loss, teacher entropy, KL to uniform and top mass (collapse signals), lr, wd, momentum,
-  teacher temperature, gradient norm, images per second; ``metrics.json`` at the end of ``fit``.
+  teacher temperature, gradient norm, images per second (with ``control``: the frozen-network
+  control's loss and teacher entropy); ``metrics.json`` at the end of ``fit``, with the means of
+  the loss over the first and last 10% of steps and, for DoRA / DINO, the learning verdict
+  (:mod:`labkit.train.verdict`).
 * **Collapse watchdog** (:mod:`labkit.train.watchdog`): when the teacher looks collapsed for
   ``collapse_patience`` steps in a row, a :class:`labkit.train.watchdog.CollapseWarning` names
   the step it began and the remedies; that step's log record and ``metrics.json`` carry
@@ -124,6 +127,7 @@ from labkit.train.method import Method
 from labkit.train.methods import log_columns, method_for
 from labkit.train.schedules import cosine_schedule
 from labkit.train.timetuning_method import TIMETUNING_LOG_COLUMNS, TIMETUNING_METRICS
+from labkit.train.verdict import learning_summary
 from labkit.train.watchdog import CollapseWarning, CollapseWatchdog
 
 __all__ = [
@@ -666,6 +670,9 @@ class Trainer:
         speed = [r["images_per_s"] for r in recent[1:]] or [r["images_per_s"] for r in recent]
         last = self.log[-1] if self.log else {}
         own = self.method.metrics(last)  # e.g. out_dim, the last teacher statistics, collapse
+        # loss_first10 / loss_last10 (control_* with the frozen-network control) and, for a
+        # method with a teacher (out_dim), the learning verdict (labkit.train.verdict)
+        learning = learning_summary(self.log, own.get("out_dim"))
         return {
             "method": self.config.method,
             **({"out_dim": own.pop("out_dim")} if "out_dim" in own else {}),
@@ -675,6 +682,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "final_loss": last.get("loss"),
             "first_loss": self.log[0]["loss"] if self.log else None,
+            **learning,
             **own,
             "images_per_second": float(np.mean(speed)) if speed else None,
             "images_per_step": self.global_batch * self.config.num_frames,
