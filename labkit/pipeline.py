@@ -2,13 +2,17 @@
 
 ``labkit pipeline`` executes the lab's notebooks in order with papermill::
 
-    train     once per method, each through its own notebook (the same budget):
+    train     once per method and seed (seeds: seed, seed + 1, ...; train_dora_s0, train_dora_s1,
+              ... or train_dora with one seed), each through its own notebook (the same budget):
               notebooks/train_dora.ipynb for DoRA and the DINO baseline,
               notebooks/timetuning.ipynb for TimeTuning (methods: [timetuning])
-    explore   notebooks/attention_explorer.ipynb on each trained model, and
-              notebooks/dora_step_by_step.ipynb on the DoRA model
-    evaluate  notebooks/evaluate.ipynb: random init, DINO and DoRA side by side, on each dataset
-    report    runs/<name>/report.html: links, key figures, the metrics table, the verdict
+    explore   notebooks/attention_explorer.ipynb on each trained model of the first seed, and
+              notebooks/dora_step_by_step.ipynb on its DoRA model
+    evaluate  notebooks/evaluate.ipynb: random init (drawn with each seed), DINO and DoRA of
+              every seed side by side (labels dora@s0, ...), on each dataset
+    report    runs/<name>/report.html: links, key figures, the metrics table, the verdict (mean
+              ± std over seeds; "better" only where the intervals separate); runs/<name>/
+              metrics.json: the aggregates
 
 Everything of a run lives in ``runs/<name>/``: the resolved ``config.yaml``, ``environment.json``
 (package versions, git commit, device), one folder per stage with its executed notebook, HTML
@@ -50,6 +54,7 @@ from labkit.config import load_config as load_dataclass
 from labkit.environment import describe, threads_for
 from labkit.eval.datasets import davis_sequences
 from labkit.eval.runner import EvalConfig
+from labkit.eval.seeds import seed_label
 from labkit.explore import ExploreConfig
 from labkit.models import resolve_pretrained
 from labkit.notebooks import NotebookError, check_parameters, notebook_parameters, run_notebook
@@ -106,6 +111,11 @@ class PipelineConfig:
         "auto"  # "auto": CUDA when available, else the CPU (resolved once, for every stage)
     )
     seed: int = 0
+    # seeds per method: each method is trained and evaluated (and random init drawn) with seeds
+    # seed, seed + 1, ..., seed + seeds - 1; the report gives mean ± standard deviation over them
+    # and calls a method better only where the intervals mean ± std separate. 1: one seed, no
+    # error bars (stage names without the _s<seed> suffix). Pictures: the first seed only
+    seeds: int = 3
     # torch CPU threads of the pipeline and the most of every stage's kernel (OMP_NUM_THREADS);
     # 0: the CPUs this process may use (affinity, cgroup quota); a training stage leaves room
     # for its data workers (labkit.environment.configure_threads)
@@ -169,6 +179,7 @@ class PipelineConfig:
             "k",
             "steps",
             "batch_size",
+            "seeds",
             "explore_frames",
             "explore_img_size",
             "eval_resolution",
@@ -223,6 +234,11 @@ class PipelineConfig:
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
 
+    @property
+    def seed_values(self) -> tuple[int, ...]:
+        """The seeds every method runs with: ``seed, seed + 1, ..., seed + seeds - 1``."""
+        return tuple(range(self.seed, self.seed + self.seeds))
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
@@ -265,6 +281,8 @@ class Stage:
     params: dict[str, Any] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()  # files in out_dir that a complete stage has
     needs: tuple[str, ...] = ()  # stages whose outputs this one reads
+    method: str = ""  # a training stage's method ("dora", "dino", "timetuning")
+    seed: int | None = None  # a training stage's seed
 
     @property
     def fingerprint(self) -> str:
@@ -311,14 +329,38 @@ def _notebook_settings(notebook: str, cfg: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def seed_suffix(cfg: PipelineConfig, seed: int) -> str:
+    """``_s<seed>``, the suffix of a training stage's name, or ``""`` with one seed."""
+    return "" if cfg.seeds == 1 else f"_s{seed}"
+
+
+def train_stage_name(cfg: PipelineConfig, method: str, seed: int) -> str:
+    """``train_dora_s0`` (``train_dora`` with one seed)."""
+    return f"train_{method}{seed_suffix(cfg, seed)}"
+
+
+def model_label(cfg: PipelineConfig, method: str, seed: int) -> str:
+    """A model's label in the evaluation: ``dora@s0`` (``dora`` with one seed)."""
+    return seed_label(method, None if cfg.seeds == 1 else seed)
+
+
 def plan(cfg: PipelineConfig) -> list[Stage]:
-    """The stages of a run, in order, with absolute paths and their notebook parameters."""
+    """The stages of a run, in order, with absolute paths and their notebook parameters.
+
+    One training stage per method and seed (``train_dora_s0``, ``train_dora_s1``, ...; with
+    ``seeds: 1`` just ``train_dora``); the exploration of the first seed's models; one evaluation
+    per dataset of every seed's models and of random init drawn with each seed
+    (``random@s0=ARCH:random@0``); the report.
+    """
     run = cfg.run_dir.resolve()
     video = str(Path(cfg.video_path).expanduser().resolve()) if cfg.video_path else ""
     stages: list[Stage] = []
-    trained: dict[str, str] = {}
-    for method in cfg.methods:
-        out = run / f"train_{method}"
+    trained: dict[tuple[str, int], str] = {}  # (method, seed) -> checkpoint
+    first = cfg.seed  # the seed whose models are explored (pictures)
+    # seed by seed: an interrupted run has every method of the first seeds to compare
+    for seed, method in ((s, m) for s in cfg.seed_values for m in cfg.methods):
+        name = train_stage_name(cfg, method, seed)
+        out = run / name
         notebook = TRAIN_NOTEBOOKS[method]
         params = {
             "video_path": video,
@@ -334,7 +376,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
             "device": cfg.device,
-            "seed": cfg.seed,
+            "seed": seed,
             "pos_embed_rule": cfg.pos_embed_rule,
             **_notebook_settings(notebook, cfg),
             **cfg.train,
@@ -348,17 +390,20 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         params = {k: v for k, v in params.items() if k in own or k not in ignored}
         stages.append(
             Stage(
-                f"train_{method}",
+                name,
                 "train",
                 out,
                 notebook,
                 params,
                 ("checkpoint.pth", "metrics.json"),
+                method=method,
+                seed=seed,
             )
         )
-        trained[method] = str(out / "checkpoint.pth")
+        trained[method, seed] = str(out / "checkpoint.pth")
 
-    for method, ckpt in trained.items():
+    for method in cfg.methods:  # pictures: the first seed's models
+        ckpt = trained[method, first]
         out = run / f"explore_{method}"
         params = {
             "video_path": video,
@@ -381,15 +426,17 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 "attention_explorer",
                 params,
                 ("metrics.json", "heads.png"),
-                needs=(f"train_{method}",),
+                needs=(train_stage_name(cfg, method, first),),
+                method=method,
+                seed=first,
             )
         )
-    if cfg.teaching and "dora" in trained:
+    if cfg.teaching and "dora" in cfg.methods:
         out = run / "step_by_step"
         params = {
             "video_path": video,
             "model": cfg.model,
-            "checkpoint": trained["dora"],
+            "checkpoint": trained["dora", first],
             "model_kwargs": _resolved_model_kwargs(cfg),
             "k": cfg.k,
             "img_size": cfg.explore_img_size,
@@ -405,7 +452,9 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 "dora_step_by_step",
                 params,
                 ("metrics.json",),
-                needs=("train_dora",),
+                needs=(train_stage_name(cfg, "dora", first),),
+                method="dora",
+                seed=first,
             )
         )
 
@@ -436,7 +485,15 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             )
         )
 
-    specs = [f"random={cfg.model}"] + [f"{m}={cfg.model}:{c}" for m, c in trained.items()]
+    if cfg.seeds == 1:  # random init with the evaluation's seed (cfg.seed)
+        specs = [f"random={cfg.model}"]
+    else:  # random init drawn with each seed: its spread is the untrained networks'
+        specs = [f"{model_label(cfg, 'random', s)}={cfg.model}:random@{s}" for s in cfg.seed_values]
+    specs += [  # method by method: a method's seeds side by side in tables
+        f"{model_label(cfg, m, s)}={cfg.model}:{trained[m, s]}"
+        for m in cfg.methods
+        for s in cfg.seed_values
+    ]
     kwargs: dict[str, Any] = _resolved_model_kwargs(cfg)
     if reference:  # the reference keeps its own architecture: model_kwargs go per label
         specs.append(f"{PRETRAINED_LABEL}={cfg.pretrained_model}:pretrained")
@@ -467,7 +524,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 "evaluate",
                 params,
                 ("metrics.json",),
-                needs=tuple(f"train_{m}" for m in trained),
+                needs=tuple(train_stage_name(cfg, m, s) for m, s in trained),
             )
         )
     stages.append(
@@ -477,7 +534,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             run,
             None,
             {"stages": [s.name for s in stages]},
-            ("report.html",),
+            ("report.html", "metrics.json"),
             needs=tuple(s.name for s in stages),
         )
     )
@@ -610,8 +667,8 @@ def _check_stage(stage: Stage, produced: set[str], built: set[str]) -> None:
     params = {**notebook_parameters(stage.notebook), **stage.params}
     if stage.group == "train":
         names = {f.name for f in fields(TrainConfig)}
-        # a notebook of one method has no `method` parameter: the stage's name says it
-        method: Any = params.get("method") or stage.name.removeprefix("train_")  # checked below
+        # a notebook of one method has no `method` parameter: the stage says it
+        method: Any = params.get("method") or stage.method  # checked below
         config = TrainConfig(
             **{k: v for k, v in params.items() if k in names and k not in ("out_dir", "method")},
             method=method,

@@ -1,8 +1,12 @@
 """``report.html`` of a pipeline run: links to every stage, key figures, metrics, a plain verdict.
 
 The report reads only what the stages wrote (``metrics.json``, PNGs, executed notebooks), so it can
-be rebuilt at any time with ``labkit pipeline --only report``. Images are linked relative to the
-run folder: open ``runs/<name>/report.html`` from there (or copy the whole folder).
+be rebuilt at any time with ``labkit pipeline --only report``. With several seeds per method
+(models labelled ``dora@s0``, stages ``train_dora_s0``) every number is a mean ± sample standard
+deviation over the seeds with its n (:mod:`labkit.eval.seeds`), a method is called better only
+where the intervals separate, and the run folder's ``metrics.json`` holds the aggregates. Images
+are linked relative to the run folder: open ``runs/<name>/report.html`` from there (or copy the
+whole folder).
 """
 
 from __future__ import annotations
@@ -10,19 +14,39 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from labkit.eval.report import BAR_METRICS, bar_file_name, html_table
+from labkit.eval.seeds import (
+    ONE_SEED,
+    SeedStats,
+    aggregate_seeds,
+    aggregate_to_dict,
+    compare,
+    seed_stats,
+    seed_table,
+    split_seed_label,
+)
 from labkit.notebooks import notebook_parameters
 from labkit.runfolder import write_atomic
 from labkit.train.config import TrainConfig
 from labkit.train.report import plot_log
 from labkit.train.watchdog import collapse_kind, collapse_sentence, describe_collapse
 
-__all__ = ["write_report", "verdict", "comparison_rows", "training_health", "learned_nothing"]
+__all__ = [
+    "write_report",
+    "verdict",
+    "verdict_parts",
+    "Verdict",
+    "comparison_rows",
+    "comparison_pairs",
+    "training_health",
+    "training_rows",
+    "learned_nothing",
+]
 
 # headline metrics of the comparison, higher is better for all
 KEY_METRICS = (
@@ -148,18 +172,23 @@ def _png_width(path: Path) -> int:
         return 0
 
 
-def _verdict_html(text: str) -> str:
-    """A verdict sentence block as a lead line and one bullet per measure."""
-    lead, _, rest = text.partition(": ")
-    overall, _, details = rest.partition(". ")
-    items = [d.strip() for d in re.split(r"(?<=\)\.) ", details) if d.strip()]
-    if not items:
-        return f"<p>{html.escape(text)}</p>"
-    return (
-        f"<p>{html.escape(lead)}: {html.escape(overall.rstrip('.'))}.</p><ul>"
-        + "".join(f"<li>{html.escape(i)}</li>" for i in items)
-        + "</ul>"
-    )
+METHOD_NAMES = {
+    "dora": "DoRA",
+    "dino": "DINO",
+    "timetuning": "TimeTuning",
+    "random": "random init",
+    "pretrained": "pretrained",
+}
+TRAINED_METHODS = ("dora", "dino", "timetuning")  # the order in which the verdict compares them
+INTERVAL_RULE = (
+    "Better or worse only where the intervals mean ± one sample standard deviation over the "
+    "seeds do not overlap; where they overlap: no measurable difference; with one seed there is "
+    "no error bar and nothing is called better or worse."
+)
+
+
+def _name(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
 
 
 def comparison_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
@@ -167,74 +196,156 @@ def comparison_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     return list(evaluation.get("summary", []))
 
 
-def verdict(evaluation: dict[str, Any], dataset: str, budget: str, tie: float = 0.005) -> str:
-    """One plain sentence per key metric: does DoRA beat the DINO baseline and random init?
+def comparison_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """The comparisons of the verdict, among the methods evaluated: DoRA against random init and
+    against every other trained method, every other trained method against random init."""
+    trained = [m for m in TRAINED_METHODS if m in methods]
+    pairs = [(m, "random") for m in trained[:1] if "random" in methods]
+    pairs += [(trained[0], m) for m in trained[1:]]
+    pairs += [(m, "random") for m in trained[1:] if "random" in methods]
+    return pairs
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The verdict on one evaluation: a lead, an overall sentence, one item per key metric."""
+
+    lead: str  # "On synthetic, after <budget>, over seeds 0, 1, 2 (...)"
+    overall: str  # "DoRA is measurably better than random init and DINO on 1 of 4 measures (...)"
+    items: tuple[str, ...]  # per key metric: each comparison's outcome and the numbers
+    judged: dict[str, Any]  # per key metric: the outcome of each comparison (for metrics.json)
+
+    @property
+    def text(self) -> str:
+        if not self.items:
+            return f"{self.lead}: {self.overall}."
+        return f"{self.lead}: {self.overall}. " + " ".join(self.items) + f" ({INTERVAL_RULE})"
+
+
+def _seeds_phrase(stats: Sequence[SeedStats], fallback: Any) -> str:
+    counts = sorted({s.n for s in stats})
+    seeds = sorted({x for s in stats for x in s.seeds if x is not None})
+    if counts == [1]:
+        seed = seeds[0] if seeds else fallback
+        return "with one seed" + (f" ({seed})" if seed is not None else "")
+    per = f"n={counts[0]} per method" if len(counts) == 1 else "n beside each number"
+    listed = ", ".join(str(x) for x in seeds)
+    return f"over seeds {listed} (mean ± sample standard deviation, {per})"
+
+
+def verdict_parts(evaluation: dict[str, Any], dataset: str, budget: str) -> Verdict:
+    """The verdict on one evaluation, by the interval rule (:func:`labkit.eval.seeds.compare`).
+
+    For each key metric and each comparison of :func:`comparison_pairs`: ``better`` / ``worse``
+    only where the two methods' intervals mean ± std over seeds do not overlap, ``no measurable
+    difference`` where they do, ``one seed: no error bar`` with a single seed (then nothing is
+    called better). Models labelled ``<method>@s<seed>`` count as seeds of one method.
 
     Args:
         evaluation: an evaluation's ``metrics.json``.
         dataset: its name, for the sentence.
         budget: the training budget, for the sentence.
-        tie: differences smaller than this (on scores in [0, 1]) count as a tie, not a win.
     """
-    rows = {r["model"]: r for r in comparison_rows(evaluation)}
-    if "dora" not in rows:
-        return f"On {dataset}: no DoRA model was evaluated."
-    sentences, wins, measured = [], [], 0
+    keys = [k for k, _ in KEY_METRICS]
+    agg = aggregate_seeds(comparison_rows(evaluation), keys)
+    pairs = comparison_pairs(list(agg))
+    if not pairs:
+        models = ", ".join(agg) or "none"
+        return Verdict(f"On {dataset}", f"nothing to compare (models: {models})", (), {})
+    lead_method = pairs[0][0]
+    compared = {m for pair in pairs for m in pair}
+    methods = [m for m in ("random", *TRAINED_METHODS) if m in compared]  # the numbers' order
+    items: list[str] = []
+    wins: list[str] = []
+    judged: dict[str, Any] = {}
+    every: list[str] = []  # every comparison's outcome
     for key, name in KEY_METRICS:
-        values = {m: rows[m].get(key) for m in ("dora", "dino", "random") if m in rows}
-        if values.get("dora") is None:
+        stats = {m: agg[m][key] for m in methods if key in agg[m]}
+        outcomes = {
+            (a, b): compare(stats[a], stats[b]) for a, b in pairs if a in stats and b in stats
+        }
+        if not outcomes:
             continue
-        others = {m: v for m, v in values.items() if m != "dora" and v is not None}
-        dora = values["dora"]
-        beaten = [m for m, v in others.items() if dora > v + tie]
-        tied = [m for m, v in others.items() if abs(dora - v) <= tie]
-        behind = [m for m, v in others.items() if dora < v - tie]
-        clauses = []
-        if beaten:
-            clauses.append("beats " + " and ".join(beaten))
-        if tied:
-            clauses.append("ties with " + " and ".join(tied))
-        if behind:
-            clauses.append("is behind " + " and ".join(behind))
-        numbers = ", ".join(f"{m} {v:.3f}" for m, v in values.items() if v is not None)
+        every += outcomes.values()
         label = name if name.startswith("k-") else name[0].upper() + name[1:]  # "k-means" stays
-        sentences.append(f"{label}: DoRA {', '.join(clauses)} ({numbers}).")
-        measured += 1
-        if others and len(beaten) == len(others):
+        numbers = ", ".join(f"{_name(m)} {s.text()}" for m, s in stats.items())
+        if all(o == ONE_SEED for o in outcomes.values()):
+            clauses = "one seed, no error bar: nothing is called better or worse"
+        else:
+            clauses = "; ".join(f"{_name(a)} vs {_name(b)}: {o}" for (a, b), o in outcomes.items())
+        items.append(f"{label}: {clauses} [{numbers}].")
+        judged[key] = {
+            "outcomes": {f"{a} vs {b}": o for (a, b), o in outcomes.items()},
+            "stats": {m: s.to_dict() for m, s in stats.items()},
+        }
+        mine = [o for (a, _), o in outcomes.items() if a == lead_method]
+        if mine and all(o == "better" for o in mine):
             wins.append(name)
-    if not sentences:
-        return f"On {dataset}: no comparable metric."
-    rivals = " and ".join(m for m in ("dino", "random") if m in rows)
-    if not wins:
-        overall = f"DoRA beats {rivals} on none of the {measured} measures."
-    elif len(wins) == measured:
-        overall = f"DoRA beats {rivals} on all {measured} measures."
+    if not items:
+        return Verdict(f"On {dataset}", "no comparable metric", (), {})
+    lead = f"On {dataset}, after {budget}, " + _seeds_phrase(
+        [agg[m][k] for k in judged for m in methods if k in agg[m]],
+        (evaluation.get("config") or {}).get("seed"),
+    )
+    rivals = " and ".join(_name(b) for a, b in pairs if a == lead_method)
+    who = _name(lead_method)
+    if all(o == ONE_SEED for o in every):
+        overall = (
+            "with one seed per method there is no error bar, so no method is called better or "
+            "worse than another"
+        )
+    elif not wins:
+        overall = f"{who} is measurably better than {rivals} on none of the {len(items)} measures"
+    elif len(wins) == len(items):
+        overall = f"{who} is measurably better than {rivals} on all {len(items)} measures"
     else:
-        overall = f"DoRA beats {rivals} on {len(wins)} of {measured} measures ({'; '.join(wins)})."
+        overall = (
+            f"{who} is measurably better than {rivals} on {len(wins)} of {len(items)} measures "
+            f"({'; '.join(wins)})"
+        )
+    return Verdict(lead, overall, tuple(items), judged)
+
+
+def verdict(evaluation: dict[str, Any], dataset: str, budget: str) -> str:
+    """The verdict on one evaluation as plain text (:func:`verdict_parts`): the lead, the overall
+    sentence, one sentence per key metric with mean ± std (n) of each method, and the rule."""
+    return verdict_parts(evaluation, dataset, budget).text
+
+
+def _verdict_html(v: Verdict) -> str:
+    """A verdict as a lead line and one bullet per measure."""
+    if not v.items:
+        return f"<p>{html.escape(v.text)}</p>"
     return (
-        f"On {dataset}, after {budget}: {overall} "
-        + " ".join(sentences)
-        + f" (Differences under {tie} count as ties.)"
+        f"<p>{html.escape(v.lead)}: {html.escape(v.overall)}.</p><ul>"
+        + "".join(f"<li>{html.escape(i)}</li>" for i in v.items)
+        + "</ul>"
     )
 
 
 def learned_nothing(evaluation: dict[str, Any], model: str, tie: float = 0.005) -> bool | None:
-    """Whether ``model`` is within ``tie`` of random init, or below it, on every key metric.
+    """Whether ``model`` shows no measurable gain over random init on any key metric.
+
+    With two or more seeds of both: on no key metric is ``model`` better by the interval rule
+    (:func:`labkit.eval.seeds.compare`). With one seed (no error bar): on every key metric its
+    score is below random init's or within ``tie`` of it.
 
     Returns:
         True / False, or None when ``model`` or ``random`` was not evaluated on any key metric.
     """
-    rows = {r["model"]: r for r in comparison_rows(evaluation)}
-    if model not in rows or "random" not in rows:
+    agg = aggregate_seeds(comparison_rows(evaluation), [k for k, _ in KEY_METRICS])
+    if model not in agg or "random" not in agg:
         return None
     pairs = [
-        (a, b)
-        for a, b in ((rows[model].get(k), rows["random"].get(k)) for k, _ in KEY_METRICS)
-        if a is not None and b is not None
+        (agg[model][k], agg["random"][k])
+        for k, _ in KEY_METRICS
+        if k in agg[model] and k in agg["random"]
     ]
     if not pairs:
         return None
-    return all(a <= b + tie for a, b in pairs)
+    if all(a.n >= 2 and b.n >= 2 for a, b in pairs):
+        return not any(compare(a, b) == "better" for a, b in pairs)
+    return all(a.mean <= b.mean + tie for a, b in pairs)
 
 
 def _out_dim(stage: Any, cfg: dict[str, Any], metrics: dict[str, Any] | None = None) -> int | None:
@@ -283,7 +394,8 @@ def training_health(stage: Any, metrics: dict[str, Any], cfg: dict[str, Any]) ->
 
     if metrics.get("method") == "timetuning":  # no teacher: the cluster count
         return _timetuning_health(metrics), False
-    method = {"dora": "DoRA", "dino": "DINO"}.get(stage.name.removeprefix("train_"), stage.name)
+    key = getattr(stage, "method", "") or stage.name.removeprefix("train_")
+    method = {"dora": "DoRA", "dino": "DINO"}.get(key, stage.name)
     k = _out_dim(stage, cfg, metrics)
     entropy = metrics.get("teacher_entropy")
     numbers = ""
@@ -349,15 +461,116 @@ def weights_section(cfg: dict[str, Any], stages: Sequence[Any]) -> str:
     return f"<h2>Weights</h2><p>{note}</p><ul>{items}</ul>"
 
 
+def _run_seeds(cfg: dict[str, Any]) -> list[int]:
+    """The run's seeds from its config (``seed``, ``seeds``; a config without ``seeds``: one)."""
+    first, count = cfg.get("seed", 0), cfg.get("seeds", 1)
+    try:
+        return list(range(int(first), int(first) + max(1, int(count))))
+    except (TypeError, ValueError):
+        return []
+
+
+def _seed_list(seeds: Sequence[Any]) -> str:
+    return ", ".join(str(s) for s in seeds)
+
+
 def _budget(run_dir: Path, cfg: dict[str, Any]) -> str:
     steps = cfg.get("steps")
     model = cfg.get("model")
     kw = cfg.get("model_kwargs") or {}
     arch = f"{model} ({', '.join(f'{k}={v}' for k, v in kw.items())})" if kw else str(model)
+    seeds = _run_seeds(cfg)
+    per = "per method and seed" if len(seeds) > 1 else "per method"
     return (
         f"{steps} steps of {cfg.get('batch_size')} clips x {cfg.get('num_frames')} frames at "
-        f"{cfg.get('img_size')} px per method, {arch}, on {cfg.get('device')}"
+        f"{cfg.get('img_size')} px {per}, {arch}, on {cfg.get('device')}"
     )
+
+
+def _log_values(path: Path, key: str) -> list[float]:
+    """One number per step of ``key`` in a training's ``log.jsonl`` (a torn line is skipped)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    values = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        value = record.get(key) if isinstance(record, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values.append(float(value))
+    return values
+
+
+def _tenths(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Means of the first and the last tenth of ``values`` (at least one value each)."""
+    if not values:
+        return None, None
+    n = max(1, int(len(values) * 0.1))
+    return sum(values[:n]) / n, sum(values[-n:]) / n
+
+
+# columns of the training table whose per-seed numbers are aggregated (mean ± std) per method
+TRAIN_STATS = ("loss first 10%", "loss last 10%", "control last 10%", "teacher entropy")
+
+
+def training_rows(stages: Sequence[Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per training stage: method, seed, the loss's means over the first and last 10% of
+    steps, the frozen-network control's last 10% and the learning verdict where the training
+    recorded them (``control_last10``, ``learning``), the collapse verdict, teacher statistics.
+
+    The loss's means come from ``metrics.json`` (``loss_first10``, ``loss_last10``) or, for a run
+    written before those keys, from ``log.jsonl``.
+    """
+    rows = []
+    for stage in (s for s in stages if s.group == "train"):
+        m = _read_json(stage.out_dir / "metrics.json") or {}
+        log = stage.out_dir / "log.jsonl"
+        first, last = m.get("loss_first10"), m.get("loss_last10")
+        if first is None or last is None:
+            first, last = _tenths(_log_values(log, "loss"))
+        control = m.get("control_last10")
+        if control is None:
+            control = _tenths(_log_values(log, "control_loss"))[1]
+        learning = m.get("learning")
+        learns = learning.get("learns") if isinstance(learning, dict) else None
+        rows.append(
+            {
+                "method": getattr(stage, "method", "") or stage.name.removeprefix("train_"),
+                "seed": getattr(stage, "seed", None),
+                "steps": m.get("steps"),
+                "loss first 10%": first,
+                "loss last 10%": last,
+                "control last 10%": control,
+                "learns": (
+                    ("yes" if learns else "no" if learns is False else "cannot tell")
+                    if isinstance(learning, dict)
+                    else None
+                ),
+                "collapsed": ("yes" if training_health(stage, m, cfg)[1] else "no") if m else None,
+                "teacher entropy": m.get("teacher_entropy"),
+                "teacher KL to uniform": m.get("teacher_kl_uniform"),
+                "images/s": m.get("images_per_second"),
+                "seconds": m.get("seconds"),
+            }
+        )
+    return rows
+
+
+def _training_stats(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, SeedStats]]:
+    """Per method, each of :data:`TRAIN_STATS` over its seeds."""
+    out: dict[str, dict[str, SeedStats]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        out[method] = {}
+        for col in TRAIN_STATS:
+            kept = [(r["seed"], r[col]) for r in mine if isinstance(r.get(col), (int, float))]
+            if kept:
+                out[method][col] = seed_stats([v for _, v in kept], [s for s, _ in kept])
+    return out
 
 
 def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
@@ -368,7 +581,9 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         stages: the pipeline's :class:`labkit.pipeline.Stage` list (names, groups, folders).
 
     Returns:
-        Path of ``report.html``.
+        Path of ``report.html``; beside it ``metrics.json``: the run's seeds, per dataset every
+        method's metrics over its seeds (mean, std, n, per-seed values) and the verdict's
+        outcomes, per training method its runs and their spread.
     """
 
     run_dir = Path(run_dir).resolve()
@@ -385,20 +600,39 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         f" · torch {torch_version} · {processor} × {env.get('cpu_count')}</p>"
     )
     budget = _budget(run_dir, cfg)
+    seeds = _run_seeds(cfg)
+    several = len(seeds) > 1
+    # the run's own metrics.json: every aggregate over seeds and every comparison's outcome
+    summary: dict[str, Any] = {
+        "seeds": seeds,
+        "rule": INTERVAL_RULE,
+        "std": "sample standard deviation (ddof=1); null with one seed (no error bar)",
+        "training": {},
+        "evaluation": {},
+    }
 
     # verdicts first: what a reader wants to know, in plain words
     evaluations = [s for s in stages if s.group == "evaluate"]
+    train_stages = [s for s in stages if s.group == "train"]
     verdicts, headlines = [], []
-    collapsed = []
-    for stage in (s for s in stages if s.group == "train"):
+    collapsed: dict[str, list[Any]] = {}  # method -> seeds whose teacher collapsed
+    for stage in train_stages:
         m = _read_json(stage.out_dir / "metrics.json")
         if m is None:
             continue
         sentence, bad = training_health(stage, m, cfg)
+        seed = getattr(stage, "seed", None)
+        if several and seed is not None:
+            sentence = f"Seed {seed}: {sentence}"
         verdicts.append(f"<p{' class=bad' if bad else ''}>{html.escape(sentence)}</p>")
         if bad:
-            collapsed.append(stage.name.removeprefix("train_"))
-    trained = [s.name.removeprefix("train_") for s in stages if s.group == "train"]
+            method = getattr(stage, "method", "") or stage.name.removeprefix("train_")
+            collapsed.setdefault(method, []).append(seed)
+    trained = list(
+        dict.fromkeys(
+            getattr(s, "method", "") or s.name.removeprefix("train_") for s in train_stages
+        )
+    )
     for stage in evaluations:
         metrics = _read_json(stage.out_dir / "metrics.json")
         dataset = stage.name.removeprefix("evaluate_")
@@ -407,22 +641,34 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
                 f"<p>{html.escape(dataset)}: not evaluated (no dataset or not complete).</p>"
             )
             continue
-        text = verdict(metrics, dataset, budget)
-        overall = text.partition(": ")[2].partition(". ")[0].rstrip(".")
-        headlines.append(f"On {dataset}: {overall}.")
+        judged = verdict_parts(metrics, dataset, budget)
+        headlines.append(f"On {dataset}: {judged.overall}.")
+        agg = aggregate_seeds(comparison_rows(metrics))
+        summary["evaluation"][dataset] = {
+            "by_method": aggregate_to_dict(agg),
+            "verdict": {"overall": judged.overall, "metrics": judged.judged},
+        }
         nothing = [m for m in trained if learned_nothing(metrics, m)]
         if nothing:
-            names = " and ".join({"dora": "DoRA", "dino": "DINO"}.get(m, m) for m in nothing)
-            headlines.append(
-                f"On {dataset}, {names} learned nothing measurable: no better than random "
-                f"init on any key metric."
+            names = " and ".join(_name(m) for m in nothing)
+            n = min((s.n for m in nothing for s in agg.get(m, {}).values()), default=1)
+            why = (
+                f"better than random init on none of the key metrics, by the spread of {n} seeds"
+                if n > 1
+                else "no better than random init on any key metric (one seed, differences under "
+                "0.005)"
             )
-        verdicts.append(_verdict_html(text))
+            headlines.append(f"On {dataset}, {names} learned nothing measurable: {why}.")
+        verdicts.append(_verdict_html(judged))
     if collapsed:
+        total = len(seeds)
         headlines.insert(
             0,
             "Training collapsed for "
-            + " and ".join(collapsed)
+            + " and ".join(
+                m + (f" (seeds {_seed_list(c)} of {_seed_list(seeds)})" if total > 1 else "")
+                for m, c in collapsed.items()
+            )
             + ": once its teacher is uniform it teaches nothing, so its numbers below "
             "show a barely trained network, not what the method can do.",
         )
@@ -430,7 +676,8 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         "<h2>Verdict</h2><div class='verdict'>"
         + "".join(f"<p class='headline'>{html.escape(h)}</p>" for h in headlines)
         + "".join(verdicts)
-        + "<p class='muted'>All scores: higher is better, 0 to 1.</p></div>"
+        + f"<p class='muted'>All scores: higher is better, 0 to 1. {html.escape(INTERVAL_RULE)}"
+        "</p></div>"
     )
     parts.append(weights_section(cfg, stages))
 
@@ -455,41 +702,71 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         )
     parts.append("<h2>Stages</h2>" + _table_html_cells(rows))
 
-    # training
-    train_rows, train_figures, collapse_notes = [], [], []
-    for stage in (s for s in stages if s.group == "train"):
+    # training: one row per method and seed, the spread over seeds, the loss curves
+    train_rows = training_rows(train_stages, cfg)
+    train_columns = [
+        c for c in (train_rows or [{}])[0] if any(r[c] is not None for r in train_rows)
+    ]
+    train_stats = _training_stats(train_rows)
+    for method, stats in train_stats.items():
+        summary["training"][method] = {
+            "runs": [r for r in train_rows if r["method"] == method],
+            "stats": {k: v.to_dict() for k, v in stats.items()},
+        }
+    train_figures: list[str] = []
+    more_figures: list[str] = []  # the other seeds' loss curves, folded away
+    collapse_notes: list[str] = []
+    for stage in train_stages:
         m = _read_json(stage.out_dir / "metrics.json") or {}
+        seed = getattr(stage, "seed", None)
         if m:  # the collapse watchdog's verdict, in plain words
-            collapse_notes.append(f"<p>{html.escape(collapse_sentence(m))}</p>")
-        train_rows.append(
-            {
-                "method": stage.name.removeprefix("train_"),
-                "steps": m.get("steps"),
-                "first loss": m.get("first_loss"),
-                "final loss": m.get("final_loss"),
-                "teacher entropy": m.get("teacher_entropy"),
-                "teacher KL to uniform": m.get("teacher_kl_uniform"),
-                "images/s": m.get("images_per_second"),
-                "seconds": m.get("seconds"),
-            }
-        )
+            note = collapse_sentence(m)
+            if several and seed is not None:
+                note = f"Seed {seed}: {note}"
+            collapse_notes.append(f"<p>{html.escape(note)}</p>")
         log = stage.out_dir / "log.jsonl"
         if log.is_file():
             png = stage.out_dir / "log.png"
             plot_log(log, title=stage.name).savefig(png, dpi=90, bbox_inches="tight")
-            train_figures.append(
-                _img(run_dir, png, f"{stage.name}: loss, collapse signals, schedules")
-            )
+            figure = _img(run_dir, png, f"{stage.name}: loss, collapse signals, schedules")
+            first_seed = not several or seed is None or seed == seeds[0]
+            (train_figures if first_seed else more_figures).append(figure)
     parts += [
         "<h2>Training</h2>",
-        f"<p class='muted'>{html.escape(budget)}</p>",
-        html_table(train_rows),
-        *collapse_notes,
-        *train_figures,
+        f"<p class='muted'>{html.escape(budget)}"
+        + (f"; seeds {_seed_list(seeds)}" if several else "")
+        + ". Loss first / last 10%: the loss's mean over the first and the last tenth of the "
+        "steps.</p>",
+        html_table(train_rows, columns=train_columns),
     ]
+    if several:
+        spread = [
+            {"method": method, "seeds": _seed_list(next(iter(stats.values())).seeds)}
+            | {col: stats[col].text() if col in stats else "–" for col in TRAIN_STATS}
+            for method, stats in train_stats.items()
+            if stats
+        ]
+        if spread:
+            parts += [
+                "<p>Over seeds: mean ± sample standard deviation (n seeds).</p>",
+                html_table(spread),
+            ]
+    parts += [*collapse_notes, *train_figures]
+    if more_figures:
+        parts.append(
+            "<details><summary>loss curves of the other seeds</summary>"
+            + "".join(more_figures)
+            + "</details>"
+        )
 
     # exploration
     parts.append("<h2>Attention and segments of the trained models</h2>")
+    if several:
+        parts.append(
+            f"<p class='muted'>Pictures: seed {seeds[0]} (the first of seeds "
+            f"{_seed_list(seeds)}); the numbers in the verdict, the training and the evaluation "
+            "cover every seed.</p>"
+        )
     for stage in (s for s in stages if s.group == "explore"):
         weights = (_read_json(stage.out_dir / "metrics.json") or {}).get("weights")
         parts.append(f"<h3>{html.escape(stage.name)}</h3>")
@@ -564,10 +841,24 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         ]
         rows = comparison_rows(metrics)
         cols = [c for c in cols if any(c in r for r in rows)]
-        parts.append(html_table(rows, columns=cols))
+        seeded = any(split_seed_label(str(r.get("model", "")))[1] is not None for r in rows)
+        if seeded:  # per method over its seeds, then every seed's own row
+            agg = aggregate_seeds(rows, [c for c in cols if c != "model"])
+            parts += [
+                "<p>Per method over its seeds: mean ± sample standard deviation (n seeds); "
+                "random init is drawn with each seed, a model without seeds (pretrained) has "
+                "n=1 and no error bar.</p>",
+                html_table(seed_table(agg, [c for c in cols if c != "model"])),
+                "<details><summary>every seed's numbers</summary>"
+                + html_table(rows, columns=cols)
+                + "</details>",
+            ]
+        else:
+            parts.append(html_table(rows, columns=cols))
         parts.append(
             "<p class='muted'>Bars: each sequence; legend: each model over all sequences, "
-            "the number in the table above.</p>"
+            + ("each seed's own model (every seed's numbers above)." if seeded else "")
+            + ("the number in the table above.</p>" if not seeded else "</p>")
         )
         charts = []
         for png, metric in _bar_charts(stage.out_dir):
@@ -600,6 +891,9 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>labkit {html.escape(run_dir.name)}</title><style>{_STYLE}</style></head>"
         f"<body>{''.join(parts)}</body></html>"
+    )
+    write_atomic(
+        run_dir / "metrics.json", json.dumps(summary, indent=1, default=str).encode("utf-8")
     )
     out = run_dir / "report.html"
     write_atomic(out, page.encode("utf-8"))  # the previous report stays whole until then

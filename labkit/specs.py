@@ -9,7 +9,8 @@ Syntax::
               downloaded; ``labkit models`` lists them)
     WEIGHTS   a local checkpoint file in timm, DINO, DoRA or labkit format (everything after the
               first ':' is the path); the word `pretrained` for timm's weights of ARCH (from the
-              local cache or the hub); `random` for a seeded random init even of a tagged ARCH;
+              local cache or the hub); `random` for a seeded random init even of a tagged ARCH,
+              `random@SEED` for one with its own seed (else the evaluation's seed);
               `auto` for the tag's weights if they are in the local cache, else a random init
               (the label and metrics.json say which). No WEIGHTS: the tag's weights for a tagged
               ARCH, else a random init, seeded, so a random baseline is the same network on
@@ -24,6 +25,8 @@ Examples::
 
     vit_small_patch16_224                   random ViT-S/16, label random-vit_small_patch16_224
     random=vit_small_patch16_224            the same, labelled "random"
+    random@s1=vit_small_patch16_224:random@1
+                                            a random ViT-S/16 initialised with seed 1
     dino=vit_small_patch16_224:ckpt/dino_deitsmall16_pretrain.pth
     dora=vit_small_patch16_224:runs/train/checkpoint.pth#student
     vit_small_patch16_224.dino:pretrained   DINO ViT-S/16's weights (local cache or online); the
@@ -43,7 +46,8 @@ from labkit.models import load_backbone
 
 __all__ = ["ModelSpec", "parse_model_spec", "SPEC_SYNTAX"]
 
-SPEC_SYNTAX = "[LABEL=]ARCH[:CHECKPOINT|:pretrained|:auto|:random][#student]"
+SPEC_SYNTAX = "[LABEL=]ARCH[:CHECKPOINT|:pretrained|:auto|:random[@SEED]][#student]"
+_RANDOM_SEED = re.compile(r"^random@(-?\d+)$")  # random@3: a random init with seed 3
 _ARCH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?$")
 _LABEL = re.compile(r"^[^\s=:#/][^=:#]*$")
 
@@ -58,12 +62,16 @@ class ModelSpec:
     pretrained: bool | Literal["auto"] = False  # timm's weights of ARCH; "auto": if cached
     which: Literal["teacher", "student"] = "teacher"  # network of a training checkpoint
     text: str = ""  # the spec as written
+    seed: int | None = None  # a random init's own seed (random@SEED); None: the caller's seed
 
     @property
     def weights(self) -> str:
-        """``"random"``, ``"pretrained"``, ``"auto"`` or the checkpoint path."""
+        """``"random"``, ``"random@SEED"``, ``"pretrained"``, ``"auto"`` or the checkpoint
+        path."""
         if self.checkpoint:
             return self.checkpoint
+        if self.seed is not None:
+            return f"random@{self.seed}"
         return {True: "pretrained", False: "random"}.get(self.pretrained, "auto")  # type: ignore[arg-type]
 
     def load(
@@ -77,7 +85,8 @@ class ModelSpec:
         """Build the backbone (:func:`labkit.models.load_backbone`), random weights seeded.
 
         The random initialisation runs under a forked, seeded torch RNG: the same spec and seed
-        give the same network, and the caller's RNG state is left as it was.
+        give the same network, and the caller's RNG state is left as it was. A spec with its own
+        seed (``random@SEED``) uses it instead of ``seed``.
 
         Raises:
             ValueError: naming the spec, when the architecture or the checkpoint does not load.
@@ -90,7 +99,7 @@ class ModelSpec:
                 device=device,
                 which=self.which,
                 pos_embed_rule=pos_embed_rule,  # type: ignore[arg-type]
-                seed=seed,
+                seed=seed if self.seed is None else self.seed,
                 **(model_kwargs or {}),
             )
         except Exception as err:  # timm raises many types (RuntimeError, TypeError, hub errors)
@@ -136,6 +145,10 @@ def parse_model_spec(text: str) -> ModelSpec:
             f"model spec {spec!r}: {arch!r} is not a timm architecture name (syntax {SPEC_SYNTAX}, "
             "e.g. dino=vit_small_patch16_224:path/to/checkpoint.pth)"
         )
+    seeded = _RANDOM_SEED.match(weights)
+    own_seed = int(seeded[1]) if seeded else None
+    if seeded:
+        weights = "random"
     keyword = {"pretrained": True, "auto": "auto", "random": False}
     pretrained: bool | Literal["auto"] = keyword.get(weights, False)  # type: ignore[assignment]
     checkpoint = "" if weights in keyword else weights
@@ -154,6 +167,8 @@ def parse_model_spec(text: str) -> ModelSpec:
             label = Path(checkpoint).stem + ("#student" if which == "student" else "")
         else:
             label = arch if pretrained is True else f"{'auto' if pretrained else 'random'}-{arch}"
+            if own_seed is not None:  # random-ARCH@s1, as labkit.eval.seeds marks seeds
+                label += f"@s{own_seed}"
     return ModelSpec(
         label=label,
         arch=arch,
@@ -161,4 +176,5 @@ def parse_model_spec(text: str) -> ModelSpec:
         pretrained=pretrained,
         which=which,
         text=spec,
+        seed=own_seed,
     )

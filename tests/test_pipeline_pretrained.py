@@ -20,7 +20,7 @@ def hub_cache(tmp_path, monkeypatch):
 
 def config(tmp_path, *overrides):
     return load_pipeline_config(
-        None, [f"runs_dir={tmp_path / 'runs'}", "eval_data=[synthetic]", *overrides]
+        None, [f"runs_dir={tmp_path / 'runs'}", "eval_data=[synthetic]", "seeds=1", *overrides]
     )
 
 

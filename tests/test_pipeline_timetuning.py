@@ -18,6 +18,7 @@ def tiny(runs: Path, video: Path, **changes) -> PipelineConfig:
     values = dict(
         name="tt",
         runs_dir=str(runs),
+        seeds=1,  # one seed: stage names without _s<seed> (seeds: tests/test_pipeline.py)
         video_path=str(video),
         methods=["timetuning"],
         model_kwargs=TINY_MODEL,

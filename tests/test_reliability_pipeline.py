@@ -37,6 +37,7 @@ def tiny(runs: Path, video: Path, **changes) -> PipelineConfig:
         name="tiny",
         runs_dir=str(runs),
         video_path=str(video),
+        seeds=1,  # one seed: stage names without _s<seed> (seeds: tests/test_pipeline.py)
         model_kwargs=TINY_MODEL,
         steps=2,
         img_size=64,

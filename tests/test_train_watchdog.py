@@ -190,7 +190,9 @@ def test_pipeline_report_says_whether_a_run_collapsed(tmp_path):
     from labkit.pipeline import PipelineConfig, plan
     from labkit.report import write_report
 
-    cfg = PipelineConfig(runs_dir=str(tmp_path), pretrained=False, eval_data=("synthetic",))
+    cfg = PipelineConfig(
+        runs_dir=str(tmp_path), pretrained=False, eval_data=("synthetic",), seeds=1
+    )
     stages = plan(cfg)
     event = {"step": 12, "kind": "uniform", "detected_at": 31, "patience": 20}
     for stage, collapse in (("train_dora", None), ("train_dino", event)):

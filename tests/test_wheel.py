@@ -154,7 +154,7 @@ def test_installed_wheel_runs_notebooks_and_pipeline(installed, small_video: Pat
 
     (work / "lab.yaml").write_text(
         f"name: tiny\nruns_dir: {work / 'runs'}\nvideo_path: {small_video}\n"
-        f"methods: [dora]\nteaching: false\npretrained: false\ndevice: cpu\n"
+        f"methods: [dora]\nseeds: 1\nteaching: false\npretrained: false\ndevice: cpu\n"
         f"model_kwargs: {TINY_MODEL}\nsteps: 2\nimg_size: 64\nbatch_size: 2\nnum_frames: 3\n"
         "explore_frames: 3\nexplore_img_size: 64\n"
         f"eval_data: [{small_video.parent}]\neval_resolution: 64\neval_max_frames: 4\n"

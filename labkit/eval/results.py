@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from labkit.eval.metrics import SequenceScores, davis_summary
+from labkit.eval.seeds import aggregate_seeds, aggregate_to_dict
 
 __all__ = ["SequenceExamples", "SequenceResult", "ModelResult", "EvalResult", "to_jsonable"]
 
@@ -334,14 +335,21 @@ class EvalResult:
         raise KeyError(f"no model labelled {label!r}; models: {[m.label for m in self.models]}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Every number of the run, JSON-ready (what ``metrics.json`` holds)."""
+        """Every number of the run, JSON-ready (what ``metrics.json`` holds).
+
+        ``by_method``: the summary's numbers per method over its seeds (models labelled
+        ``<method>@s<seed>``, :func:`labkit.eval.seeds.aggregate_seeds`): mean, sample standard
+        deviation (``null`` with one seed), n, per-seed values and seeds.
+        """
+        rows = self.summary_rows()
         return to_jsonable(
             {
                 "config": self.config,
                 "environment": self.environment,
                 "data_root": self.data_root,
                 "sequences": self.sequences,
-                "summary": self.summary_rows(),
+                "summary": rows,
+                "by_method": aggregate_to_dict(aggregate_seeds(rows)),
                 "models": {m.label: m.to_dict() for m in self.models},
                 "seconds": self.seconds,
             }
