@@ -41,9 +41,11 @@ def test_notebook_trains_and_writes_metrics(tmp_path, monkeypatch):
         "OMP_NUM_THREADS", "1"
     )  # the kernel's torch: tiny tensors, no thread contention
     out = tmp_path / "run"
-    run = run_notebook("train_dora", out, {**TINY, "out_dir": str(out)}, html=False, progress=False)
+    params = {**TINY, "out_dir": str(out), "control": True}  # with the frozen-network control
+    run = run_notebook("train_dora", out, params, html=False, progress=False)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["method"] == "dora"
+    assert "control_last10" in metrics and "learning" in metrics
     assert math.isfinite(metrics["final_loss"]) and metrics["images_per_second"] > 0
     assert (out / "checkpoint.pth").is_file() and (out / "log.jsonl").is_file()
     nb = json.loads(run.output.read_text())
@@ -51,6 +53,8 @@ def test_notebook_trains_and_writes_metrics(tmp_path, monkeypatch):
         "image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", [])
     )
     assert images >= 3  # objects before, training curves, objects after
+    printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert f"frozen control {metrics['control_last10']:.2f}" in printed  # the verdict's sentence
     errors = [
         o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"
     ]
