@@ -251,10 +251,10 @@ def test_plot_log_draws_the_control_and_the_limits(tmp_path):
     limits = {str(line.get_label()): line for line in fig.axes[1].lines}
     log_k = math.log(TINY["out_dim"])
     assert list(limits[f"log K (K={TINY['out_dim']})"].get_ydata()) == pytest.approx([log_k] * 2)
-    assert list(limits["0.9 log K (entropy at most)"].get_ydata()) == pytest.approx(
-        [0.9 * log_k] * 2
-    )
+    assert list(limits["0.9 log K"].get_ydata()) == pytest.approx([0.9 * log_k] * 2)
     assert "entropy, frozen control" in limits
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "entropy, frozen control" in legend and not any("log K" in t for t in legend)
     plain = plot_log(result.log)  # records alone: no K, no limits
     assert not any("log K" in str(line.get_label()) for line in plain.axes[1].lines)
 

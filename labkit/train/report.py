@@ -277,7 +277,7 @@ def plot_log(
             color="0.25",
             ls="--",
             lw=1.3,
-            label="frozen-network control",
+            label="frozen-network control" + (f" (mean of {width})" if len(records) >= 10 else ""),
         )
     timetuning = "agreement" in records[0]
     loss_title = "TimeTuning loss" if timetuning else "DINO loss"
@@ -320,19 +320,26 @@ def plot_log(
                 lw=0.9,
                 label="entropy, frozen control",
             )
-        if out_dim is not None and out_dim >= 2:
+        if out_dim is not None and out_dim >= 2:  # the verdict's limits, named at their right end
             log_k = math.log(out_dim)
-            axes[1].axhline(log_k, color="0.4", ls="-", lw=0.8, label=f"log K (K={out_dim})")
-            axes[1].axhline(
-                ENTROPY_RATIO_MAX * log_k,
-                color="0.4",
-                ls="--",
-                lw=0.8,
-                label=f"{ENTROPY_RATIO_MAX} log K (entropy at most)",
+            limits = (
+                (log_k, "0.4", "-", f"log K (K={out_dim})"),
+                (ENTROPY_RATIO_MAX * log_k, "0.4", "--", f"{ENTROPY_RATIO_MAX} log K"),
+                (KL_UNIFORM_MIN, "C1", ":", f"KL {KL_UNIFORM_MIN}"),
             )
-            axes[1].axhline(
-                KL_UNIFORM_MIN, color="C1", ls=":", lw=0.8, label=f"KL {KL_UNIFORM_MIN} (at least)"
-            )
+            for y, colour, style, name in limits:
+                axes[1].axhline(y, color=colour, ls=style, lw=0.8, label=name, gid="limit")
+                axes[1].text(
+                    0.99,
+                    y,
+                    name,
+                    transform=axes[1].get_yaxis_transform(),  # x in axes, y in data units
+                    ha="right",
+                    va="bottom",
+                    fontsize=7,
+                    color=colour,
+                )
+            axes[1].set_ylim(top=1.4 * log_k)  # room above log K for the legend
         axes[1].set(xlabel="step", ylabel="nats", title="teacher collapse signals")
         events = [r["collapse"] for r in records if r.get("collapse")]
         if events:  # the watchdog fired: mark where the collapse began
@@ -346,7 +353,8 @@ def plot_log(
                     label=f"collapse from step {began} ({events[0]['kind']})",
                 )
             axes[0].legend(fontsize=8)
-        axes[1].legend(fontsize=8)
+        curves = [line for line in axes[1].lines if line.get_gid() != "limit"]
+        axes[1].legend(handles=curves, fontsize=8, loc="upper left")
     axes[2].plot(steps, [r["lr"] for r in records], label="lr", color="C2")
     if timetuning:
         axes[2].plot(steps, [r["backbone_lr"] for r in records], label="backbone lr", color="C1")
