@@ -35,6 +35,7 @@ TINY = dict(
 )
 METHODS = {
     "dora": {},
+    "dora_control": dict(control=True),  # the frozen-network control's loss: a mean over ranks
     "timetuning": dict(
         method="timetuning",
         head_dims=(64, 32),
@@ -95,7 +96,7 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, method):
     for name in ("student", "teacher"):  # ... and yet the networks are identical
         for key, value in ranks[0][name].items():
             assert torch.equal(value, ranks[1][name][key]), (name, key)
-    if method == "dora":
+    if method != "timetuning":
         assert torch.equal(ranks[0]["center"], ranks[1]["center"])
     assert ranks[0]["losses"] == ranks[1]["losses"]  # the logged loss is the mean over ranks
     assert (tmp_path / "ddp" / "checkpoint.pth").is_file()  # written once, by rank 0
@@ -107,10 +108,15 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, method):
     )
     assert [r["loss"] for r in single.log] == pytest.approx(ranks[0]["losses"], abs=1e-5)
     state = torch.load(single.checkpoint, weights_only=True)
-    network = "teacher" if method == "dora" else "student"
+    network = "student" if method == "timetuning" else "teacher"
     for key, value in state[network].items():
         torch.testing.assert_close(value, ranks[0][network][key], rtol=1e-4, atol=1e-5)
-    if method == "dora":
+    if method == "dora_control":
+        controls = [[r["control_loss"] for r in rank["log"]] for rank in ranks]
+        assert controls[0] == controls[1]
+        assert [r["control_loss"] for r in single.log] == pytest.approx(controls[0], abs=1e-5)
+        assert controls[0][0] == ranks[0]["losses"][0]  # the same networks before the update
+    if method != "timetuning":
         torch.testing.assert_close(
             state["dino_loss"]["center"], ranks[0]["center"], rtol=1e-4, atol=1e-6
         )
