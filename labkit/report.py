@@ -740,9 +740,10 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         html_table(train_rows, columns=train_columns),
     ]
     if several:
+        measured = [c for c in TRAIN_STATS if any(c in st for st in train_stats.values())]
         spread = [
             {"method": method, "seeds": _seed_list(next(iter(stats.values())).seeds)}
-            | {col: stats[col].text() if col in stats else "–" for col in TRAIN_STATS}
+            | {col: stats[col].text() if col in stats else "–" for col in measured}
             for method, stats in train_stats.items()
             if stats
         ]
