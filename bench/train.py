@@ -1,23 +1,30 @@
-"""Benchmark: one DoRA training step, labkit's batched teacher against frame-by-frame loops.
+"""Benchmark: one DoRA training step, labkit's batched step against the official code's loops.
 
-Three ways to run the same DoRA step (same weights, same batch, same loss):
+Four ways to run the same DoRA step (same weights, same batch, same loss):
 
 * **labkit**: :func:`labkit.train.step.dora_step`: the teacher runs once over all B*T frames of
   the batch (fused attention, the [CLS] row computed from q and k), discovery and tracking are
-  batched tensor ops, the student runs once over all k*T*B object views and n*T*B local crops.
-* **teacher-loop**: the teacher as the official DoRA code runs it: one forward per frame (batch
-  B), explicit attention matrices in every block (DINO's ViT has no fused attention) with the last
-  block's (B, h, N, N) matrix kept; the rest as labkit.
-* **official-loops**: everything looped as in the official code: teacher per frame, tracking per
-  frame and object, the student per object and per frame (``MultiCropWrapper`` loops over frames),
-  local crops per frame.
+  batched tensor ops, the student runs once per view size (one backbone call over all k*T*B
+  object views, one over all n*T*B local crops, one head call over both).
+* **official-loops**: the step as the official DoRA code runs it (``main.py``
+  ``train_one_epoch``, ``utils.MOT``, ``utils.MultiCropWrapper``): the teacher one forward per
+  frame (batch B); tracking per frame and per object; the student once per object, and inside
+  each call once per frame (batch B, head called per frame), the local crops once per frame
+  (batch n*B); explicit attention matrices in every block of both networks, as the official
+  ViT computes them (it has no fused attention).
+* **teacher-loop**: only the teacher and tracking as in official-loops, the student as labkit's.
+* **student-loop**: only the student as in official-loops, teacher and tracking as labkit's.
 
-The script checks that the three give the same loss. Each configuration runs in a fresh
-subprocess so its peak resident memory (``VmHWM``) is its own; the batch is random normal data
-of the right shape (speed does not depend on the pixels; data loading is not timed). Images per
-second count clip frames (B * T per step) over the median step time after warm-up steps; the best
-(shortest) step is reported too, as it is the least disturbed by other processes on a shared
-machine. ``--part teacher`` times only the teacher's forward, discovery and tracking.
+The two half-way rows split the speed-up between the teacher's and the student's batching. The
+script checks that the four give the same loss. Each way runs in its own subprocess, so its peak
+resident memory (``VmHWM``) is its own; by default the workers are started together and their
+timed steps interleaved (step 1 of every way, then step 2 ...), so that the load of other
+processes on a shared machine falls on every way alike (``--one-at-a-time``: one worker after
+the other, fewer processes in memory at once). The batch is random normal data of the right
+shape (speed does not depend on the pixels; data loading is not timed). Images per second count
+clip frames (B * T per step) over the median step time after warm-up steps; the best (shortest)
+step is reported too, as it is the least disturbed by other processes. ``--part teacher`` times
+only the teacher's forward, discovery and tracking.
 
 Usage::
 
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -43,7 +51,7 @@ from measure import peak_rss_mb  # bench/measure.py
 
 from labkit.environment import describe
 
-METHODS = ("labkit", "teacher-loop", "official-loops")
+METHODS = ("labkit", "official-loops", "teacher-loop", "student-loop")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,7 +84,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("step", "teacher"),
         default="step",
         help="time the whole step (forward + backward), or only the teacher's forward, discovery "
-        "and tracking (official-loops = teacher-loop there)",
+        "and tracking (official-loops = teacher-loop, student-loop = labkit there)",
+    )
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="run the ways one after the other instead of interleaving their steps (less memory; "
+        "ratios then depend on the load staying the same)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/train.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -143,13 +157,41 @@ def _loop_objects(attns, queries, keys, tokens, k_obj, heads, grid):
     return torch.stack(per_frame, 1)  # (B, T, k, gh, gw)
 
 
+def _official_student(student, views, local):
+    """The official student: per object a call that loops over frames; local crops per frame.
+
+    Args:
+        views: (k, B, T, 3, S, S) masked object views; local: (B, n, T, 3, s, s).
+
+    Returns:
+        objects (k, T, B, K), local outputs (n, T, B, K).
+    """
+    import torch
+
+    clips, num_local, num_frames = local.shape[:3]
+    objects = torch.stack(
+        [
+            torch.stack([student(views[j, :, t]) for t in range(num_frames)])  # (T, B, K)
+            for j in range(views.shape[0])
+        ]
+    )
+    local_out = torch.stack(
+        [
+            student(local[:, :, t].transpose(0, 1).flatten(0, 1)).reshape(num_local, clips, -1)
+            for t in range(num_frames)
+        ],
+        dim=1,
+    )  # (n, T, B, K): per frame one batch of n*B crops, crop-major as torch.cat of the crops
+    return objects, local_out
+
+
 def _step(method, student, teacher, loss_fn, batch, k_obj, autocast):
     """One forward + backward of ``method``; returns the loss (float)."""
     import torch
 
     from labkit.models import patch_size
     from labkit.tracking import masked_views
-    from labkit.train.step import dora_step
+    from labkit.train.step import discover_and_track, dora_step, teacher_forward
 
     heads = list(range(k_obj))
     if method == "labkit":
@@ -162,38 +204,31 @@ def _step(method, student, teacher, loss_fn, batch, k_obj, autocast):
     frames, local = batch["global"][:, 0], batch["local"]  # (B, T, 3, S, S), (B, n, T, 3, s, s)
     clips, num_frames = frames.shape[:2]
     p = patch_size(teacher.backbone)
-    grid = (frames.shape[-2] // p, frames.shape[-1] // p)
-    with autocast():
-        logits, attns, queries, keys, tokens = _loop_teacher(teacher, frames, teacher._kept)
-    attns, queries, keys, tokens = (
-        [x.float() for x in xs] for xs in (attns, queries, keys, tokens)
-    )
-    masks = _loop_objects(attns, queries, keys, tokens, k_obj, heads, grid)  # (B, T, k, gh, gw)
-    teacher_out = torch.stack(logits).float()  # (T, B, K)
+    if method == "student-loop":  # labkit's teacher, discovery and tracking
+        with autocast():
+            found = teacher_forward(teacher, frames.flatten(0, 1))  # rows (B*T), clip-major
+        _, tracks = discover_and_track(found, clips, k=k_obj, heads=heads)
+        masks = tracks.masks  # (B, T, k, gh, gw)
+        teacher_out = found.logits.float().reshape(clips, num_frames, -1).transpose(0, 1)
+    else:  # the official teacher and tracking: per frame, per object
+        grid = (frames.shape[-2] // p, frames.shape[-1] // p)
+        with autocast():
+            logits, attns, queries, keys, tokens = _loop_teacher(teacher, frames, teacher._kept)
+        attns, queries, keys, tokens = (
+            [x.float() for x in xs] for xs in (attns, queries, keys, tokens)
+        )
+        masks = _loop_objects(attns, queries, keys, tokens, k_obj, heads, grid)  # (B, T, k, ..)
+        teacher_out = torch.stack(logits).float()  # (T, B, K)
     views = masked_views(frames, masks, p)  # (k, B, T, 3, S, S)
     with autocast():
-        if method == "teacher-loop":
+        if method == "teacher-loop":  # labkit's student: one backbone call per view size
             objects_in = views.transpose(1, 2).flatten(0, 2)
             local_in = local.permute(1, 2, 0, 3, 4, 5).flatten(0, 2)
             outs = student([objects_in, local_in])
             objects = outs[0].reshape(k_obj, num_frames, clips, -1)
             local_out = outs[1].reshape(local.shape[1], num_frames, clips, -1)
-        else:  # official-loops: per object, per frame; local crops per frame
-            objects = torch.stack(
-                [
-                    torch.stack([student(views[j, :, t]) for t in range(num_frames)])
-                    for j in range(k_obj)
-                ]
-            )
-            local_out = torch.stack(
-                [
-                    student(local[:, :, t].transpose(0, 1).flatten(0, 1)).reshape(
-                        local.shape[1], clips, -1
-                    )
-                    for t in range(num_frames)
-                ],
-                dim=1,
-            )  # (n, T, B, K)
+        else:  # official-loops, student-loop
+            objects, local_out = _official_student(student, views, local)
     loss = loss_fn.forward_dora(objects.float(), local_out.float(), teacher_out, 0)
     loss.backward()
     return float(loss)
@@ -211,7 +246,7 @@ def _teacher_part(method, teacher, batch, k_obj, autocast):
 
     frames = batch["global"][:, 0]  # (B, T, 3, S, S)
     heads = list(range(k_obj))
-    if method == "labkit":
+    if method in ("labkit", "student-loop"):
         with autocast():
             out = teacher_forward(teacher, frames.flatten(0, 1))
         _, tracks = discover_and_track(out, frames.shape[0], k=k_obj, heads=heads)
@@ -251,9 +286,13 @@ def worker(cfg: dict) -> None:
     torch.manual_seed(0)
     student, teacher = build_networks(train_cfg)
     student, teacher = student.to(device), teacher.to(device)
+    official_teacher = cfg["method"] in ("official-loops", "teacher-loop")
     teacher._kept, *hooks = (
-        _explicit_attention(teacher.backbone) if cfg["method"] != "labkit" else ([], None)
+        _explicit_attention(teacher.backbone) if official_teacher else ([], None)
     )
+    if cfg["method"] in ("official-loops", "student-loop"):
+        for block in student.backbone.blocks:  # the official ViT: explicit softmax(q k^T)
+            block.attn.fused_attn = False
     loss_fn = DINOLoss(cfg["out_dim"]).to(device)
     g = torch.Generator().manual_seed(1)
     b, t, n = cfg["batch_size"], cfg["num_frames"], cfg["num_local"]
@@ -268,37 +307,135 @@ def worker(cfg: dict) -> None:
         (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times, losses = [], []
-    for i in range(cfg["warmup"] + cfg["steps"]):
+
+    def timed_step() -> tuple[float, float]:
         student.zero_grad(set_to_none=True)
         loss_fn.center.zero_()  # every step sees the same targets: losses comparable across methods
         sync()
         start = time.perf_counter()
         if cfg["part"] == "teacher":
-            losses.append(_teacher_part(cfg["method"], teacher, batch, cfg["k"], autocast))
+            loss = _teacher_part(cfg["method"], teacher, batch, cfg["k"], autocast)
         else:
-            losses.append(
-                _step(cfg["method"], student, teacher, loss_fn, batch, cfg["k"], autocast)
-            )
+            loss = _step(cfg["method"], student, teacher, loss_fn, batch, cfg["k"], autocast)
         sync()
-        if i >= cfg["warmup"]:
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+        return time.perf_counter() - start, loss
+
+    for _ in range(cfg["warmup"]):
+        timed_step()
+    # the protocol: "@@ready" once set up, then per "step" line on stdin one timed step, answered
+    # by "@@{seconds, loss}"; "end" writes the process's peaks to the result file
+    print("@@ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        seconds, loss = timed_step()
+        print("@@" + json.dumps({"seconds": seconds, "loss": loss}), flush=True)
     result = {
-        "method": cfg["method"],
-        "part": cfg["part"],
-        "seconds_per_step": median,
-        "best_seconds_per_step": min(times),
-        "step_times": times,
-        "images_per_second": b * t / median,
         "peak_rss_mb": peak_rss_mb(),
         "peak_cuda_mb": (
             torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
         ),
-        "loss": losses[0],
         "threads": torch.get_num_threads(),
     }
     Path(cfg["result"]).write_text(json.dumps(result))
+
+
+class _Worker:
+    """One way's worker process, driven through its stdin and stdout."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+        self.times: list[float] = []
+        self.losses: list[float] = []
+        self.log = open(cfg["result"] + ".log", "w+")  # noqa: SIM115 - read back on failure
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+
+    def _answer(self) -> str:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("@@"):
+                return line[2:].strip()
+        self.process.wait()
+        raise RuntimeError(
+            f"bench worker {self.cfg['method']} failed (exit {self.process.returncode}):\n"
+            + self._log_tail()
+        )
+
+    def _log_tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def ready(self) -> None:
+        self._answer()
+
+    def step(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        answer = json.loads(self._answer())
+        self.times.append(answer["seconds"])
+        self.losses.append(answer["loss"])
+
+    def finish(self) -> dict:
+        assert self.process.stdin is not None
+        self.process.stdin.write("end\n")
+        self.process.stdin.close()
+        self.process.wait()
+        if self.process.returncode:
+            raise RuntimeError(self._log_tail())
+        peaks = json.loads(Path(self.cfg["result"]).read_text())
+        median = statistics.median(self.times)
+        images = self.cfg["batch_size"] * self.cfg["num_frames"]
+        return {
+            "method": self.cfg["method"],
+            "part": self.cfg["part"],
+            "seconds_per_step": median,
+            "best_seconds_per_step": min(self.times),
+            "step_times": self.times,
+            "images_per_second": images / median,
+            "loss": self.losses[0],
+            **peaks,
+        }
+
+
+def _run_workers(base: dict, methods: list[str], tmp: str, one_at_a_time: bool) -> list[dict]:
+    """Every way's timed steps, interleaved round by round (or one way after the other)."""
+    configs = [{**base, "method": m, "result": f"{tmp}/{m}.json"} for m in methods]
+    groups = [[c] for c in configs] if one_at_a_time else [configs]
+    results = []
+    for group in groups:
+        start = time.perf_counter()
+        workers = [_Worker(c) for c in group]
+        try:
+            for w in workers:
+                w.ready()
+            print(
+                f"[bench] {', '.join(c['method'] for c in group)}: set up and warmed up in "
+                f"{time.perf_counter() - start:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            for _ in range(base["steps"]):
+                for w in workers:
+                    w.step()
+                print(
+                    "[bench] step: "
+                    + ", ".join(f"{w.cfg['method']} {w.times[-1]:.2f} s" for w in workers),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            results += [w.finish() for w in workers]
+        finally:
+            for w in workers:
+                if w.process.poll() is None:
+                    w.process.kill()
+    return results
 
 
 def main(argv=None) -> int:
@@ -323,26 +460,12 @@ def main(argv=None) -> int:
         "precision": args.precision,
         "part": args.part,
     }
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods:
-            cfg = {**base, "method": method, "result": f"{tmp}/{method}.json"}
-            start = time.perf_counter()
-            run = subprocess.run(
-                [sys.executable, __file__, "--worker", json.dumps(cfg)],
-                capture_output=True,
-                text=True,
-            )
-            if run.returncode:
-                print(run.stdout[-2000:], run.stderr[-4000:], file=sys.stderr)
-                return run.returncode
-            results.append(json.loads(Path(cfg["result"]).read_text()))
-            print(
-                f"[bench] {method}: {results[-1]['seconds_per_step']:.2f} s/step "
-                f"({time.perf_counter() - start:.0f} s with start-up)",
-                file=sys.stderr,
-                flush=True,
-            )
+        try:
+            results = _run_workers(base, args.methods, tmp, args.one_at_a_time)
+        except RuntimeError as error:
+            print(error, file=sys.stderr)
+            return 1
     losses = [r["loss"] for r in results]
     same = max(losses) - min(losses) <= 1e-3 * max(abs(x) for x in losses)
     labkit = next((r for r in results if r["method"] == "labkit"), None)
@@ -363,18 +486,26 @@ def main(argv=None) -> int:
     )
     print(
         "| method | median s / step | best s / step | images / s (median) "
-        "| labkit speed-up (median, best) | peak RSS (MB) |"
+        "| labkit speed-up (median, best, step by step) | peak RSS (MB) |"
     )
     print("|---|---|---|---|---|---|")
+    nan = float("nan")
     for r in results:
-        ratio = r["seconds_per_step"] / labkit["seconds_per_step"] if labkit else float("nan")
-        best = (
-            r["best_seconds_per_step"] / labkit["best_seconds_per_step"] if labkit else float("nan")
+        ratio = r["seconds_per_step"] / labkit["seconds_per_step"] if labkit else nan
+        best = r["best_seconds_per_step"] / labkit["best_seconds_per_step"] if labkit else nan
+        # interleaved: step i of every way ran side by side, under the same load
+        r["speedup_step_by_step"] = (
+            statistics.median(a / b for a, b in zip(r["step_times"], labkit["step_times"]))
+            if labkit and not args.one_at_a_time
+            else nan
         )
         print(
             f"| {r['method']} | {r['seconds_per_step']:.2f} | {r['best_seconds_per_step']:.2f} | "
-            f"{r['images_per_second']:.2f} | {ratio:.2f}x, {best:.2f}x | {r['peak_rss_mb']:.0f} |"
+            f"{r['images_per_second']:.2f} | {ratio:.2f}x, {best:.2f}x, "
+            f"{r['speedup_step_by_step']:.2f}x | {r['peak_rss_mb']:.0f} |"
         )
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (nan, nan, nan)
+    print(f"\nload average at the end (1, 5, 15 min): {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -383,6 +514,7 @@ def main(argv=None) -> int:
             k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"
         },
         "same_loss": same,
+        "load_average": list(load),
         "results": results,
     }
     args.out.write_text(json.dumps(report, indent=2))
