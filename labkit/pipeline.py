@@ -44,6 +44,10 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -51,6 +55,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from labkit.config import load_config as load_dataclass
+from labkit.data import default_dataset, default_video
 from labkit.environment import describe, threads_for
 from labkit.eval.datasets import davis_sequences
 from labkit.eval.runner import EvalConfig
@@ -88,6 +93,10 @@ METHODS = ("dora", "dino", "timetuning")
 # timetuning trains TimeTuning and scores its segments before and after
 TRAIN_NOTEBOOKS = {"dora": "train_dora", "dino": "train_dora", "timetuning": "timetuning"}
 SYNTHETIC = "synthetic"
+# the built-in videos by name (video_path, eval_data): the generator's variant of each
+# (labkit.data.default_video / default_dataset); the bare names always mean these, a file or
+# folder of the same name is given as a path (./synthetic-hard)
+SYNTHETIC_VIDEOS = {SYNTHETIC: "easy", "synthetic-hard": "hard"}
 
 
 class StageFailed(RuntimeError):
@@ -106,7 +115,9 @@ class PipelineConfig:
 
     name: str = "demo"  # run folder: <runs_dir>/<name>
     runs_dir: str = "runs"
-    video_path: str = ""  # training and exploration video; empty: the synthetic default video
+    # training and exploration video: a file or frame folder, or a built-in video by name:
+    # "synthetic" (the synthetic default video, as empty) or "synthetic-hard" (its hard variant)
+    video_path: str = ""
     device: str = (
         "auto"  # "auto": CUDA when available, else the CPU (resolved once, for every stage)
     )
@@ -120,6 +131,11 @@ class PipelineConfig:
     # 0: the CPUs this process may use (affinity, cgroup quota); a training stage leaves room
     # for its data workers (labkit.environment.configure_threads)
     threads: int = 0
+    # training stages run at once; 0: automatic, on a CPU as many as the threads above (at most
+    # the training stages to run), on CUDA 1. Stages running together share the threads (each
+    # max(1, threads // jobs)) and load their data without workers (num_workers 0, unless
+    # train.num_workers is set): small models use one core far better than a team of threads
+    jobs: int = 0
     # ---- training: every method gets the same budget ----
     methods: tuple[str, ...] = (
         "dora",
@@ -149,8 +165,9 @@ class PipelineConfig:
     explore_img_size: int = 224
     teaching: bool = True  # also run dora_step_by_step on the DoRA model
     # ---- evaluation ----
-    # datasets: "synthetic" (the default video's ground truth) and DAVIS-layout folders; a folder
-    # that does not exist is skipped with a note in the report (a user's clone has no shared data)
+    # datasets: "synthetic" (the default video's ground truth), "synthetic-hard" (its hard
+    # variant's) and DAVIS-layout folders; a folder that does not exist is skipped with a note in
+    # the report (a user's clone has no shared data)
     eval_data: tuple[str, ...] = (SYNTHETIC, "../shared/data/davis2016")
     eval_sequences: dict = field(
         default_factory=dict
@@ -189,12 +206,21 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: automatic), got {self.threads}")
+        if self.jobs < 0:
+            raise ValueError(f"jobs must be >= 0 (0: automatic), got {self.jobs}")
         if self.eval_max_frames < 0:
             raise ValueError(f"eval_max_frames must be >= 0, got {self.eval_max_frames}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.video_path and not Path(self.video_path).expanduser().exists():
-            raise ValueError(f"video_path {self.video_path!r} does not exist")
+        if (
+            self.video_path
+            and self.video_path not in SYNTHETIC_VIDEOS
+            and not Path(self.video_path).expanduser().exists()
+        ):
+            raise ValueError(
+                f"video_path {self.video_path!r} does not exist (the built-in videos: "
+                f"{', '.join(SYNTHETIC_VIDEOS)})"
+            )
         if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             raise ValueError(f"checkpoint {self.checkpoint!r} is not a file")
         check_device("device", self.device)
@@ -221,7 +247,7 @@ class PipelineConfig:
             )
         for root in self.eval_data:
             if (
-                root != SYNTHETIC
+                root not in SYNTHETIC_VIDEOS
                 and Path(root).expanduser().exists()
                 and not Path(root).expanduser().is_dir()
             ):
@@ -293,7 +319,30 @@ class Stage:
 
 
 def _dataset_key(root: str) -> str:
-    return SYNTHETIC if root == SYNTHETIC else Path(root).name
+    """A dataset's name (its stage is ``evaluate_<name>``): a built-in name as it is, else the
+    folder's name."""
+    return root if root in SYNTHETIC_VIDEOS else Path(root).name
+
+
+def _video_param(video_path: str) -> str:
+    """The training and exploration notebooks' ``video_path``: empty for the synthetic default
+    video (the notebooks' own default), the generated file for the hard variant, else the
+    absolute path."""
+    if not video_path or SYNTHETIC_VIDEOS.get(video_path) == "easy":
+        return ""
+    if video_path in SYNTHETIC_VIDEOS:
+        return str(default_video(SYNTHETIC_VIDEOS[video_path]))  # generated on first use
+    return str(Path(video_path).expanduser().resolve())
+
+
+def _data_root_param(root: str) -> str:
+    """The evaluation notebook's ``data_root``: empty for the synthetic default video (its own
+    default), the generated DAVIS-layout folder for the hard variant, else the absolute path."""
+    if SYNTHETIC_VIDEOS.get(root) == "easy":
+        return ""
+    if root in SYNTHETIC_VIDEOS:
+        return str(default_dataset(SYNTHETIC_VIDEOS[root]))  # generated on first use
+    return str(Path(root).expanduser().resolve())
 
 
 def _resolved_model_kwargs(cfg: PipelineConfig) -> dict[str, Any]:
@@ -353,7 +402,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     (``random@s0=ARCH:random@0``); the report.
     """
     run = cfg.run_dir.resolve()
-    video = str(Path(cfg.video_path).expanduser().resolve()) if cfg.video_path else ""
+    video = _video_param(cfg.video_path)
     stages: list[Stage] = []
     trained: dict[tuple[str, int], str] = {}  # (method, seed) -> checkpoint
     first = cfg.seed  # the seed whose models are explored (pictures)
@@ -502,7 +551,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     for root in cfg.eval_data:
         key = _dataset_key(root)
         out = run / f"evaluate_{key}"
-        data_root = "" if root == SYNTHETIC else str(Path(root).expanduser().resolve())
+        data_root = _data_root_param(root)
         params = {
             "models": specs,
             "model_kwargs": kwargs,
@@ -769,7 +818,7 @@ def run_pipeline(
         threads_for(cfg.threads or None) as threads,
         _environment(OMP_NUM_THREADS=str(threads)),
     ):
-        return _run_stages(cfg, stages, selected, run_dir, force, progress, say)
+        return _run_stages(cfg, stages, selected, run_dir, force, progress, say, threads)
 
 
 @contextlib.contextmanager
@@ -787,6 +836,22 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def train_jobs(cfg: PipelineConfig, stages: int, threads: int) -> int:
+    """How many training stages run at once.
+
+    Args:
+        cfg: the run's configuration (``jobs``, ``device``).
+        stages: the training stages still to run.
+        threads: the pipeline's torch threads (``threads``, else the CPUs available).
+
+    Returns:
+        ``cfg.jobs`` when set, else ``threads`` on a CPU and 1 on CUDA (one GPU: the stages would
+        queue for it); at most ``stages``, at least 1.
+    """
+    jobs = cfg.jobs or (threads if cfg.device == "cpu" else 1)
+    return max(1, min(jobs, stages))
+
+
 def _run_stages(
     cfg: PipelineConfig,
     stages: list[Stage],
@@ -795,6 +860,7 @@ def _run_stages(
     force: bool,
     progress: bool,
     say: Callable[[str], None],
+    threads: int,
 ) -> Path:
     import yaml
 
@@ -808,54 +874,28 @@ def _run_stages(
         if stage.group != "report":
             _recover(stage, say)
     start = time.perf_counter()
-    total = len(selected)
-    for i, stage in enumerate(selected, 1):
-        head = f"[{i}/{total}] {stage.name}"
-        missing = _missing_dataset(stage)
-        if missing:
-            say(f"{head}: skipped, no dataset at {missing}")
+    heads = {s.name: f"[{i}/{len(selected)}] {s.name}" for i, s in enumerate(selected, 1)}
+    # the training first (the plan puts it first; everything else reads its checkpoints), then
+    # the other stages one after the other in the plan's order
+    train = [s for s in selected if s.group == "train"]
+    waiting = [s for s in train if _to_run(s, heads[s.name], force, say)]
+    jobs = train_jobs(cfg, len(waiting), threads)
+    if jobs > 1:
+        _run_together(cfg, waiting, jobs, threads, heads, run_dir, say)
+    else:
+        for stage in waiting:
+            _run_stage(stage, heads[stage.name], run_dir, say, progress=progress)
+    for stage in (s for s in selected if s.group != "train"):
+        head = heads[stage.name]
+        if not _to_run(stage, head, force, say):
             continue
-        if not force and is_complete(stage):
-            say(f"{head}: complete, skipped (use --force to rerun)")
+        if stage.group != "report":
+            _run_stage(stage, head, run_dir, say, progress=progress)
             continue
         t0 = time.perf_counter()
-        say(f"{head}: running {stage.notebook or 'report'} ...")
-        if stage.group == "report":
-            write_report(run_dir, stages)
-            _write_marker(stage, time.perf_counter() - t0)
-        elif stage.notebook is None:  # only the report is a Python step
-            raise ValueError(f"stage {stage.name}: no notebook to run")
-        else:
-            backup = _prepare(stage)
-            try:
-                result = run_notebook(
-                    stage.notebook,
-                    stage.out_dir,
-                    stage.params,
-                    progress=False,
-                    log_output=progress and stage.group == "train",
-                    progress_lines=progress,  # e.g. the evaluation's line per sequence
-                )
-                _write_marker(stage, time.perf_counter() - t0, html=str(result.html))
-            except Exception as err:
-                kept = f"stages before it are kept in {run_dir}"
-                if backup is not None:  # the previous complete outputs go back in place
-                    failed = _set_aside_failed(stage)
-                    os.replace(backup, stage.out_dir)
-                    kept += (
-                        f", and {stage.name}'s previous complete outputs too (the failed "
-                        f"attempt is in {failed})"
-                    )
-                detail = (
-                    str(err) if isinstance(err, NotebookError) else f"{type(err).__name__}: {err}"
-                )
-                detail = "; ".join(x.strip() for x in detail.splitlines() if x.strip())
-                raise StageFailed(
-                    f"stage {stage.name} failed after {_elapsed(time.perf_counter() - t0)}: "
-                    f"{detail}; {kept}; fix the cause and rerun to resume"
-                ) from None
-            if backup is not None:
-                shutil.rmtree(backup, ignore_errors=True)
+        say(f"{head}: running report ...")
+        write_report(run_dir, stages)
+        _write_marker(stage, time.perf_counter() - t0)
         say(f"{head}: done in {_elapsed(time.perf_counter() - t0)}")
     report = run_dir / "report.html"
     latest = run_dir.parent / "latest"
@@ -868,3 +908,242 @@ def _run_stages(
         pass
     say(f"finished in {_elapsed(time.perf_counter() - start)}")
     return report
+
+
+def _to_run(stage: Stage, head: str, force: bool, say: Callable[[str], None]) -> bool:
+    """Whether the stage runs now; says why not (no dataset, complete)."""
+    missing = _missing_dataset(stage)
+    if missing:
+        say(f"{head}: skipped, no dataset at {missing}")
+        return False
+    if not force and is_complete(stage):
+        say(f"{head}: complete, skipped (use --force to rerun)")
+        return False
+    return True
+
+
+class _StageProcessError(RuntimeError):
+    """A stage run in its own process failed: the message is the failure's one-line account."""
+
+
+def _run_stage(
+    stage: Stage,
+    head: str,
+    run_dir: Path,
+    say: Callable[[str], None],
+    *,
+    progress: bool,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_with: dict[str, Any] | None = None,
+) -> None:
+    """Run a notebook stage into its folder and mark it complete.
+
+    Args:
+        stage: the stage (its earlier complete outputs are backed up first, put back if it fails).
+        head: its progress label, ``[i/n] name``.
+        run_dir: the run folder (named in a failure's message).
+        say: where the stage's two progress lines go (running, done).
+        progress: stream a training's output and the notebooks' ``[labkit] ...`` lines (in this
+            process only).
+        env: run the notebook in a child process with this environment (a stage beside others);
+            None: in this process, as its environment is.
+        overrides: notebook parameters that change how the stage runs, not what it computes
+            (``num_workers``): outside its fingerprint.
+        run_with: how it ran, recorded in its ``stage.json`` (``run_with``).
+
+    Raises:
+        StageFailed: the notebook failed (one line: the stage, the cell, the error, what is kept).
+    """
+    if stage.notebook is None:  # only the report is a Python step
+        raise ValueError(f"stage {stage.name}: no notebook to run")
+    t0 = time.perf_counter()
+    say(f"{head}: running {stage.notebook} ...")
+    backup = _prepare(stage)
+    params = {**stage.params, **(overrides or {})}
+    try:
+        if env is None:
+            html = run_notebook(
+                stage.notebook,
+                stage.out_dir,
+                params,
+                progress=False,
+                log_output=progress and stage.group == "train",
+                progress_lines=progress,  # e.g. the evaluation's line per sequence
+            ).html
+        else:
+            html = _run_notebook_process(stage.notebook, stage.out_dir, params, env)
+        extra = {"run_with": run_with} if run_with else {}
+        _write_marker(stage, time.perf_counter() - t0, html=str(html), **extra)
+    except Exception as err:
+        kept = f"stages before it are kept in {run_dir}"
+        if backup is not None:  # the previous complete outputs go back in place
+            failed = _set_aside_failed(stage)
+            os.replace(backup, stage.out_dir)
+            kept += (
+                f", and {stage.name}'s previous complete outputs too (the failed "
+                f"attempt is in {failed})"
+            )
+        detail = (
+            str(err)
+            if isinstance(err, (NotebookError, _StageProcessError))
+            else f"{type(err).__name__}: {err}"
+        )
+        detail = "; ".join(x.strip() for x in detail.splitlines() if x.strip())
+        raise StageFailed(
+            f"stage {stage.name} failed after {_elapsed(time.perf_counter() - t0)}: "
+            f"{detail}; {kept}; fix the cause and rerun to resume"
+        ) from None
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    say(f"{head}: done in {_elapsed(time.perf_counter() - t0)}")
+
+
+def _run_together(
+    cfg: PipelineConfig,
+    waiting: list[Stage],
+    jobs: int,
+    threads: int,
+    heads: dict[str, str],
+    run_dir: Path,
+    say: Callable[[str], None],
+) -> None:
+    """Run training stages ``jobs`` at a time, each notebook in its own process.
+
+    Each stage gets ``max(1, threads // jobs)`` torch threads (``OMP_NUM_THREADS`` of its own
+    process: this process's environment is not touched, so nothing races) and, unless
+    ``train.num_workers`` is set, ``num_workers = 0`` (its data made between its steps, on its own
+    thread). The stages print nothing but their two progress lines (their output is in their
+    notebooks). When a stage fails, no new stage starts, the running ones finish (their work is
+    kept and marked complete), then the first failure is raised and the others said.
+
+    A child process (not a thread running papermill) per stage: Ctrl-C reaches it (the kernels
+    run in sessions of their own and would train on), and each has its own environment.
+
+    Raises:
+        StageFailed: a stage failed (the first to fail).
+    """
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    per = max(1, threads // jobs)
+    overrides: dict[str, Any] = {} if "num_workers" in cfg.train else {"num_workers": 0}
+    home = str(Path(__file__).resolve().parent.parent)  # the child imports this labkit
+    path = os.pathsep.join(p for p in (home, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": str(per), "LABKIT_HEADLESS": "1", "PYTHONPATH": path}
+    lock = threading.Lock()
+
+    def tell(message: str) -> None:  # one whole line at a time from every thread
+        with lock:
+            say(message)
+
+    tell(
+        f"training: {len(waiting)} stages, {jobs} at a time with {per} thread"
+        f"{'s' if per > 1 else ''} each{' and no data workers' if overrides else ''} (jobs); "
+        "their output is in their notebooks"
+    )
+    queue = list(waiting)
+    running: set[Future[None]] = set()
+    failures: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="labkit-stage") as pool:
+        while queue or running:
+            while queue and len(running) < jobs:
+                stage = queue.pop(0)
+                running.add(
+                    pool.submit(
+                        _run_stage,
+                        stage,
+                        heads[stage.name],
+                        run_dir,
+                        tell,
+                        progress=False,
+                        env=env,
+                        overrides=overrides,
+                        run_with={"jobs": jobs, "OMP_NUM_THREADS": per, **overrides},
+                    )
+                )
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            failures += [e for e in (f.exception() for f in done) if e is not None]
+            if failures:
+                queue.clear()  # the running stages finish; no new one starts
+    for err in failures[1:]:
+        tell(str(err))
+    if failures:
+        raise failures[0]
+
+
+def _run_notebook_process(
+    notebook: str, out_dir: Path, params: dict[str, Any], env: dict[str, str]
+) -> Path | None:
+    """:func:`labkit.notebooks.run_notebook` in a child process with environment ``env``.
+
+    Returns:
+        The HTML export's path.
+
+    Raises:
+        _StageProcessError: the notebook failed (its :class:`NotebookError` message), or the
+            process ended without an answer (its exit code and last lines of output).
+    """
+    with tempfile.TemporaryDirectory(prefix="labkit-stage-") as tmp:
+        spec = Path(tmp) / "stage.json"
+        spec.write_text(
+            json.dumps({"notebook": notebook, "out_dir": str(out_dir), "params": params})
+        )
+        log = Path(tmp) / "output.txt"
+        code = "import sys; from labkit.pipeline import _notebook_process; _notebook_process()"
+        with log.open("wb") as out:
+            proc = subprocess.run(
+                [sys.executable, "-c", code, str(spec)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        answer = spec.with_name("answer.json")
+        if answer.is_file():
+            outcome = json.loads(answer.read_text())
+            if "error" in outcome:
+                raise _StageProcessError(outcome["error"])
+            return Path(outcome["html"]) if outcome.get("html") else None
+        last = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise _StageProcessError(
+            f"its process ended with exit code {proc.returncode}: {' | '.join(last)}"
+        )
+
+
+def _notebook_process() -> None:
+    """A child process's work (:func:`_run_notebook_process`): run the notebook of the spec file
+    ``sys.argv[1]``, write the outcome (``html`` or ``error``) to ``answer.json`` beside it."""
+    _end_with_parent()
+    spec = Path(sys.argv[1])
+    task = json.loads(spec.read_text())
+    try:
+        result = run_notebook(
+            task["notebook"],
+            task["out_dir"],
+            task["params"],
+            progress=False,
+            log_output=False,
+            progress_lines=False,
+        )
+        outcome = {"html": str(result.html) if result.html else ""}
+    except Exception as err:
+        outcome = {
+            "error": str(err) if isinstance(err, NotebookError) else f"{type(err).__name__}: {err}"
+        }
+    spec.with_name("answer.json").write_text(json.dumps(outcome))
+
+
+def _end_with_parent() -> None:
+    """Ask Linux to end this process when the thread that started it ends (the pipeline killed),
+    so that no orphan trains on in a run folder whose lock is gone; elsewhere nothing."""
+    parent = os.getppid()
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before the request
+        os._exit(1)
