@@ -116,11 +116,17 @@ def test_items_are_deterministic_in_the_seed_and_leave_the_global_rng_alone():
 
 
 def test_pickles_without_decoders_and_reopens():
-    ds = small(default_video(), decode_size=48)
+    ds = small(default_video(), decode_size=48, cache_mb=0)
     first = ds[(3, 1)]  # opens a decoder in this process
     assert ds._readers
     copy = pickle.loads(pickle.dumps(ds))
     assert copy._readers == {}
+    assert torch.equal(copy[(3, 1)]["global"], first["global"])
+    cached = small(default_video(), decode_size=48)
+    assert torch.equal(cached[(3, 1)]["global"], first["global"])
+    assert cached._frames and not cached._readers  # decoded once, the decoder closed
+    copy = pickle.loads(pickle.dumps(cached))
+    assert copy._frames == {}  # pickles drop the decoded frames too
     assert torch.equal(copy[(3, 1)]["global"], first["global"])
     video = open_video(default_video(), size=48)
     video.get([0])
@@ -172,3 +178,67 @@ def test_decode_size_shrinks_large_videos_only():
     assert frames.shape[1:] == (96, 170, 3)
     whole = small(default_video(), decode_size=1000)  # never upscaled
     assert whole.sizes == [None] and whole.read_clip(0)[2].shape[1:] == (360, 640, 3)
+
+
+def test_cached_clips_are_the_decoders_frames():
+    """The cache decodes the video front to back once; every clip read from it equals the same
+    clip read through the decoder (seeking per clip), at the demo's decode size and at full size."""
+    for size in (144, None):
+        plain = small(default_video(), num_frames=4, frame_step=4, decode_size=size, cache_mb=0)
+        cached = small(default_video(), num_frames=4, frame_step=4, decode_size=size)
+        assert plain.cached == [False] and cached.cached == [True]
+        clips = range(0, len(plain), 1 if size else 13)
+        for index in clips:
+            video, indices, frames = plain.read_clip(index)
+            video2, indices2, frames2 = cached.read_clip(index)
+            assert video == video2 and np.array_equal(indices, indices2)
+            np.testing.assert_array_equal(frames2, frames)
+        assert cached._frames[0].shape == (120, *frames.shape[1:])
+        item, reference = cached[(5, 9)], plain[(5, 9)]
+        assert torch.equal(item["global"], reference["global"])
+        assert torch.equal(item["local"], reference["local"])
+
+
+def test_cache_budget_over_several_videos(counter_video):
+    # the synthetic video at 48 px: 120 x 48 x 86 x 3 bytes, about 1.42 MiB; the counter 0.11 MiB
+    videos = [default_video(), counter_video]
+    sizes = dict(decode_size=48, num_frames=2, frame_step=5)
+    assert small(videos, **sizes).cached == [True, True]
+    assert small(videos, cache_mb=1.0, **sizes).cached == [False, True]  # first too big alone
+    assert small(videos, cache_mb=1.45, **sizes).cached == [True, False]  # what is left is short
+    assert small(videos, cache_mb=0, **sizes).cached == [False, False]
+    plain = small(videos, cache_mb=0, **sizes)
+    partly = small(videos, cache_mb=1.45, **sizes)
+    for index in (0, 50, len(plain) - 1):  # clips of both videos
+        np.testing.assert_array_equal(partly.read_clip(index)[2], plain.read_clip(index)[2])
+    assert set(partly._frames) == {0}  # the second video read clip by clip
+    _, indices, frames = partly.read_clip(len(plain) - 1)
+    np.testing.assert_array_equal(frames[:, 0, 0, 0], 10 * indices)
+
+
+def _worker_shares_the_cache(_):
+    ds = torch.utils.data.get_worker_info().dataset
+    assert ds._frames and not ds._readers  # inherited from the parent, not decoded again
+
+
+def test_workers_share_the_parents_cache():
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs fork")
+    ds = small(default_video(), decode_size=48, num_local=1)
+    ds.cache_frames()
+    assert ds._frames[0].shape[0] == 120
+    reference = small(default_video(), decode_size=48, num_local=1, cache_mb=0)
+    sampler = StepBatchSampler(len(ds), 2, seed=0, start=3, stop=5)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=sampler,
+        num_workers=2,
+        multiprocessing_context="fork",
+        worker_init_fn=_worker_shares_the_cache,
+    )
+    for batch, clips in zip(loader, sampler):
+        expected = [reference[c] for c in clips]
+        assert torch.equal(batch["global"], torch.stack([e["global"] for e in expected]))
+        assert torch.equal(batch["local"], torch.stack([e["local"] for e in expected]))

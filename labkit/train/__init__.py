@@ -5,6 +5,7 @@ Modules::
 
     config.py             TrainConfig in sections (the notebooks' parameters, YAML + overrides)
     data.py               ClipDataset (clips of long videos, DoRA / DINO augmentations), batches
+    augment.py            DINO's crops and colour augmentations, drawn per image, batched
     step.py               networks, the teacher's tracking forward, dora_step / dino_step
     method.py             Method: what the trainer asks of a method (networks, step, state, logs)
     dora_dino.py          DoRA and DINO as a Method (student, EMA teacher, DINO loss)

@@ -30,11 +30,18 @@ resuming exact and lets processes of a distributed job take disjoint slices of o
 
 Workers: the dataset holds paths, not open decoders. Each process opens its own readers on first
 use (after a fork they are reopened; pickling drops them), so ``num_workers > 0`` is safe.
+
+Frame cache: a video whose frames at the decode size fit ``cache_mb`` (all cached videos
+together) is decoded once, front to back, into one uint8 array (N, H, W, 3), and its clips are
+slices of it: the same frames as reading each clip through the decoder (tests compare them), at
+a fraction of the cost (decord seeks to a keyframe and decodes forward for every clip). The
+array is built on the first read of the video in each process, or for all videos by
+:meth:`ClipDataset.cache_frames`; built before DataLoader workers fork, it is shared by them
+copy-on-write (its pages are only read). Pickling drops it (a spawned worker decodes its own).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -45,6 +52,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from labkit.models import IMAGENET_MEAN, IMAGENET_STD
+from labkit.train.augment import CropFlip, Photometric
 from labkit.video import open_video
 
 __all__ = ["ClipDataset", "StepBatchSampler", "step_seed", "preview_clip"]
@@ -53,34 +61,6 @@ __all__ = ["ClipDataset", "StepBatchSampler", "step_seed", "preview_clip"]
 def step_seed(*keys: int) -> int:
     """A 63-bit seed derived from integers (e.g. run seed, step, rank) by ``numpy.SeedSequence``."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _blur(size: int, p: float) -> Any:
-    """Gaussian blur with probability p; DINO's sigma range (0.1, 2) px at 224 px, scaled to
-    size.
-    """
-    from torchvision.transforms import v2
-
-    sigma_max = max(2.0 * size / 224.0, 0.2)
-    kernel = 2 * math.ceil(3 * sigma_max) + 1
-    return v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1 * sigma_max / 2.0, sigma_max))], p=p)
-
-
-def _photometric(size: int, blur: float, solarize: float = 0.0) -> Any:
-    """DINO's colour augmentations on one uint8 image: jitter, grayscale, blur, solarisation."""
-    from torchvision.transforms import v2
-
-    steps = [
-        v2.RandomApply(
-            [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
-        ),
-        v2.RandomGrayscale(p=0.2),
-    ]
-    if blur > 0:
-        steps.append(_blur(size, blur))
-    if solarize > 0:
-        steps.append(v2.RandomSolarize(threshold=128, p=solarize))
-    return v2.Compose(steps)
 
 
 class ClipDataset(Dataset):
@@ -105,6 +85,9 @@ class ClipDataset(Dataset):
             for inspecting the geometry).
         pre_crop: ``mode="dora"`` only: DoRA's pre-crop of the clip before the global and local
             crops (see the module docstring).
+        cache_mb: memory for decoded frames, in MiB (2**20 bytes), all videos together; a video
+            is cached whole where it fits what earlier videos left, else read clip by clip
+            through its decoder. 0 turns the cache off. See the module docstring.
 
     Items (:meth:`__getitem__`) are dicts:
         ``"global"``: float32 (G, T, 3, S, S) normalised; ``"local"``: float32 (n, T, 3, s, s);
@@ -129,6 +112,7 @@ class ClipDataset(Dataset):
         std: Sequence[float] = IMAGENET_STD,
         photometric: bool = True,
         pre_crop: bool = False,
+        cache_mb: float = 512.0,
     ) -> None:
         if isinstance(videos, (str, os.PathLike)):
             videos = [videos]
@@ -159,11 +143,18 @@ class ClipDataset(Dataset):
         span = (self.num_frames - 1) * self.frame_step + 1  # frames one clip covers
         self.lengths: list[int] = []
         self.sizes: list[int | None] = []  # decode size per video: never upscale a small video
+        self.cache_mb = float(cache_mb)
+        self.cached: list[bool] = []  # per video: its frames are decoded once and kept
+        budget = self.cache_mb * 2**20
         for path in self.paths:
             video = open_video(path, size=decode_size, backend=backend)
             self.lengths.append(len(video))
             small = decode_size is not None and min(video.source_size) <= decode_size
             self.sizes.append(None if small else decode_size)
+            h, w = video.source_size if small or decode_size is None else video.size
+            nbytes = len(video) * h * w * 3
+            self.cached.append(nbytes <= budget)
+            budget -= nbytes if self.cached[-1] else 0
             video.close()
         starts = [max(length - span + 1, 0) for length in self.lengths]
         too_short = [str(p) for p, n in zip(self.paths, starts) if n == 0]
@@ -175,6 +166,7 @@ class ClipDataset(Dataset):
         self._offsets = np.cumsum([0, *starts])  # clip index -> (video, start)
         self._build_transforms()
         self._readers: dict[int, Any] = {}
+        self._frames: dict[int, np.ndarray] = {}  # video -> uint8 (N, H, W, 3), cached videos
         self._pid = os.getpid()
 
     # -- indexing ----------------------------------------------------------------------------
@@ -211,7 +203,7 @@ class ClipDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_readers"], state["_inherited"] = {}, []
+        state["_readers"], state["_inherited"], state["_frames"] = {}, [], {}
         return state
 
     def close(self) -> None:
@@ -220,81 +212,91 @@ class ClipDataset(Dataset):
             reader.close()
         self._readers = {}
 
+    def cache_frames(self) -> None:
+        """Decode every video that fits ``cache_mb`` now (see the module docstring).
+
+        Call it before DataLoader workers fork, so that they share one copy instead of each
+        decoding its own.
+        """
+        for video, cached in enumerate(self.cached):
+            if cached:
+                self._cached_frames(video)
+
+    def _cached_frames(self, video: int) -> np.ndarray | None:
+        """All frames of a cached video, uint8 (N, H, W, 3), decoded on first use; else None."""
+        if not self.cached[video]:
+            return None
+        frames = self._frames.get(video)
+        if frames is None:
+            reader = self._reader(video)
+            frames = np.empty((len(reader), *reader.size, 3), dtype=np.uint8)
+            for indices, chunk in reader.batches(batch_size=64):  # in file order
+                frames[indices] = chunk
+            self._frames[video] = frames
+            reader.close()  # the clips of this video never need its decoder again
+            del self._readers[video]
+        return frames
+
     def read_clip(self, index: int) -> tuple[int, np.ndarray, np.ndarray]:
         """Video number, frame indices (T,) and decoded frames uint8 (T, H, W, 3) of a clip."""
         video, indices = self.locate(index)
+        cache = self._cached_frames(video)
+        if cache is not None:
+            return video, indices, cache[indices]  # a copy: items never alias the cache
         return video, indices, self._reader(video).get(indices)
 
     # -- augmentation --------------------------------------------------------------------------
 
     def _build_transforms(self) -> None:
-        from torchvision.transforms import v2
+        def identity(x: torch.Tensor) -> torch.Tensor:
+            return x
 
-        def crop(size: int, scale: tuple[float, ...]) -> Any:  # scale: (low, high)
-            return v2.Compose(
-                [
-                    v2.RandomResizedCrop(
-                        size,
-                        scale=scale,
-                        interpolation=v2.InterpolationMode.BICUBIC,
-                        antialias=True,
-                    ),
-                    v2.RandomHorizontalFlip(p=0.5),
-                ]
-            )
-
-        identity = v2.Identity()
         on = self.photometric
-        self._global_crop = crop(self.img_size, self.global_scale)
-        self._local_crop = crop(self.local_size, self.local_scale)
-        self._pre_crop = None
+        self._global_crop = CropFlip(self.img_size, self.global_scale)
+        self._local_crop = CropFlip(self.local_size, self.local_scale)
+        self._pre_crop: CropFlip | None = None
         if self.pre_crop:  # DoRA: RandomResizedCropVideo(300, (0.2, 1)) before the DINO crops
-            self._pre_crop = v2.RandomResizedCrop(
-                round(self.img_size * 300 / 224),
-                scale=(0.2, 1.0),
-                interpolation=v2.InterpolationMode.BICUBIC,
-                antialias=True,
-            )
+            side = round(self.img_size * 300 / 224)
+            self._pre_crop = CropFlip(side, (0.2, 1.0), flip=False)
         if self.mode == "dora":
             # DoRA's global frames: blur rarely (p = 0.1), no solarisation
-            self._global_colour = [_photometric(self.img_size, 0.1) if on else identity]
+            self._global_colour = [Photometric(self.img_size, 0.1) if on else identity]
         else:
             self._global_colour = [
-                _photometric(self.img_size, 1.0) if on else identity,
-                _photometric(self.img_size, 0.1, solarize=0.2) if on else identity,
+                Photometric(self.img_size, 1.0) if on else identity,
+                Photometric(self.img_size, 0.1, solarize=0.2) if on else identity,
             ]
-        self._local_colour = _photometric(self.local_size, 0.5) if on else identity
-        self._normalize = v2.Compose(
-            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
-        )
+        self._local_colour = Photometric(self.local_size, 0.5) if on else identity
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
 
     def _views(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global (G, T, 3, S, S) and local (n, T, 3, s, s) views of a uint8 clip (T, 3, H, W)."""
-        from torchvision import tv_tensors
+        """Global (G, T, 3, S, S) and local (n, T, 3, s, s) views of a uint8 clip (T, 3, H, W).
 
+        Float in [0, 1] from here to the normalisation; the colour of all the frames of a view
+        (or all the local crops of the clip) is drawn per image and applied in one batch.
+        """
         frames = clip.shape[0]
+        x = clip.to(torch.float32).div_(255.0)  # (T, 3, H, W)
         if self._pre_crop is not None:  # one crop of the whole clip: (T, 3, P, P)
-            clip = self._pre_crop(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
+            x = self._pre_crop(x)
         if self.mode == "dora":
-            shared = self._global_crop(tv_tensors.Video(clip))  # (T, 3, S, S): one crop and flip
-            colour = self._global_colour[0]
-            views = [torch.stack([colour(frame) for frame in shared.as_subclass(torch.Tensor)])]
+            shared = self._global_crop(x)  # (T, 3, S, S): one crop and flip for the clip
+            global_views = self._global_colour[0](shared).unsqueeze(0)  # (1, T, 3, S, S)
         else:
-            views = [
-                torch.stack([colour(self._global_crop(frame)) for frame in clip])  # (T, 3, S, S)
-                for colour in self._global_colour
-            ]
-        global_views = self._normalize(torch.stack(views))  # (G, T, 3, S, S)
-        if self.num_local:
-            local = torch.stack(
+            global_views = torch.stack(
                 [
-                    torch.stack(
-                        [self._local_colour(self._local_crop(clip[t])) for t in range(frames)]
-                    )
-                    for _ in range(self.num_local)
+                    colour(torch.stack([self._global_crop(frame) for frame in x]))  # (T, 3, S, S)
+                    for colour in self._global_colour
                 ]
-            )  # (n, T, 3, s, s)
-            local_views = self._normalize(local)
+            )  # (2, T, 3, S, S)
+        global_views = global_views.sub_(self._mean).div_(self._std)
+        if self.num_local:
+            crops = torch.stack(
+                [self._local_crop(x[t]) for _ in range(self.num_local) for t in range(frames)]
+            )  # (n*T, 3, s, s), crop-major
+            local_views = self._local_colour(crops).unflatten(0, (self.num_local, frames))
+            local_views = local_views.sub_(self._mean).div_(self._std)  # (n, T, 3, s, s)
         else:
             local_views = torch.zeros(0, frames, 3, self.local_size, self.local_size)
         return global_views.contiguous(), local_views.contiguous()
