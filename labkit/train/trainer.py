@@ -574,6 +574,8 @@ class Trainer:
             rank=self.rank,
             world_size=self.world_size,
         )
+        if self.config.num_workers > 0:  # decoded once here, shared by the forked workers
+            self.dataset.cache_frames()
         return torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=sampler,
