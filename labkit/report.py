@@ -191,6 +191,16 @@ def _name(method: str) -> str:
     return METHOD_NAMES.get(method, method)
 
 
+# datasets whose key (their stage is evaluate_<key>) says too little in a sentence
+DATASET_TITLES = {"synthetic-hard": "synthetic video, hard variant"}
+
+
+def dataset_title(key: str) -> str:
+    """A dataset's name in the report's sentences: ``synthetic-hard`` -> ``synthetic video, hard
+    variant``; any other key (``synthetic``, a DAVIS folder's name) as it is."""
+    return DATASET_TITLES.get(key, key)
+
+
 def comparison_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     """The summary row of every model of an evaluation's ``metrics.json``."""
     return list(evaluation.get("summary", []))
@@ -635,7 +645,8 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     )
     for stage in evaluations:
         metrics = _read_json(stage.out_dir / "metrics.json")
-        dataset = stage.name.removeprefix("evaluate_")
+        key = stage.name.removeprefix("evaluate_")
+        dataset = dataset_title(key)
         if metrics is None:
             verdicts.append(
                 f"<p>{html.escape(dataset)}: not evaluated (no dataset or not complete).</p>"
@@ -644,7 +655,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         judged = verdict_parts(metrics, dataset, budget)
         headlines.append(f"On {dataset}: {judged.overall}.")
         agg = aggregate_seeds(comparison_rows(metrics))
-        summary["evaluation"][dataset] = {
+        summary["evaluation"][key] = {
             "by_method": aggregate_to_dict(agg),
             "verdict": {"overall": judged.overall, "metrics": judged.judged},
         }
@@ -821,10 +832,14 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             parts.append("<p class='muted'>not run</p>")
             continue
         cfg_e = metrics.get("config", {})
+        where = str(metrics.get("data_root") or "synthetic")
+        key = stage.name.removeprefix("evaluate_")
+        if key in DATASET_TITLES:
+            where = f"{DATASET_TITLES[key]} ({where})"
         parts.append(
             f"<p class='muted'>{len(metrics.get('sequences', []))} sequences at "
             f"{cfg_e.get('resolution')} px (shorter side), data "
-            f"{html.escape(str(metrics.get('data_root') or 'synthetic'))}</p>"
+            f"{html.escape(where)}</p>"
         )
         cols = [
             "model",

@@ -1,0 +1,281 @@
+"""labkit pipeline: training stages several at once (``jobs``), and the built-in videos by name
+(``synthetic``, ``synthetic-hard``) in ``video_path`` and ``eval_data``.
+
+The scheduler's tests replace the notebook runs with quick fakes (no kernel): what they check is
+which stages run at once, with what environment and parameters, and what a failure keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from labkit import pipeline
+from labkit.data import default_dataset, default_video
+from labkit.pipeline import PipelineConfig, StageFailed, is_complete, plan, run_pipeline, train_jobs
+from labkit.report import dataset_title
+
+TINY_MODEL = {"depth": 2, "embed_dim": 96, "num_heads": 3}
+
+
+def tiny(runs: Path, **changes) -> PipelineConfig:
+    values = dict(
+        name="jobs",
+        runs_dir=str(runs),
+        seeds=2,
+        model_kwargs=TINY_MODEL,
+        steps=3,
+        img_size=64,
+        batch_size=2,
+        num_frames=3,
+        eval_data=["synthetic"],
+        pretrained=False,
+        device="cpu",
+        threads=2,
+        train={"out_dim": 256, "num_local": 1, "local_size": 32},
+    )
+    values.update(changes)
+    return PipelineConfig(**values)
+
+
+def finish(out_dir: Path) -> None:
+    """What a training notebook leaves: the outputs a complete stage has."""
+    (out_dir / "checkpoint.pth").write_bytes(b"weights")
+    (out_dir / "metrics.json").write_text("{}")
+
+
+class Calls:
+    """Records the fake notebook runs: how many ran at once at most, and what each was given."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.seen: dict[str, dict] = {}
+
+    def enter(self, out_dir: Path, **seen) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.seen[Path(out_dir).name] = seen
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+def test_train_jobs_automatic_and_capped() -> None:
+    cpu, cuda = SimpleNamespace(jobs=0, device="cpu"), SimpleNamespace(jobs=0, device="cuda")
+    assert train_jobs(cpu, stages=6, threads=2) == 2  # the threads, on a CPU
+    assert train_jobs(cpu, stages=3, threads=16) == 3  # at most the stages to run
+    assert train_jobs(cpu, stages=0, threads=16) == 1
+    assert train_jobs(cuda, stages=6, threads=16) == 1  # one GPU: one at a time
+    assert train_jobs(SimpleNamespace(jobs=4, device="cuda"), stages=6, threads=16) == 4
+    assert train_jobs(SimpleNamespace(jobs=4, device="cpu"), stages=2, threads=1) == 2
+    with pytest.raises(ValueError, match="jobs"):
+        PipelineConfig(jobs=-1)
+
+
+def test_stages_run_together(tmp_path: Path, monkeypatch) -> None:
+    # 4 training stages, 2 at a time: each pair meets at a barrier, which only stages running at
+    # the same time can pass (sequential runs would break it after its timeout)
+    cfg = tiny(tmp_path, jobs=2)
+    barrier, calls = threading.Barrier(2, timeout=120), Calls()
+
+    def fake(notebook, out_dir, params, env):
+        calls.enter(out_dir, threads=env["OMP_NUM_THREADS"], params=params)
+        barrier.wait()
+        finish(out_dir)
+        calls.leave()
+        return None
+
+    monkeypatch.setattr(pipeline, "_run_notebook_process", fake)
+    monkeypatch.setattr(pipeline, "run_notebook", None)  # nothing runs in this process
+    before = os.environ.get("OMP_NUM_THREADS")
+    said: list[str] = []
+    run_pipeline(cfg, only="train", progress=True, say=said.append)
+    assert os.environ.get("OMP_NUM_THREADS") == before  # this process's environment untouched
+    stages = [s for s in plan(cfg) if s.group == "train"]
+    assert calls.most == 2 and set(calls.seen) == {s.name for s in stages}
+    for stage in stages:
+        seen = calls.seen[stage.name]
+        assert seen["threads"] == "1"  # 2 threads over 2 jobs
+        assert seen["params"] == {**stage.params, "num_workers": 0}  # no data workers
+        assert is_complete(stage)  # the fingerprint is the plan's: num_workers is not in it
+        marker = json.loads((stage.out_dir / "stage.json").read_text())
+        assert marker["run_with"] == {"jobs": 2, "OMP_NUM_THREADS": 1, "num_workers": 0}
+        # one line when it starts, one when it is done, whole lines with its name
+        assert [m.split(": ")[1][:4] for m in said if f"] {stage.name}:" in m] == ["runn", "done"]
+    # a resumed run skips the complete stages and runs nothing
+    calls.seen.clear()
+    said.clear()
+    run_pipeline(cfg, only="train", progress=True, say=said.append)
+    assert not calls.seen and sum("complete, skipped" in m for m in said) == 4
+
+
+def test_workers_the_user_set_are_kept(tmp_path: Path, monkeypatch) -> None:
+    cfg = tiny(tmp_path, jobs=2, seeds=1, train={"out_dim": 256, "num_workers": 1})
+    calls = Calls()
+
+    def fake(notebook, out_dir, params, env):
+        calls.enter(out_dir, params=params)
+        finish(out_dir)
+        calls.leave()
+
+    monkeypatch.setattr(pipeline, "_run_notebook_process", fake)
+    run_pipeline(cfg, only="train", progress=False, say=lambda m: None)
+    assert [c["params"]["num_workers"] for c in calls.seen.values()] == [1, 1]
+
+
+def test_a_failure_lets_the_other_stage_finish(tmp_path: Path, monkeypatch) -> None:
+    cfg = tiny(tmp_path, jobs=2, seeds=1)
+    barrier, failed = threading.Barrier(2, timeout=120), threading.Event()
+
+    def fake(notebook, out_dir, params, env):
+        barrier.wait()  # both run
+        if params["method"] == "dino":
+            failed.set()
+            raise pipeline._StageProcessError(
+                "notebook train_dora.ipynb failed in cell 3: RuntimeError: boom\nsecond line"
+            )
+        assert failed.wait(timeout=120)  # DoRA finishes after DINO has failed
+        finish(out_dir)
+
+    monkeypatch.setattr(pipeline, "_run_notebook_process", fake)
+    with pytest.raises(StageFailed) as err:
+        run_pipeline(cfg, only="train", progress=False, say=lambda m: None)
+    message = str(err.value)
+    assert message.startswith("stage train_dino failed after ")
+    assert "cell 3: RuntimeError: boom; second line; stages before it are kept" in message
+    assert "\n" not in message
+    by = {s.name: s for s in plan(cfg)}
+    assert is_complete(by["train_dora"]) and not is_complete(by["train_dino"])
+    # the rerun resumes: DoRA is kept, DINO runs again (alone: in this process)
+    ran: list[str] = []
+
+    def again(notebook, out_dir, params, **kwargs):
+        ran.append(Path(out_dir).name)
+        finish(Path(out_dir))
+        return SimpleNamespace(html=None)
+
+    monkeypatch.setattr(pipeline, "run_notebook", again)
+    run_pipeline(cfg, only="train", progress=False, say=lambda m: None)
+    assert ran == ["train_dino"] and is_complete(by["train_dino"])
+
+
+def test_one_job_runs_as_before(tmp_path: Path, monkeypatch) -> None:
+    # jobs 1: one stage after the other in this process, the kernel with every thread and the
+    # notebook's own data workers, the training's output streamed
+    cfg = tiny(tmp_path, jobs=1)
+    calls = Calls()
+
+    def fake(notebook, out_dir, params, **kwargs):
+        calls.enter(out_dir, threads=os.environ.get("OMP_NUM_THREADS"), params=params, **kwargs)
+        finish(Path(out_dir))
+        calls.leave()
+        return SimpleNamespace(html=None)
+
+    def never(*args, **kwargs):
+        raise AssertionError("no child process with jobs 1")
+
+    monkeypatch.setattr(pipeline, "run_notebook", fake)
+    monkeypatch.setattr(pipeline, "_run_notebook_process", never)
+    said: list[str] = []
+    run_pipeline(cfg, only="train", progress=True, say=said.append)
+    stages = [s for s in plan(cfg) if s.group == "train"]
+    assert calls.most == 1 and list(calls.seen) == [s.name for s in stages]  # in the plan's order
+    for stage in stages:
+        seen = calls.seen[stage.name]
+        assert seen["threads"] == "2" and seen["params"] == stage.params  # no num_workers
+        assert seen["log_output"] is True
+        assert "run_with" not in json.loads((stage.out_dir / "stage.json").read_text())
+    assert not any("at a time" in m for m in said)
+
+
+@pytest.mark.slow
+def test_a_stage_in_its_own_process(tmp_path: Path) -> None:
+    # the child process runs the notebook with the environment given, and brings back its
+    # failure's message; this process's environment stays as it was
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("x = 1\nout = ''", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import os\nopen(out, 'w').write(os.environ['OMP_NUM_THREADS'])\n"
+            "assert x == 1, 'x is ' + str(x)"
+        ),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    source = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, source)
+    env = {**os.environ, "OMP_NUM_THREADS": "3", "LABKIT_HEADLESS": "1"}
+    headless = os.environ.get("LABKIT_HEADLESS")
+    html = pipeline._run_notebook_process(
+        str(source), tmp_path / "ok", {"x": 1, "out": str(tmp_path / "ok.txt")}, env
+    )
+    assert html == tmp_path / "ok" / "tiny.html" and html.is_file()
+    assert (tmp_path / "ok.txt").read_text() == "3"
+    with pytest.raises(
+        pipeline._StageProcessError, match="failed in cell 2: AssertionError: x is 2"
+    ):
+        pipeline._run_notebook_process(
+            str(source), tmp_path / "bad", {"x": 2, "out": str(tmp_path / "bad.txt")}, env
+        )
+    assert os.environ.get("LABKIT_HEADLESS") == headless
+
+
+# ------------------------------------------------------------------------------------------------
+# The built-in videos by name
+
+
+def test_synthetic_names_in_the_plan(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "synthetic-hard").mkdir()  # a folder of that name: the bare name is the built-in
+    cfg = tiny(
+        tmp_path,
+        seeds=1,
+        video_path="synthetic-hard",
+        eval_data=["synthetic", "synthetic-hard", str(tmp_path / "davis2016")],
+    )
+    by = {s.name: s for s in plan(cfg)}
+    hard_video = str(default_video("hard"))
+    assert hard_video.endswith(".mp4") and "synthetic-hard" in hard_video
+    for name in ("train_dora", "train_dino", "explore_dora", "step_by_step"):
+        assert by[name].params["video_path"] == hard_video
+    assert [n for n in by if n.startswith("evaluate_")] == [
+        "evaluate_synthetic",
+        "evaluate_synthetic-hard",
+        "evaluate_davis2016",
+    ]
+    assert by["evaluate_synthetic"].params["data_root"] == ""  # the evaluation's default video
+    hard = by["evaluate_synthetic-hard"].params["data_root"]
+    assert hard == str(default_dataset("hard"))
+    assert (Path(hard) / "JPEGImages" / "480p" / "synthetic").is_dir()
+    assert json.loads((Path(hard) / "meta.json").read_text())["params"]["variant"] == "hard"
+    assert pipeline._missing_dataset(by["evaluate_synthetic-hard"]) is None
+    assert pipeline._missing_dataset(by["evaluate_davis2016"]) is not None  # no such folder
+    # "synthetic" is the default video: the plan of an empty video_path, stage for stage
+    easy = {s.name: s.fingerprint for s in plan(tiny(tmp_path, video_path="synthetic"))}
+    default = {s.name: s.fingerprint for s in plan(tiny(tmp_path, video_path=""))}
+    assert easy == default
+    # a path is a path
+    with pytest.raises(ValueError, match="video_path 'synthetic-harder' does not exist"):
+        tiny(tmp_path, video_path="synthetic-harder")
+    own = plan(tiny(tmp_path, seeds=1, eval_data=["./synthetic-hard"]))
+    assert [s.params["data_root"] for s in own if s.group == "evaluate"] == [
+        str(tmp_path / "synthetic-hard")
+    ]
+
+
+def test_report_names_the_hard_video() -> None:
+    assert dataset_title("synthetic-hard") == "synthetic video, hard variant"
+    assert dataset_title("synthetic") == "synthetic" and dataset_title("davis2016") == "davis2016"
