@@ -80,27 +80,26 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue of (N, 3, H, W) by shift (N,) turns in [-0.5, 0.5] (HSV hexcone model)."""
-    maxc, _ = x.max(dim=-3)  # (N, H, W)
-    minc, _ = x.min(dim=-3)
-    delta = maxc - minc
-    flat = delta == 0
-    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, 1.0), 0.0)
-    d = torch.where(flat, 1.0, delta)
-    r, g, b = x.unbind(-3)
-    hue = torch.where(
-        maxc == r,
-        (g - b) / d,
-        torch.where(maxc == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d),
-    )
-    hue = torch.where(flat, 0.0, hue)
-    h6 = torch.remainder(hue + 6.0 * shift.view(-1, 1, 1).to(x.dtype), 6.0)  # sextants, [0, 6)
-    # channel n (5: red, 3: green, 1: blue): v - v s clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = torch.remainder(n + h6, 6.0)
-        out.append(maxc - maxc * sat * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
-    return torch.stack(out, dim=-3).clamp_(0.0, 1.0)
+    """Rotate the hue of (N, 3, H, W) by shift (N,) turns in [-0.5, 0.5] (HSV hexcone model).
+
+    Value v = max and chroma c = max - min stay; the hue, in sextants h in [0, 6), moves by
+    6 shift; channel n of (red 5, green 3, blue 1) is then ``v - c clamp(min(k, 4 - k), 0, 1)``
+    with ``k = (n + h) mod 6`` (the hexcone's closed form).
+    """
+    r, g, b = x.unbind(-3)  # (N, H, W) each
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
+    r_max = maxc == r  # ties resolved red, then green, as torchvision does
+    g_max = (maxc == g) & ~r_max
+    # the hue in sextants times the chroma: 0 / 2 / 4 after the largest channel, + [-1, 1]
+    hue = torch.where(r_max, g - b, torch.where(g_max, b - r + 2 * chroma, r - g + 4 * chroma))
+    hue = hue.div_(chroma.clamp_min(1e-12))  # a grey pixel: 0 / c = 0 (any hue does)
+    hue = hue.add_(6.0 * shift.view(-1, 1, 1).to(x.dtype)).remainder_(6.0).unsqueeze(-3)
+    channel = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype).view(1, 3, 1, 1)
+    k = hue + channel  # (N, 3, H, W), in [1, 11): back into [0, 6)
+    k = torch.where(k >= 6.0, k - 6.0, k)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return (maxc.unsqueeze(-3) - chroma.unsqueeze(-3) * ramp).clamp_(0.0, 1.0)
 
 
 def blur_sigma(size: int) -> tuple[float, float, int]:
