@@ -23,8 +23,10 @@ processes on a shared machine falls on every way alike (``--one-at-a-time``: one
 the other, fewer processes in memory at once). The batch is random normal data of the right
 shape (speed does not depend on the pixels; data loading is not timed). Images per second count
 clip frames (B * T per step) over the median step time after warm-up steps; the best (shortest)
-step is reported too, as it is the least disturbed by other processes. ``--part teacher`` times
-only the teacher's forward, discovery and tracking.
+step is reported too, as it is the least disturbed by other processes, and the CPU seconds of
+the worker's threads per step (on a loaded machine a process gets a fraction of a core: CPU
+seconds show the work done, wall seconds also the waiting). ``--part teacher`` times only the
+teacher's forward, discovery and tracking.
 
 Usage::
 
@@ -47,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from measure import peak_rss_mb  # bench/measure.py
+from measure import clock, elapsed, peak_rss_mb  # bench/measure.py
 
 from labkit.environment import describe
 
@@ -308,28 +310,29 @@ def worker(cfg: dict) -> None:
     )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def timed_step() -> tuple[float, float]:
+    def timed_step() -> tuple[float, float, float]:
         student.zero_grad(set_to_none=True)
         loss_fn.center.zero_()  # every step sees the same targets: losses comparable across methods
         sync()
-        start = time.perf_counter()
+        start = clock()
         if cfg["part"] == "teacher":
             loss = _teacher_part(cfg["method"], teacher, batch, cfg["k"], autocast)
         else:
             loss = _step(cfg["method"], student, teacher, loss_fn, batch, cfg["k"], autocast)
         sync()
-        return time.perf_counter() - start, loss
+        wall, cpu = elapsed(start)
+        return wall, cpu, loss
 
     for _ in range(cfg["warmup"]):
         timed_step()
     # the protocol: "@@ready" once set up, then per "step" line on stdin one timed step, answered
-    # by "@@{seconds, loss}"; "end" writes the process's peaks to the result file
+    # by "@@{seconds, cpu, loss}"; "end" writes the process's peaks to the result file
     print("@@ready", flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
             break
-        seconds, loss = timed_step()
-        print("@@" + json.dumps({"seconds": seconds, "loss": loss}), flush=True)
+        seconds, cpu, loss = timed_step()
+        print("@@" + json.dumps({"seconds": seconds, "cpu": cpu, "loss": loss}), flush=True)
     result = {
         "peak_rss_mb": peak_rss_mb(),
         "peak_cuda_mb": (
@@ -347,6 +350,7 @@ class _Worker:
         self.cfg = cfg
         self.times: list[float] = []
         self.losses: list[float] = []
+        self.cpu: list[float] = []  # CPU seconds of the worker's threads per step
         self.log = open(cfg["result"] + ".log", "w+")  # noqa: SIM115 - read back on failure
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--worker", json.dumps(cfg)],
@@ -380,6 +384,7 @@ class _Worker:
         self.process.stdin.flush()
         answer = json.loads(self._answer())
         self.times.append(answer["seconds"])
+        self.cpu.append(answer["cpu"])
         self.losses.append(answer["loss"])
 
     def finish(self) -> dict:
@@ -398,6 +403,8 @@ class _Worker:
             "seconds_per_step": median,
             "best_seconds_per_step": min(self.times),
             "step_times": self.times,
+            "cpu_seconds_per_step": statistics.median(self.cpu),
+            "step_cpu_seconds": self.cpu,
             "images_per_second": images / median,
             "loss": self.losses[0],
             **peaks,
@@ -486,9 +493,9 @@ def main(argv=None) -> int:
     )
     print(
         "| method | median s / step | best s / step | images / s (median) "
-        "| labkit speed-up (median, best, step by step) | peak RSS (MB) |"
+        "| labkit speed-up (median, best, step by step) | CPU s / step (median) | peak RSS (MB) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     nan = float("nan")
     for r in results:
         ratio = r["seconds_per_step"] / labkit["seconds_per_step"] if labkit else nan
@@ -502,7 +509,8 @@ def main(argv=None) -> int:
         print(
             f"| {r['method']} | {r['seconds_per_step']:.2f} | {r['best_seconds_per_step']:.2f} | "
             f"{r['images_per_second']:.2f} | {ratio:.2f}x, {best:.2f}x, "
-            f"{r['speedup_step_by_step']:.2f}x | {r['peak_rss_mb']:.0f} |"
+            f"{r['speedup_step_by_step']:.2f}x | {r['cpu_seconds_per_step']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} |"
         )
     load = os.getloadavg() if hasattr(os, "getloadavg") else (nan, nan, nan)
     print(f"\nload average at the end (1, 5, 15 min): {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}")
