@@ -12,5 +12,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["labkit", "labkit.*"]), "labkit.lab_notebooks"],
     package_dir={"labkit.lab_notebooks": "notebooks"},
-    package_data={"labkit.lab_notebooks": ["*.ipynb"]},
+    package_data={"labkit.lab_notebooks": ["*.ipynb"], "labkit.recipes": ["*.yaml"]},
 )

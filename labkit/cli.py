@@ -178,9 +178,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from labkit.pipeline import StageFailed, load_pipeline_config, run_pipeline
+    from labkit.recipes import resolve_config
 
     threads = [f"threads={args.threads}"] if args.threads else []
-    cfg = load_pipeline_config(args.config, [*(args.override or []), *threads])
+    config = resolve_config(args.config)  # a file, or a recipe's name (labkit.recipes)
+    cfg = load_pipeline_config(config, [*(args.override or []), *threads])
     try:
         report = run_pipeline(cfg, force=args.force, only=args.only, progress=not args.quiet)
     except StageFailed as err:
@@ -545,7 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the lab's notebooks in order with papermill into runs/<name>/. Complete "
         "stages are skipped on a rerun; an interrupted training resumes from its checkpoint.",
     )
-    p.add_argument("--config", help="YAML file of pipeline keys (default: the CPU demo)")
+    p.add_argument(
+        "--config",
+        help="YAML file of pipeline keys, or a recipe's name: cpu-demo, cpu-long, "
+        "gpu-walking-tour (default: the CPU demo)",
+    )
     p.add_argument(
         "-o",
         "--override",

@@ -61,7 +61,7 @@ def expected_form(annotation: Any) -> str:
     if annotation in (str, Path):
         return "a string"
     if annotation in (dict, Mapping) or origin in (dict, Mapping):
-        return "a mapping such as {depth: 2}"
+        return "a mapping such as {key: value}"
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is tuple or annotation is tuple or origin is list or annotation is list:

@@ -121,6 +121,11 @@ def test_wheel_ships_the_notebooks(tmp_path: Path) -> None:
     ours = {p.name: p.read_bytes() for p in (tmp_path / "source" / "notebooks").glob("*.ipynb")}
     assert ours and shipped == ours
     assert set(ours) == {p.name for p in (REPO / "notebooks").glob("*.ipynb")}
+    # the pipeline's recipes (labkit pipeline --config cpu-long) ship as well
+    with zipfile.ZipFile(wheel) as zf:
+        recipes = {Path(n).name for n in zf.namelist() if n.startswith("labkit/recipes/")}
+    assert {p.name for p in (REPO / "labkit" / "recipes").glob("*.yaml")} <= recipes
+    assert "__init__.py" in recipes and len(recipes) >= 4
 
 
 @pytest.mark.slow
