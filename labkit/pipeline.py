@@ -18,6 +18,11 @@ Everything of a run lives in ``runs/<name>/``: the resolved ``config.yaml``, ``e
 (package versions, git commit, device), one folder per stage with its executed notebook, HTML
 export, figures and ``metrics.json``, the training checkpoints, and ``report.html``.
 
+The training stages run ``jobs`` at a time (default: on a CPU as many as its threads, on CUDA
+one), each of several in a child process with its share of the threads and no data workers; the
+other stages then run one after the other. The videos and datasets ``synthetic`` and
+``synthetic-hard`` are the built-in ones (:data:`SYNTHETIC_VIDEOS`).
+
 A stage is complete when its folder has a ``stage.json`` written after it succeeded, with the same
 parameters, and its outputs exist; complete stages are skipped unless ``force``. A stage whose
 parameters changed starts afresh; an interrupted training stage resumes from its checkpoint
@@ -1165,7 +1170,7 @@ def _end_with_parent() -> None:
         import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no prctl (macOS), no CDLL(None) (Windows)
         return
     if os.getppid() != parent:  # the parent ended before the request
         os._exit(1)
