@@ -136,9 +136,11 @@ def test_plan_wires_the_stages(tmp_path: Path) -> None:
         for i in (5, 6, 7)
     ]
     assert set(evaluate.needs) == set(ckpt)
-    # the same budget for both methods and every seed: only the method or the seed differs
+    # the same budget for both methods and every seed: only the method (and its learning rate,
+    # per method by default: DoRA 5e-4, DINO 1e-4) or the seed differs
     a, b = dict(by["train_dora_s5"].params), dict(by["train_dino_s5"].params)
-    assert {k for k in a if a[k] != b[k]} == {"method", "out_dir"}
+    assert {k for k in a if a[k] != b[k]} == {"method", "out_dir", "lr"}
+    assert (a["lr"], b["lr"]) == (5e-4, 1e-4)
     c = dict(by["train_dora_s6"].params)
     assert {k for k in a if a[k] != c[k]} == {"seed", "out_dir"}
     # a parameter change changes the fingerprint (the stage reruns), the same config does not
