@@ -18,10 +18,11 @@ Everything of a run lives in ``runs/<name>/``: the resolved ``config.yaml``, ``e
 (package versions, git commit, device), one folder per stage with its executed notebook, HTML
 export, figures and ``metrics.json``, the training checkpoints, and ``report.html``.
 
-The training stages run ``jobs`` at a time (default: on a CPU as many as its threads, on CUDA
-one), each of several in a child process with its share of the threads and no data workers; the
-other stages then run one after the other. The videos and datasets ``synthetic`` and
-``synthetic-hard`` are the built-in ones (:data:`SYNTHETIC_VIDEOS`).
+The stages of each group (the trainings, then the explorations, then the evaluations) run
+``jobs`` at a time (default: on a CPU as many as its threads, on CUDA one), each of several in a
+child process with its share of the threads (trainings with no data workers); the report last.
+The videos and datasets ``synthetic`` and ``synthetic-hard`` are the built-in ones
+(:data:`SYNTHETIC_VIDEOS`).
 
 A stage is complete when its folder has a ``stage.json`` written after it succeeded, with the same
 parameters, and its outputs exist; complete stages are skipped unless ``force``. A stage whose
@@ -136,10 +137,11 @@ class PipelineConfig:
     # 0: the CPUs this process may use (affinity, cgroup quota); a training stage leaves room
     # for its data workers (labkit.environment.configure_threads)
     threads: int = 0
-    # training stages run at once; 0: automatic, on a CPU as many as the threads above (at most
-    # the training stages to run), on CUDA 1. Stages running together share the threads (each
-    # max(1, threads // jobs)) and load their data without workers (num_workers 0, unless
-    # train.num_workers is set): small models use one core far better than a team of threads
+    # stages of one group (trainings, explorations, evaluations) run at once; 0: automatic, on a
+    # CPU as many as the threads above (at most the group's stages to run), on CUDA 1. Stages
+    # running together share the threads (each max(1, threads // jobs)); trainings load their
+    # data without workers (num_workers 0, unless train.num_workers is set): small models use
+    # one core far better than a team of threads
     jobs: int = 0
     # ---- training: every method gets the same budget ----
     methods: tuple[str, ...] = (
@@ -864,7 +866,8 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 def train_jobs(cfg: PipelineConfig, stages: int, threads: int) -> int:
-    """How many training stages run at once.
+    """How many stages of one group (the trainings, the explorations, the evaluations) run at
+    once.
 
     Args:
         cfg: the run's configuration (``jobs``, ``device``).
@@ -902,22 +905,21 @@ def _run_stages(
             _recover(stage, say)
     start = time.perf_counter()
     heads = {s.name: f"[{i}/{len(selected)}] {s.name}" for i, s in enumerate(selected, 1)}
-    # the training first (the plan puts it first; everything else reads its checkpoints), then
-    # the other stages one after the other in the plan's order
-    train = [s for s in selected if s.group == "train"]
-    waiting = [s for s in train if _to_run(s, heads[s.name], force, say)]
-    jobs = train_jobs(cfg, len(waiting), threads)
-    if jobs > 1:
-        _run_together(cfg, waiting, jobs, threads, heads, run_dir, say)
-    else:
-        for stage in waiting:
-            _run_stage(stage, heads[stage.name], run_dir, say, progress=progress)
-    for stage in (s for s in selected if s.group != "train"):
+    # group by group in the plan's order: the training (everything else reads its checkpoints),
+    # the explorations, the evaluations (each needs only trainings), then the report. Within a
+    # group the stages do not read each other, so `jobs` of them run at once
+    for group in STAGE_GROUPS[:-1]:
+        members = [s for s in selected if s.group == group]
+        waiting = [s for s in members if _to_run(s, heads[s.name], force, say)]
+        jobs = train_jobs(cfg, len(waiting), threads)
+        if jobs > 1:
+            _run_together(cfg, waiting, jobs, threads, heads, run_dir, say, group=group)
+        else:
+            for stage in waiting:
+                _run_stage(stage, heads[stage.name], run_dir, say, progress=progress)
+    for stage in (s for s in selected if s.group == "report"):
         head = heads[stage.name]
         if not _to_run(stage, head, force, say):
-            continue
-        if stage.group != "report":
-            _run_stage(stage, head, run_dir, say, progress=progress)
             continue
         t0 = time.perf_counter()
         say(f"{head}: running report ...")
@@ -1034,13 +1036,15 @@ def _run_together(
     heads: dict[str, str],
     run_dir: Path,
     say: Callable[[str], None],
+    group: str = "train",
 ) -> None:
-    """Run training stages ``jobs`` at a time, each notebook in its own process.
+    """Run the stages of one group (``train``, ``explore``, ``evaluate``) ``jobs`` at a time, each
+    notebook in its own process.
 
     Each stage gets ``max(1, threads // jobs)`` torch threads (``OMP_NUM_THREADS`` of its own
-    process: this process's environment is not touched, so nothing races) and, unless
-    ``train.num_workers`` is set, ``num_workers = 0`` (its data made between its steps, on its own
-    thread). The stages print nothing but their two progress lines (their output is in their
+    process: this process's environment is not touched, so nothing races) and a training stage,
+    unless ``train.num_workers`` is set, ``num_workers = 0`` (its data made between its steps, on
+    its own thread). The stages print nothing but their two progress lines (their output is in their
     notebooks). When a stage fails, no new stage starts, the running ones finish (their work is
     kept and marked complete), then the first failure is raised and the others said.
 
@@ -1053,7 +1057,10 @@ def _run_together(
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     per = max(1, threads // jobs)
-    overrides: dict[str, Any] = {} if "num_workers" in cfg.train else {"num_workers": 0}
+    training = group == "train"
+    overrides: dict[str, Any] = (
+        {} if "num_workers" in cfg.train or not training else {"num_workers": 0}
+    )
     home = str(Path(__file__).resolve().parent.parent)  # the child imports this labkit
     path = os.pathsep.join(p for p in (home, os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": str(per), "LABKIT_HEADLESS": "1", "PYTHONPATH": path}
@@ -1063,8 +1070,9 @@ def _run_together(
         with lock:
             say(message)
 
+    named = {"train": "training", "explore": "exploration", "evaluate": "evaluation"}
     tell(
-        f"training: {len(waiting)} stages, {jobs} at a time with {per} thread"
+        f"{named.get(group, group)}: {len(waiting)} stages, {jobs} at a time with {per} thread"
         f"{'s' if per > 1 else ''} each{' and no data workers' if overrides else ''} (jobs); "
         "their output is in their notebooks"
     )
