@@ -269,6 +269,7 @@ def verdict_parts(evaluation: dict[str, Any], dataset: str, budget: str) -> Verd
     wins: list[str] = []
     judged: dict[str, Any] = {}
     every: list[str] = []  # every comparison's outcome
+    rival_wins: dict[str, list[str]] = {}  # per rival: the measures the lead method beats it on
     for key, name in KEY_METRICS:
         stats = {m: agg[m][key] for m in methods if key in agg[m]}
         outcomes = {
@@ -291,6 +292,9 @@ def verdict_parts(evaluation: dict[str, Any], dataset: str, budget: str) -> Verd
         mine = [o for (a, _), o in outcomes.items() if a == lead_method]
         if mine and all(o == "better" for o in mine):
             wins.append(name)
+        for (a, b), o in outcomes.items():  # wins over one rival, besides those over all
+            if a == lead_method and o == "better":
+                rival_wins.setdefault(b, []).append(name)
     if not items:
         return Verdict(f"On {dataset}", "no comparable metric", (), {})
     lead = f"On {dataset}, after {budget}, " + _seeds_phrase(
@@ -313,6 +317,19 @@ def verdict_parts(evaluation: dict[str, Any], dataset: str, budget: str) -> Verd
             f"{who} is measurably better than {rivals} on {len(wins)} of {len(items)} measures "
             f"({'; '.join(wins)})"
         )
+    rivals_of_lead = [b for a, b in pairs if a == lead_method]
+    per_rival = {b: rival_wins.get(b, []) for b in rivals_of_lead}
+    if (
+        len(rivals_of_lead) > 1
+        and not all(o == ONE_SEED for o in every)
+        and any(won != wins for won in per_rival.values())
+    ):  # "better than both on none" must not hide "better than one of them on two"
+        parts = [
+            f"than {_name(b)} on "
+            + (f"{len(won)} of {len(items)} measures ({'; '.join(won)})" if won else "none")
+            for b, won in per_rival.items()
+        ]
+        overall = f"{who} is measurably better " + ", ".join(parts)
     return Verdict(lead, overall, tuple(items), judged)
 
 

@@ -251,8 +251,8 @@ def test_end_to_end(finished) -> None:
     assert "over seeds 0, 1 (mean ± sample standard deviation, n=2 per method)" in report
     assert "Verdict" in report and "Label propagation J&amp;F: " in report
     assert re.search(
-        r"DoRA is measurably better than random init and DINO on "
-        r"(none of the 4|all 4|[1-3] of 4) measures",
+        r"DoRA is measurably better than (random init and DINO on "
+        r"(none of the 4|all 4|[1-3] of 4) measures|random init on (none|[1-4] of 4 measures))",
         report,
     )
     assert "Pictures: seed 0" in report and "Seed 1: The DoRA teacher" in report
