@@ -333,6 +333,29 @@ def verdict_parts(evaluation: dict[str, Any], dataset: str, budget: str) -> Verd
     return Verdict(lead, overall, tuple(items), judged)
 
 
+def _healthy_runs_sentence(method: str, runs: list[dict[str, Any]]) -> str:
+    """One line for a method's seeds whose teacher did not collapse: how many, their final
+    entropy as a share of log K, and how many learn by the learning verdict (when recorded)."""
+    name = _name(method)
+    shares = [
+        r["teacher_entropy"] / math.log(r["out_dim"])
+        for r in runs
+        if isinstance(r.get("teacher_entropy"), (int, float)) and r.get("out_dim")
+    ]
+    text = f"The {name} teacher did not collapse in {len(runs)} seed{'s' if len(runs) > 1 else ''}"
+    if shares:
+        low, high = min(shares), max(shares)
+        span = f"{low:.0%}" if round(low, 2) == round(high, 2) else f"{low:.0%} to {high:.0%}"
+        text += f" (final teacher entropy {span} of log K)"
+    verdicts = [r.get("learning", {}).get("learns") for r in runs if r.get("learning")]
+    if verdicts:
+        text += (
+            f"; {sum(v is True for v in verdicts)} of {len(runs)} learn (loss falls, ends below "
+            "the frozen-network control, teacher healthy)"
+        )
+    return text + "."
+
+
 def verdict(evaluation: dict[str, Any], dataset: str, budget: str) -> str:
     """The verdict on one evaluation as plain text (:func:`verdict_parts`): the lead, the overall
     sentence, one sentence per key metric with mean ± std (n) of each method, and the rule."""
@@ -643,18 +666,24 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     train_stages = [s for s in stages if s.group == "train"]
     verdicts, headlines = [], []
     collapsed: dict[str, list[Any]] = {}  # method -> seeds whose teacher collapsed
+    healthy: dict[str, list[dict[str, Any]]] = {}  # method -> metrics of its healthy seeds
     for stage in train_stages:
         m = _read_json(stage.out_dir / "metrics.json")
         if m is None:
             continue
         sentence, bad = training_health(stage, m, cfg)
         seed = getattr(stage, "seed", None)
+        method = getattr(stage, "method", "") or stage.name.removeprefix("train_")
+        if several and seed is not None and not bad:  # said once per method below
+            healthy.setdefault(method, []).append(m)
+            continue
         if several and seed is not None:
             sentence = f"Seed {seed}: {sentence}"
         verdicts.append(f"<p{' class=bad' if bad else ''}>{html.escape(sentence)}</p>")
         if bad:
-            method = getattr(stage, "method", "") or stage.name.removeprefix("train_")
             collapsed.setdefault(method, []).append(seed)
+    for method, runs in healthy.items():
+        verdicts.append(f"<p>{html.escape(_healthy_runs_sentence(method, runs))}</p>")
     trained = list(
         dict.fromkeys(
             getattr(s, "method", "") or s.name.removeprefix("train_") for s in train_stages
