@@ -865,7 +865,7 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def train_jobs(cfg: PipelineConfig, stages: int, threads: int) -> int:
+def group_jobs(cfg: PipelineConfig, stages: int, threads: int) -> int:
     """How many stages of one group (the trainings, the explorations, the evaluations) run at
     once.
 
@@ -880,6 +880,9 @@ def train_jobs(cfg: PipelineConfig, stages: int, threads: int) -> int:
     """
     jobs = cfg.jobs or (threads if cfg.device == "cpu" else 1)
     return max(1, min(jobs, stages))
+
+
+train_jobs = group_jobs  # its name when only the trainings ran at once
 
 
 def _run_stages(
@@ -911,7 +914,7 @@ def _run_stages(
     for group in STAGE_GROUPS[:-1]:
         members = [s for s in selected if s.group == group]
         waiting = [s for s in members if _to_run(s, heads[s.name], force, say)]
-        jobs = train_jobs(cfg, len(waiting), threads)
+        jobs = group_jobs(cfg, len(waiting), threads)
         if jobs > 1:
             _run_together(cfg, waiting, jobs, threads, heads, run_dir, say, group=group)
         else:

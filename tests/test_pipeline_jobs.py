@@ -17,7 +17,7 @@ import pytest
 
 from labkit import pipeline
 from labkit.data import default_dataset, default_video
-from labkit.pipeline import PipelineConfig, StageFailed, is_complete, plan, run_pipeline, train_jobs
+from labkit.pipeline import PipelineConfig, StageFailed, group_jobs, is_complete, plan, run_pipeline
 from labkit.report import dataset_title
 
 TINY_MODEL = {"depth": 2, "embed_dim": 96, "num_heads": 3}
@@ -68,14 +68,14 @@ class Calls:
             self.now -= 1
 
 
-def test_train_jobs_automatic_and_capped() -> None:
+def test_group_jobs_automatic_and_capped() -> None:
     cpu, cuda = SimpleNamespace(jobs=0, device="cpu"), SimpleNamespace(jobs=0, device="cuda")
-    assert train_jobs(cpu, stages=6, threads=2) == 2  # the threads, on a CPU
-    assert train_jobs(cpu, stages=3, threads=16) == 3  # at most the stages to run
-    assert train_jobs(cpu, stages=0, threads=16) == 1
-    assert train_jobs(cuda, stages=6, threads=16) == 1  # one GPU: one at a time
-    assert train_jobs(SimpleNamespace(jobs=4, device="cuda"), stages=6, threads=16) == 4
-    assert train_jobs(SimpleNamespace(jobs=4, device="cpu"), stages=2, threads=1) == 2
+    assert group_jobs(cpu, stages=6, threads=2) == 2  # the threads, on a CPU
+    assert group_jobs(cpu, stages=3, threads=16) == 3  # at most the stages to run
+    assert group_jobs(cpu, stages=0, threads=16) == 1
+    assert group_jobs(cuda, stages=6, threads=16) == 1  # one GPU: one at a time
+    assert group_jobs(SimpleNamespace(jobs=4, device="cuda"), stages=6, threads=16) == 4
+    assert group_jobs(SimpleNamespace(jobs=4, device="cpu"), stages=2, threads=1) == 2
     with pytest.raises(ValueError, match="jobs"):
         PipelineConfig(jobs=-1)
 
