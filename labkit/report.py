@@ -122,13 +122,18 @@ def _shares(values: Any) -> str:
     return "/".join(f"{float(v):.2f}" for v in values) if values else "–"
 
 
-def sinkhorn_rows(numbers: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+def sinkhorn_rows(
+    numbers: dict[str, Any], spread: dict[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], str]:
     """The with/without Sinkhorn-Knopp numbers as table rows and a sentence on the overlap.
 
     Args:
         numbers: ``metrics.json["sinkhorn"]`` of the dora_step_by_step notebook
             (:func:`labkit.viz.dora.sinkhorn_numbers`): plan name -> share_mean, overlap_mean,
             plan_share, plan_mass.
+        spread: ``metrics.json["prototype_spread"]`` of the same notebook
+            (:func:`labkit.tracking.prototype_spread`), or None: where the objects are one map,
+            the sentence says how far apart the heads' prototypes were.
 
     Returns:
         (rows, sentence): one row per plan, shares as ``a/b/c`` strings; the sentence says
@@ -157,6 +162,18 @@ def sinkhorn_rows(numbers: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
             "and without Sinkhorn-Knopp: the objects are nearly one map, and their shares rest "
             "on small differences between them."
         )
+        if spread and all(
+            isinstance(spread.get(key), (int, float))
+            for key in ("prototype_cosine", "logit_spread_per_epsilon", "plan_peak", "uniform_peak")
+        ):
+            sentence += (
+                f" The reason is in the discovery: the heads' prototypes are nearly parallel "
+                f"(mean cosine {spread['prototype_cosine']:.2f}), a patch's scores for the k "
+                f"objects differ by {spread['logit_spread_per_epsilon']:.2f} epsilon on average, "
+                f"and the Sinkhorn-Knopp plan gives a patch's largest share "
+                f"{spread['plan_peak']:.2f} where a uniform plan gives "
+                f"{spread['uniform_peak']:.2f}: every object is close to the frame's average token."
+            )
     else:
         sentence = "; ".join(f"{name}: overlap {v:.2f}" for name, v in overlaps.items()) + "."
     return rows, sentence
@@ -830,9 +847,10 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         parts.append(f"<h3>{html.escape(stage.name)}</h3>")
         if weights:
             parts.append(f"<p class='muted'>weights: {html.escape(str(weights))}</p>")
-        sinkhorn = (_read_json(stage.out_dir / "metrics.json") or {}).get("sinkhorn")
+        explored = _read_json(stage.out_dir / "metrics.json") or {}
+        sinkhorn = explored.get("sinkhorn")
         if sinkhorn:  # DoRA's objects with and without Sinkhorn-Knopp (dora_step_by_step)
-            rows, sentence = sinkhorn_rows(sinkhorn)
+            rows, sentence = sinkhorn_rows(sinkhorn, explored.get("prototype_spread"))
             parts += [
                 "<h4>DoRA's objects with and without Sinkhorn-Knopp</h4>",
                 html_table(rows, digits=2),

@@ -65,6 +65,7 @@ __all__ = [
     "masked_views",
     "ObjectShares",
     "object_shares",
+    "prototype_spread",
 ]
 
 
@@ -449,3 +450,47 @@ def object_shares(maps: torch.Tensor) -> ObjectShares:
     # ... leading, i / j objects, n patch
     overlap = torch.minimum(unit[..., :, None, :], unit[..., None, :, :]).sum(-1)  # (..., k, k)
     return ObjectShares(share, mass, overlap.clamp(0.0, 1.0))
+
+
+def prototype_spread(discovery: Discovery, epsilon: float) -> dict[str, float]:
+    """How far apart DoRA's k initial prototypes are, on the scale the transport plan sees.
+
+    The plan is ``sinkhorn_knopp(logits / epsilon)`` (or its row softmax), so what separates the
+    objects is how much a patch's k logits differ, measured in units of epsilon. Where the k
+    heads pool nearly parallel queries (a small or barely trained network: the queries share a
+    large common part), every patch's logits differ by a small fraction of epsilon, the plan is
+    close to uniform (each object gets about 1/k of every patch), and every refined prototype
+    becomes the frame's mean token: the k tracked objects are one map.
+
+    Args:
+        discovery: :func:`discover_objects`' result (B clips).
+        epsilon: the plan's temperature it was made with.
+
+    Returns:
+        Means over the clips (and patches):
+
+        * ``prototype_cosine``: cosine between two initial prototypes, mean over the pairs
+          (1: parallel; NaN for k = 1);
+        * ``logit_spread``: a patch's largest minus smallest logit over the objects;
+        * ``logit_spread_per_epsilon``: the same divided by epsilon;
+        * ``plan_peak``: a patch's largest share of its plan row (1/k: uniform, 1: hard);
+        * ``uniform_peak``: 1/k, for comparison.
+    """
+    if not epsilon > 0:
+        raise ValueError(f"prototype_spread: epsilon must be > 0, got {epsilon}")
+    initial = _float(discovery.initial_prototypes, "initial_prototypes")  # (B, k, D)
+    logits = _float(discovery.logits, "logits")  # (B, N, k)
+    plan = _float(discovery.assignment, "assignment")  # (B, N, k)
+    k = initial.shape[1]
+    unit = F.normalize(initial, dim=-1)
+    cosine = unit @ unit.transpose(1, 2)  # (B, k, k)
+    pairs = torch.triu(torch.ones(k, k, dtype=torch.bool, device=cosine.device), 1)
+    spread = logits.max(-1).values - logits.min(-1).values  # (B, N)
+    rows = plan / plan.sum(-1, keepdim=True).clamp_min(1e-30)  # (B, N, k), rows sum to 1
+    return {
+        "prototype_cosine": float(cosine[:, pairs].mean()) if k > 1 else float("nan"),
+        "logit_spread": float(spread.mean()),
+        "logit_spread_per_epsilon": float(spread.mean() / epsilon),
+        "plan_peak": float(rows.max(-1).values.mean()),
+        "uniform_peak": 1.0 / k,
+    }

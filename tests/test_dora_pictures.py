@@ -259,6 +259,16 @@ def test_report_shows_the_sinkhorn_figure_and_its_numbers(tmp_path):
     same = {"a": {"overlap_mean": 0.95}, "b": {"overlap_mean": 0.97}}
     assert "more than 90%" in sinkhorn_rows(same)[1]
     assert sinkhorn_rows({"a": {"overlap_mean": 0.2}})[1] == "a: overlap 0.20."
+    spread = {
+        "prototype_cosine": 0.991,
+        "logit_spread_per_epsilon": 0.224,
+        "plan_peak": 0.361,
+        "uniform_peak": 1 / 3,
+    }
+    reason = sinkhorn_rows(same, spread)[1]
+    assert "mean cosine 0.99" in reason and "differ by 0.22 epsilon" in reason
+    assert "largest share 0.36 where a uniform plan gives 0.33" in reason
+    assert "cosine" not in sinkhorn_rows({"a": {"overlap_mean": 0.2}}, spread)[1]  # distinct: no
 
 
 def test_films_draw_dora_objects_in_their_colours(small_video):

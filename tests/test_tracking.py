@@ -14,6 +14,7 @@ from labkit.tracking import (
     discover_objects,
     masked_views,
     masks_to_frames,
+    prototype_spread,
     track_objects,
 )
 
@@ -344,3 +345,44 @@ def test_shape_errors():
         track_objects(prototypes, keys, (5, 7))
     with pytest.raises(ValueError, match="do not match"):
         track_objects(prototypes[..., :-1], keys, (GH, GW))
+
+
+def test_prototype_spread_separates_distinct_from_parallel_heads():
+    """Distinct heads: orthogonal prototypes, logits apart by many epsilon, a hard plan. Heads
+    that pool the same queries: parallel prototypes, equal logits, the uniform plan."""
+    attn, queries, tokens, _, _, _, _ = cluster_scene()
+    distinct = prototype_spread(discover_objects(attn, queries, tokens, k=3, heads=(0, 1, 2)), 0.05)
+    assert abs(distinct["prototype_cosine"]) < 0.2  # orthonormal clusters, 10% uniform attention
+    assert distinct["logit_spread_per_epsilon"] > 20  # token . prototype: ~2.4 against ~0.3
+    assert distinct["plan_peak"] > 0.95 and distinct["uniform_peak"] == pytest.approx(1 / 3)
+    same = attn.clone()
+    same[:, :3] = attn[:, -1:]  # three copies of the uniform head
+    parallel = prototype_spread(discover_objects(same, queries, tokens, k=3, heads=(0, 1, 2)), 0.05)
+    assert parallel["prototype_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert parallel["logit_spread"] == pytest.approx(0.0, abs=1e-5)
+    assert parallel["plan_peak"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_prototype_spread_matches_loops():
+    torch.manual_seed(3)
+    batch, n, k, d, eps = 2, 10, 4, 5, 0.1
+    initial = torch.randn(batch, k, d, dtype=torch.float64)
+    logits = torch.randn(batch, n, k, dtype=torch.float64)
+    plan = torch.rand(batch, n, k, dtype=torch.float64)  # rows not normalised: the rule must do it
+    found = Discovery(initial, initial, plan, torch.zeros(batch, k, dtype=torch.long), logits)
+    got = prototype_spread(found, eps)
+    cosines, spreads, peaks = [], [], []
+    for b in range(batch):
+        for i in range(k):
+            for j in range(i + 1, k):
+                a, c = initial[b, i], initial[b, j]
+                cosines.append(float(a @ c / (a.norm() * c.norm())))
+        for row, weights in zip(logits[b], plan[b]):
+            spreads.append(float(row.max() - row.min()))
+            peaks.append(float(weights.max() / weights.sum()))
+    assert got["prototype_cosine"] == pytest.approx(sum(cosines) / len(cosines))
+    assert got["logit_spread"] == pytest.approx(sum(spreads) / len(spreads))
+    assert got["logit_spread_per_epsilon"] == pytest.approx(sum(spreads) / len(spreads) / eps)
+    assert got["plan_peak"] == pytest.approx(sum(peaks) / len(peaks))
+    with pytest.raises(ValueError, match="epsilon"):
+        prototype_spread(found, 0.0)
