@@ -914,6 +914,8 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             "attn head avg J",
             "attn stability",
             "DoRA best object J",
+            "DoRA object on foreground",
+            "foreground share",
             "k-means frame_hungarian mIoU",
             "k-means clip_hungarian mIoU",
             "k-means dataset_hungarian mIoU",

@@ -270,6 +270,37 @@ def test_attention_and_tracking_match_the_batch_path(synthetic_result, reference
     assert seq.tracking["best_head_j"] == pytest.approx(ref["best_head_j"])
 
 
+def test_tracked_objects_precision_against_pixels(synthetic_result, reference) -> None:
+    """Where DoRA's objects fall: the share of each object's pixels on the foreground and the
+    foreground's share of the frame, against the upsampled masks counted pixel by pixel."""
+    from labkit.tracking import discover_objects, track_objects
+
+    ex, gt = reference
+    seq = synthetic_result.models[0].sequences[0]
+    assert seq.unannotated_frames == ()  # every synthetic frame is scored
+    fg = gt > 0  # (T, H, W)
+    t = seq.tracking
+    assert t["foreground_share"] == pytest.approx(float(fg.double().mean()), abs=1e-12)
+    f = ex.features
+    proto = discover_objects(ex.attention[:1], f["queries"][:1], f["tokens"][:1], k=3).prototypes
+    masks = track_objects(proto, f["keys"][None]).masks[0]  # (T, k, gh, gw)
+    up = grid_to_frame(masks, (96, 160), patch_size=16, alignment="resize")  # (T, k, H, W)
+    pixels = up.sum(dim=(2, 3)).double()  # (T, k)
+    ref = (up & fg[:, None]).sum(dim=(2, 3)).double() / pixels
+    ref[pixels == 0] = float("nan")
+    assert t["precision"].shape == (12, 3)
+    torch.testing.assert_close(t["precision"], ref, rtol=0, atol=1e-12, equal_nan=True)
+    best = t["best_head"]
+    assert t["best_precision"] == pytest.approx(float(torch.nanmean(ref[:, best])), abs=1e-12)
+    avg = seq.attention["head_average_precision"]
+    row = synthetic_result.models[0].summary()
+    for value in (t["best_precision"], avg, row["DoRA object on foreground"]):
+        assert 0.0 <= value <= 1.0
+    assert row["foreground share"] == pytest.approx(t["foreground_share"])
+    d = json.loads(json.dumps(seq.to_dict(), allow_nan=False))
+    assert len(d["tracking"]["precision"]) == 12 and "head_average_precision" in d["attention"]
+
+
 def test_segmentation_matches_kmeans_miou(synthetic_result, reference) -> None:
     from labkit.eval.segmentation import kmeans_miou
 

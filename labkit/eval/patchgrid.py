@@ -16,6 +16,7 @@ Notation::
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ __all__ = [
     "patch_histogram",
     "confusion_from_histograms",
     "mask_jaccard",
+    "mask_precision",
+    "foreground_share",
     "mask_statistics",
 ]
 
@@ -140,6 +143,57 @@ def mask_jaccard(masks: torch.Tensor, foreground: torch.Tensor, area: torch.Tens
     union = pred + fg.sum(dim=1, keepdim=True) - inter
     j = inter / union.clamp(min=1)
     return torch.where(union == 0, torch.ones_like(j), j)
+
+
+def mask_precision(
+    masks: torch.Tensor, foreground: torch.Tensor, area: torch.Tensor
+) -> torch.Tensor:
+    """Share of each patch mask's pixels, drawn on the frame, that are foreground.
+
+    J alone hides a mask that covers much of the frame: a mask over everything scores the
+    foreground's share of the frame. Precision says whether the mask prefers the objects: compare
+    it with :func:`foreground_share`, the precision of a mask that picks its pixels at random.
+    Equal to ``(up & fg).sum() / up.sum()`` for the nearest-upsampled mask ``up`` and the pixel
+    foreground ``fg``.
+
+    Args:
+        masks: ``(T, m, gh, gw)`` or ``(T, m, P)`` bool.
+        foreground: ``(T, P)`` foreground pixels inside each patch's footprint.
+        area: ``(P,)`` pixels of each patch's footprint.
+
+    Returns:
+        ``(T, m)`` float64 in ``[0, 1]`` on the CPU; NaN for an empty mask (it has no pixels to
+        be right or wrong about), which the means over frames skip (``torch.nanmean``).
+    """
+    m = masks.reshape(masks.shape[0], masks.shape[1], -1).double().cpu()  # (T, m, P)
+    fg = foreground.double().cpu()  # (T, P)
+    if m.shape[0] != fg.shape[0] or m.shape[2] != fg.shape[1] or area.numel() != fg.shape[1]:
+        raise ValueError(
+            f"mask_precision: masks {tuple(masks.shape)}, foreground {tuple(foreground.shape)} "
+            f"and area {tuple(area.shape)} disagree"
+        )
+    inter = torch.einsum("tmp,tp->tm", m, fg)  # (T, m) foreground pixels under the mask
+    pred = torch.einsum("tmp,p->tm", m, area.double().cpu())  # (T, m) pixels under the mask
+    return torch.where(pred > 0, inter / pred.clamp(min=1), torch.full_like(pred, math.nan))
+
+
+def foreground_share(foreground: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
+    """Foreground share of each frame: the precision a mask of random pixels has on average.
+
+    Args:
+        foreground: ``(T, P)`` foreground pixels inside each patch's footprint.
+        area: ``(P,)`` pixels of each patch's footprint.
+
+    Returns:
+        ``(T,)`` float64 in ``[0, 1]`` on the CPU (0 for a frame of no pixels).
+    """
+    fg = foreground.double().cpu()  # (T, P)
+    if fg.ndim != 2 or area.numel() != fg.shape[1]:
+        raise ValueError(
+            f"foreground_share: foreground {tuple(foreground.shape)} and area "
+            f"{tuple(area.shape)} disagree"
+        )
+    return fg.sum(dim=1) / max(float(area.sum()), 1.0)
 
 
 def mask_statistics(j: torch.Tensor) -> dict[str, Any]:

@@ -57,6 +57,8 @@ SUMMARY_COLUMNS = (
     "attn mean heads J",
     "attn stability",
     "DoRA best object J",
+    "DoRA object on foreground",
+    "foreground share",
     "DoRA stability",
     "k-means frame_hungarian mIoU",
     "k-means clip_hungarian mIoU",

@@ -118,6 +118,9 @@ class SequenceResult:
         if self.tracking is not None:
             t = self.tracking
             r.update({"DoRA best object J": t["best_head_j"], "DoRA stability": t["stability"]})
+            if "best_precision" in t:  # the best object's pixels on the foreground, vs chance
+                r["DoRA object on foreground"] = t["best_precision"]
+                r["foreground share"] = t["foreground_share"]
         if self.segmentation is not None:
             r.update({f"k-means {k} mIoU": v for k, v in self.segmentation.items()})
         if self.discovery is not None:
@@ -178,7 +181,7 @@ class SequenceResult:
         return to_jsonable(d)
 
 
-def _mean(values: list[float]) -> float:
+def _mean(values: list[float | None]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
 
@@ -213,18 +216,27 @@ class ModelResult:
             "per_head": per_head,
             "best_head_per_sequence_j": _mean([a["best_head_j"] for a in seqs]),
             "head_average_j": _mean([a["head_average_j"] for a in seqs]),
+            "head_average_precision": _mean([a.get("head_average_precision") for a in seqs]),
             "mean_over_heads": _mean([a["mean_over_heads"] for a in seqs]),
             "oracle_j": _mean([a["oracle_j"] for a in seqs]),
             "stability": _mean([a["stability"] for a in seqs]),
         }
 
     def tracking_summary(self) -> dict[str, float] | None:
-        """DoRA's tracked objects over sequences (the best object is chosen per sequence)."""
+        """DoRA's tracked objects over sequences (the best object is chosen per sequence).
+
+        ``best_object_precision``: the share of the best object's mask pixels that are foreground;
+        ``foreground_share``: the foreground's share of the frame, the precision of a mask that
+        ignores the objects (means over sequences of means over frames; a frame whose mask is
+        empty is skipped).
+        """
         seqs = [s.tracking for s in self.sequences if s.tracking is not None]
         if not seqs:
             return None
         return {
             "best_object_j": _mean([t["best_head_j"] for t in seqs]),
+            "best_object_precision": _mean([t.get("best_precision") for t in seqs]),
+            "foreground_share": _mean([t.get("foreground_share") for t in seqs]),
             "mean_over_objects": _mean([t["mean_over_heads"] for t in seqs]),
             "oracle_j": _mean([t["oracle_j"] for t in seqs]),
             "stability": _mean([t["stability"] for t in seqs]),
@@ -273,7 +285,14 @@ class ModelResult:
             )
         t = self.tracking_summary()
         if t is not None:
-            r.update({"DoRA best object J": t["best_object_j"], "DoRA stability": t["stability"]})
+            r.update(
+                {
+                    "DoRA best object J": t["best_object_j"],
+                    "DoRA object on foreground": t["best_object_precision"],
+                    "foreground share": t["foreground_share"],
+                    "DoRA stability": t["stability"],
+                }
+            )
         s = self.segmentation_summary()
         if s is not None:
             r.update({f"k-means {k} mIoU": v for k, v in s.items()})

@@ -44,7 +44,9 @@ from labkit.eval.discovery import discovery_scores
 from labkit.eval.metrics import SequenceScores, davis_frame_scores, resize_nearest
 from labkit.eval.patchgrid import (
     confusion_from_histograms,
+    foreground_share,
     mask_jaccard,
+    mask_precision,
     mask_statistics,
     patch_histogram,
     patch_index_map,
@@ -336,9 +338,19 @@ def evaluate_sequence(
         j_avg = mask_jaccard(average_mask[annotated][:, None], foreground, area)[:, 0]  # (T',)
         result.attention["head_average_jaccard"] = j_avg
         result.attention["head_average_j"] = float(j_avg.mean())
+        # share of the head-average mask's pixels on the foreground; NaN frames (empty mask) skipped
+        prec_avg = mask_precision(average_mask[annotated][:, None], foreground, area)[:, 0]
+        result.attention["head_average_precision"] = float(torch.nanmean(prec_avg))
     if track_on:
         objects = torch.cat(object_masks)  # (T, k, gh, gw)
         result.tracking = mask_statistics(mask_jaccard(objects[annotated], foreground, area))
+        # does the best object (by J) prefer the objects? Its precision against the foreground's
+        # share of the frame (a mask of random pixels has that precision)
+        precision = mask_precision(objects[annotated], foreground, area)  # (T', k)
+        best = result.tracking["best_head"]
+        result.tracking["precision"] = precision
+        result.tracking["best_precision"] = float(torch.nanmean(precision[:, best]))
+        result.tracking["foreground_share"] = float(foreground_share(foreground, area).mean())
     discovered = {}  # method -> ((T, gh, gw) masks, (T, 4) boxes)
     if disc_on:
         discovered = {
