@@ -382,11 +382,15 @@ def _notebook_settings(notebook: str, cfg: PipelineConfig) -> dict[str, Any]:
 
     The TimeTuning notebook starts from the same weights as the other methods (``checkpoint``,
     else a random init: ``pretrained`` false, as train_dora's default), segments the explore
-    stages' frames at their size, and scores its mIoU on the synthetic ground truth only (the
-    evaluate stages score every dataset)."""
+    stages' frames at their size, and scores its mIoU on one synthetic video's ground truth only
+    (the evaluate stages score every dataset): the video it tunes on where that is a built-in one
+    (``score_data``: the hard variant's folder for ``synthetic-hard``), else the default (easy)
+    video, named ``synthetic`` in its tables, as a video of the user's own has no masks."""
     if notebook != "timetuning":
         return {}
+    builtin = cfg.video_path in SYNTHETIC_VIDEOS
     return {
+        "score_data": _data_root_param(cfg.video_path) if builtin else "",
         "pretrained": False,
         "segment_size": cfg.explore_img_size,
         "segment_frames": cfg.explore_frames,

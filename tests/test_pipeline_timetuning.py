@@ -71,6 +71,35 @@ def test_each_method_gets_its_own_notebook(tmp_path: Path) -> None:
         check_plan(cfg, plan(tiny(tmp_path, Path(__file__), train={"epsilon": 0.1})))
 
 
+def test_timetuning_scores_the_synthetic_video_it_tunes_on(tmp_path: Path) -> None:
+    """The notebook's first mIoU (score_data) is the hard variant's DAVIS-layout folder when the
+    run tunes on synthetic-hard, "" (the default easy video) otherwise."""
+    from labkit.data import default_dataset, default_video
+    from labkit.pipeline import check_plan
+
+    hard_cfg = tiny(tmp_path, Path("synthetic-hard"))
+    stages = plan(hard_cfg)
+    hard = next(s for s in stages if s.name == "train_timetuning").params
+    assert hard["score_data"] == str(default_dataset("hard"))
+    assert Path(hard["score_data"]).name == "synthetic-hard"  # its name in the notebook's tables
+    # the scored folder is the one that holds the tuned video, with its masks
+    assert hard["video_path"] == str(default_video("hard"))
+    assert Path(hard["video_path"]).parent == Path(hard["score_data"])
+    assert (Path(hard["score_data"]) / "Annotations" / "480p" / "synthetic").is_dir()
+    check_plan(hard_cfg, stages)  # the notebook takes the parameter
+    for video in ("", "synthetic", str(Path(__file__))):  # default, easy by name, own video
+        stage = next(s for s in plan(tiny(tmp_path, video)) if s.name == "train_timetuning")
+        assert stage.params["score_data"] == "", video
+    easy = next(s for s in plan(tiny(tmp_path, "synthetic")) if s.name == "train_timetuning")
+    hard_stage = next(s for s in stages if s.name == "train_timetuning")
+    assert hard_stage.fingerprint != easy.fingerprint  # a run moved to the hard video reruns it
+    # train: overrides it (a video of one's own with masks beside it)
+    own = tiny(tmp_path, Path(__file__), train={"score_data": str(tmp_path)})
+    assert next(s for s in plan(own) if s.name == "train_timetuning").params["score_data"] == str(
+        tmp_path
+    )
+
+
 @pytest.mark.slow
 def test_pipeline_trains_timetuning_through_its_notebook(tmp_path: Path, small_video: Path):
     cfg = tiny(tmp_path, small_video)

@@ -48,6 +48,7 @@ def test_training_parameters_are_train_config_fields():
         "k_video",
         "k_frame",
         "strip_columns",
+        "score_data",
         "davis_root",
         "eval_sequences",
         "eval_resolution",
@@ -88,3 +89,32 @@ def test_notebook_tunes_and_writes_metrics(tmp_path, monkeypatch):
     )
     table = [o for o in outputs if "text/html" in o.get("data", {})]
     assert any("clip_hungarian" in "".join(o["data"]["text/html"]) for o in table)
+
+
+def test_notebook_scores_the_video_it_tunes_on(tmp_path, monkeypatch):
+    """Tuned on the hard synthetic variant, the first mIoU is that video's ground truth (score_data)
+    under its folder's name, not the default video's under "synthetic"."""
+    from labkit.data.synthetic import generate_synthetic
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    hard = generate_synthetic(
+        tmp_path / "synthetic-hard", num_frames=12, size=(64, 96), seed=1, variant="hard"
+    )
+    out = tmp_path / "run"
+    params = {
+        **TINY,
+        "steps": 1,
+        "segment_frames": 3,
+        "video_path": str(hard.video),
+        "score_data": str(hard.root),
+        "davis_root": "",
+        "out_dir": str(out),
+    }
+    run_notebook("timetuning", out, params, html=False, progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["miou"]) == {"synthetic-hard", "davis2016"}
+    for when in ("before", "after"):
+        scores = metrics["miou"]["synthetic-hard"][when]
+        assert scores["data_root"] == str(hard.root) and scores["frames"] == 4
+        assert all(0 <= scores[protocol] <= 1 for protocol in PROTOCOLS), when
+    assert metrics["miou"]["davis2016"]["before"] == {"skipped": "no data root given"}
