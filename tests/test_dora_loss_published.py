@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_config
 
 from labkit.losses import DINOLoss, dora_published_pair_weights
 from labkit.train import TrainConfig, load_config, train
@@ -222,24 +223,9 @@ def test_cli_override():
 
 
 def test_published_variant_trains(tmp_path):
-    config = TrainConfig(
-        model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
-        img_size=64,
-        local_size=32,
-        out_dim=128,
-        hidden_dim=64,
-        bottleneck_dim=32,
-        num_frames=2,
-        frame_step=3,
-        num_local=2,
-        batch_size=2,
-        lr=0.02,
-        warmup_epochs=0.0,
-        steps_per_epoch=2,
-        checkpoint_every=0,
-        steps=2,
-        dora_loss="published",
-        out_dir=str(tmp_path),
+    # a smaller head than the shared tiny run's; the published loss needs two local crops
+    config = tiny_config(
+        tmp_path, out_dim=128, hidden_dim=64, num_local=2, steps=2, dora_loss="published"
     )
     result = train(config, progress=False)
     assert [r["step"] for r in result.log] == [1, 2]

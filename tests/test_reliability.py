@@ -21,29 +21,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny import TINY_TRAIN
 
 from labkit.cli import main
 from labkit.runfolder import RunFolderBusy, RunFolderWarning, RunLock, read_jsonl
 from labkit.train import TrainConfig, TrainingDiverged, read_log, train
 
 REPO = Path(__file__).resolve().parents[1]
-
-TINY_TRAIN = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
-    img_size=64,
-    local_size=32,
-    out_dim=256,
-    hidden_dim=128,
-    bottleneck_dim=32,
-    num_frames=2,
-    frame_step=3,
-    num_local=1,
-    batch_size=2,
-    lr=0.02,
-    warmup_epochs=0.0,
-    steps_per_epoch=2,
-    checkpoint_every=0,
-)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import TINY_NETWORK
 
 from labkit.attention import extract
 from labkit.losses import DINOLoss
@@ -25,15 +26,7 @@ from labkit.tracking import discover_objects, masked_views, track_objects
 from labkit.train import TrainConfig
 from labkit.train.step import build_networks, dino_step, dora_step
 
-TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
-    img_size=64,
-    local_size=32,
-    out_dim=256,
-    hidden_dim=128,
-    bottleneck_dim=32,
-    drop_path_rate=0.0,
-)
+TINY = {**TINY_NETWORK, "drop_path_rate": 0.0}  # no stochastic depth: deterministic steps
 B, T, N_LOCAL, K_OBJ, HEADS = 2, 3, 2, 3, [2, 0, 3]
 TEACHER_TEMP, STUDENT_TEMP = 0.04, 0.1
 

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from tiny import tiny_config
 from torch import nn
 
 import labkit.train.trainer as trainer_module
@@ -14,23 +15,6 @@ from labkit.train import TrainConfig, train
 from labkit.train.trainer import clip_gradients
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
-    img_size=64,
-    local_size=32,
-    out_dim=256,
-    hidden_dim=128,
-    bottleneck_dim=32,
-    num_frames=2,
-    frame_step=3,
-    num_local=1,
-    batch_size=2,
-    lr=0.02,
-    warmup_epochs=0.0,
-    steps_per_epoch=2,
-    checkpoint_every=0,
-)
 
 
 def official_clip_gradients(model: nn.Module, clip: float) -> list[float]:
@@ -93,15 +77,8 @@ def test_frozen_last_layer_stays_out_of_the_clipping_norm(tmp_path, monkeypatch,
         return original(parameters, max_norm, how)
 
     monkeypatch.setattr(trainer_module, "clip_gradients", spy)
-    cfg = TrainConfig(
-        **{
-            **TINY,
-            "out_dir": str(tmp_path),
-            "steps": 3,
-            "clip_grad_mode": mode,
-            "norm_last_layer": False,
-            "freeze_last_layer": 1,
-        }
+    cfg = tiny_config(
+        tmp_path, steps=3, clip_grad_mode=mode, norm_last_layer=False, freeze_last_layer=1
     )
     trainer = trainer_module.Trainer(cfg, progress=False)
     try:
@@ -146,7 +123,7 @@ def test_a_loaded_center_is_not_replaced():
 
 
 def test_trainer_uses_the_first_batch_center(tmp_path):
-    cfg = TrainConfig(**{**TINY, "out_dir": str(tmp_path / "a"), "steps": 1})
+    cfg = tiny_config(tmp_path / "a", steps=1)
     zeros = train(cfg, progress=False)
     first = train(
         cfg.replace(out_dir=str(tmp_path / "b"), center_init="first_batch"), progress=False
@@ -219,15 +196,7 @@ def test_trainer_passes_pre_crop_for_dora_only(tmp_path):
     from labkit.train import Trainer
 
     for method, expected in (("dora", True), ("dino", False)):
-        cfg = TrainConfig(
-            **{
-                **TINY,
-                "out_dir": str(tmp_path / method),
-                "steps": 1,
-                "method": method,
-                "pre_crop": True,
-            }
-        )
+        cfg = tiny_config(tmp_path / method, steps=1, method=method, pre_crop=True)
         trainer = Trainer(cfg, progress=False)
         try:
             assert trainer.dataset.pre_crop is expected

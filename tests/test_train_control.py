@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 import yaml
+from tiny import TINY_TRAIN, tiny_config
 
 from labkit.train import TrainConfig, Trainer, read_log, train
 from labkit.train.config import IGNORED_FIELDS
@@ -25,28 +26,7 @@ from labkit.train.verdict import (
     window_means,
 )
 
-TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
-    img_size=64,
-    local_size=32,
-    out_dim=256,
-    hidden_dim=128,
-    bottleneck_dim=32,
-    num_frames=2,
-    frame_step=3,
-    num_local=1,
-    batch_size=2,
-    lr=0.02,
-    warmup_epochs=0.0,
-    steps_per_epoch=2,
-    checkpoint_every=0,
-)
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def config(out_dir, **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, "out_dir": str(out_dir), **kw})
 
 
 def column(log, name):
@@ -142,11 +122,13 @@ def test_learning_sentence():
 @pytest.mark.parametrize("method", ["dora", "dino"])
 def test_control_is_the_frozen_network_and_leaves_training_alone(tmp_path, method):
     steps = 4
-    run = train(config(tmp_path / "a", steps=steps, method=method, control=True), progress=False)
-    plain = train(config(tmp_path / "b", steps=steps, method=method), progress=False)
+    run = train(
+        tiny_config(tmp_path / "a", steps=steps, method=method, control=True), progress=False
+    )
+    plain = train(tiny_config(tmp_path / "b", steps=steps, method=method), progress=False)
     # a network that cannot move: lr 1e-30 changes no float32 weight, momentum 1 no teacher
     frozen = train(
-        config(
+        tiny_config(
             tmp_path / "c",
             steps=steps,
             method=method,
@@ -184,15 +166,15 @@ def test_control_is_the_frozen_network_and_leaves_training_alone(tmp_path, metho
 
 
 def test_control_resumes_exactly(tmp_path):
-    straight = train(config(tmp_path / "a", steps=6, control=True), progress=False)
-    first = train(config(tmp_path / "b", steps=6, control=True), until=3, progress=False)
+    straight = train(tiny_config(tmp_path / "a", steps=6, control=True), progress=False)
+    first = train(tiny_config(tmp_path / "b", steps=6, control=True), until=3, progress=False)
     assert len(first.log) == 3
     state = torch.load(first.checkpoint, weights_only=True)
     assert set(state["control"]) == {"student", "teacher", "dino_loss"}
     # the control's networks are the initial ones: the run's student has moved away from them
     key = "head.mlp.0.weight"
     assert not torch.equal(state["control"]["student"][key], state["student"][key])
-    resumed = train(config(tmp_path / "b", steps=6, control=True, resume=True), progress=False)
+    resumed = train(tiny_config(tmp_path / "b", steps=6, control=True, resume=True), progress=False)
     assert column(resumed.log, "step") == list(range(1, 7))
     for name in ("loss", "control_loss", "control_teacher_entropy"):
         assert column(resumed.log, name)[3:] == column(straight.log, name)[3:], name
@@ -205,18 +187,18 @@ def test_control_resumes_exactly(tmp_path):
 
 
 def test_control_needs_a_checkpoint_with_a_control(tmp_path):
-    train(config(tmp_path, steps=4), until=2, progress=False)
+    train(tiny_config(tmp_path, steps=4), until=2, progress=False)
     with pytest.raises(ValueError, match="no frozen-network control"):
-        Trainer(config(tmp_path, steps=4, control=True, resume=True), progress=False)
+        Trainer(tiny_config(tmp_path, steps=4, control=True, resume=True), progress=False)
     # the other way round the control entry is not needed
-    trainer = Trainer(config(tmp_path, steps=4, resume=True), progress=False)
+    trainer = Trainer(tiny_config(tmp_path, steps=4, resume=True), progress=False)
     assert trainer.step == 2
     trainer.close()
 
 
 def test_metrics_judge_learning(tmp_path):
     steps = 12
-    result = train(config(tmp_path, steps=steps, control=True), progress=False)
+    result = train(tiny_config(tmp_path, steps=steps, control=True), progress=False)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     log = result.log
     loss, control = column(log, "loss"), column(log, "control_loss")
@@ -225,7 +207,7 @@ def test_metrics_judge_learning(tmp_path):
     assert metrics["control_first10"] == pytest.approx(control[0])
     assert metrics["control_last10"] == pytest.approx(control[-1])
     learning = metrics["learning"]
-    ratio = log[-1]["teacher_entropy"] / math.log(TINY["out_dim"])
+    ratio = log[-1]["teacher_entropy"] / math.log(TINY_TRAIN["out_dim"])
     assert learning["entropy_ratio"] == pytest.approx(ratio)
     assert learning["kl_uniform"] == pytest.approx(log[-1]["teacher_kl_uniform"])
     assert learning["below_control"] == (loss[-1] < control[-1])
@@ -239,7 +221,7 @@ def test_metrics_judge_learning(tmp_path):
 def test_plot_log_draws_the_control_and_the_limits(tmp_path):
     from labkit.train.report import plot_log
 
-    result = train(config(tmp_path, steps=3, control=True), progress=False)
+    result = train(tiny_config(tmp_path, steps=3, control=True), progress=False)
     fig = plot_log(tmp_path)  # out_dim read from the run's metrics.json
     labels = [str(line.get_label()) for line in fig.axes[0].lines]
     (control,) = [
@@ -249,8 +231,10 @@ def test_plot_log_draws_the_control_and_the_limits(tmp_path):
     assert list(control.get_ydata()) == pytest.approx(column(result.log, "control_loss"))
     assert "loss" in labels
     limits = {str(line.get_label()): line for line in fig.axes[1].lines}
-    log_k = math.log(TINY["out_dim"])
-    assert list(limits[f"log K (K={TINY['out_dim']})"].get_ydata()) == pytest.approx([log_k] * 2)
+    log_k = math.log(TINY_TRAIN["out_dim"])
+    assert list(limits[f"log K (K={TINY_TRAIN['out_dim']})"].get_ydata()) == pytest.approx(
+        [log_k] * 2
+    )
     assert list(limits["0.9 log K"].get_ydata()) == pytest.approx([0.9 * log_k] * 2)
     assert "entropy, frozen control" in limits
     legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
@@ -268,7 +252,7 @@ def test_timetuning_ignores_the_control_and_the_cli_sets_it(tmp_path, capsys):
     with pytest.raises(ValueError, match="control must be true or false"):
         TrainConfig(control="yes")
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(config(tmp_path / "run", steps=2).to_dict()))
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path / "run", steps=2).to_dict()))
     assert main(["train", "--config", str(path), "-o", "control=true", "--quiet"]) == 0
     log = read_log(tmp_path / "run")
     assert all("control_loss" in r for r in log)

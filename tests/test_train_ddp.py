@@ -11,28 +11,14 @@ import textwrap
 
 import pytest
 import torch
+from tiny import TINY_TRAIN
 
 from labkit.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
-TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
-    img_size=64,
-    local_size=32,
-    out_dim=256,
-    hidden_dim=128,
-    bottleneck_dim=32,
-    num_frames=2,
-    frame_step=3,
-    num_local=1,
-    lr=0.02,
-    warmup_epochs=0.0,
-    steps_per_epoch=2,
-    steps=3,
-    drop_path_rate=0.0,
-    checkpoint_every=0,
-)
+# the shared tiny run, 3 steps, no stochastic depth; batch_size differs per run below
+TINY = {**TINY_TRAIN, "steps": 3, "drop_path_rate": 0.0}
 METHODS = {
     "dora": {},
     "dora_control": dict(control=True),  # the frozen-network control's loss: a mean over ranks
@@ -75,7 +61,7 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, method):
     tiny = {**TINY, **METHODS[method]}
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    cfg = TrainConfig(**tiny, batch_size=2, out_dir=str(tmp_path / "ddp"))
+    cfg = TrainConfig(**{**tiny, "batch_size": 2, "out_dir": str(tmp_path / "ddp")})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LABKIT_HEADLESS": "1"}
     cmd = [
         sys.executable,
@@ -104,7 +90,8 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, method):
     # one process with the same global batch (4 clips) takes the same steps
     torch.set_num_threads(1)
     single = train(
-        TrainConfig(**tiny, batch_size=4, out_dir=str(tmp_path / "single")), progress=False
+        TrainConfig(**{**tiny, "batch_size": 4, "out_dir": str(tmp_path / "single")}),
+        progress=False,
     )
     assert [r["loss"] for r in single.log] == pytest.approx(ranks[0]["losses"], abs=1e-5)
     state = torch.load(single.checkpoint, weights_only=True)

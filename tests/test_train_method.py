@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import torch
+from tiny import TINY_ARCH
 
 import labkit.train.trainer as trainer_module
 from labkit.train import TrainConfig
@@ -16,8 +17,7 @@ from labkit.train.method import Method
 from labkit.train.methods import METHOD_CLASSES, log_columns, method_for
 from labkit.train.timetuning_method import TimeTuningMethod
 
-ARCH = dict(depth=2, embed_dim=64, num_heads=4)
-TINY = dict(model_kwargs=ARCH, img_size=64, local_size=32, out_dim=64, hidden_dim=32)
+TINY = dict(model_kwargs=TINY_ARCH, img_size=64, local_size=32, out_dim=64, hidden_dim=32)
 TIMETUNING = dict(head_dims=(32, 16), num_prototypes=8, trainable_blocks=1)
 
 

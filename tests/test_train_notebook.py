@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+from tiny import TINY_ARCH
 
 from labkit.notebooks import notebook_parameters, run_notebook
 from labkit.train import TrainConfig
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "model": "vit_small_patch16_224",
-    "model_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 4},
+    "model_kwargs": TINY_ARCH,  # the shared tiny model; the rest are the notebook's parameters
     "img_size": 64,
     "local_size": 32,
     "num_local": 1,

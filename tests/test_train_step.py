@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import TINY_NETWORK
 
 from labkit.attention import extract
 from labkit.losses import DINOLoss
@@ -23,15 +24,7 @@ from labkit.train.step import (
     update_teacher,
 )
 
-TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
-    img_size=64,
-    local_size=32,
-    out_dim=256,
-    hidden_dim=128,
-    bottleneck_dim=32,
-    drop_path_rate=0.0,
-)
+TINY = {**TINY_NETWORK, "drop_path_rate": 0.0}  # no stochastic depth: deterministic steps
 B, T, N_LOCAL, K_OBJ = 2, 3, 2, 3
 
 

@@ -9,35 +9,14 @@ import json
 import pytest
 import torch
 import yaml
+from tiny import TINY_ARCH, tiny_config
 
 from labkit.losses import DINOLoss
 from labkit.models import load_backbone, load_checkpoint_state
 from labkit.train import TrainConfig, Trainer, TrainingDiverged, load_trained, read_log, train
 from labkit.train.trainer import LOG_COLUMNS, cosine_schedule
 
-TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
-    img_size=64,
-    local_size=32,
-    out_dim=256,
-    hidden_dim=128,
-    bottleneck_dim=32,
-    num_frames=2,
-    frame_step=3,
-    num_local=1,
-    batch_size=2,
-    lr=0.02,
-    warmup_epochs=0.0,
-    steps_per_epoch=2,
-    checkpoint_every=0,
-)
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def config(out_dir, **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, "out_dir": str(out_dir), **kw})
 
 
 def losses(log):
@@ -51,10 +30,10 @@ TIMETUNING = dict(method="timetuning", head_dims=(64, 32), num_prototypes=16, tr
 @pytest.mark.parametrize("method", ["dora", "timetuning"])
 def test_resume_repeats_an_uninterrupted_run(tmp_path, method):
     extra = TIMETUNING if method == "timetuning" else {}
-    straight = train(config(tmp_path / "a", steps=6, **extra), progress=False)
-    first = train(config(tmp_path / "b", steps=6, **extra), until=3, progress=False)
+    straight = train(tiny_config(tmp_path / "a", steps=6, **extra), progress=False)
+    first = train(tiny_config(tmp_path / "b", steps=6, **extra), until=3, progress=False)
     assert first.metrics["steps"] == 3 and len(first.log) == 3
-    resumed = train(config(tmp_path / "b", steps=6, resume=True, **extra), progress=False)
+    resumed = train(tiny_config(tmp_path / "b", steps=6, resume=True, **extra), progress=False)
     assert [r["step"] for r in resumed.log] == list(range(1, 7))
     assert losses(resumed.log) == pytest.approx(losses(straight.log), abs=1e-6)
     assert losses(resumed.log)[3:] == losses(straight.log)[3:]  # bit for bit on the CPU
@@ -76,9 +55,9 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, method):
 
 
 def test_resume_rejects_another_architecture(tmp_path):
-    train(config(tmp_path, steps=1), progress=False)
+    train(tiny_config(tmp_path, steps=1), progress=False)
     with pytest.raises(ValueError, match="out_dim"):
-        Trainer(config(tmp_path, steps=2, out_dim=128, resume=True), progress=False)
+        Trainer(tiny_config(tmp_path, steps=2, out_dim=128, resume=True), progress=False)
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -91,7 +70,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
         return loss * float("nan") if calls["n"] == 4 else loss
 
     monkeypatch.setattr(DINOLoss, "forward_dora", poisoned)
-    cfg = config(tmp_path, steps=6, checkpoint_every=1)
+    cfg = tiny_config(tmp_path, steps=6, checkpoint_every=1)
     trainer = Trainer(cfg, progress=False)
     with pytest.raises(TrainingDiverged, match=r"step 4.*checkpoint\.pth") as info:
         trainer.fit()
@@ -106,11 +85,13 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 def test_a_huge_learning_rate_is_stopped(tmp_path):
     with pytest.raises(TrainingDiverged, match="loss is (nan|inf)"):
-        train(config(tmp_path, steps=8, lr=1e30, clip_grad=0.0, scale_lr=False), progress=False)
+        train(
+            tiny_config(tmp_path, steps=8, lr=1e30, clip_grad=0.0, scale_lr=False), progress=False
+        )
 
 
 def test_checkpoint_layout_and_loading(tmp_path):
-    result = train(config(tmp_path, steps=2, seed=3), progress=False)
+    result = train(tiny_config(tmp_path, steps=2, seed=3), progress=False)
     state = torch.load(result.checkpoint, weights_only=True)  # plain tensors and containers
     assert set(state) >= {
         "student",
@@ -130,22 +111,23 @@ def test_checkpoint_layout_and_loading(tmp_path):
     assert set(state["rng"]) >= {"torch", "numpy", "python", "data"}
     # the checkpoint records the position-embedding rule actually used ("auto" resolved)
     assert state["config"]["pos_embed_rule"] == "timm"
-    assert TrainConfig(**state["config"]) == config(tmp_path, steps=2, seed=3).replace(
+    assert TrainConfig(**state["config"]) == tiny_config(tmp_path, steps=2, seed=3).replace(
         pos_embed_rule="timm"
     )
 
     images = torch.randn(2, 3, 64, 64)
-    trainer = Trainer(config(tmp_path, steps=2, seed=3, resume=True), progress=False)
+    trainer = Trainer(tiny_config(tmp_path, steps=2, seed=3, resume=True), progress=False)
     with torch.no_grad():
         expected = trainer.teacher.backbone.eval()(images)
         # labkit.models reads the teacher by default (architecture given by the caller) ...
-        arch = dict(depth=2, embed_dim=64, num_heads=4)
         model = load_backbone(
-            "vit_small_patch16_224", checkpoint=result.checkpoint, img_size=64, **arch
+            "vit_small_patch16_224", checkpoint=result.checkpoint, img_size=64, **TINY_ARCH
         )
         torch.testing.assert_close(model(images), expected)
         # at timm's default img_size the position embedding is resampled (4x4 -> 14x14 -> 4x4)
-        resampled = load_backbone("vit_small_patch16_224", checkpoint=result.checkpoint, **arch)
+        resampled = load_backbone(
+            "vit_small_patch16_224", checkpoint=result.checkpoint, **TINY_ARCH
+        )
         torch.testing.assert_close(resampled(images), expected, atol=0.05, rtol=0.05)
         # ... and load_trained rebuilds it from the stored config
         rebuilt = load_trained(tmp_path)
@@ -161,7 +143,7 @@ def test_checkpoint_layout_and_loading(tmp_path):
 def test_logs_schedules_and_metrics(tmp_path):
     from labkit.train.report import plot_log
 
-    cfg = config(tmp_path, steps=3, warmup_epochs=1.0, lr=1e-3, scale_lr=False)
+    cfg = tiny_config(tmp_path, steps=3, warmup_epochs=1.0, lr=1e-3, scale_lr=False)
     result = train(cfg, progress=False)
     log = read_log(tmp_path / "log.jsonl")
     assert log == result.log and [r["step"] for r in log] == [1, 2, 3]
@@ -182,8 +164,8 @@ def test_logs_schedules_and_metrics(tmp_path):
     assert len(fig.axes) == 4  # loss, collapse signals, lr (+ weight-decay twin)
     # a fresh run in the same folder is refused; forced, it starts a new log, the old one kept
     with pytest.raises(ValueError, match="already holds a finished training run"):
-        train(config(tmp_path, steps=1), progress=False)
-    train(config(tmp_path, steps=1), progress=False, force=True)
+        train(tiny_config(tmp_path, steps=1), progress=False)
+    train(tiny_config(tmp_path, steps=1), progress=False, force=True)
     assert len(read_log(tmp_path)) == 1
     (backup,) = tmp_path.glob("replaced-*")
     assert len(read_log(backup / "log.jsonl")) == 3
@@ -191,7 +173,7 @@ def test_logs_schedules_and_metrics(tmp_path):
 
 def test_last_layer_frozen_for_the_first_epoch(tmp_path):
     trainer = Trainer(
-        config(tmp_path, steps=4, steps_per_epoch=2, freeze_last_layer=1), progress=False
+        tiny_config(tmp_path, steps=4, steps_per_epoch=2, freeze_last_layer=1), progress=False
     )
 
     def last():
@@ -208,7 +190,7 @@ def test_last_layer_frozen_for_the_first_epoch(tmp_path):
 
 
 def test_dino_method_trains(tmp_path):
-    result = train(config(tmp_path, steps=2, method="dino"), progress=False)
+    result = train(tiny_config(tmp_path, steps=2, method="dino"), progress=False)
     assert result.metrics["method"] == "dino" and len(result.log) == 2
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.log)
 
@@ -217,7 +199,9 @@ def test_cli_train(tmp_path, capsys):
     from labkit.cli import main
 
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({**config(tmp_path / "run", steps=5).to_dict(), "num_local": 0}))
+    path.write_text(
+        yaml.safe_dump({**tiny_config(tmp_path / "run", steps=5).to_dict(), "num_local": 0})
+    )
     assert main(["train", "--config", str(path), "-o", "steps=2", "-o", "k=2", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "checkpoint:" in out

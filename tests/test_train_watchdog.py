@@ -8,9 +8,10 @@ import warnings
 
 import pytest
 import torch
+from tiny import tiny_config
 
 import labkit.train.dora_dino as dora_dino_module
-from labkit.train import TrainConfig, train
+from labkit.train import train
 from labkit.train.step import teacher_statistics
 from labkit.train.watchdog import (
     CollapseWarning,
@@ -21,23 +22,7 @@ from labkit.train.watchdog import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-K = 256
-TINY = dict(
-    model_kwargs=dict(depth=2, embed_dim=64, num_heads=4),
-    img_size=64,
-    local_size=32,
-    out_dim=K,
-    hidden_dim=128,
-    bottleneck_dim=32,
-    num_frames=2,
-    frame_step=3,
-    num_local=1,
-    batch_size=2,
-    lr=0.02,
-    warmup_epochs=0.0,
-    steps_per_epoch=2,
-    checkpoint_every=0,
-)
+K = 256  # out_dim of the runs below: the thresholds are in terms of log K
 HEALTHY = {"teacher_entropy": 2.0, "teacher_top_mass": 0.1}
 UNIFORM = {"teacher_entropy": 0.995 * math.log(K), "teacher_top_mass": 1.0 / K}
 ONE_DIM = {"teacher_entropy": 0.3, "teacher_top_mass": 0.8}
@@ -107,7 +92,7 @@ def _collapse_from(monkeypatch, step):
 
 def test_trainer_warns_once_at_the_right_step(tmp_path, monkeypatch):
     _collapse_from(monkeypatch, 3)
-    cfg = TrainConfig(**{**TINY, "out_dir": str(tmp_path), "steps": 8, "collapse_patience": 3})
+    cfg = tiny_config(tmp_path, out_dim=K, steps=8, collapse_patience=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = train(cfg, progress=False)
@@ -126,7 +111,7 @@ def test_trainer_warns_once_at_the_right_step(tmp_path, monkeypatch):
 
 def test_trainer_healthy_or_patient_run_does_not_warn(tmp_path, monkeypatch):
     _collapse_from(monkeypatch, 3)  # collapsed for 4 steps: fewer than the patience
-    cfg = TrainConfig(**{**TINY, "out_dir": str(tmp_path), "steps": 6, "collapse_patience": 5})
+    cfg = tiny_config(tmp_path, out_dim=K, steps=6, collapse_patience=5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = train(cfg, progress=False)
@@ -137,7 +122,7 @@ def test_trainer_healthy_or_patient_run_does_not_warn(tmp_path, monkeypatch):
 
 def test_resumed_run_keeps_its_streak(tmp_path, monkeypatch):
     _collapse_from(monkeypatch, 3)
-    cfg = TrainConfig(**{**TINY, "out_dir": str(tmp_path), "steps": 8, "collapse_patience": 4})
+    cfg = tiny_config(tmp_path, out_dim=K, steps=8, collapse_patience=4)
     train(cfg, until=4, progress=False)  # steps 3 and 4 collapsed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
