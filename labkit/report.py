@@ -209,13 +209,37 @@ def _name(method: str) -> str:
 
 
 # datasets whose key (their stage is evaluate_<key>) says too little in a sentence
-DATASET_TITLES = {"synthetic-hard": "synthetic video, hard variant"}
+DATASET_TITLES = {
+    "synthetic": "synthetic video, default variant",
+    "synthetic-hard": "synthetic video, hard variant",
+}
 
 
 def dataset_title(key: str) -> str:
-    """A dataset's name in the report's sentences: ``synthetic-hard`` -> ``synthetic video, hard
-    variant``; any other key (``synthetic``, a DAVIS folder's name) as it is."""
+    """A dataset's name in the report's sentences: ``synthetic`` -> ``synthetic video, default
+    variant``, ``synthetic-hard`` -> ``synthetic video, hard variant``; any other key (a DAVIS
+    folder's name) as it is."""
     return DATASET_TITLES.get(key, key)
+
+
+def foreground_sentence(rows: Sequence[dict[str, Any]]) -> str:
+    """What "DoRA object on foreground" is measured against: the objects' share of the frames
+    (a property of the data, the same for every model), or "" where tracking did not run."""
+    shares = [
+        float(r["foreground share"])
+        for r in rows
+        if isinstance(r.get("foreground share"), (int, float))
+        and math.isfinite(r["foreground share"])
+    ]
+    if not shares:
+        return ""
+    share = sum(shares) / len(shares)
+    return (
+        f"DoRA object on foreground: the share of the best tracked object's mask that lies on "
+        f"the objects. The objects cover {share:.3f} of the frames (mean over the sequences), "
+        f"so a mask that ignores them scores about {share:.3f}; above it the mask prefers the "
+        "objects, below it the background."
+    )
 
 
 def comparison_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
@@ -900,8 +924,9 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         key = stage.name.removeprefix("evaluate_")
         if key in DATASET_TITLES:
             where = f"{DATASET_TITLES[key]} ({where})"
+        count = len(metrics.get("sequences", []))
         parts.append(
-            f"<p class='muted'>{len(metrics.get('sequences', []))} sequences at "
+            f"<p class='muted'>{count} sequence{'' if count == 1 else 's'} at "
             f"{cfg_e.get('resolution')} px (shorter side), data "
             f"{html.escape(where)}</p>"
         )
@@ -915,7 +940,6 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             "attn stability",
             "DoRA best object J",
             "DoRA object on foreground",
-            "foreground share",
             "k-means frame_hungarian mIoU",
             "k-means clip_hungarian mIoU",
             "k-means dataset_hungarian mIoU",
@@ -937,6 +961,9 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             ]
         else:
             parts.append(html_table(rows, columns=cols))
+        share = foreground_sentence(rows)
+        if share:
+            parts.append(f"<p>{html.escape(share)}</p>")
         parts.append(
             "<p class='muted'>Bars: each sequence; legend: each model over all sequences, "
             + ("each seed's own model (every seed's numbers above)." if seeded else "")

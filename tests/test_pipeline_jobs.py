@@ -278,7 +278,8 @@ def test_synthetic_names_in_the_plan(tmp_path: Path, monkeypatch) -> None:
 
 def test_report_names_the_hard_video() -> None:
     assert dataset_title("synthetic-hard") == "synthetic video, hard variant"
-    assert dataset_title("synthetic") == "synthetic" and dataset_title("davis2016") == "davis2016"
+    assert dataset_title("synthetic") == "synthetic video, default variant"
+    assert dataset_title("davis2016") == "davis2016"
 
 
 @pytest.mark.slow

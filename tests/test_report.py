@@ -162,3 +162,16 @@ def test_collapse_is_judged_against_the_recorded_head_size():
     }
     text, collapsed = training_health(stage, metrics, {})
     assert collapsed and "ln 4096" in text and "100.0% of log K" in text
+
+
+def test_foreground_sentence_gives_what_a_blind_mask_scores():
+    from labkit.report import foreground_sentence
+
+    rows = [
+        {"model": "random@s0", "DoRA object on foreground": 0.28, "foreground share": 0.226},
+        {"model": "dora@s0", "DoRA object on foreground": 0.15, "foreground share": 0.226},
+    ]
+    text = foreground_sentence(rows)
+    assert "cover 0.226 of the frames" in text and "scores about 0.226" in text
+    assert foreground_sentence([{"model": "m", "J&F": 0.5}]) == ""  # no tracking: nothing to say
+    assert foreground_sentence([{"model": "m", "foreground share": float("nan")}]) == ""

@@ -210,7 +210,10 @@ def test_report_leads_with_the_verdict_and_shows_every_chart(tmp_path: Path):
     headline = re.findall(r"<p class='headline'>(.*?)</p>", verdict)
     assert headline[0].startswith("Training collapsed for dino")
     # one seed: no error bar, so the verdict calls nothing better (tests/test_report.py)
-    assert any(h.startswith("On synthetic: with one seed per method") for h in headline)
+    assert any(
+        h.startswith("On synthetic video, default variant: with one seed per method")
+        for h in headline
+    )
     assert any("DINO learned nothing measurable" in h for h in headline)
     assert (
         "The DINO teacher collapsed" in verdict and "The DoRA teacher did not collapse" in verdict
