@@ -295,7 +295,9 @@ def test_ctrl_c_stops_stages_running_together(tmp_path: Path) -> None:
     import yaml
 
     cfg = tiny(tmp_path / "runs", seeds=1, jobs=2, steps=400, teaching=False)
-    cfg = PipelineConfig(**{**cfg.to_dict(), "train": {**cfg.train, "checkpoint_every": 100}})
+    # checkpoints at the end only: one before step 400 can only have been written at Ctrl-C (a
+    # periodic one could race with a slow start of the other stage on a loaded machine)
+    cfg = PipelineConfig(**{**cfg.to_dict(), "train": {**cfg.train, "checkpoint_every": 0}})
     config = tmp_path / "lab.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     logs = [cfg.run_dir / f"train_{m}" / "log.jsonl" for m in ("dora", "dino")]
@@ -327,4 +329,4 @@ def test_ctrl_c_stops_stages_running_together(tmp_path: Path) -> None:
     for log in logs:
         steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
         state = torch.load(log.parent / "checkpoint.pth", weights_only=True)
-        assert state["step"] == steps[-1] and 3 <= steps[-1] < 100  # written at Ctrl-C
+        assert state["step"] == steps[-1] and 3 <= steps[-1] < 400  # written at Ctrl-C
