@@ -181,9 +181,35 @@ def test_control_resumes_exactly(tmp_path):
     a = torch.load(straight.checkpoint, weights_only=True)["control"]
     b = torch.load(resumed.checkpoint, weights_only=True)["control"]
     assert torch.equal(a["dino_loss"]["center"], b["dino_loss"]["center"])
-    for net in ("student", "teacher"):
-        assert all(torch.equal(v, b[net][k]) for k, v in a[net].items())
+    assert all(torch.equal(v, b["student"][k]) for k, v in a["student"].items())
+    # the frozen teacher is the initial student: stored once, read back from the student
+    assert a["teacher"] is None and b["teacher"] is None
     assert len(read_log(tmp_path / "b")) == 6
+
+
+def test_control_stores_a_teacher_only_where_it_differs(tmp_path):
+    from labkit.train.dora_dino import FrozenControl
+
+    trainer = Trainer(tiny_config(tmp_path, steps=2, control=True), progress=False)
+    control = trainer.method.control
+    assert isinstance(control, FrozenControl)
+    assert control.state_dict()["teacher"] is None  # the teacher starts as the student's copy
+    with torch.no_grad():
+        next(control.teacher.parameters()).add_(1.0)  # a teacher that differs is kept
+    kept = control.state_dict()
+    assert kept["teacher"] is not None
+    name = next(iter(kept["teacher"]))
+    assert not torch.equal(kept["teacher"][name], kept["student"][name])
+    control.load_state_dict({**kept, "teacher": None})  # None reads the student's weights
+    assert all(
+        torch.equal(t, s)
+        for t, s in zip(
+            control.teacher.state_dict().values(), control.student.state_dict().values()
+        )
+    )
+    control.load_state_dict(kept)  # a stored teacher is read as it is
+    assert torch.equal(control.teacher.state_dict()[name], kept["teacher"][name])
+    trainer.close()
 
 
 def test_control_needs_a_checkpoint_with_a_control(tmp_path):

@@ -340,7 +340,7 @@ class TrainConfig:
     # their own, whose centre moves as in training; the log gets its `control_loss` (and
     # `control_teacher_entropy`), the loss of a network that learns nothing. A falling loss counts
     # as learning only below it (metrics.json's `learning`). Costs a forward pass of each
-    # network per step and two networks in the checkpoint. TimeTuning: ignored.
+    # network per step and one more network in the checkpoint. TimeTuning: ignored.
     control: bool = False
     # -- run ----------------------------------------------------------------------------------
     device: str = (

@@ -134,15 +134,25 @@ class FrozenControl:
         self.loss_fn.to(device)
 
     def state_dict(self) -> dict[str, Any]:
+        """The frozen networks and the control's loss. The teacher starts as a copy of the
+        student, so where their weights are equal (always, unless a method builds them apart)
+        the teacher is stored as None and read back from the student's: one copy less per
+        checkpoint."""
+        student = self.student.state_dict()
+        teacher = self.teacher.state_dict()
+        same = student.keys() == teacher.keys() and all(
+            torch.equal(student[name], teacher[name]) for name in student
+        )
         return {
-            "student": self.student.state_dict(),
-            "teacher": self.teacher.state_dict(),
+            "student": student,
+            "teacher": None if same else teacher,
             "dino_loss": self.loss_fn.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
-        self.teacher.load_state_dict(state["teacher"])
+        teacher = state["teacher"]
+        self.teacher.load_state_dict(state["student"] if teacher is None else teacher)
         self.loss_fn.load_state_dict(state["dino_loss"])
 
 
