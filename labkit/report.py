@@ -605,7 +605,7 @@ def _tenths(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 # columns of the training table whose per-seed numbers are aggregated (mean ± std) per method
-TRAIN_STATS = ("loss first 10%", "loss last 10%", "control last 10%", "teacher entropy")
+TRAIN_STATS = ("loss first 10%", "loss last 10%", "control last 10%", "teacher entropy, last step")
 
 
 def training_rows(stages: Sequence[Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -642,7 +642,7 @@ def training_rows(stages: Sequence[Any], cfg: dict[str, Any]) -> list[dict[str, 
                     else None
                 ),
                 "collapsed": ("yes" if training_health(stage, m, cfg)[1] else "no") if m else None,
-                "teacher entropy": m.get("teacher_entropy"),
+                "teacher entropy, last step": m.get("teacher_entropy"),
                 "teacher KL to uniform": m.get("teacher_kl_uniform"),
                 "images/s": m.get("images_per_second"),
                 "seconds": m.get("seconds"),
