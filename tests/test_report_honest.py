@@ -268,7 +268,7 @@ def test_evaluation_prints_a_line_per_sequence_under_papermill(tmp_path, monkeyp
     evaluate(cfg, progress=True)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("[labkit] ")]
-    assert re.match(r"\[labkit\] evaluate: model 1/2 a \(.*\), 1 sequences", lines[0])
+    assert re.match(r"\[labkit\] evaluate: model 1/2 a \(.*\), 1 sequence$", lines[0])
     assert re.match(
         r"\[labkit\] evaluate a \(model 1/2\): sequence 1/1 synthetic \(6 frames\) in \d+ s; ",
         lines[1],

@@ -216,7 +216,8 @@ def run_description(result: EvalResult) -> str:
     sizes = sorted({tuple(s.input_size) for m in result.models for s in m.sequences})
     size_text = ", ".join(f"{w}x{h}" for h, w in sizes) or "-"  # W x H
     return (
-        f"{len(result.sequences)} sequences ({frames} frames) of {result.data_root or '-'}; "
+        f"{len(result.sequences)} sequence{'' if len(result.sequences) == 1 else 's'} "
+        f"({frames} frames) of {result.data_root or '-'}; "
         f"resolution {cfg['resolution']} (model input WxH {size_text}); "
         f"{env['date']}; {env['machine']} ({env['processor']}, {env['cpu_count']} CPUs, "
         f"device {env['device']}{', ' + env['device_name'] if 'device_name' in env else ''}); "

@@ -286,7 +286,7 @@ def _evaluate(cfg: EvalConfig, *, progress: bool) -> EvalResult:
             _progress_line(
                 f"evaluate: model {i}/{len(cfg.specs)} {spec.label} "
                 f"({infos[spec.label].get('weights_label') or spec.text}), "
-                f"{len(sequences)} sequences"
+                f"{len(sequences)} sequence{'' if len(sequences) == 1 else 's'}"
             )
         model = spec.load(
             device=cfg.device,
