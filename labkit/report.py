@@ -53,6 +53,7 @@ KEY_METRICS = (
     ("J&F", "label propagation J&F"),
     ("attn best head J", "attention-mask Jaccard, best head"),
     ("attn head avg J", "attention-mask Jaccard, head average"),
+    ("DoRA best object J", "DoRA's tracked objects, best object J"),
     ("k-means clip_hungarian mIoU", "k-means mIoU per clip"),
 )
 

@@ -223,6 +223,7 @@ def test_end_to_end(finished) -> None:
         "J&F",
         "attn best head J",
         "attn head avg J",
+        "DoRA best object J",
         "k-means clip_hungarian mIoU",
     }
     for key, verdict in judged.items():
@@ -252,7 +253,7 @@ def test_end_to_end(finished) -> None:
     assert "Verdict" in report and "Label propagation J&amp;F: " in report
     assert re.search(
         r"DoRA is measurably better than (random init and DINO on "
-        r"(none of the 4|all 4|[1-3] of 4) measures|random init on (none|[1-4] of 4 measures))",
+        r"(none of the 5|all 5|[1-4] of 5) measures|random init on (none|[1-5] of 5 measures))",
         report,
     )
     assert "Pictures: seed 0" in report and "Seed 1: The DoRA teacher" in report
