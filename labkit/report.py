@@ -62,6 +62,9 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 h1 { margin-bottom: 0.2em; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+/* a table wider than the page scrolls in its own box, the page does not */
+table { display: block; max-width: 100%; overflow-x: auto; }
+.nowrap td { white-space: nowrap; }  /* mean ± std (n) on one line */
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
@@ -849,7 +852,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         if spread:
             parts += [
                 "<p>Over seeds: mean ± sample standard deviation (n seeds).</p>",
-                html_table(spread),
+                "<div class='nowrap'>" + html_table(spread) + "</div>",
             ]
     parts += [*collapse_notes, *train_figures]
     if more_figures:
@@ -955,7 +958,9 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
                 "<p>Per method over its seeds: mean ± sample standard deviation (n seeds); "
                 "random init is drawn with each seed, a model without seeds (pretrained) has "
                 "n=1 and no error bar.</p>",
-                html_table(seed_table(agg, [c for c in cols if c != "model"])),
+                "<div class='nowrap'>"
+                + html_table(seed_table(agg, [c for c in cols if c != "model"]))
+                + "</div>",
                 "<details><summary>every seed's numbers</summary>"
                 + html_table(rows, columns=cols)
                 + "</details>",
