@@ -10,6 +10,11 @@ two kinds of record and passes every other one:
 - a message handler's failure to send its reply on a socket that is already closed: the kernel
   is being shut down under a running cell (Ctrl-C in ``labkit pipeline``), nobody is left to
   receive the reply, and the traceback would bury the one line that says how to go on.
+- ipykernel's "KeyboardInterrupt caught in kernel." jupyter_client sends every kernel it shuts
+  down a SIGINT before the shutdown request; a kernel still inside a message handler at that
+  moment logs this line. Papermill shuts the kernel down after the last cell, so the line
+  appeared now and then after a notebook that had run to the end (a Ctrl-C that stops a run
+  is reported by labkit itself, in one line).
 
 ``LABKIT_DEBUG=1`` starts kernels without this file (their log as it is). Importing the module
 only defines the filter.
@@ -24,15 +29,20 @@ import zmq
 
 # the start of ipykernel's message (ipykernel/kernelapp.py, init_sockets)
 TRANSPORT_NOTICE = "Kernel is running over TCP without encryption"
+# ipykernel's record when a SIGINT lands in a message handler (kernelbase.py)
+INTERRUPT_NOTICE = "KeyboardInterrupt caught in kernel"
 # a socket closed under the sender (ENOTSOCK) or its context terminated (ETERM)
 _CLOSED_SOCKET = (zmq.ENOTSOCK, zmq.ETERM)
 
 
 class KernelNoise(logging.Filter):
-    """Drops the unencrypted-TCP warning and replies that fail on closed sockets; nothing else."""
+    """Drops the unencrypted-TCP warning, the shutdown's interrupt notice and replies that fail
+    on closed sockets; nothing else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.WARNING and str(record.msg).startswith(TRANSPORT_NOTICE):
+            return False
+        if record.levelno == logging.ERROR and str(record.msg).startswith(INTERRUPT_NOTICE):
             return False
         error = record.exc_info[1] if record.exc_info else None
         return not (isinstance(error, zmq.ZMQError) and error.errno in _CLOSED_SOCKET)

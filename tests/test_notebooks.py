@@ -136,7 +136,8 @@ def _logged_with(app, error: BaseException) -> None:
 
 def test_kernel_config_drops_only_the_kernel_noise(capsys) -> None:
     """labkit/kernel_config.py read as a traitlets config file, as the kernel reads it: the
-    transport warning and a reply on a closed socket go, everything else stays."""
+    transport warning, the shutdown's interrupt notice and a reply on a closed socket go,
+    everything else stays."""
     import zmq
     from traitlets.config import Application
 
@@ -150,11 +151,15 @@ def test_kernel_config_drops_only_the_kernel_noise(capsys) -> None:
         app.load_config_file(path.name, path=[str(path.parent)])
         app.log.warning(TRANSPORT_WARNING)
         app.log.warning("Kernel is running over TCP on a port that is taken")
+        app.log.error("KeyboardInterrupt caught in kernel.")  # ipykernel, at papermill's shutdown
+        app.log.error("KeyboardInterrupt caught in kernel")  # its event-loop variant
+        app.log.warning("KeyboardInterrupt caught in kernel.")  # not ipykernel's record: kept
         _logged_with(app, zmq.ZMQError(zmq.ENOTSOCK))
         _logged_with(app, zmq.ZMQError(zmq.ETERM))
         err = capsys.readouterr().err
         assert "without encryption" not in err and "Traceback" not in err
         assert "a port that is taken" in err
+        assert err.count("KeyboardInterrupt caught in kernel") == 1  # the warning only
         _logged_with(app, zmq.ZMQError(zmq.EAGAIN))
         _logged_with(app, KeyError("boom"))
         err = capsys.readouterr().err
