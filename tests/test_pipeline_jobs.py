@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_reliability import interrupt_pipeline
 
 from labkit import pipeline
 from labkit.data import default_dataset, default_video
@@ -286,11 +287,6 @@ def test_report_names_the_hard_video() -> None:
 def test_ctrl_c_stops_stages_running_together(tmp_path: Path) -> None:
     # the terminal's Ctrl-C reaches the pipeline and the stages' child processes (one process
     # group): one line, exit code 130, each training's checkpoint at the step it was at
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import torch
     import yaml
 
@@ -301,31 +297,12 @@ def test_ctrl_c_stops_stages_running_together(tmp_path: Path) -> None:
     config = tmp_path / "lab.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     logs = [cfg.run_dir / f"train_{m}" / "log.jsonl" for m in ("dora", "dino")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("LABKIT_DEBUG", None)
-    with (tmp_path / "err.txt").open("w") as err_handle:
-        first = subprocess.Popen(
-            [sys.executable, "-m", "labkit.cli", "pipeline", "--config", str(config), "--quiet"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err_handle,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's
-        )
-        try:
-            deadline = time.monotonic() + 600
-            while not all(p.is_file() and len(p.read_text().splitlines()) >= 3 for p in logs):
-                assert first.poll() is None and time.monotonic() < deadline, "no training steps"
-                time.sleep(1)
-            os.killpg(first.pid, signal.SIGINT)
-            first.wait(timeout=240)
-        finally:
-            if first.poll() is None:
-                os.killpg(first.pid, signal.SIGKILL)
-                first.wait()
-    err = (tmp_path / "err.txt").read_text()
-    assert first.returncode == 130, err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("labkit: interrupted")
+    interrupt_pipeline(
+        config,
+        lambda: all(p.is_file() and len(p.read_text().splitlines()) >= 3 for p in logs),
+        tmp_path,
+        "both trainings' steps",
+    )
     for log in logs:
         steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
         state = torch.load(log.parent / "checkpoint.pth", weights_only=True)

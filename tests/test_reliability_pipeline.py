@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_reliability import davis_folder, one_line_error, run_cli, wait_for
+from test_reliability import (
+    davis_folder,
+    interrupt_pipeline,
+    one_line_error,
+    run_cli,
+    wait_for,
+)
 
 from labkit import pipeline
 from labkit.cli import main
@@ -303,38 +309,13 @@ def test_ctrl_c_in_a_pipeline_is_one_line_and_the_training_keeps_its_step(traine
         tmp_path / "lab.yaml",
     )
     log = trained.run_dir.resolve() / "train_dora" / "log.jsonl"
-    # the pipeline's output goes to files, not pipes: nobody reads a pipe while the training
-    # runs, and a pipeline blocked on a full pipe would not answer Ctrl-C
-    out_file, err_file = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("LABKIT_DEBUG", None)
-    with out_file.open("w") as out_handle, err_file.open("w") as err_handle:
-        first = subprocess.Popen(
-            [sys.executable, "-m", "labkit.cli", "pipeline", "--config", str(config), "--quiet"],
-            cwd=tmp_path,
-            env=env,
-            text=True,
-            stdout=out_handle,
-            stderr=err_handle,
-            start_new_session=True,
-            # as a terminal's foreground job: pytest-xdist's workers ignore SIGINT, and a child
-            # inherits an ignored signal (Python then installs no KeyboardInterrupt handler)
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        try:
-            wait_for(
-                lambda: log.is_file() and len(log.read_text().splitlines()) >= 3,
-                what="the training's steps",
-            )
-            os.killpg(first.pid, signal.SIGINT)
-            first.wait(timeout=240)
-        finally:
-            if first.poll() is None:
-                os.killpg(first.pid, signal.SIGKILL)
-                first.wait()
-    err = err_file.read_text()
-    assert first.returncode == 130, err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("labkit: interrupted")
+    interrupt_pipeline(
+        config,
+        lambda: log.is_file() and len(log.read_text().splitlines()) >= 3,
+        tmp_path,
+        "the training's steps",
+        OMP_NUM_THREADS="1",
+    )
     import torch
 
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
