@@ -117,6 +117,23 @@ def confusion_from_histograms(
     return conf.T
 
 
+def _mask_pixels(
+    masks: torch.Tensor, foreground: torch.Tensor, area: torch.Tensor, caller: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixel counts of patch masks drawn on the frame, float64 on the CPU: foreground pixels
+    under each mask (T, m), pixels under each mask (T, m) and the foreground (T, P)."""
+    m = masks.reshape(masks.shape[0], masks.shape[1], -1).double().cpu()  # (T, m, P)
+    fg = foreground.double().cpu()  # (T, P)
+    if m.shape[0] != fg.shape[0] or m.shape[2] != fg.shape[1] or area.numel() != fg.shape[1]:
+        raise ValueError(
+            f"{caller}: masks {tuple(masks.shape)}, foreground {tuple(foreground.shape)} and "
+            f"area {tuple(area.shape)} disagree"
+        )
+    inter = torch.einsum("tmp,tp->tm", m, fg)  # (T, m) foreground pixels under the mask
+    pred = torch.einsum("tmp,p->tm", m, area.double().cpu())  # (T, m) pixels under the mask
+    return inter, pred, fg
+
+
 def mask_jaccard(masks: torch.Tensor, foreground: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
     """J of patch masks drawn on the frame against the foreground, per frame and mask.
 
@@ -131,15 +148,7 @@ def mask_jaccard(masks: torch.Tensor, foreground: torch.Tensor, area: torch.Tens
     Returns:
         ``(T, m)`` float64 in ``[0, 1]`` on the CPU.
     """
-    m = masks.reshape(masks.shape[0], masks.shape[1], -1).double().cpu()  # (T, m, P)
-    fg = foreground.double().cpu()  # (T, P)
-    if m.shape[0] != fg.shape[0] or m.shape[2] != fg.shape[1] or area.numel() != fg.shape[1]:
-        raise ValueError(
-            f"mask_jaccard: masks {tuple(masks.shape)}, foreground {tuple(foreground.shape)} and "
-            f"area {tuple(area.shape)} disagree"
-        )
-    inter = torch.einsum("tmp,tp->tm", m, fg)  # (T, m)
-    pred = torch.einsum("tmp,p->tm", m, area.double().cpu())  # (T, m)
+    inter, pred, fg = _mask_pixels(masks, foreground, area, "mask_jaccard")
     union = pred + fg.sum(dim=1, keepdim=True) - inter
     j = inter / union.clamp(min=1)
     return torch.where(union == 0, torch.ones_like(j), j)
@@ -165,15 +174,7 @@ def mask_precision(
         ``(T, m)`` float64 in ``[0, 1]`` on the CPU; NaN for an empty mask (it has no pixels to
         be right or wrong about), which the means over frames skip (``torch.nanmean``).
     """
-    m = masks.reshape(masks.shape[0], masks.shape[1], -1).double().cpu()  # (T, m, P)
-    fg = foreground.double().cpu()  # (T, P)
-    if m.shape[0] != fg.shape[0] or m.shape[2] != fg.shape[1] or area.numel() != fg.shape[1]:
-        raise ValueError(
-            f"mask_precision: masks {tuple(masks.shape)}, foreground {tuple(foreground.shape)} "
-            f"and area {tuple(area.shape)} disagree"
-        )
-    inter = torch.einsum("tmp,tp->tm", m, fg)  # (T, m) foreground pixels under the mask
-    pred = torch.einsum("tmp,p->tm", m, area.double().cpu())  # (T, m) pixels under the mask
+    inter, pred, _ = _mask_pixels(masks, foreground, area, "mask_precision")
     return torch.where(pred > 0, inter / pred.clamp(min=1), torch.full_like(pred, math.nan))
 
 
