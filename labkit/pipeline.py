@@ -886,9 +886,6 @@ def group_jobs(cfg: PipelineConfig, stages: int, threads: int) -> int:
     return max(1, min(jobs, stages))
 
 
-train_jobs = group_jobs  # its name when only the trainings ran at once
-
-
 def _run_stages(
     cfg: PipelineConfig,
     stages: list[Stage],
