@@ -8,9 +8,13 @@ Executed copies go to a run folder (git-ignored ``runs/`` by default), never bac
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -247,6 +251,61 @@ class _ProgressLines:
         self.out.flush()
 
 
+# Set by the first Ctrl-C (SIGINT) that lands in run_notebook in this process; never cleared.
+_CTRL_C = threading.Event()
+
+
+class _AfterCtrlC(logging.Filter):
+    """After a Ctrl-C in :func:`run_notebook`, drops nbclient's records about the kernel that
+    papermill shut down under the running cell; before one, passes everything.
+
+    A Ctrl-C reaches papermill inside its event loop and leaves the cell's task behind. Papermill
+    then shuts the kernel down, and while the loop still runs, that task logs "Kernel died while
+    waiting for execute reply." and ends with a DeadKernelError that nobody retrieves (asyncio
+    logs it with its traceback when the task is collected, often after labkit's one line) or is
+    collected still pending. The kernel was shut down on purpose, and labkit says so in one line.
+    A kernel that dies by itself, with no Ctrl-C, is still logged and raised.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _CTRL_C.is_set():
+            return True
+        message = str(record.msg)
+        if record.name == "papermill":
+            return not message.startswith("Kernel died while waiting for execute reply")
+        from nbclient.exceptions import DeadKernelError
+
+        error = record.exc_info[1] if record.exc_info else None
+        abandoned = "coro=<NotebookClient." in message  # collected still pending
+        return not (abandoned or isinstance(error, DeadKernelError))
+
+
+_AFTER_CTRL_C = _AfterCtrlC()
+for _name in ("papermill", "asyncio"):  # nbclient logs through papermill's logger
+    if _AFTER_CTRL_C not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_AFTER_CTRL_C)
+
+
+@contextlib.contextmanager
+def _noting_ctrl_c() -> Any:
+    """While papermill runs: a Ctrl-C sets :data:`_CTRL_C`, then does what it did before (a
+    KeyboardInterrupt). Only in the main thread, and only where Ctrl-C raises."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        _CTRL_C.set()
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_notebook(
     notebook: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -291,21 +350,22 @@ def run_notebook(
     previous = os.environ.get("LABKIT_HEADLESS")
     os.environ["LABKIT_HEADLESS"] = "1"
     try:
-        pm.execute_notebook(
-            str(source),
-            str(output),
-            parameters=parameters,
-            kernel_name="python3",
-            progress_bar=progress,
-            stdout_file=sys.stderr if log_output else None,
-            stderr_file=sys.stderr
-            if log_output
-            else _ProgressLines(sys.stderr)
-            if progress_lines
-            else None,
-            execution_timeout=timeout,
-            extra_arguments=kernel_arguments(),
-        )
+        with _noting_ctrl_c():
+            pm.execute_notebook(
+                str(source),
+                str(output),
+                parameters=parameters,
+                kernel_name="python3",
+                progress_bar=progress,
+                stdout_file=sys.stderr if log_output else None,
+                stderr_file=sys.stderr
+                if log_output
+                else _ProgressLines(sys.stderr)
+                if progress_lines
+                else None,
+                execution_timeout=timeout,
+                extra_arguments=kernel_arguments(),
+            )
     except pm.PapermillExecutionError as err:
         raise NotebookError(source, err.cell_index, err.ename, err.evalue, output) from None
     finally:

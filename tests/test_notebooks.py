@@ -197,3 +197,115 @@ def test_kernel_starts_without_the_transport_warning(tmp_path: Path, capfd, monk
     assert run.output.is_file()
     err = capfd.readouterr().err
     assert "without encryption" not in err
+
+
+def _record(name: str, message: str, error: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(error), error, None) if error is not None else None
+    return logging.LogRecord(name, logging.ERROR, __file__, 1, message, None, exc_info)
+
+
+def test_after_ctrl_c_only_the_abandoned_cells_records_go(monkeypatch) -> None:
+    """The filter on papermill's and asyncio's loggers passes everything until a Ctrl-C; after
+    one it drops the records of the cell papermill abandoned, and nothing else."""
+    import threading
+
+    from nbclient.exceptions import DeadKernelError
+
+    from labkit import notebooks
+
+    monkeypatch.setattr(notebooks, "_CTRL_C", threading.Event())
+    pending = (
+        "Task was destroyed but it is pending!\ntask: <Task pending name='Task-8' "
+        "coro=<NotebookClient.async_execute_cell() running at client.py:1002>>"
+    )
+    gone = [
+        _record("papermill", "Kernel died while waiting for execute reply."),
+        _record("asyncio", "Task exception was never retrieved", DeadKernelError("Kernel died")),
+        _record("asyncio", pending),
+    ]
+    kept = [
+        _record("papermill", "Executing notebook with kernel: python3"),
+        _record("asyncio", "Task exception was never retrieved", KeyError("boom")),
+    ]
+    for name in ("papermill", "asyncio"):
+        assert notebooks._AFTER_CTRL_C in logging.getLogger(name).filters
+    assert all(notebooks._AFTER_CTRL_C.filter(r) for r in gone + kept)  # no Ctrl-C yet
+    notebooks._CTRL_C.set()
+    assert not any(notebooks._AFTER_CTRL_C.filter(r) for r in gone)
+    assert all(notebooks._AFTER_CTRL_C.filter(r) for r in kept)
+
+
+# Runs a notebook whose cell sleeps, in a process of its own; the kernel manager waits 2.5 s
+# after the kernel is gone before it cleans up (as it may under load), so papermill's event loop
+# runs on long enough for the abandoned cell to notice the dead kernel every time.
+_SLEEPER = """
+import asyncio, sys
+from pathlib import Path
+
+import nbformat
+from jupyter_client.manager import AsyncKernelManager
+
+from labkit.notebooks import run_notebook
+
+cleanup = AsyncKernelManager._async_cleanup_resources
+
+
+async def slow_cleanup(self, restart=False):
+    await asyncio.sleep(2.5)
+    return await cleanup(self, restart=restart)
+
+
+AsyncKernelManager._async_cleanup_resources = slow_cleanup
+folder = Path(sys.argv[1])
+parameters = nbformat.v4.new_code_cell("seconds = 60")
+parameters.metadata["tags"] = ["parameters"]
+busy = f"import pathlib\\npathlib.Path({str(folder / 'busy')!r}).touch()\\n"
+sleep = busy + "import time\\ntime.sleep(seconds)"
+nb = nbformat.v4.new_notebook(cells=[parameters, nbformat.v4.new_code_cell(sleep)])
+nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+nbformat.write(nb, folder / "sleeper.ipynb")
+try:
+    run_notebook(folder / "sleeper.ipynb", folder / "out", html=False, progress=False)
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_cell_leaves_no_dead_kernel_traceback(tmp_path) -> None:
+    """U (CI): after Ctrl-C in a pipeline, nbclient's "Kernel died" line and an unretrieved
+    DeadKernelError's traceback came after labkit's one line (the kernel that papermill shut
+    down under the running cell)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "sleeper.py"
+    script.write_text(_SLEEPER)
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    environ.pop("LABKIT_DEBUG", None)
+    with (tmp_path / "stderr.txt").open("w") as err_handle:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path)],
+            env=environ,
+            stdout=subprocess.DEVNULL,
+            stderr=err_handle,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (tmp_path / "busy").exists() and proc.poll() is None:
+                assert time.monotonic() < deadline, "the cell did not start in 120 s"
+                time.sleep(0.1)
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    err = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 130 and err.strip() == "interrupted", err
