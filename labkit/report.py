@@ -126,6 +126,28 @@ def _shares(values: Any) -> str:
     return "/".join(f"{float(v):.2f}" for v in values) if values else "–"
 
 
+ALMOST_UNIFORM_ATTENTION = (
+    0.9  # head entropy (of log N) above which the report says "close to uniform"
+)
+
+
+def _heads_clause(spread: dict[str, Any]) -> str:
+    """The start of the report's reason where the heads' attention explains it (their entropy
+    and distance from :func:`labkit.tracking.prototype_spread`), else an empty string."""
+    entropy, distance = spread.get("head_entropy"), spread.get("head_distance")
+    if not isinstance(entropy, (int, float)) or not isinstance(distance, (int, float)):
+        return ""
+    measured = (
+        f"(entropy {entropy:.3f} of a uniform attention's, and two heads' attention differ by "
+        f"{distance:.2f} in total variation, where 0 is the same and 1 disjoint), so "
+    )
+    if entropy > ALMOST_UNIFORM_ATTENTION:
+        return "each chosen head's [CLS] attention is close to uniform " + measured
+    if distance < 1 - ALMOST_UNIFORM_ATTENTION:
+        return "the chosen heads attend to the same patches " + measured
+    return ""
+
+
 def sinkhorn_rows(
     numbers: dict[str, Any], spread: dict[str, Any] | None = None
 ) -> tuple[list[dict[str, Any]], str]:
@@ -171,8 +193,9 @@ def sinkhorn_rows(
             for key in ("prototype_cosine", "logit_spread_per_epsilon", "plan_peak", "uniform_peak")
         ):
             sentence += (
-                f" The reason is in the discovery: the heads' prototypes are nearly parallel "
-                f"(mean cosine {spread['prototype_cosine']:.2f}), a patch's scores for the k "
+                f" The reason is in the discovery: {_heads_clause(spread)}the heads' prototypes "
+                f"are nearly parallel (mean cosine {spread['prototype_cosine']:.2f}), a patch's "
+                f"scores for the k "
                 f"objects differ by {spread['logit_spread_per_epsilon']:.2f} epsilon on average, "
                 f"and the Sinkhorn-Knopp plan gives a patch's largest share "
                 f"{spread['plan_peak']:.2f} where a uniform plan gives "

@@ -45,6 +45,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -452,19 +453,26 @@ def object_shares(maps: torch.Tensor) -> ObjectShares:
     return ObjectShares(share, mass, overlap.clamp(0.0, 1.0))
 
 
-def prototype_spread(discovery: Discovery, epsilon: float) -> dict[str, float]:
-    """How far apart DoRA's k initial prototypes are, on the scale the transport plan sees.
+def prototype_spread(
+    discovery: Discovery, epsilon: float, attn_cls: torch.Tensor | None = None
+) -> dict[str, float]:
+    """How far apart DoRA's k initial prototypes are, on the scale the transport plan sees, and
+    (given the attention) why.
 
     The plan is ``sinkhorn_knopp(logits / epsilon)`` (or its row softmax), so what separates the
-    objects is how much a patch's k logits differ, measured in units of epsilon. Where the k
-    heads pool nearly parallel queries (a small or barely trained network: the queries share a
-    large common part), every patch's logits differ by a small fraction of epsilon, the plan is
-    close to uniform (each object gets about 1/k of every patch), and every refined prototype
-    becomes the frame's mean token: the k tracked objects are one map.
+    objects is how much a patch's k logits differ, measured in units of epsilon. A head's
+    prototype is its [CLS] attention's average of the queries. Where every head's attention is
+    close to uniform (a small or barely trained network: small attention logits), every prototype
+    is close to the frame's mean query, a patch's logits differ by a small fraction of epsilon,
+    the plan is close to uniform (each object gets about 1/k of every patch), and every refined
+    prototype becomes the frame's mean token: the k tracked objects are one map. (A part that all
+    queries share does not matter: it adds the same amount to a patch's k logits.)
 
     Args:
         discovery: :func:`discover_objects`' result (B clips).
         epsilon: the plan's temperature it was made with.
+        attn_cls: the (B, h, N) or (B, h, gh, gw) [CLS] attention the discovery was made from,
+            or None; given, the result also describes the k chosen heads' attention.
 
     Returns:
         Means over the clips (and patches):
@@ -474,7 +482,14 @@ def prototype_spread(discovery: Discovery, epsilon: float) -> dict[str, float]:
         * ``logit_spread``: a patch's largest minus smallest logit over the objects;
         * ``logit_spread_per_epsilon``: the same divided by epsilon;
         * ``plan_peak``: a patch's largest share of its plan row (1/k: uniform, 1: hard);
-        * ``uniform_peak``: 1/k, for comparison.
+        * ``uniform_peak``: 1/k, for comparison;
+
+        with ``attn_cls``, each head's attention normalised to sum to 1 over the patches:
+
+        * ``head_entropy``: a chosen head's entropy over the patches divided by log N, mean
+          over the heads (1: uniform; 0: on one patch);
+        * ``head_distance``: total variation between two chosen heads' attention (half the sum
+          of absolute differences), mean over the pairs (0: the same; 1: disjoint; NaN for k = 1).
     """
     if not epsilon > 0:
         raise ValueError(f"prototype_spread: epsilon must be > 0, got {epsilon}")
@@ -487,10 +502,29 @@ def prototype_spread(discovery: Discovery, epsilon: float) -> dict[str, float]:
     pairs = torch.triu(torch.ones(k, k, dtype=torch.bool, device=cosine.device), 1)
     spread = logits.max(-1).values - logits.min(-1).values  # (B, N)
     rows = plan / plan.sum(-1, keepdim=True).clamp_min(1e-30)  # (B, N, k), rows sum to 1
-    return {
+    result = {
         "prototype_cosine": float(cosine[:, pairs].mean()) if k > 1 else float("nan"),
         "logit_spread": float(spread.mean()),
         "logit_spread_per_epsilon": float(spread.mean() / epsilon),
         "plan_peak": float(rows.max(-1).values.mean()),
         "uniform_peak": 1.0 / k,
     }
+    if attn_cls is None:
+        return result
+    attn = _float(attn_cls, "attn_cls")
+    attn = attn.flatten(2) if attn.ndim == 4 else attn  # (B, h, N)
+    heads = discovery.heads.to(attn.device)  # (B, k)
+    if attn.ndim != 3 or attn.shape[0] != heads.shape[0] or attn.shape[2] != logits.shape[1]:
+        raise ValueError(
+            f"prototype_spread: attn_cls {tuple(attn_cls.shape)} is not the (B, h, N) attention "
+            f"of this discovery (B={heads.shape[0]}, N={logits.shape[1]})"
+        )
+    num_patches = attn.shape[2]
+    chosen = attn.gather(1, heads[:, :, None].expand(-1, -1, num_patches))  # (B, k, N)
+    weights = chosen / chosen.sum(-1, keepdim=True).clamp_min(1e-30)
+    entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1)  # (B, k)
+    apart = 0.5 * (weights[:, :, None] - weights[:, None]).abs().sum(-1)  # (B, k, k)
+    uniform = math.log(num_patches) if num_patches > 1 else float("nan")  # one patch: no scale
+    result["head_entropy"] = float(entropy.mean() / uniform)
+    result["head_distance"] = float(apart[:, pairs].mean()) if k > 1 else float("nan")
+    return result

@@ -269,6 +269,15 @@ def test_report_shows_the_sinkhorn_figure_and_its_numbers(tmp_path):
     assert "mean cosine 0.99" in reason and "differ by 0.22 epsilon" in reason
     assert "largest share 0.36 where a uniform plan gives 0.33" in reason
     assert "cosine" not in sinkhorn_rows({"a": {"overlap_mean": 0.2}}, spread)[1]  # distinct: no
+    assert "attention" not in reason  # an older run's numbers: no head measures
+    heads = {**spread, "head_entropy": 0.9994, "head_distance": 0.035}
+    reason = sinkhorn_rows(same, heads)[1]
+    assert "head's [CLS] attention is close to uniform (entropy 0.999" in reason
+    assert "differ by 0.04 in total variation" in reason and "mean cosine 0.99" in reason
+    alike = sinkhorn_rows(same, {**heads, "head_entropy": 0.5})[1]  # sharp heads, one place
+    assert "attend to the same patches (entropy 0.500" in alike
+    apart = sinkhorn_rows(same, {**heads, "head_entropy": 0.5, "head_distance": 0.8})[1]
+    assert "attention" not in apart and "mean cosine 0.99" in apart  # the heads do not explain it
 
 
 def test_films_draw_dora_objects_in_their_colours(small_video):

@@ -193,6 +193,8 @@ def test_end_to_end(finished) -> None:
         "train_dino_s1",
     ]
     assert "seeds: 2" in (run / "config.yaml").read_text()
+    spread = json.loads((run / "step_by_step" / "metrics.json").read_text())["prototype_spread"]
+    assert 0 <= spread["head_entropy"] <= 1 and 0 <= spread["head_distance"] <= 1  # with the heads
     for seed in (0, 1):
         train = json.loads((run / f"train_dora_s{seed}" / "metrics.json").read_text())
         assert train["steps"] == 3 and train["method"] == "dora"

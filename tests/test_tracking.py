@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -386,3 +388,47 @@ def test_prototype_spread_matches_loops():
     assert got["plan_peak"] == pytest.approx(sum(peaks) / len(peaks))
     with pytest.raises(ValueError, match="epsilon"):
         prototype_spread(found, 0.0)
+
+
+def test_prototype_spread_describes_the_chosen_heads_attention():
+    """Known answers: uniform heads have entropy 1 and distance 0; heads on one patch each,
+    entropy 0 and distance 1; the (gh, gw) layout gives the same numbers as (N,)."""
+    batch, h, gh, gw, d = 2, 4, 3, 4, 6
+    n = gh * gw
+    queries, tokens = torch.randn(batch, n, d), torch.randn(batch, n, d)
+    uniform = torch.full((batch, h, n), 0.3)  # rows need not sum to 1
+    found = discover_objects(uniform, queries, tokens, k=3, heads=(0, 2, 3))
+    got = prototype_spread(found, 0.05, uniform.reshape(batch, h, gh, gw))
+    assert got["head_entropy"] == pytest.approx(1.0) and got["head_distance"] == pytest.approx(0.0)
+    peaked = torch.zeros(batch, h, n)
+    peaked[:, torch.arange(h), torch.arange(h) * 2] = 5.0  # head i on patch 2i
+    found = discover_objects(peaked, queries, tokens, k=3, heads=(0, 2, 3))
+    got = prototype_spread(found, 0.05, peaked)
+    assert got["head_entropy"] == pytest.approx(0.0) and got["head_distance"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="attn_cls"):
+        prototype_spread(found, 0.05, peaked[:, :, :-1])
+
+
+def test_prototype_spread_heads_match_loops():
+    """The chosen heads (per clip) through gather, against loops over clips, heads and pairs."""
+    torch.manual_seed(5)
+    batch, h, n, d, k = 3, 5, 9, 4, 3
+    attn = torch.rand(batch, h, n, dtype=torch.float64) ** 3
+    heads = torch.tensor([[4, 1, 0], [2, 3, 1], [0, 4, 2]])
+    found = discover_objects(
+        attn,
+        torch.randn(batch, n, d, dtype=torch.float64),
+        torch.randn(batch, n, d).double(),
+        k,
+        heads,
+    )
+    got = prototype_spread(found, 0.1, attn)
+    entropies, distances = [], []
+    for b in range(batch):
+        rows = [attn[b, int(i)] / attn[b, int(i)].sum() for i in heads[b]]
+        entropies += [float(-(r * r.log()).sum() / math.log(n)) for r in rows]
+        distances += [
+            float(0.5 * (rows[i] - rows[j]).abs().sum()) for i in range(k) for j in range(i + 1, k)
+        ]
+    assert got["head_entropy"] == pytest.approx(sum(entropies) / len(entropies))
+    assert got["head_distance"] == pytest.approx(sum(distances) / len(distances))
