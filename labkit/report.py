@@ -251,7 +251,8 @@ def dataset_title(key: str) -> str:
 
 def foreground_sentence(rows: Sequence[dict[str, Any]]) -> str:
     """What "DoRA object on foreground" is measured against: the objects' share of the frames
-    (a property of the data, the same for every model), or "" where tracking did not run."""
+    (a property of the data, the same for every model), which is also the J of a whole-frame
+    mask on "DoRA best object J", or "" where tracking did not run."""
     shares = [
         float(r["foreground share"])
         for r in rows
@@ -265,7 +266,8 @@ def foreground_sentence(rows: Sequence[dict[str, Any]]) -> str:
         f"DoRA object on foreground: the share of the best tracked object's mask that lies on "
         f"the objects. The objects cover {share:.3f} of the frames (mean over the sequences), "
         f"so a mask that ignores them scores about {share:.3f}; above it the mask prefers the "
-        "objects, below it the background."
+        f"objects, below it the background. A mask of the whole frame scores {share:.3f} on "
+        "DoRA best object J too."
     )
 
 

@@ -14,6 +14,7 @@ import torch
 from labkit.eval.metrics import grid_to_frame
 from labkit.eval.patchgrid import (
     foreground_share,
+    mask_jaccard,
     mask_precision,
     patch_histogram,
     patch_index_map,
@@ -82,6 +83,8 @@ def test_precision_known_answers() -> None:
     assert got[:2].tolist() == [1.0, 0.0] and math.isnan(got[2])
     assert got[3].item() == pytest.approx(6 / 24) and got[4].item() == 1.0  # a part of it: 1
     assert foreground_share(foreground, area).tolist() == [pytest.approx(6 / 24)]
+    # J of the whole frame is the share too (what the report says a whole-frame mask scores)
+    assert mask_jaccard(masks[None, 3:4], foreground, area).item() == pytest.approx(6 / 24)
 
 
 def test_partial_footprints_weigh_by_area() -> None:

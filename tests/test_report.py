@@ -173,5 +173,6 @@ def test_foreground_sentence_gives_what_a_blind_mask_scores():
     ]
     text = foreground_sentence(rows)
     assert "cover 0.226 of the frames" in text and "scores about 0.226" in text
+    assert "whole frame scores 0.226 on DoRA best object J" in text
     assert foreground_sentence([{"model": "m", "J&F": 0.5}]) == ""  # no tracking: nothing to say
     assert foreground_sentence([{"model": "m", "foreground share": float("nan")}]) == ""
