@@ -55,8 +55,9 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -329,6 +330,7 @@ class Stage:
     needs: tuple[str, ...] = ()  # stages whose outputs this one reads
     method: str = ""  # a training stage's method ("dora", "dino", "timetuning")
     seed: int | None = None  # a training stage's seed
+    inputs: tuple[Path, ...] = ()  # the markers of the stages in needs, in the same order
 
     @property
     def fingerprint(self) -> str:
@@ -620,7 +622,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             needs=tuple(s.name for s in stages),
         )
     )
-    return stages
+    markers = {s.name: _marker(s) for s in stages}
+    return [replace(s, inputs=tuple(markers[n] for n in s.needs)) for s in stages]
 
 
 def _missing_dataset(stage: Stage) -> str | None:
@@ -638,20 +641,49 @@ def _marker(stage: Stage) -> Path:
     return stage.out_dir / ("report.json" if stage.group == "report" else "stage.json")
 
 
-def is_complete(stage: Stage, folder: Path | None = None) -> bool:
-    """The stage finished with the same parameters and its outputs are all there (in its
-    ``out_dir``, or in ``folder``, e.g. its backup)."""
-    folder = stage.out_dir if folder is None else folder
-    marker = folder / _marker(stage).name
-    if not marker.is_file():
-        return False
+def _input_tokens(stage: Stage) -> dict[str, str | None]:
+    """Which run of each stage it needs it reads: the ``run_id`` in that stage's marker (new
+    each time the stage finishes), None where it has none."""
+    tokens: dict[str, str | None] = {}
+    for name, marker in zip(stage.needs, stage.inputs, strict=True):
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            info = None
+        run_id = info.get("run_id") if isinstance(info, dict) else None
+        tokens[name] = run_id if isinstance(run_id, str) else None
+    return tokens
+
+
+def _read_marker(stage: Stage, folder: Path) -> dict[str, Any] | None:
     try:
-        info = json.loads(marker.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        info = json.loads((folder / _marker(stage).name).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def redone_inputs(stage: Stage, folder: Path | None = None) -> list[str]:
+    """The stages this one needs that finished again (or are unfinished) since it ran: its
+    outputs were made from earlier ones. Empty for a stage that has not run, and for a marker
+    written before labkit recorded its inputs."""
+    info = _read_marker(stage, stage.out_dir if folder is None else folder)
+    recorded = info.get("inputs") if info else None
+    if not isinstance(recorded, dict):
+        return []
+    now = _input_tokens(stage)
+    return [name for name in stage.needs if recorded.get(name) != now[name]]
+
+
+def is_complete(stage: Stage, folder: Path | None = None) -> bool:
+    """The stage finished with the same parameters, from the present runs of the stages it needs
+    (:func:`redone_inputs`), and its outputs are all there (in its ``out_dir``, or in
+    ``folder``, e.g. its backup)."""
+    folder = stage.out_dir if folder is None else folder
+    info = _read_marker(stage, folder)
+    if info is None or info.get("fingerprint") != stage.fingerprint:
         return False
-    return info.get("fingerprint") == stage.fingerprint and all(
-        (folder / o).exists() for o in stage.outputs
-    )
+    return all((folder / o).exists() for o in stage.outputs) and not redone_inputs(stage, folder)
 
 
 def _backup(stage: Stage) -> Path:
@@ -709,6 +741,8 @@ def _write_marker(stage: Stage, seconds: float, **extra: Any) -> None:
         "seconds": round(seconds, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "params": stage.params,
+        "run_id": uuid.uuid4().hex,  # this run of the stage, for the stages that read it
+        "inputs": _input_tokens(stage),  # the runs of the stages it read (redone_inputs)
         **extra,
     }
     write_atomic(_marker(stage), json.dumps(info, indent=2, default=str).encode())
@@ -952,6 +986,10 @@ def _to_run(stage: Stage, head: str, force: bool, say: Callable[[str], None]) ->
     if not force and is_complete(stage):
         say(f"{head}: complete, skipped (use --force to rerun)")
         return False
+    redone = redone_inputs(stage)
+    if not force and redone and _read_marker(stage, stage.out_dir):
+        which = ", ".join(redone) if len(redone) <= 4 else f"{len(redone)} of the stages it reads"
+        say(f"{head}: runs again, {which} ran again since it was made")
     return True
 
 

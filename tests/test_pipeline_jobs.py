@@ -307,3 +307,58 @@ def test_ctrl_c_stops_stages_running_together(tmp_path: Path) -> None:
         steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
         state = torch.load(log.parent / "checkpoint.pth", weights_only=True)
         assert state["step"] == steps[-1] and 3 <= steps[-1] < 400  # written at Ctrl-C
+
+
+def test_a_stage_runs_again_when_a_stage_it_reads_ran_again(tmp_path: Path, monkeypatch) -> None:
+    """U: after the trainings ran again (--force, or a resumed run), the explorations, the
+    evaluations and the report were skipped as complete: their numbers were the old models'."""
+    cfg = tiny(tmp_path, jobs=1)
+    stages = {s.out_dir.resolve(): s for s in plan(cfg) if s.notebook}
+    ran: list[str] = []
+
+    def fake(notebook, out_dir, params, **kwargs):
+        stage = stages[Path(out_dir).resolve()]
+        ran.append(stage.name)
+        for name in stage.outputs:
+            (stage.out_dir / name).write_text("{}")
+        return SimpleNamespace(html=None)
+
+    def report(run_dir, _stages):
+        ran.append("report")
+        for name in ("report.html", "metrics.json"):
+            (Path(run_dir) / name).write_text("{}")
+
+    monkeypatch.setattr(pipeline, "run_notebook", fake)
+    monkeypatch.setattr(pipeline, "write_report", report)
+    said: list[str] = []
+    run_pipeline(cfg, progress=False, say=said.append)
+    everything = [s.name for s in plan(cfg)]
+    assert sorted(ran) == sorted(everything)
+    ran.clear()
+    run_pipeline(cfg, progress=False, say=said.append)
+    assert ran == []  # nothing changed: nothing runs
+    run_pipeline(cfg, only="train", force=True, progress=False, say=said.append)
+    trainings = [s.name for s in plan(cfg) if s.group == "train"]
+    assert ran == trainings
+    ran.clear()
+    said.clear()
+    run_pipeline(cfg, progress=False, say=said.append)
+    assert ran == [name for name in everything if name not in trainings]  # all that read them
+    evaluation = next(m for m in said if "] evaluate_synthetic: " in m)
+    assert (
+        "runs again, train_dora_s0, train_dino_s0, train_dora_s1, train_dino_s1 ran" in evaluation
+    )
+    explore = next(m for m in said if "] explore_dora: " in m)
+    assert explore.endswith("explore_dora: runs again, train_dora_s0 ran again since it was made")
+    ran.clear()
+    run_pipeline(cfg, progress=False, say=said.append)
+    assert ran == []
+    # a stage of a run made before labkit recorded the inputs counts as complete as before
+    marker = next(s for s in plan(cfg) if s.name == "explore_dora").out_dir / "stage.json"
+    info = json.loads(marker.read_text())
+    del info["inputs"]
+    marker.write_text(json.dumps(info))
+    run_pipeline(cfg, only="train", force=True, progress=False, say=said.append)
+    ran.clear()
+    run_pipeline(cfg, only="explore", progress=False, say=said.append)
+    assert "explore_dora" not in ran and "step_by_step" in ran
