@@ -428,6 +428,24 @@ def model_label(cfg: PipelineConfig, method: str, seed: int) -> str:
     return seed_label(method, None if cfg.seeds == 1 else seed)
 
 
+def source_hash(root: Path | None = None) -> str:
+    """A hash of the ``.py`` files of the package folder ``root`` (None: labkit's, computed once
+    per process): their paths and contents. The report stage's parameters hold labkit's, so a
+    report made by other code is made again."""
+    if root is None:
+        global _LABKIT_SOURCE
+        _LABKIT_SOURCE = _LABKIT_SOURCE or source_hash(Path(__file__).resolve().parent)
+        return _LABKIT_SOURCE
+    digest = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+_LABKIT_SOURCE = ""  # labkit's source_hash, once computed
+
+
 def plan(cfg: PipelineConfig) -> list[Stage]:
     """The stages of a run, in order, with absolute paths and their notebook parameters.
 
@@ -617,7 +635,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             "report",
             run,
             None,
-            {"stages": [s.name for s in stages]},
+            # labkit's code too: a report made by another labkit is made again (seconds)
+            {"stages": [s.name for s in stages], "labkit": source_hash()},
             ("report.html", "metrics.json"),
             needs=tuple(s.name for s in stages),
         )

@@ -362,3 +362,25 @@ def test_a_stage_runs_again_when_a_stage_it_reads_ran_again(tmp_path: Path, monk
     ran.clear()
     run_pipeline(cfg, only="explore", progress=False, say=said.append)
     assert "explore_dora" not in ran and "step_by_step" in ran
+
+
+def test_source_hash_follows_the_code(tmp_path: Path) -> None:
+    """The report stage's parameters hold labkit's source hash: a report made by other code is
+    made again (U: a rerun after an upgrade kept the old report)."""
+    from labkit.pipeline import source_hash
+
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    first = source_hash(package)
+    (package / "notes.txt").write_text("not code")
+    assert source_hash(package) == first  # only .py files count
+    (package / "sub" / "b.py").write_text("y = 3\n")
+    assert source_hash(package) != first
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    assert source_hash(package) == first
+    (package / "sub" / "b.py").rename(package / "b.py")  # same contents, another place
+    assert source_hash(package) != first
+    report = next(s for s in plan(tiny(tmp_path)) if s.group == "report")
+    assert report.params["labkit"] == source_hash() == source_hash(Path(pipeline.__file__).parent)
