@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import tiny_config
 
 from labkit.losses import DINOLoss, dora_published_pair_weights
 from labkit.train import TrainConfig, load_config, train
+
+from tiny import tiny_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dora_loss_official.pt"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -14,12 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_reliability import interrupt_pipeline
 
 from labkit import pipeline
 from labkit.data import default_dataset, default_video
 from labkit.pipeline import PipelineConfig, StageFailed, group_jobs, is_complete, plan, run_pipeline
 from labkit.report import dataset_title
+
+from test_reliability import interrupt_pipeline
 
 TINY_MODEL = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 

@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tiny import TINY_TRAIN
 
 from labkit.cli import main
 from labkit.runfolder import RunFolderBusy, RunFolderWarning, RunLock, read_jsonl
 from labkit.train import TrainConfig, TrainingDiverged, read_log, train
+
+from tiny import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from labkit import pipeline
+from labkit.cli import main
+from labkit.pipeline import PipelineConfig, StageFailed, is_complete, plan, run_pipeline
+from labkit.runfolder import RunLock
+from labkit.train import TrainConfig, train
+
 from test_reliability import (
     davis_folder,
     interrupt_pipeline,
@@ -26,12 +33,6 @@ from test_reliability import (
     run_cli,
     wait_for,
 )
-
-from labkit import pipeline
-from labkit.cli import main
-from labkit.pipeline import PipelineConfig, StageFailed, is_complete, plan, run_pipeline
-from labkit.runfolder import RunLock
-from labkit.train import TrainConfig, train
 
 TINY_MODEL = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import TINY_NETWORK
 
 from labkit.attention import extract
 from labkit.losses import DINOLoss
 from labkit.tracking import discover_objects, masked_views, track_objects
 from labkit.train import TrainConfig
 from labkit.train.step import build_networks, dino_step, dora_step
+
+from tiny import TINY_NETWORK
 
 TINY = {**TINY_NETWORK, "drop_path_rate": 0.0}  # no stochastic depth: deterministic steps
 B, T, N_LOCAL, K_OBJ, HEADS = 2, 3, 2, 3, [2, 0, 3]

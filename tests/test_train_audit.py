@@ -6,13 +6,14 @@ import copy
 
 import pytest
 import torch
-from tiny import tiny_config
 from torch import nn
 
 import labkit.train.trainer as trainer_module
 from labkit.losses import DINOLoss
 from labkit.train import TrainConfig, train
 from labkit.train.trainer import clip_gradients
+
+from tiny import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

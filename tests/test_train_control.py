@@ -14,7 +14,6 @@ import math
 import pytest
 import torch
 import yaml
-from tiny import TINY_TRAIN, tiny_config
 
 from labkit.train import TrainConfig, Trainer, read_log, train
 from labkit.train.config import IGNORED_FIELDS
@@ -25,6 +24,8 @@ from labkit.train.verdict import (
     learning_verdict,
     window_means,
 )
+
+from tiny import TINY_TRAIN, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

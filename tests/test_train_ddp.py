@@ -11,9 +11,10 @@ import textwrap
 
 import pytest
 import torch
-from tiny import TINY_TRAIN
 
 from labkit.train import TrainConfig, train
+
+from tiny import TINY_TRAIN
 
 pytestmark = pytest.mark.slow
 

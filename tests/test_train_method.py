@@ -7,7 +7,6 @@ import inspect
 
 import pytest
 import torch
-from tiny import TINY_ARCH
 
 import labkit.train.trainer as trainer_module
 from labkit.train import TrainConfig
@@ -16,6 +15,8 @@ from labkit.train.dora_dino import DoraDinoMethod
 from labkit.train.method import Method
 from labkit.train.methods import METHOD_CLASSES, log_columns, method_for
 from labkit.train.timetuning_method import TimeTuningMethod
+
+from tiny import TINY_ARCH
 
 TINY = dict(model_kwargs=TINY_ARCH, img_size=64, local_size=32, out_dim=64, hidden_dim=32)
 TIMETUNING = dict(head_dims=(32, 16), num_prototypes=8, trainable_blocks=1)

@@ -7,10 +7,11 @@ import json
 import math
 
 import pytest
-from tiny import TINY_ARCH
 
 from labkit.notebooks import notebook_parameters, run_notebook
 from labkit.train import TrainConfig
+
+from tiny import TINY_ARCH
 
 pytestmark = pytest.mark.slow
 

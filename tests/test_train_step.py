@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import TINY_NETWORK
 
 from labkit.attention import extract
 from labkit.losses import DINOLoss
@@ -23,6 +22,8 @@ from labkit.train.step import (
     teacher_statistics,
     update_teacher,
 )
+
+from tiny import TINY_NETWORK
 
 TINY = {**TINY_NETWORK, "drop_path_rate": 0.0}  # no stochastic depth: deterministic steps
 B, T, N_LOCAL, K_OBJ = 2, 3, 2, 3

@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 import yaml
-from tiny import TINY_ARCH
 
 from labkit.models import load_backbone, load_checkpoint_state
 from labkit.train import TrainConfig, Trainer, TrainingDiverged, load_config, load_trained, train
 from labkit.train.data import ClipDataset
 from labkit.train.trainer import TIMETUNING_LOG_COLUMNS, cosine_schedule, read_log
+
+from tiny import TINY_ARCH
 
 ARCH = {**TINY_ARCH, "depth": 3}  # one block more: the tests below name blocks 0-2
 TINY = dict(

@@ -9,12 +9,13 @@ import json
 import pytest
 import torch
 import yaml
-from tiny import TINY_ARCH, tiny_config
 
 from labkit.losses import DINOLoss
 from labkit.models import load_backbone, load_checkpoint_state
 from labkit.train import TrainConfig, Trainer, TrainingDiverged, load_trained, read_log, train
 from labkit.train.trainer import LOG_COLUMNS, cosine_schedule
+
+from tiny import TINY_ARCH, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

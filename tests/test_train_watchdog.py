@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 import torch
-from tiny import tiny_config
 
 import labkit.train.dora_dino as dora_dino_module
 from labkit.train import train
@@ -19,6 +18,8 @@ from labkit.train.watchdog import (
     collapse_kind,
     describe_collapse,
 )
+
+from tiny import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
