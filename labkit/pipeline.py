@@ -46,6 +46,7 @@ Finished work is never lost (see ``docs/reliability.md``):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -428,14 +429,8 @@ def model_label(cfg: PipelineConfig, method: str, seed: int) -> str:
     return seed_label(method, None if cfg.seeds == 1 else seed)
 
 
-def source_hash(root: Path | None = None) -> str:
-    """A hash of the ``.py`` files of the package folder ``root`` (None: labkit's, computed once
-    per process): their paths and contents. The report stage's parameters hold labkit's, so a
-    report made by other code is made again."""
-    if root is None:
-        global _LABKIT_SOURCE
-        _LABKIT_SOURCE = _LABKIT_SOURCE or source_hash(Path(__file__).resolve().parent)
-        return _LABKIT_SOURCE
+def source_hash(root: Path) -> str:
+    """A hash of the ``.py`` files of the package folder ``root``: their paths and contents."""
     digest = hashlib.sha256()
     for path in sorted(Path(root).rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
@@ -443,7 +438,11 @@ def source_hash(root: Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
-_LABKIT_SOURCE = ""  # labkit's source_hash, once computed
+@functools.cache
+def labkit_source() -> str:
+    """:func:`source_hash` of labkit itself (once per process). The report stage's parameters
+    hold it, so a report made by other code is made again."""
+    return source_hash(Path(__file__).resolve().parent)
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
@@ -636,7 +635,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             run,
             None,
             # labkit's code too: a report made by another labkit is made again (seconds)
-            {"stages": [s.name for s in stages], "labkit": source_hash()},
+            {"stages": [s.name for s in stages], "labkit": labkit_source()},
             ("report.html", "metrics.json"),
             needs=tuple(s.name for s in stages),
         )
@@ -665,21 +664,22 @@ def _input_tokens(stage: Stage) -> dict[str, str | None]:
     each time the stage finishes), None where it has none."""
     tokens: dict[str, str | None] = {}
     for name, marker in zip(stage.needs, stage.inputs, strict=True):
-        try:
-            info = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            info = None
-        run_id = info.get("run_id") if isinstance(info, dict) else None
+        run_id = (_read_json(marker) or {}).get("run_id")
         tokens[name] = run_id if isinstance(run_id, str) else None
     return tokens
 
 
-def _read_marker(stage: Stage, folder: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A marker's contents, or None where it is missing or unreadable."""
     try:
-        info = json.loads((folder / _marker(stage).name).read_text())
+        info = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return info if isinstance(info, dict) else None
+
+
+def _read_marker(stage: Stage, folder: Path) -> dict[str, Any] | None:
+    return _read_json(folder / _marker(stage).name)
 
 
 def redone_inputs(stage: Stage, folder: Path | None = None) -> list[str]:
@@ -1006,7 +1006,7 @@ def _to_run(stage: Stage, head: str, force: bool, say: Callable[[str], None]) ->
         say(f"{head}: complete, skipped (use --force to rerun)")
         return False
     redone = redone_inputs(stage)
-    if not force and redone and _read_marker(stage, stage.out_dir):
+    if not force and redone:
         which = ", ".join(redone) if len(redone) <= 4 else f"{len(redone)} of the stages it reads"
         say(f"{head}: runs again, {which} ran again since it was made")
     return True
