@@ -126,9 +126,8 @@ def _shares(values: Any) -> str:
     return "/".join(f"{float(v):.2f}" for v in values) if values else "–"
 
 
-ALMOST_UNIFORM_ATTENTION = (
-    0.9  # head entropy (of log N) above which the report says "close to uniform"
-)
+# head entropy (of log N) above which the report calls the heads' attention close to uniform
+ALMOST_UNIFORM_ATTENTION = 0.9
 
 
 def _heads_clause(spread: dict[str, Any]) -> str:
@@ -195,8 +194,8 @@ def sinkhorn_rows(
             sentence += (
                 f" The reason is in the discovery: {_heads_clause(spread)}the heads' prototypes "
                 f"are nearly parallel (mean cosine {spread['prototype_cosine']:.2f}), a patch's "
-                f"scores for the k "
-                f"objects differ by {spread['logit_spread_per_epsilon']:.2f} epsilon on average, "
+                f"scores for the k objects differ by "
+                f"{spread['logit_spread_per_epsilon']:.2f} epsilon on average, "
                 f"and the Sinkhorn-Knopp plan gives a patch's largest share "
                 f"{spread['plan_peak']:.2f} where a uniform plan gives "
                 f"{spread['uniform_peak']:.2f}: every object is close to the frame's average token."
