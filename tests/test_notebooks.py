@@ -277,35 +277,14 @@ def test_ctrl_c_in_a_cell_leaves_no_dead_kernel_traceback(tmp_path) -> None:
     """U (CI): after Ctrl-C in a pipeline, nbclient's "Kernel died" line and an unretrieved
     DeadKernelError's traceback came after labkit's one line (the kernel that papermill shut
     down under the running cell)."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
+
+    from test_reliability import press_ctrl_c
 
     script = tmp_path / "sleeper.py"
     script.write_text(_SLEEPER)
-    environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    environ.pop("LABKIT_DEBUG", None)
-    with (tmp_path / "stderr.txt").open("w") as err_handle:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path)],
-            env=environ,
-            stdout=subprocess.DEVNULL,
-            stderr=err_handle,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while not (tmp_path / "busy").exists() and proc.poll() is None:
-                assert time.monotonic() < deadline, "the cell did not start in 120 s"
-                time.sleep(0.1)
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    err = (tmp_path / "stderr.txt").read_text()
-    assert proc.returncode == 130 and err.strip() == "interrupted", err
+    busy = tmp_path / "busy"
+    code, err = press_ctrl_c(
+        [sys.executable, str(script), str(tmp_path)], busy.exists, tmp_path, "the cell's start"
+    )
+    assert code == 130 and err.strip() == "interrupted", err

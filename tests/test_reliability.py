@@ -72,24 +72,25 @@ def wait_for(condition, timeout: float = 120.0, what: str = "") -> None:
         time.sleep(0.1)
 
 
-def interrupt_pipeline(config: Path, ready, tmp_path: Path, what: str, **env: str) -> str:
-    """Run ``labkit pipeline --config CONFIG --quiet`` as a terminal's foreground job, press
-    Ctrl-C once ``ready()`` holds, check that it ended in one line (exit code 130, no
-    traceback, the last line ``labkit: interrupted``) and return its stderr.
+def press_ctrl_c(
+    command: list[str], ready, tmp_path: Path, what: str, **env: str
+) -> tuple[int, str]:
+    """Run ``command`` (in ``tmp_path``) as a terminal's foreground job, press Ctrl-C once
+    ``ready()`` holds, wait for it to end and return its exit code and stderr.
 
-    The pipeline gets its own process group with SIGINT at its default (pytest-xdist's workers
+    The command gets its own process group with SIGINT at its default (pytest-xdist's workers
     ignore SIGINT and a child inherits an ignored signal: Python would install no
     KeyboardInterrupt handler), and the group gets the SIGINT, as a terminal sends it to its
-    foreground job. Its output goes to files, not pipes: nobody reads a pipe while the pipeline
-    runs, and one blocked on a full pipe would not answer Ctrl-C. ``env`` is added to this
-    process's environment (without ``LABKIT_DEBUG``).
+    foreground job. Its output goes to files, not pipes: nobody reads a pipe while it runs, and
+    one blocked on a full pipe would not answer Ctrl-C. ``env`` is added to this process's
+    environment (without ``LABKIT_DEBUG``). A command that ends before it is ready fails at once.
     """
     environ = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     environ.pop("LABKIT_DEBUG", None)
     out_file, err_file = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with out_file.open("w") as out_handle, err_file.open("w") as err_handle:
         first = subprocess.Popen(
-            [sys.executable, "-m", "labkit.cli", "pipeline", "--config", str(config), "--quiet"],
+            command,
             cwd=tmp_path,
             env=environ,
             text=True,
@@ -99,17 +100,25 @@ def interrupt_pipeline(config: Path, ready, tmp_path: Path, what: str, **env: st
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
-            # a pipeline that ends before it is ready fails here, not at the timeout
+            # a command that ends before it is ready fails here, not at the timeout
             wait_for(lambda: first.poll() is not None or ready(), timeout=600, what=what)
-            assert first.poll() is None, f"the pipeline ended before {what}"
+            assert first.poll() is None, f"it ended before {what}: {err_file.read_text()}"
             os.killpg(first.pid, signal.SIGINT)
             first.wait(timeout=240)
         finally:
             if first.poll() is None:
                 os.killpg(first.pid, signal.SIGKILL)
                 first.wait()
-    err = err_file.read_text()
-    assert first.returncode == 130, err
+    return first.returncode, err_file.read_text()
+
+
+def interrupt_pipeline(config: Path, ready, tmp_path: Path, what: str, **env: str) -> str:
+    """:func:`press_ctrl_c` on ``labkit pipeline --config CONFIG --quiet``; checks that it ended
+    in one line (exit code 130, no traceback, the last line ``labkit: interrupted``) and returns
+    its stderr."""
+    command = [sys.executable, "-m", "labkit.cli", "pipeline", "--config", str(config), "--quiet"]
+    code, err = press_ctrl_c(command, ready, tmp_path, what, **env)
+    assert code == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("labkit: interrupted")
     return err
 
