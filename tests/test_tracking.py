@@ -400,6 +400,7 @@ def test_prototype_spread_describes_the_chosen_heads_attention():
     found = discover_objects(uniform, queries, tokens, k=3, heads=(0, 2, 3))
     got = prototype_spread(found, 0.05, uniform.reshape(batch, h, gh, gw))
     assert got["head_entropy"] == pytest.approx(1.0) and got["head_distance"] == pytest.approx(0.0)
+    assert got == prototype_spread(found, 0.05, uniform)  # (gh, gw) and (N,): the same
     peaked = torch.zeros(batch, h, n)
     peaked[:, torch.arange(h), torch.arange(h) * 2] = 5.0  # head i on patch 2i
     found = discover_objects(peaked, queries, tokens, k=3, heads=(0, 2, 3))
