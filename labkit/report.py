@@ -65,6 +65,7 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
 /* a table wider than the page scrolls in its own box, the page does not */
 table { display: block; max-width: 100%; overflow-x: auto; }
 .nowrap td { white-space: nowrap; }  /* mean ± std (n) on one line */
+.words td, .words th { text-align: left; }  /* a table of phrases, not numbers */
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
@@ -91,6 +92,18 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return html.escape(str(value))
+
+
+def _whole(value: Any) -> Any:
+    """A duration in whole units for a table (``None`` and non-numbers unchanged)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return round(value) if is_number and math.isfinite(value) else value
+
+
+def _tenth(value: Any) -> Any:
+    """A rate to one decimal for a table, as text (``None`` and non-numbers unchanged)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{value:.1f}" if is_number and math.isfinite(value) else value
 
 
 def _link(run_dir: Path, path: Path, text: str) -> str:
@@ -679,6 +692,119 @@ def training_rows(stages: Sequence[Any], cfg: dict[str, Any]) -> list[dict[str, 
     return rows
 
 
+def _trainer_config(stage: Any) -> dict[str, Any] | None:
+    """The trainer's own configuration of a training stage: its ``metrics.json``'s ``config``,
+    or for a run written before that key, the checkpoint's (read without its tensors' copies)."""
+    config = (_read_json(stage.out_dir / "metrics.json") or {}).get("config")
+    if isinstance(config, dict):
+        return config
+    checkpoint = stage.out_dir / "checkpoint.pth"
+    if not checkpoint.is_file():
+        return None
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError):  # torn or not a checkpoint
+        return None
+    config = state.get("config") if isinstance(state, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def _steps(epochs: Any, per_epoch: Any) -> str:
+    """``epochs`` of ``per_epoch`` steps as a step count ("20 steps", "none")."""
+    try:
+        n = round(float(epochs) * int(per_epoch))
+    except (TypeError, ValueError):
+        return "–"
+    return "none" if n <= 0 else f"{n} step{'' if n == 1 else 's'}"
+
+
+def _setting_values(c: dict[str, Any], peak_lr: float | None) -> dict[str, str]:
+    """The training recipe of one trainer configuration, one phrase per setting (the audit's
+    order in docs/science.md); a setting the method does not have is left out."""
+    spe = c.get("steps_per_epoch")
+    lr = f"{c.get('lr')}" + (" x clips / 256" if c.get("scale_lr") else "")
+    if peak_lr is not None and (c.get("scale_lr") or not math.isclose(peak_lr, c.get("lr") or 0)):
+        lr += f", peak {peak_lr:.3g} in the log"
+    teacher_temp = f"{c.get('teacher_temp')}"
+    if c.get("warmup_teacher_temp_epochs"):
+        teacher_temp += (
+            f", from {c.get('warmup_teacher_temp')} over "
+            f"{_steps(c.get('warmup_teacher_temp_epochs'), spe)}"
+        )
+    out = {
+        "views": f"{c.get('img_size')} px global, {c.get('num_local')} x {c.get('local_size')} px "
+        "local per frame",
+        "clips": f"{c.get('batch_size')} clips x {c.get('num_frames')} frames, "
+        f"{c.get('frame_step')} apart",
+        "steps": f"{c.get('steps')} ({spe} per epoch)",
+        "head output K": f"{c.get('out_dim')}",
+        "learning rate": lr,
+        "lr warm-up": f"{_steps(c.get('warmup_epochs'), spe)}, then cosine to {c.get('min_lr')}",
+        "weight decay": f"{c.get('weight_decay')} -> {c.get('weight_decay_end')} (cosine)",
+        "teacher momentum": f"{c.get('momentum_teacher')} -> 1 (cosine)",
+        "teacher temperature": teacher_temp,
+        "student temperature": f"{c.get('student_temp')}",
+        "centre": f"momentum {c.get('center_momentum')}, starts at "
+        + ("the first batch's mean" if c.get("center_init") == "first_batch" else "zeros"),
+        "gradient clipping": f"{c.get('clip_grad')} ({c.get('clip_grad_mode')} norm)"
+        if c.get("clip_grad")
+        else "none",
+        "head's last layer frozen": _steps(c.get("freeze_last_layer"), spe),
+        "drop path": f"{c.get('drop_path_rate')}",
+        "frozen-network control": "on" if c.get("control") else "off",
+    }
+    if c.get("method") == "dora":
+        heads, threshold = c.get("heads"), c.get("threshold")
+        masks = {
+            "mean": "each map above its mean",
+            "batch_mean": "above the batch's mean (official)",
+        }.get(str(threshold), f"keeping {threshold} of each map's mass")
+        out["DoRA objects"] = (
+            f"{c.get('k')} objects from "
+            + ("heads drawn at random each step" if heads == "random" else f"heads {heads}")
+            + ", "
+            + (f"Sinkhorn-Knopp (ε {c.get('epsilon')})" if c.get("sinkhorn") else "row softmax")
+            + f", masks: {masks}, {c.get('dora_loss')} loss"
+        )
+    return out
+
+
+def training_settings(stages: Sequence[Any]) -> list[dict[str, str]]:
+    """What each method's trainings were run with, read back from the runs themselves: one row
+    per setting, one column per method ("a / b" where its seeds differ, "–" where a method has
+    no such setting). Empty where no run recorded its configuration."""
+    per_method: dict[str, list[dict[str, str]]] = {}
+    for stage in (s for s in stages if s.group == "train"):
+        config = _trainer_config(stage)
+        if config is None:
+            continue
+        lrs = _log_values(stage.out_dir / "log.jsonl", "lr")
+        method = str(config.get("method") or getattr(stage, "method", "") or stage.name)
+        per_method.setdefault(method, []).append(_setting_values(config, max(lrs) if lrs else None))
+    labels = list(dict.fromkeys(k for runs in per_method.values() for r in runs for k in r))
+    rows = []
+    for label in labels:
+        row = {"setting": label}
+        for method, runs in per_method.items():
+            values = list(dict.fromkeys(r[label] for r in runs if label in r))
+            row[_name(method)] = " / ".join(values) if values else "–"
+        rows.append(row)
+    return rows
+
+
+def _seeds_prefix(seeds: Sequence[Any], several: bool) -> str:
+    """ "Seed 1: " or "Seeds 0, 1, 2: " before a sentence that fits those seeds; "" with one
+    seed per method."""
+    known = [s for s in seeds if s is not None]
+    if not several or not known:
+        return ""
+    return f"Seed{'' if len(known) == 1 else 's'} {_seed_list(known)}: "
+
+
 def _training_stats(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, SeedStats]]:
     """Per method, each of :data:`TRAIN_STATS` over its seeds."""
     out: dict[str, dict[str, SeedStats]] = {}
@@ -822,7 +948,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             {
                 "stage": stage.name,
                 "status": "done" if marker else "not run",
-                "seconds": marker.get("seconds"),
+                "seconds": _whole(marker.get("seconds")),
                 "notebook": _link(run_dir, nb, label) if nb.is_file() else "–",
             }
         )
@@ -841,15 +967,12 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         }
     train_figures: list[str] = []
     more_figures: list[str] = []  # the other seeds' loss curves, folded away
-    collapse_notes: list[str] = []
+    notes: dict[str, list[Any]] = {}  # the collapse watchdog's verdict -> the seeds it fits
     for stage in train_stages:
         m = _read_json(stage.out_dir / "metrics.json") or {}
         seed = getattr(stage, "seed", None)
-        if m:  # the collapse watchdog's verdict, in plain words
-            note = collapse_sentence(m)
-            if several and seed is not None:
-                note = f"Seed {seed}: {note}"
-            collapse_notes.append(f"<p>{html.escape(note)}</p>")
+        if m:
+            notes.setdefault(collapse_sentence(m), []).append(seed)
         log = stage.out_dir / "log.jsonl"
         if log.is_file():
             png = stage.out_dir / "log.png"
@@ -863,7 +986,13 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         + (f"; seeds {_seed_list(seeds)}" if several else "")
         + ". Loss first / last 10%: the loss's mean over the first and the last tenth of the "
         "steps.</p>",
-        html_table(train_rows, columns=train_columns),
+        html_table(
+            [
+                {**r, "images/s": _tenth(r["images/s"]), "seconds": _whole(r["seconds"])}
+                for r in train_rows
+            ],
+            columns=train_columns,
+        ),
     ]
     if several:
         measured = [c for c in TRAIN_STATS if any(c in st for st in train_stats.values())]
@@ -878,7 +1007,22 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
                 "<p>Over seeds: mean ± sample standard deviation (n seeds).</p>",
                 "<div class='nowrap'>" + html_table(spread) + "</div>",
             ]
-    parts += [*collapse_notes, *train_figures]
+    parts += [
+        f"<p>{html.escape(_seeds_prefix(seeds_of, several) + n)}</p>"
+        for n, seeds_of in notes.items()
+    ]
+    settings = training_settings(train_stages)
+    if settings:
+        parts += [
+            "<h3>Settings the runs used</h3>",
+            "<p class='muted'>Read back from each run's own record (its metrics.json, or its "
+            "checkpoint for an older run), so these are what ran: the training notebook's "
+            "defaults, the CPU recipe of docs/science.md, with the run's <code>train</code> "
+            "options over them. Official DINO and DoRA values and why labkit differs: "
+            "docs/science.md.</p>",
+            "<div class='words'>" + html_table(settings) + "</div>",
+        ]
+    parts += train_figures
     if more_figures:
         parts.append(
             "<details><summary>loss curves of the other seeds</summary>"
@@ -1022,6 +1166,12 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             )
 
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(cfg, indent=2)) + "</pre>")
+    if train_stages:
+        parts.append(
+            "<p class='muted'><code>train</code> holds only the options given over the training "
+            "notebook's defaults; every setting the trainings ran with is under Training, "
+            "Settings the runs used.</p>"
+        )
     parts.append(
         f"<p class='muted'>{_link(run_dir, run_dir / 'environment.json', 'environment.json')} · "
         f"{_link(run_dir, run_dir / 'config.yaml', 'config.yaml')}</p>"

@@ -316,3 +316,82 @@ def test_evaluate_notebook_shows_progress_under_papermill(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "[labkit] evaluate: model 1/1 tiny" in err and "sequence 1/1 synthetic" in err  # the log
     assert (out / "examples.png").is_file()
+
+
+# ------------------------------------------------------------------------ training's settings
+
+
+def _trained(run: Path, method: str, seed: int, config: dict, *, in_checkpoint: bool = False):
+    """A finished training stage of ``method`` and ``seed`` whose configuration is ``config``
+    (in metrics.json, or only in the checkpoint as runs before that key wrote it)."""
+    stage = _stage(run, f"train_{method}_s{seed}", "train", "train_dora", {"method": method})
+    stage.method, stage.seed = method, seed
+    metrics = {"method": method, "steps": config["steps"], "collapse": None, "seconds": 116.4}
+    if in_checkpoint:
+        torch.save({"config": config, "step": config["steps"]}, stage.out_dir / "checkpoint.pth")
+    else:
+        metrics["config"] = config
+    (stage.out_dir / "metrics.json").write_text(json.dumps(metrics))
+    (stage.out_dir / "stage.json").write_text(json.dumps({"seconds": 138.94}))
+    lrs = [0.0, config["lr"] / 2, config["lr"], config["lr"] / 3]
+    (stage.out_dir / "log.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {"step": i + 1, "loss": 6.0, "teacher_entropy": 4.0, "teacher_kl_uniform": 1.0}
+                | {"lr": lr, "wd": 0.04, "momentum": 0.998, "teacher_temp": 0.02}
+            )
+            + "\n"
+            for i, lr in enumerate(lrs)
+        )
+    )
+    return stage
+
+
+def test_report_lists_the_settings_each_training_ran_with(tmp_path: Path):
+    from labkit.report import training_settings
+    from labkit.train.config import TrainConfig
+
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "config.yaml").write_text("steps: 8\nseed: 0\nseeds: 2\ntrain: {}\n")
+
+    def config(method: str, **kw) -> dict:
+        base = dict(method=method, steps=8, steps_per_epoch=4, warmup_epochs=0.5, out_dir="x")
+        return TrainConfig(**(base | kw)).to_dict()
+
+    stages = [
+        _trained(run, "dora", 0, config("dora", lr=5e-4, out_dim=1024, scale_lr=False)),
+        _trained(
+            run, "dora", 1, config("dora", lr=5e-4, out_dim=512, scale_lr=False), in_checkpoint=True
+        ),
+        _trained(run, "dino", 0, config("dino", lr=1e-4, out_dim=1024, scale_lr=True)),
+    ]
+    rows = {r["setting"]: r for r in training_settings(stages)}
+    # seeds that differ show both values; the checkpoint stands in for an older run's record
+    assert rows["head output K"] == {
+        "setting": "head output K",
+        "DoRA": "1024 / 512",
+        "DINO": "1024",
+    }
+    assert rows["learning rate"]["DoRA"] == "0.0005"  # unscaled: the log's peak is the same
+    assert rows["learning rate"]["DINO"] == "0.0001 x clips / 256, peak 0.0001 in the log"
+    assert rows["lr warm-up"]["DoRA"] == "2 steps, then cosine to 1e-06"  # 0.5 epochs of 4 steps
+    assert rows["DoRA objects"]["DINO"] == "–"
+    assert rows["DoRA objects"]["DoRA"] == (
+        "3 objects from heads drawn at random each step, Sinkhorn-Knopp (ε 0.05), masks: each "
+        "map above its mean, corrected loss"
+    )
+    assert rows["centre"]["DoRA"] == "momentum 0.9, starts at zeros"
+
+    page = write_report(run, stages).read_text()
+    training = page[page.index("<h2>Training</h2>") : page.index("<h2>Attention")]
+    assert "<h3>Settings the runs used</h3>" in training
+    # one sentence for the seeds it fits, not one per seed
+    assert training.count("The DoRA teacher did not collapse.") == 1
+    assert "Seeds 0, 1: The DoRA teacher did not collapse." in training
+    assert "Seed 0: The DINO teacher did not collapse." in training
+    # durations in whole seconds
+    stages_table = page[page.index("<h2>Stages</h2>") : page.index("<h2>Training</h2>")]
+    assert "<td>139</td>" in stages_table and "138.9" not in stages_table
+    assert "<td>116</td>" in training and "116.4" not in training
+    assert "every setting the trainings ran with is under Training" in page

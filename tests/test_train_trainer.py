@@ -161,6 +161,13 @@ def test_logs_schedules_and_metrics(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["final_loss"] == pytest.approx(log[-1]["loss"])
     assert metrics["images_per_second"] > 0 and metrics["checkpoint"].endswith("checkpoint.pth")
+    # the configuration that ran, as the checkpoint stores it (the pipeline's report lists it)
+    assert (
+        metrics["config"]
+        == cfg.to_dict()
+        == torch.load(tmp_path / "checkpoint.pth", weights_only=True)["config"]
+    )
+    assert "config" not in result.metrics  # printed by `labkit train`: the numbers only
     fig = plot_log(tmp_path)
     assert len(fig.axes) == 4  # loss, collapse signals, lr (+ weight-decay twin)
     # a fresh run in the same folder is refused; forced, it starts a new log, the old one kept

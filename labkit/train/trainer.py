@@ -50,8 +50,9 @@ method's; everything else is the trainer's:
   loss, teacher entropy, KL to uniform and top mass (collapse signals), lr, wd, momentum,
   teacher temperature, gradient norm, images per second (with ``control``: the frozen-network
   control's loss and teacher entropy); ``metrics.json`` at the end of ``fit``, with the means of
-  the loss over the first and last 10% of steps and, for DoRA / DINO, the learning verdict
-  (:mod:`labkit.train.verdict`).
+  the loss over the first and last 10% of steps, for DoRA / DINO the learning verdict
+  (:mod:`labkit.train.verdict`), and the run's configuration (``config``, flat, as checkpoints
+  store it).
 * **Collapse watchdog** (:mod:`labkit.train.watchdog`): when the teacher looks collapsed for
   ``collapse_patience`` steps in a row, a :class:`labkit.train.watchdog.CollapseWarning` names
   the step it began and the remedies; that step's log record and ``metrics.json`` carry
@@ -642,7 +643,9 @@ class Trainer:
             self.save_checkpoint()
         metrics = self.summary(time.perf_counter() - wall, first)
         if self.rank == 0:
-            write_atomic(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+            # with the configuration that ran, which the pipeline's report lists
+            record = {**metrics, "config": self.config.to_dict()}
+            write_atomic(self.out_dir / "metrics.json", json.dumps(record, indent=2).encode())
         return TrainResult(self.out_dir, list(self.log), self.last_checkpoint, metrics)
 
     @contextlib.contextmanager
