@@ -9,6 +9,7 @@ Executed copies go to a run folder (git-ignored ``runs/`` by default), never bac
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -251,7 +252,7 @@ class _ProgressLines:
         self.out.flush()
 
 
-# Set by the first Ctrl-C (SIGINT) that lands in run_notebook in this process; never cleared.
+# Set by a Ctrl-C (SIGINT) that lands in run_notebook; cleared when the next run_notebook starts.
 _CTRL_C = threading.Event()
 
 
@@ -289,7 +290,14 @@ for _name in ("papermill", "asyncio"):  # nbclient logs through papermill's logg
 @contextlib.contextmanager
 def _noting_ctrl_c() -> Any:
     """While papermill runs: a Ctrl-C sets :data:`_CTRL_C`, then does what it did before (a
-    KeyboardInterrupt). Only in the main thread, and only where Ctrl-C raises."""
+    KeyboardInterrupt). Only in the main thread, and only where Ctrl-C raises.
+
+    A Ctrl-C in an earlier run (a Jupyter session that interrupted run_notebook and runs it
+    again) is forgotten first, so a kernel that dies in this run is reported; what that earlier
+    run abandoned is collected before, while its records are still dropped."""
+    if _CTRL_C.is_set():
+        gc.collect()  # the abandoned cell's task, if nothing else holds it
+        _CTRL_C.clear()
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield

@@ -233,6 +233,10 @@ def test_after_ctrl_c_only_the_abandoned_cells_records_go(monkeypatch) -> None:
     notebooks._CTRL_C.set()
     assert not any(notebooks._AFTER_CTRL_C.filter(r) for r in gone)
     assert all(notebooks._AFTER_CTRL_C.filter(r) for r in kept)
+    # the next run_notebook forgets the Ctrl-C: a kernel that dies in it is reported again
+    with notebooks._noting_ctrl_c():
+        assert not notebooks._CTRL_C.is_set()
+        assert all(notebooks._AFTER_CTRL_C.filter(r) for r in gone + kept)
 
 
 # Runs a notebook whose cell sleeps, in a process of its own; the kernel manager waits 2.5 s
