@@ -219,3 +219,14 @@ def test_cli_train(tmp_path, capsys):
     assert state["config"]["k"] == 2 and state["config"]["num_local"] == 0
     assert main(["train", "--config", str(path), "-o", "k=0"]) == 2
     assert "k must be >= 1" in capsys.readouterr().err
+
+
+def test_headless_progress_prints_a_line_per_interval_not_per_step(tmp_path, monkeypatch, capsys):
+    """Under papermill the training's progress bar is plain text in the notebook's output: a few
+    lines for a short run (its start and end), not one or two per step."""
+    monkeypatch.setenv("LABKIT_HEADLESS", "1")
+    train(tiny_config(tmp_path, steps=6), progress=True)
+    err = capsys.readouterr().err
+    lines = [part for part in err.replace("\r", "\n").splitlines() if "/6 [" in part]
+    assert lines and lines[-1].lstrip().startswith("dora: 100%")
+    assert len(lines) <= 3, lines  # 0/6, perhaps one within 10 s, 6/6

@@ -623,11 +623,13 @@ class Trainer:
                         self._append_log(record)
                         for callback in callbacks:
                             callback(record, self)
-                    if bar is not None:
-                        bar.update(1)
+                    if bar is not None:  # the postfix waits for the bar's next refresh
                         bar.set_postfix(
-                            loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}"
+                            loss=f"{record['loss']:.4f}",
+                            img_s=f"{record['images_per_s']:.1f}",
+                            refresh=False,
                         )
+                        bar.update(1)  # at most one line per mininterval under papermill
                     every = self.config.checkpoint_every
                     if every and self.step % every == 0 and self.step < stop:
                         self.save_checkpoint()
