@@ -161,12 +161,13 @@ def test_logs_schedules_and_metrics(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["final_loss"] == pytest.approx(log[-1]["loss"])
     assert metrics["images_per_second"] > 0 and metrics["checkpoint"].endswith("checkpoint.pth")
-    # the configuration that ran, as the checkpoint stores it (the pipeline's report lists it)
-    assert (
-        metrics["config"]
-        == cfg.to_dict()
-        == torch.load(tmp_path / "checkpoint.pth", weights_only=True)["config"]
-    )
+    # the configuration that ran (resolved: pos_embed_rule "auto" became the rule used), as the
+    # checkpoint stores it; the pipeline's report lists it
+    stored = torch.load(tmp_path / "checkpoint.pth", weights_only=True)["config"]
+    assert metrics["config"] == stored and stored["pos_embed_rule"] == "timm"
+    assert {k: v for k, v in stored.items() if k != "pos_embed_rule"} == {
+        k: v for k, v in cfg.to_dict().items() if k != "pos_embed_rule"
+    }
     assert "config" not in result.metrics  # printed by `labkit train`: the numbers only
     fig = plot_log(tmp_path)
     assert len(fig.axes) == 4  # loss, collapse signals, lr (+ weight-decay twin)

@@ -646,7 +646,7 @@ class Trainer:
         metrics = self.summary(time.perf_counter() - wall, first)
         if self.rank == 0:
             # with the configuration that ran, which the pipeline's report lists
-            record = {**metrics, "config": self.config.to_dict()}
+            record = {**metrics, "config": self.config_used()}
             write_atomic(self.out_dir / "metrics.json", json.dumps(record, indent=2).encode())
         return TrainResult(self.out_dir, list(self.log), self.last_checkpoint, metrics)
 
@@ -761,11 +761,15 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "epoch": self.epoch_of(self.step),
-            # the rule actually used ("auto" resolved), so the weights load as they were trained
-            "config": {**self.config.to_dict(), "pos_embed_rule": model_rule(self.backbone)},
+            "config": self.config_used(),
             "rng": {**_rng_state(), "data": {"seed": self.config.seed, "next_step": self.step}},
             "labkit_version": __version__,
         }
+
+    def config_used(self) -> dict[str, Any]:
+        """The configuration as it ran, flat: ``pos_embed_rule`` "auto" resolved to the rule the
+        backbone uses, so the weights load as they were trained (checkpoints and metrics.json)."""
+        return {**self.config.to_dict(), "pos_embed_rule": model_rule(self.backbone)}
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Write the checkpoint atomically (rank 0; the others wait). Returns its path."""
