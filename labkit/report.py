@@ -66,6 +66,7 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
 table { display: block; max-width: 100%; overflow-x: auto; }
 .nowrap td { white-space: nowrap; }  /* mean ± std (n) on one line */
 .words td, .words th { text-align: left; }  /* a table of phrases, not numbers */
+.words td:first-child { white-space: nowrap; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
