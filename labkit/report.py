@@ -32,7 +32,7 @@ from labkit.eval.seeds import (
 )
 from labkit.notebooks import notebook_parameters
 from labkit.runfolder import write_atomic
-from labkit.train.config import TrainConfig
+from labkit.train.config import IGNORED_FIELDS, TrainConfig
 from labkit.train.report import plot_log
 from labkit.train.watchdog import collapse_kind, collapse_sentence, describe_collapse
 
@@ -723,9 +723,22 @@ def _steps(epochs: Any, per_epoch: Any) -> str:
     return "none" if n <= 0 else f"{n} step{'' if n == 1 else 's'}"
 
 
+# the trainer's fields behind a row of the settings table: a method that ignores one
+# (labkit.train.config.IGNORED_FIELDS, e.g. TimeTuning has no teacher) has no such row
+_SETTING_FIELDS = {
+    "head output K": ("out_dim",),
+    "teacher momentum": ("momentum_teacher",),
+    "teacher temperature": ("teacher_temp",),
+    "centre": ("center_momentum", "center_init"),
+    "head's last layer frozen": ("freeze_last_layer",),
+    "frozen-network control": ("control",),
+}
+
+
 def _setting_values(c: dict[str, Any], peak_lr: float | None) -> dict[str, str]:
     """The training recipe of one trainer configuration, one phrase per setting (the audit's
     order in docs/science.md); a setting the method does not have is left out."""
+    ignored = IGNORED_FIELDS.get(str(c.get("method")), ())
     spe = c.get("steps_per_epoch")
     lr = f"{c.get('lr')}" + (" x clips / 256" if c.get("scale_lr") else "")
     if peak_lr is not None and (c.get("scale_lr") or not math.isclose(peak_lr, c.get("lr") or 0)):
@@ -737,7 +750,9 @@ def _setting_values(c: dict[str, Any], peak_lr: float | None) -> dict[str, str]:
             f"{_steps(c.get('warmup_teacher_temp_epochs'), spe)}"
         )
     out = {
-        "views": f"{c.get('img_size')} px global, {c.get('num_local')} x {c.get('local_size')} px "
+        "views": f"{c.get('img_size')} px"
+        if "num_local" in ignored
+        else f"{c.get('img_size')} px global, {c.get('num_local')} x {c.get('local_size')} px "
         "local per frame",
         "clips": f"{c.get('batch_size')} clips x {c.get('num_frames')} frames, "
         f"{c.get('frame_step')} apart",
@@ -771,7 +786,18 @@ def _setting_values(c: dict[str, Any], peak_lr: float | None) -> dict[str, str]:
             + (f"Sinkhorn-Knopp (ε {c.get('epsilon')})" if c.get("sinkhorn") else "row softmax")
             + f", masks: {masks}, {c.get('dora_loss')} loss"
         )
-    return out
+    if c.get("method") == "timetuning":
+        out["TimeTuning"] = (
+            f"{c.get('num_prototypes')} prototypes, the last {c.get('trainable_blocks')} blocks "
+            f"trained at {c.get('backbone_lr_ratio')} x the head's lr; forwarder: "
+            f"{c.get('forwarder_n_last')} frames, top {c.get('forwarder_topk')}, temperature "
+            f"{c.get('forwarder_temperature')}, radius {c.get('forwarder_radius')}"
+        )
+    return {
+        label: text
+        for label, text in out.items()
+        if not any(f in ignored for f in _SETTING_FIELDS.get(label, ()))
+    }
 
 
 def training_settings(stages: Sequence[Any]) -> list[dict[str, str]]:

@@ -365,6 +365,7 @@ def test_report_lists_the_settings_each_training_ran_with(tmp_path: Path):
             run, "dora", 1, config("dora", lr=5e-4, out_dim=512, scale_lr=False), in_checkpoint=True
         ),
         _trained(run, "dino", 0, config("dino", lr=1e-4, out_dim=1024, scale_lr=True)),
+        _trained(run, "timetuning", 0, config("timetuning", img_size=112)),
     ]
     rows = {r["setting"]: r for r in training_settings(stages)}
     # seeds that differ show both values; the checkpoint stands in for an older run's record
@@ -372,11 +373,16 @@ def test_report_lists_the_settings_each_training_ran_with(tmp_path: Path):
         "setting": "head output K",
         "DoRA": "1024 / 512",
         "DINO": "1024",
+        "TimeTuning": "–",
     }
     assert rows["learning rate"]["DoRA"] == "0.0005"  # unscaled: the log's peak is the same
     assert rows["learning rate"]["DINO"] == "0.0001 x clips / 256, peak 0.0001 in the log"
     assert rows["lr warm-up"]["DoRA"] == "2 steps, then cosine to 1e-06"  # 0.5 epochs of 4 steps
     assert rows["DoRA objects"]["DINO"] == "–"
+    # TimeTuning has no teacher and no local crops: no such rows, its own instead
+    assert rows["views"]["TimeTuning"] == "112 px"
+    assert rows["teacher momentum"]["TimeTuning"] == "–" == rows["TimeTuning"]["DoRA"]
+    assert rows["TimeTuning"]["TimeTuning"].startswith("200 prototypes, the last 2 blocks")
     assert rows["DoRA objects"]["DoRA"] == (
         "3 objects from heads drawn at random each step, Sinkhorn-Knopp (ε 0.05), masks: each "
         "map above its mean, corrected loss"
