@@ -1023,15 +1023,22 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     ]
     if several:
         measured = [c for c in TRAIN_STATS if any(c in st for st in train_stats.values())]
-        spread = [
-            {"method": method, "seeds": _seed_list(next(iter(stats.values())).seeds)}
-            | {col: stats[col].text() if col in stats else "–" for col in measured}
-            for method, stats in train_stats.items()
-            if stats
-        ]
+        spread = []
+        for method, stats in train_stats.items():
+            if not stats:
+                continue
+            ran = next(iter(stats.values())).seeds
+            spread.append(
+                {"method": method, "seeds": _seed_list(ran)}
+                | {
+                    col: stats[col].text(show_n=stats[col].n != len(ran)) if col in stats else "–"
+                    for col in measured
+                }
+            )
         if spread:
             parts += [
-                "<p>Over seeds: mean ± sample standard deviation (n seeds).</p>",
+                "<p>Over the seeds listed: mean ± sample standard deviation ((n=…) only where a "
+                "run lacks the number).</p>",
                 "<div class='nowrap'>" + html_table(spread) + "</div>",
             ]
     parts += [
@@ -1150,9 +1157,9 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         if seeded:  # per method over its seeds, then every seed's own row
             agg = aggregate_seeds(rows, [c for c in cols if c != "model"])
             parts += [
-                "<p>Per method over its seeds: mean ± sample standard deviation (n seeds); "
-                "random init is drawn with each seed, a model without seeds (pretrained) has "
-                "n=1 and no error bar.</p>",
+                "<p>Per method over the seeds listed: mean ± sample standard deviation ((n=…) "
+                "only where a metric has fewer values); random init is drawn with each seed; a "
+                "model without seeds (pretrained) has one value and no error bar.</p>",
                 "<div class='nowrap'>"
                 + html_table(seed_table(agg, [c for c in cols if c != "model"]))
                 + "</div>",

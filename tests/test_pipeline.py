@@ -247,10 +247,12 @@ def test_end_to_end(finished) -> None:
     ]
     last = [r["loss last 10%"] for r in training["dino"]["runs"]]
     assert training["dino"]["stats"]["loss last 10%"]["mean"] == pytest.approx(np.mean(last))
-    # the report: mean ± std (n=2) beside every number, the seeds named, pictures of seed 0
+    # the report: mean ± std beside every number (the table names the seeds, the verdict says
+    # n=2), pictures of seed 0
     report = (run / "report.html").read_text()
     jf = by_method["dora"]["J&F"]
-    assert f"{jf['mean']:.3f} ± {jf['std']:.3f} (n=2)" in report
+    assert f"<td>{jf['mean']:.3f} ± {jf['std']:.3f}</td>" in report
+    assert f"DoRA {jf['mean']:.3f} ± {jf['std']:.3f} (n=2)" in report
     assert "over seeds 0, 1 (mean ± sample standard deviation, n=2 per method)" in report
     assert "Verdict" in report and "Label propagation J&amp;F: " in report
     assert re.search(

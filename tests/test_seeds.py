@@ -100,9 +100,22 @@ def test_aggregate_groups_seeds_by_method():
         "values": [0.70, 0.74],
         "seeds": [0, 1],
     }
-    table = seed_table(agg, ["J&F"])
-    assert table[1] == {"model": "dora", "seeds": "0, 1", "J&F": "0.790 ± 0.014 (n=2)"}
-    assert table[2] == {"model": "pretrained", "seeds": "–", "J&F": "0.900 (n=1: no error bar)"}
+    table = seed_table(agg, ["J&F", "attn best head J"])
+    # the row names its seeds, so n is written only where a metric has fewer values
+    assert table[1] == {
+        "model": "dora",
+        "seeds": "0, 1",
+        "J&F": "0.790 ± 0.014",
+        "attn best head J": "0.300 (n=1: no error bar)",
+    }
+    assert table[2] == {
+        "model": "pretrained",
+        "seeds": "–",
+        "J&F": "0.900 (n=1: no error bar)",
+        "attn best head J": "–",
+    }
+    assert agg["dora"]["J&F"].text(show_n=False) == "0.790 ± 0.014"
+    assert agg["pretrained"]["J&F"].text(show_n=False) == "0.900 (no error bar)"
 
 
 def test_random_init_follows_the_specs_seed():

@@ -69,11 +69,13 @@ class SeedStats:
             return None
         return self.mean - self.std, self.mean + self.std
 
-    def text(self, digits: int = 3) -> str:
-        """``0.737 ± 0.012 (n=3)``; ``0.737 (n=1: no error bar)`` with one seed."""
+    def text(self, digits: int = 3, show_n: bool = True) -> str:
+        """``0.737 ± 0.012 (n=3)``; ``0.737 (n=1: no error bar)`` with one seed. ``show_n=False``
+        (a table whose row names its seeds): ``0.737 ± 0.012``, ``0.737 (no error bar)``."""
         if self.std is None:
-            return f"{self.mean:.{digits}f} (n={self.n}: no error bar)"
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} (n={self.n})"
+            return f"{self.mean:.{digits}f} ({f'n={self.n}: ' if show_n else ''}no error bar)"
+        n = f" (n={self.n})" if show_n else ""
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}{n}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,7 +183,9 @@ def seed_table(
     columns: Sequence[str] | None = None,
     digits: int = 3,
 ) -> list[dict[str, str]]:
-    """One row per method: its seeds and each metric as ``0.737 ± 0.012 (n=3)``.
+    """One row per method: its seeds and each metric as ``0.737 ± 0.012``, with ``(n=2)`` only
+    where a metric has fewer values than the row has seeds (``0.900 (n=1: no error bar)`` for a
+    model without seeds), so a wide table stays legible.
 
     Args:
         aggregated: :func:`aggregate_seeds`'s result.
@@ -193,9 +197,14 @@ def seed_table(
     cols = [c for c in (columns if columns is not None else every) if c in every]
     rows = []
     for method, stats in aggregated.items():
-        seeds = next((s.seeds for s in stats.values()), ())
+        seeds = dict.fromkeys(seed for st in stats.values() for seed in st.seeds)  # in order
         known = [str(s) for s in seeds if s is not None]
         row = {"model": method, "seeds": ", ".join(known) if known else "–"}
-        row.update({c: stats[c].text(digits) if c in stats else "–" for c in cols})
+        row.update(
+            {
+                c: stats[c].text(digits, show_n=stats[c].n != len(known)) if c in stats else "–"
+                for c in cols
+            }
+        )
         rows.append(row)
     return rows
