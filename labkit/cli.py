@@ -195,9 +195,23 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    for headline in _headlines(Path(report).parent / "metrics.json"):
+        print(f"[labkit] {headline}")
     print(f"[labkit] report: {report}")
     print(f"[labkit] open it in a browser: file://{report}")
     return 0
+
+
+def _headlines(summary: Path) -> list[str]:
+    """The verdict's headlines the report wrote into the run's ``metrics.json`` (none where it is
+    missing or older than that key)."""
+    import json
+
+    try:
+        lines = json.loads(summary.read_text()).get("headlines", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(line) for line in lines] if isinstance(lines, list) else []
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -855,7 +855,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     Returns:
         Path of ``report.html``; beside it ``metrics.json``: the run's seeds, per dataset every
         method's metrics over its seeds (mean, std, n, per-seed values) and the verdict's
-        outcomes, per training method its runs and their spread.
+        outcomes, per training method its runs and their spread, and the verdict's headlines.
     """
 
     run_dir = Path(run_dir).resolve()
@@ -951,6 +951,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             + ": once its teacher is uniform it teaches nothing, so its numbers below "
             "show a barely trained network, not what the method can do.",
         )
+    summary["headlines"] = headlines  # `labkit pipeline` prints them when it finishes
     parts.append(
         "<h2>Verdict</h2><div class='verdict'>"
         + "".join(f"<p class='headline'>{html.escape(h)}</p>" for h in headlines)

@@ -324,6 +324,20 @@ def test_cli_exit_code_on_a_failed_stage(monkeypatch, capsys) -> None:
     assert "k must be" in capsys.readouterr().err
 
 
+def test_cli_prints_the_verdicts_headlines_when_the_pipeline_ends(monkeypatch, capsys, tmp_path):
+    from labkit import cli
+
+    report = tmp_path / "report.html"
+    monkeypatch.setattr("labkit.pipeline.run_pipeline", lambda *a, **k: report)
+    assert cli.main(["pipeline", "--quiet"]) == 0  # no metrics.json yet: no headlines, no error
+    assert capsys.readouterr().out.splitlines()[0] == f"[labkit] report: {report}"
+    lines = ["On synthetic video: DoRA is measurably better than random init on 1 of 5 measures."]
+    (tmp_path / "metrics.json").write_text(json.dumps({"headlines": lines}))
+    assert cli.main(["pipeline", "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"[labkit] {lines[0]}" and out[1] == f"[labkit] report: {report}"
+
+
 @pytest.mark.slow
 def test_same_config_same_numbers(finished, tmp_path: Path) -> None:
     # a run with one seed gives the numbers of the two-seed run's first seed: same seed, same

@@ -4,6 +4,7 @@ progress lines from the evaluation under papermill."""
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import math
@@ -209,6 +210,9 @@ def test_report_leads_with_the_verdict_and_shows_every_chart(tmp_path: Path):
     )
     headline = re.findall(r"<p class='headline'>(.*?)</p>", verdict)
     assert headline[0].startswith("Training collapsed for dino")
+    # the same headlines in the run's metrics.json, for `labkit pipeline` to print
+    written = json.loads((run / "metrics.json").read_text())["headlines"]
+    assert [html.escape(h) for h in written] == headline
     # one seed: no error bar, so the verdict calls nothing better (tests/test_report.py)
     assert any(
         h.startswith("On synthetic video, default variant: with one seed per method")
