@@ -195,8 +195,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    for headline in _headlines(Path(report).parent / "metrics.json"):
-        print(f"[labkit] {headline}")
+    if args.only in (None, "report"):  # else the report (and its verdict) was not made again
+        for headline in _headlines(Path(report).parent / "metrics.json"):
+            print(f"[labkit] {headline}")
     print(f"[labkit] report: {report}")
     print(f"[labkit] open it in a browser: file://{report}")
     return 0

@@ -336,6 +336,9 @@ def test_cli_prints_the_verdicts_headlines_when_the_pipeline_ends(monkeypatch, c
     assert cli.main(["pipeline", "--quiet"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"[labkit] {lines[0]}" and out[1] == f"[labkit] report: {report}"
+    # a run of the trainings alone did not make the report again: its old verdict is not printed
+    assert cli.main(["pipeline", "--only", "train", "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"[labkit] report: {report}"
 
 
 @pytest.mark.slow
