@@ -1,10 +1,12 @@
 """``report.html`` of a pipeline run: links to every stage, key figures, metrics, a plain verdict.
 
-The report reads only what the stages wrote (``metrics.json``, PNGs, executed notebooks), so it can
-be rebuilt at any time with ``labkit pipeline --only report``. With several seeds per method
-(models labelled ``dora@s0``, stages ``train_dora_s0``) every number is a mean ± sample standard
-deviation over the seeds with its n (:mod:`labkit.eval.seeds`), a method is called better only
-where the intervals separate, and the run folder's ``metrics.json`` holds the aggregates. Images
+The report reads only what the stages wrote (``metrics.json``, PNGs, executed notebooks; an
+older training's checkpoint for the settings it ran with), so it can be rebuilt at any time with
+``labkit pipeline --only report``. With several seeds per method (models labelled ``dora@s0``,
+stages ``train_dora_s0``) every number is a mean ± sample standard deviation over the seeds
+(:mod:`labkit.eval.seeds`; the verdict says n, the tables name the seeds), a method is called
+better only where the intervals separate, and the run folder's ``metrics.json`` holds the
+aggregates and the verdict's headlines. Images
 are linked relative to the run folder: open ``runs/<name>/report.html`` from there (or copy the
 whole folder).
 """
