@@ -206,12 +206,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 def _headlines(summary: Path) -> list[str]:
     """The verdict's headlines the report wrote into the run's ``metrics.json`` (none where it is
     missing or older than that key)."""
-    import json
+    from labkit.runfolder import read_json
 
-    try:
-        lines = json.loads(summary.read_text()).get("headlines", [])
-    except (OSError, ValueError, AttributeError):
-        return []
+    lines = (read_json(summary) or {}).get("headlines", [])
     return [str(line) for line in lines] if isinstance(lines, list) else []
 
 

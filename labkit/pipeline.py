@@ -73,7 +73,7 @@ from labkit.models import resolve_pretrained
 from labkit.notebooks import NotebookError, check_parameters, notebook_parameters, run_notebook
 from labkit.pos_embed import PosEmbedRule
 from labkit.report import write_report
-from labkit.runfolder import RunLock, remove_stale_temporaries, write_atomic
+from labkit.runfolder import RunLock, read_json, remove_stale_temporaries, write_atomic
 from labkit.train.config import IGNORED_FIELDS, TrainConfig
 from labkit.train.step import build_backbone
 from labkit.validation import (
@@ -664,22 +664,13 @@ def _input_tokens(stage: Stage) -> dict[str, str | None]:
     each time the stage finishes), None where it has none."""
     tokens: dict[str, str | None] = {}
     for name, marker in zip(stage.needs, stage.inputs, strict=True):
-        run_id = (_read_json(marker) or {}).get("run_id")
+        run_id = (read_json(marker) or {}).get("run_id")
         tokens[name] = run_id if isinstance(run_id, str) else None
     return tokens
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A marker's contents, or None where it is missing or unreadable."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return info if isinstance(info, dict) else None
-
-
 def _read_marker(stage: Stage, folder: Path) -> dict[str, Any] | None:
-    return _read_json(folder / _marker(stage).name)
+    return read_json(folder / _marker(stage).name)
 
 
 def redone_inputs(stage: Stage, folder: Path | None = None) -> list[str]:

@@ -33,7 +33,7 @@ from labkit.eval.seeds import (
     split_seed_label,
 )
 from labkit.notebooks import notebook_parameters
-from labkit.runfolder import write_atomic
+from labkit.runfolder import read_json, write_atomic
 from labkit.train.config import IGNORED_FIELDS, TrainConfig
 from labkit.train.report import plot_log
 from labkit.train.watchdog import collapse_kind, collapse_sentence, describe_collapse
@@ -80,13 +80,6 @@ details { margin: 0.5em 0; } summary { cursor: pointer; color: #245; }
 .charts figure.half { width: calc(50% - 0.5em); }
 .muted { color: #777; font-size: 0.9em; } code { background: #f4f4f4; padding: 0 0.2em; }
 """
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -568,7 +561,7 @@ def weights_section(cfg: dict[str, Any], stages: Sequence[Any]) -> str:
     """
     seen: dict[str, str] = {}
     for stage in stages:
-        metrics = _read_json(stage.out_dir / "metrics.json") or {}
+        metrics = read_json(stage.out_dir / "metrics.json") or {}
         if stage.group == "evaluate":
             for label, model in (metrics.get("models") or {}).items():
                 info = model.get("info", {}) if isinstance(model, dict) else {}
@@ -662,7 +655,7 @@ def training_rows(stages: Sequence[Any], cfg: dict[str, Any]) -> list[dict[str, 
     """
     rows = []
     for stage in (s for s in stages if s.group == "train"):
-        m = _read_json(stage.out_dir / "metrics.json") or {}
+        m = read_json(stage.out_dir / "metrics.json") or {}
         log = stage.out_dir / "log.jsonl"
         first, last = m.get("loss_first10"), m.get("loss_last10")
         if first is None or last is None:
@@ -698,7 +691,7 @@ def training_rows(stages: Sequence[Any], cfg: dict[str, Any]) -> list[dict[str, 
 def _trainer_config(stage: Any) -> dict[str, Any] | None:
     """The trainer's own configuration of a training stage: its ``metrics.json``'s ``config``,
     or for a run written before that key, the checkpoint's (read without its tensors' copies)."""
-    config = (_read_json(stage.out_dir / "metrics.json") or {}).get("config")
+    config = (read_json(stage.out_dir / "metrics.json") or {}).get("config")
     if isinstance(config, dict):
         return config
     checkpoint = stage.out_dir / "checkpoint.pth"
@@ -731,6 +724,7 @@ _SETTING_FIELDS = {
     "head output K": ("out_dim",),
     "teacher momentum": ("momentum_teacher",),
     "teacher temperature": ("teacher_temp",),
+    "student temperature": ("student_temp",),
     "centre": ("center_momentum", "center_init"),
     "head's last layer frozen": ("freeze_last_layer",),
     "frozen-network control": ("control",),
@@ -862,7 +856,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
 
     run_dir = Path(run_dir).resolve()
     cfg = _read_json_yaml(run_dir / "config.yaml")
-    env = _read_json(run_dir / "environment.json") or {}
+    env = read_json(run_dir / "environment.json") or {}
     parts = [f"<h1>labkit run <code>{html.escape(run_dir.name)}</code></h1>"]
     date, device = html.escape(str(env.get("date", ""))), html.escape(str(env.get("device")))
     commit = html.escape(str(env.get("git_commit", ""))[:10])
@@ -892,7 +886,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     collapsed: dict[str, list[Any]] = {}  # method -> seeds whose teacher collapsed
     healthy: dict[str, list[dict[str, Any]]] = {}  # method -> metrics of its healthy seeds
     for stage in train_stages:
-        m = _read_json(stage.out_dir / "metrics.json")
+        m = read_json(stage.out_dir / "metrics.json")
         if m is None:
             continue
         sentence, bad = training_health(stage, m, cfg)
@@ -914,7 +908,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
         )
     )
     for stage in evaluations:
-        metrics = _read_json(stage.out_dir / "metrics.json")
+        metrics = read_json(stage.out_dir / "metrics.json")
         key = stage.name.removeprefix("evaluate_")
         dataset = dataset_title(key)
         if metrics is None:
@@ -968,7 +962,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     for stage in stages:
         if stage.group == "report":
             continue
-        marker = _read_json(stage.out_dir / "stage.json") or {}
+        marker = read_json(stage.out_dir / "stage.json") or {}
         nb = stage.out_dir / f"{stage.notebook}.html"
         method = (getattr(stage, "params", None) or {}).get(
             "method"
@@ -999,7 +993,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     more_figures: list[str] = []  # the other seeds' loss curves, folded away
     notes: dict[str, list[Any]] = {}  # the collapse watchdog's verdict -> the seeds it fits
     for stage in train_stages:
-        m = _read_json(stage.out_dir / "metrics.json") or {}
+        m = read_json(stage.out_dir / "metrics.json") or {}
         seed = getattr(stage, "seed", None)
         if m:
             notes.setdefault(collapse_sentence(m), []).append(seed)
@@ -1076,11 +1070,11 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             "cover every seed.</p>"
         )
     for stage in (s for s in stages if s.group == "explore"):
-        weights = (_read_json(stage.out_dir / "metrics.json") or {}).get("weights")
+        weights = (read_json(stage.out_dir / "metrics.json") or {}).get("weights")
         parts.append(f"<h3>{html.escape(stage.name)}</h3>")
         if weights:
             parts.append(f"<p class='muted'>weights: {html.escape(str(weights))}</p>")
-        explored = _read_json(stage.out_dir / "metrics.json") or {}
+        explored = read_json(stage.out_dir / "metrics.json") or {}
         sinkhorn = explored.get("sinkhorn")
         if sinkhorn:  # DoRA's objects with and without Sinkhorn-Knopp (dora_step_by_step)
             rows, sentence = sinkhorn_rows(sinkhorn, explored.get("prototype_spread"))
@@ -1123,7 +1117,7 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
     # evaluation
     parts.append("<h2>Evaluation</h2>")
     for stage in evaluations:
-        metrics = _read_json(stage.out_dir / "metrics.json")
+        metrics = read_json(stage.out_dir / "metrics.json")
         parts.append(f"<h3>{html.escape(stage.name)}</h3>")
         if metrics is None:
             parts.append("<p class='muted'>not run</p>")

@@ -32,6 +32,7 @@ __all__ = [
     "RunFolderWarning",
     "RunLock",
     "move_aside",
+    "read_json",
     "read_jsonl",
     "remove_stale_temporaries",
     "write_atomic",
@@ -189,6 +190,16 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON object file's contents (a marker, a ``metrics.json``), or None where it is missing,
+    unreadable or not an object."""
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from labkit.cli import main
-from labkit.runfolder import RunFolderBusy, RunFolderWarning, RunLock, read_jsonl
+from labkit.runfolder import RunFolderBusy, RunFolderWarning, RunLock, read_json, read_jsonl
 from labkit.train import TrainConfig, TrainingDiverged, read_log, train
 
 from tiny import TINY_TRAIN
@@ -590,3 +590,15 @@ def test_check_value_forms():
     ]:
         with pytest.raises(ValueError, match=message):
             check_value(key, value, annotation)
+
+
+def test_read_json_reads_an_object_or_gives_none(tmp_path):
+    """Markers and metrics.json are read by one helper: a missing, torn, non-UTF-8 or non-object
+    file is None (the caller treats it as absent), never an exception."""
+    good, torn, binary, listed = (tmp_path / n for n in ("a.json", "b.json", "c.json", "d.json"))
+    good.write_text('{"run_id": "x", "n": 1}')
+    torn.write_text('{"run_id": "x", "n"')
+    binary.write_bytes(b"\xff\xfe\x00")
+    listed.write_text("[1, 2]")
+    assert read_json(good) == {"run_id": "x", "n": 1}
+    assert [read_json(p) for p in (torn, binary, listed, tmp_path / "none.json")] == [None] * 4

@@ -386,6 +386,7 @@ def test_report_lists_the_settings_each_training_ran_with(tmp_path: Path):
     # TimeTuning has no teacher and no local crops: no such rows, its own instead
     assert rows["views"]["TimeTuning"] == "112 px"
     assert rows["teacher momentum"]["TimeTuning"] == "–" == rows["TimeTuning"]["DoRA"]
+    assert rows["student temperature"]["TimeTuning"] == "–"  # only DINO's loss has one
     assert rows["TimeTuning"]["TimeTuning"].startswith("200 prototypes, the last 2 blocks")
     assert rows["DoRA objects"]["DoRA"] == (
         "3 objects from heads drawn at random each step, Sinkhorn-Knopp (ε 0.05), masks: each "

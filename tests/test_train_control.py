@@ -274,6 +274,7 @@ def test_timetuning_ignores_the_control_and_the_cli_sets_it(tmp_path, capsys):
     from labkit.cli import main
 
     assert "control" in IGNORED_FIELDS["timetuning"]
+    assert "student_temp" in IGNORED_FIELDS["timetuning"]  # TimeTuning has no DINO loss
     assert "control" not in IGNORED_FIELDS["dora"] + IGNORED_FIELDS["dino"]
     assert TrainConfig(method="timetuning", control=True).control is True
     with pytest.raises(ValueError, match="control must be true or false"):

@@ -137,6 +137,7 @@ _DINO_FIELDS = (
     "teacher_temp",
     "warmup_teacher_temp",
     "warmup_teacher_temp_epochs",
+    "student_temp",
     "center_momentum",
     "center_init",
     "collapse_patience",

@@ -10,7 +10,6 @@ H x W frame pixels, p patch size.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import torch
 from labkit.attention import extract
 from labkit.environment import is_headless
 from labkit.models import patch_size, prepare_images
+from labkit.runfolder import read_json
 from labkit.tracking import discover_objects, masks_to_frames, object_shares, track_objects
 from labkit.train.trainer import read_log
 from labkit.train.verdict import ENTROPY_RATIO_MAX, KL_UNIFORM_MIN
@@ -371,11 +371,8 @@ def plot_log(
 def _run_out_dim(path: Path) -> int | None:
     """The head's K stored in a run folder's ``metrics.json`` (``path``: the folder or a file in
     it), or None."""
-    metrics = (path if path.is_dir() else path.parent) / "metrics.json"
-    try:
-        value = json.loads(metrics.read_text()).get("out_dim")
-    except (OSError, ValueError, AttributeError):
-        return None
+    metrics = read_json((path if path.is_dir() else path.parent) / "metrics.json") or {}
+    value = metrics.get("out_dim")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
