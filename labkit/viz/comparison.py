@@ -36,7 +36,13 @@ from labkit.models import prepare_images, weights_label
 from labkit.pos_embed import PosEmbedRule
 from labkit.specs import ModelSpec, parse_model_spec
 from labkit.viz.artifacts import plot_artifacts
-from labkit.viz.explorer import PANELS, AttentionExplorer, ExplorerState, _load_clip
+from labkit.viz.explorer import (
+    PANELS,
+    AttentionExplorer,
+    ExplorerState,
+    _load_clip,
+    _shared_controls,
+)
 from labkit.viz.plot import plot_grid
 
 if TYPE_CHECKING:
@@ -365,16 +371,9 @@ class ModelComparison:
 
         s, ui = self.state, self._ui
         last = len(self.frames) - 1
-        ui["frame"] = w.IntSlider(
-            value=s.frame,
-            min=0,
-            max=last,
-            description="frame",
-            continuous_update=True,
-            layout=w.Layout(width="420px"),
+        ui.update(
+            _shared_controls(w, s, last_frame=last, num_heads=self.min_heads, interval=150)
         )
-        ui["play"] = w.Play(value=s.frame, min=0, max=last, interval=150, description="play")
-        w.jslink((ui["play"], "value"), (ui["frame"], "value"))
         options = (
             list(range(self.min_depth))
             if self.same_depth
@@ -389,40 +388,6 @@ class ModelComparison:
             description="layer",
             layout=w.Layout(width="200px"),
         )
-        ui["heads"] = [
-            w.Dropdown(
-                options=list(range(self.min_heads)),
-                value=h,
-                description=c,
-                layout=w.Layout(width="120px"),
-                style={"description_width": "20px"},
-            )
-            for h, c in zip(s.heads, ("R", "G", "B"))
-        ]
-        ui["sinkhorn"] = w.Checkbox(
-            value=s.sinkhorn,
-            description="Sinkhorn-Knopp",
-            indent=False,
-            layout=w.Layout(width="140px"),
-        )
-        ui["k"] = w.IntSlider(
-            value=s.k,
-            min=2,
-            max=20,
-            description="k",
-            continuous_update=False,
-            layout=w.Layout(width="260px"),
-        )
-        ui["alpha"] = w.FloatSlider(
-            value=s.alpha,
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            description="opacity",
-            layout=w.Layout(width="280px"),
-        )
-        ui["progress"] = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="300px"))
-        ui["busy"] = w.Label("")
         ui["status"] = w.Label(self.title())
         ui["images"] = []
         rows = []

@@ -246,6 +246,63 @@ def _load_clip(
     return frames, numbers, path.name
 
 
+def _shared_controls(
+    w: Any, s: ExplorerState, *, last_frame: int, num_heads: int, interval: int
+) -> dict[str, Any]:
+    """The controls the explorer and the comparison share: a frame slider linked to a play
+    button (``interval`` ms a frame), R, G, B head pickers, Sinkhorn-Knopp, k, opacity, a
+    progress bar and its label. ``w`` is the ipywidgets module."""
+    ui: dict[str, Any] = {
+        "frame": w.IntSlider(
+            value=s.frame,
+            min=0,
+            max=last_frame,
+            description="frame",
+            continuous_update=True,
+            layout=w.Layout(width="420px"),
+        ),
+        "play": w.Play(
+            value=s.frame, min=0, max=last_frame, interval=interval, description="play"
+        ),
+        "heads": [
+            w.Dropdown(
+                options=list(range(num_heads)),
+                value=h,
+                description=c,
+                layout=w.Layout(width="120px"),
+                style={"description_width": "20px"},
+            )
+            for h, c in zip(s.heads, ("R", "G", "B"))
+        ],
+        "sinkhorn": w.Checkbox(
+            value=s.sinkhorn,
+            description="Sinkhorn-Knopp",
+            indent=False,
+            layout=w.Layout(width="140px"),
+        ),
+        "k": w.IntSlider(
+            value=s.k,
+            min=2,
+            max=20,
+            description="k",
+            continuous_update=False,  # on release; a burst of key presses: the last counts
+            layout=w.Layout(width="260px"),
+        ),
+        "alpha": w.FloatSlider(
+            value=s.alpha,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="opacity",
+            layout=w.Layout(width="280px"),
+        ),
+        "progress": w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="300px")),
+        "busy": w.Label(""),
+    }
+    w.jslink((ui["play"], "value"), (ui["frame"], "value"))
+    return ui
+
+
 class AttentionExplorer:
     """Interactive per-head attention, DoRA objects and k-means segments of one clip.
 
@@ -1085,45 +1142,12 @@ class AttentionExplorer:
         s = self.state
         last = len(self.frames) - 1
         ui = self._ui
-        ui["frame"] = w.IntSlider(
-            value=s.frame,
-            min=0,
-            max=last,
-            description="frame",
-            continuous_update=True,
-            layout=w.Layout(width="420px"),
-        )
-        ui["play"] = w.Play(value=s.frame, min=0, max=last, interval=100, description="play")
-        w.jslink((ui["play"], "value"), (ui["frame"], "value"))
+        ui.update(_shared_controls(w, s, last_frame=last, num_heads=self.num_heads, interval=100))
         ui["layer"] = w.Dropdown(
             options=list(range(self.depth)),
             value=s.layer,
             description="layer",
             layout=w.Layout(width="160px"),
-        )
-        ui["heads"] = [
-            w.Dropdown(
-                options=list(range(self.num_heads)),
-                value=h,
-                description=c,
-                layout=w.Layout(width="120px"),
-                style={"description_width": "20px"},
-            )
-            for h, c in zip(s.heads, ("R", "G", "B"))
-        ]
-        ui["sinkhorn"] = w.Checkbox(
-            value=s.sinkhorn,
-            description="Sinkhorn-Knopp",
-            indent=False,
-            layout=w.Layout(width="140px"),
-        )
-        ui["k"] = w.IntSlider(
-            value=s.k,
-            min=2,
-            max=20,
-            description="k",
-            continuous_update=False,  # on release; a burst of key presses: the last counts
-            layout=w.Layout(width="260px"),
         )
         ui["facet"] = w.Dropdown(
             options=list(FEATURE_KINDS),
@@ -1131,18 +1155,6 @@ class AttentionExplorer:
             description="facet",
             layout=w.Layout(width="190px"),
         )
-        ui["alpha"] = w.FloatSlider(
-            value=s.alpha,
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            description="opacity",
-            layout=w.Layout(width="280px"),
-        )
-        ui["progress"] = w.IntProgress(
-            value=0, min=0, max=1, description="", layout=w.Layout(width="300px")
-        )
-        ui["busy"] = w.Label("")
         # HTML, not a Label: a Label cuts a long line at the widget's edge; this one wraps
         ui["status"] = w.HTML(_status_html(self.title()))
         ui["images"] = {}
