@@ -42,6 +42,8 @@ from labkit.viz.explorer import (
     ExplorerState,
     _load_clip,
     _shared_controls,
+    _state_controls,
+    _state_of,
 )
 from labkit.viz.plot import plot_grid
 
@@ -371,9 +373,7 @@ class ModelComparison:
 
         s, ui = self.state, self._ui
         last = len(self.frames) - 1
-        ui.update(
-            _shared_controls(w, s, last_frame=last, num_heads=self.min_heads, interval=150)
-        )
+        ui.update(_shared_controls(w, s, last_frame=last, num_heads=self.min_heads, interval=150))
         options = (
             list(range(self.min_depth))
             if self.same_depth
@@ -408,26 +408,10 @@ class ModelComparison:
         def on_change(_: Any = None) -> None:
             if ui["syncing"]:
                 return
-            self.state = self._validated(
-                ExplorerState(
-                    frame=ui["frame"].value,
-                    layer=ui["layer"].value,
-                    heads=tuple(h.value for h in ui["heads"]),
-                    k=ui["k"].value,
-                    alpha=ui["alpha"].value,
-                    sinkhorn=ui["sinkhorn"].value,
-                )
-            )
+            self.state = self._validated(_state_of(ui))
             self._refresh()
 
-        for control in (
-            ui["frame"],
-            ui["layer"],
-            ui["k"],
-            ui["alpha"],
-            ui["sinkhorn"],
-            *ui["heads"],
-        ):
+        for control in _state_controls(ui):
             control.observe(on_change, names="value")
 
         def progress(done: int, total: int, what: str) -> None:

@@ -261,9 +261,7 @@ def _shared_controls(
             continuous_update=True,
             layout=w.Layout(width="420px"),
         ),
-        "play": w.Play(
-            value=s.frame, min=0, max=last_frame, interval=interval, description="play"
-        ),
+        "play": w.Play(value=s.frame, min=0, max=last_frame, interval=interval, description="play"),
         "heads": [
             w.Dropdown(
                 options=list(range(num_heads)),
@@ -301,6 +299,24 @@ def _shared_controls(
     }
     w.jslink((ui["play"], "value"), (ui["frame"], "value"))
     return ui
+
+
+def _state_controls(ui: dict[str, Any]) -> list[Any]:
+    """The shared controls whose values make an :class:`ExplorerState` (with the layer's)."""
+    return [ui["frame"], ui["layer"], ui["k"], ui["alpha"], ui["sinkhorn"], *ui["heads"]]
+
+
+def _state_of(ui: dict[str, Any], **extra: Any) -> ExplorerState:
+    """The state the shared controls and the layer's dropdown show, with ``extra`` fields."""
+    return ExplorerState(
+        frame=ui["frame"].value,
+        layer=ui["layer"].value,
+        heads=tuple(h.value for h in ui["heads"]),
+        k=ui["k"].value,
+        alpha=ui["alpha"].value,
+        sinkhorn=ui["sinkhorn"].value,
+        **extra,
+    )
 
 
 class AttentionExplorer:
@@ -1210,28 +1226,11 @@ class AttentionExplorer:
             if ui["syncing"]:
                 return
             self.state = self._validated(
-                ExplorerState(
-                    frame=ui["frame"].value,
-                    layer=ui["layer"].value,
-                    heads=tuple(h.value for h in ui["heads"]),
-                    k=ui["k"].value,
-                    alpha=ui["alpha"].value,
-                    sinkhorn=ui["sinkhorn"].value,
-                    facet=ui["facet"].value,
-                    patch=self.state.patch,
-                )
+                _state_of(ui, facet=ui["facet"].value, patch=self.state.patch)
             )
             self._refresh()
 
-        for control in (
-            ui["frame"],
-            ui["layer"],
-            ui["k"],
-            ui["alpha"],
-            ui["sinkhorn"],
-            ui["facet"],
-            *ui["heads"],
-        ):
+        for control in (*_state_controls(ui), ui["facet"]):
             control.observe(on_change, names="value")
 
         def progress(done: int, total: int, what: str) -> None:
