@@ -85,7 +85,8 @@ def test_timetuning_scores_the_synthetic_video_it_tunes_on(tmp_path: Path) -> No
     # the scored folder is the one that holds the tuned video, with its masks
     assert hard["video_path"] == str(default_video("hard"))
     assert Path(hard["video_path"]).parent == Path(hard["score_data"])
-    assert (Path(hard["score_data"]) / "Annotations" / "480p" / "synthetic").is_dir()
+    assert (Path(hard["score_data"]) / "Annotations" / "480p" / "synthetic-hard").is_dir()
+    assert Path(hard["video_path"]).name == "synthetic-hard.mp4"
     check_plan(hard_cfg, stages)  # the notebook takes the parameter
     for video in ("", "synthetic", str(Path(__file__))):  # default, easy by name, own video
         stage = next(s for s in plan(tiny(tmp_path, video)) if s.name == "train_timetuning")

@@ -22,6 +22,7 @@ from labkit.data.synthetic import (
     ensure_synthetic,
     generate_synthetic,
     render_synthetic,
+    sequence_name,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -413,7 +414,22 @@ def test_hard_variant_meta_and_cache_folder(monkeypatch, tmp_path):
     assert root == tmp_path / "synthetic-hard"
     meta = json.loads((root / "meta.json").read_text())
     assert meta["params"]["variant"] == "hard" and "occluders" in meta
-    assert default_dataset("hard") == root  # reused, not regenerated
+    # its own sequence name, so that tables and figures of the two videos tell them apart
+    assert sequence_name("hard") == meta["sequence"] == "synthetic-hard"
+    assert (root / "sequences.txt").read_text().split() == ["synthetic-hard"]
+    assert default_video("hard") == root / "synthetic-hard.mp4"
+    assert len(list((root / "JPEGImages" / "480p" / "synthetic-hard").glob("*.jpg"))) == 24
+    assert len(list((root / "Annotations" / "480p" / "synthetic-hard").glob("*.png"))) == 24
+    stamps = file_stamps(root)
+    assert default_dataset("hard") == root and file_stamps(root) == stamps  # reused
+    # a hard dataset written before it had its own name (sequence "synthetic") is regenerated
+    for kind in ("JPEGImages", "Annotations"):
+        (root / kind / "480p" / "synthetic-hard").rename(root / kind / "480p" / "synthetic")
+    (root / "synthetic-hard.mp4").rename(root / "synthetic.mp4")
+    assert default_dataset("hard") == root
+    assert (root / "sequences.txt").read_text().split() == ["synthetic-hard"]
+    assert not (root / "JPEGImages" / "480p" / "synthetic").exists()
+    assert len(list((root / "JPEGImages" / "480p" / "synthetic-hard").glob("*.jpg"))) == 24
     with pytest.raises(ValueError, match="variant"):
         default_dataset("medium")
     with pytest.raises(ValueError, match="variant"):

@@ -15,6 +15,7 @@ from labkit.data.synthetic import (
     ensure_synthetic,
     generate_synthetic,
     render_synthetic,
+    sequence_name,
 )
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "ensure_synthetic",
     "generate_synthetic",
     "render_synthetic",
+    "sequence_name",
     "SyntheticVideo",
 ]

@@ -7,6 +7,9 @@ works (and tracking and segmentation can be measured) without downloading anythi
     <root>/JPEGImages/480p/synthetic/00000.jpg  the same frames as JPEG (DAVIS layout)
     <root>/Annotations/480p/synthetic/00000.png palette PNG masks, 0 = background, 1..K objects
     <root>/sequences.txt                        "synthetic"
+
+The hard variant's sequence (and mp4) is called ``synthetic-hard`` instead, so that a table or
+figure of either dataset says which video it shows (:func:`sequence_name`).
     <root>/meta.json                            parameters, generator version, object descriptions
 
 The folder is called ``480p`` because that is the DAVIS convention that DAVIS readers expect; the
@@ -54,6 +57,7 @@ __all__ = [
     "ensure_synthetic",
     "generate_synthetic",
     "render_synthetic",
+    "sequence_name",
 ]
 
 GENERATOR_VERSION = 1  # bump whenever the pixels change: cached datasets are then regenerated
@@ -93,8 +97,8 @@ class SyntheticVideo:
     """Paths and parameters of a generated synthetic video (layout in the module docstring)."""
 
     root: Path  # DAVIS-layout root; also holds the mp4, sequences.txt and meta.json
-    video: Path  # <root>/synthetic.mp4
-    sequence: str  # DAVIS sequence name, "synthetic"
+    video: Path  # <root>/<sequence>.mp4
+    sequence: str  # DAVIS sequence name: "synthetic", or "synthetic-hard" for the hard variant
     num_frames: int  # T
     size: tuple[int, int]  # (H, W)
     num_objects: int  # K: mask labels are 0 (background) and 1..K
@@ -553,10 +557,11 @@ def generate_synthetic(
     root = Path(out_dir)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"out_dir {root} exists and is not an empty folder")
+    name = sequence_name(params.variant)
     result = SyntheticVideo(
         root=root,
-        video=root / f"{SEQUENCE}.mp4",
-        sequence=SEQUENCE,
+        video=root / f"{name}.mp4",
+        sequence=name,
         num_frames=params.num_frames,
         size=params.size,
         num_objects=params.num_objects,
@@ -597,13 +602,13 @@ def generate_synthetic(
         for packet in stream.encode():
             container.mux(packet)
 
-    (root / "sequences.txt").write_text(SEQUENCE + "\n")
+    (root / "sequences.txt").write_text(name + "\n")
     meta.update(
         complete=True,
-        sequence=SEQUENCE,
+        sequence=name,
         video=result.video.name,
-        frames=f"JPEGImages/{RESOLUTION}/{SEQUENCE}/%05d.jpg",
-        masks=f"Annotations/{RESOLUTION}/{SEQUENCE}/%05d.png",
+        frames=f"JPEGImages/{RESOLUTION}/{name}/%05d.jpg",
+        masks=f"Annotations/{RESOLUTION}/{name}/%05d.png",
         encoding={"codec": "libx264", "pix_fmt": "yuv420p", "crf": VIDEO_CRF, "jpeg": JPEG_QUALITY},
         objects=scene.describe(),
         **(
@@ -640,10 +645,11 @@ def _load(root: Path, params: _Params) -> SyntheticVideo | None:
         or meta.get("complete") is not True
     ):
         return None
+    name = sequence_name(params.variant)
     found = SyntheticVideo(
         root=root,
-        video=root / f"{SEQUENCE}.mp4",
-        sequence=SEQUENCE,
+        video=root / f"{name}.mp4",
+        sequence=name,
         num_frames=params.num_frames,
         size=params.size,
         num_objects=params.num_objects,
@@ -780,26 +786,31 @@ def default_video(variant: str = "easy") -> Path:
             camouflaged objects, changing looks, occlusions; see :func:`render_synthetic`).
 
     Returns:
-        Path of the H.264 mp4 (120 frames, 360 x 640, 24 fps, 3 objects, seed 0).
+        Path of the H.264 mp4 (120 frames, 360 x 640, 24 fps, 3 objects, seed 0):
+        ``synthetic/synthetic.mp4``, or ``synthetic-hard/synthetic-hard.mp4`` for the hard variant.
     """
-    return ensure_synthetic(data_dir() / _folder(variant), variant=variant).video
+    return ensure_synthetic(data_dir() / sequence_name(variant), variant=variant).video
 
 
-def _folder(variant: str) -> str:
+def sequence_name(variant: str = "easy") -> str:
+    """The variant's sequence name, also its mp4's stem and its default folder's name:
+    ``"synthetic"`` for the default (easy) video, ``"synthetic-hard"`` for the hard one."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     return SEQUENCE if variant == "easy" else f"{SEQUENCE}-{variant}"
 
 
+
 def default_dataset(variant: str = "easy") -> Path:
-    """The default video as a DAVIS-layout dataset (sequence "synthetic"), generated on first use.
+    """The default video as a DAVIS-layout dataset, generated on first use.
 
     Args:
         variant: ``"easy"`` or ``"hard"``, as in :func:`default_video`.
 
     Returns:
-        Path of the DAVIS root: ``JPEGImages/480p/synthetic/*.jpg``,
-        ``Annotations/480p/synthetic/*.png`` (palette PNGs, 0 = background, 1..3 objects),
-        ``sequences.txt``.
+        Path of the DAVIS root: ``JPEGImages/480p/<sequence>/*.jpg``,
+        ``Annotations/480p/<sequence>/*.png`` (palette PNGs, 0 = background, 1..3 objects),
+        ``sequences.txt``; the sequence is :func:`sequence_name` (``synthetic`` or
+        ``synthetic-hard``).
     """
-    return ensure_synthetic(data_dir() / _folder(variant), variant=variant).root
+    return ensure_synthetic(data_dir() / sequence_name(variant), variant=variant).root
