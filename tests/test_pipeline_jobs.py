@@ -261,7 +261,7 @@ def test_synthetic_names_in_the_plan(tmp_path: Path, monkeypatch) -> None:
     assert by["evaluate_synthetic"].params["data_root"] == ""  # the evaluation's default video
     hard = by["evaluate_synthetic-hard"].params["data_root"]
     assert hard == str(default_dataset("hard"))
-    assert (Path(hard) / "JPEGImages" / "480p" / "synthetic").is_dir()
+    assert (Path(hard) / "JPEGImages" / "480p" / "synthetic-hard").is_dir()
     assert json.loads((Path(hard) / "meta.json").read_text())["params"]["variant"] == "hard"
     assert pipeline._missing_dataset(by["evaluate_synthetic-hard"]) is None
     assert pipeline._missing_dataset(by["evaluate_davis2016"]) is not None  # no such folder

@@ -800,7 +800,6 @@ def sequence_name(variant: str = "easy") -> str:
     return SEQUENCE if variant == "easy" else f"{SEQUENCE}-{variant}"
 
 
-
 def default_dataset(variant: str = "easy") -> Path:
     """The default video as a DAVIS-layout dataset, generated on first use.
 
