@@ -63,7 +63,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from labkit.config import load_config as load_dataclass
-from labkit.data import default_dataset, default_video
+from labkit.data import default_dataset, default_video, sequence_name
+from labkit.data.synthetic import GENERATOR_VERSION
 from labkit.environment import describe, threads_for
 from labkit.eval.datasets import davis_sequences
 from labkit.eval.runner import EvalConfig
@@ -332,13 +333,28 @@ class Stage:
     method: str = ""  # a training stage's method ("dora", "dino", "timetuning")
     seed: int | None = None  # a training stage's seed
     inputs: tuple[Path, ...] = ()  # the markers of the stages in needs, in the same order
+    data: tuple[str, ...] = ()  # the built-in videos it reads, as :func:`synthetic_data` names them
 
     @property
     def fingerprint(self) -> str:
-        blob = json.dumps(
-            {"notebook": self.notebook, "params": self.params}, sort_keys=True, default=str
-        )
+        """The notebook, its parameters and the built-in data it reads: a stage whose
+        fingerprint changed is run again. (``data`` only where there is some, so that a stage
+        on the user's own data keeps the fingerprint it had before labkit recorded data.)"""
+        what: dict[str, Any] = {"notebook": self.notebook, "params": self.params}
+        if self.data:
+            what["data"] = list(self.data)
+        blob = json.dumps(what, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def synthetic_data(name: str) -> tuple[str, ...]:
+    """What a built-in video (``""`` or ``synthetic``, ``synthetic-hard``) is made of: its
+    sequence name and the generator's version, e.g. ``("synthetic-hard v1",)``; ``()`` for the
+    user's own video or dataset. In a stage's fingerprint, so that a stage that read the
+    generated frames and masks before they changed (a new generator version, a renamed
+    sequence) runs again instead of passing old scores off as the new data's."""
+    variant = SYNTHETIC_VIDEOS.get(name or SYNTHETIC)
+    return () if variant is None else (f"{sequence_name(variant)} v{GENERATOR_VERSION}",)
 
 
 def _dataset_key(root: str) -> str:
@@ -489,6 +505,9 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         own = notebook_parameters(notebook)
         ignored = {"method", *IGNORED_FIELDS[method]}
         params = {k: v for k, v in params.items() if k in own or k not in ignored}
+        data = synthetic_data(cfg.video_path)
+        if notebook == "timetuning" and not data:  # it scores on the default video's masks
+            data = synthetic_data(SYNTHETIC)
         stages.append(
             Stage(
                 name,
@@ -499,6 +518,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 ("checkpoint.pth", "metrics.json"),
                 method=method,
                 seed=seed,
+                data=data,
             )
         )
         trained[method, seed] = str(out / "checkpoint.pth")
@@ -530,6 +550,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 needs=(train_stage_name(cfg, method, first),),
                 method=method,
                 seed=first,
+                data=synthetic_data(cfg.video_path),
             )
         )
     if cfg.teaching and "dora" in cfg.methods:
@@ -556,6 +577,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 needs=(train_stage_name(cfg, "dora", first),),
                 method="dora",
                 seed=first,
+                data=synthetic_data(cfg.video_path),
             )
         )
 
@@ -583,6 +605,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 "attention_explorer",
                 params,
                 ("metrics.json", "heads.png"),
+                data=synthetic_data(cfg.video_path),
             )
         )
 
@@ -626,6 +649,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 params,
                 ("metrics.json",),
                 needs=tuple(train_stage_name(cfg, m, s) for m, s in trained),
+                data=synthetic_data(root),
             )
         )
     stages.append(

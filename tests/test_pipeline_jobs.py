@@ -7,6 +7,7 @@ which stages run at once, with what environment and parameters, and what a failu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -276,6 +277,20 @@ def test_synthetic_names_in_the_plan(tmp_path: Path, monkeypatch) -> None:
     assert [s.params["data_root"] for s in own if s.group == "evaluate"] == [
         str(tmp_path / "synthetic-hard")
     ]
+    # the built-in data each stage reads is in its fingerprint; a user's own data is not
+    version = pipeline.GENERATOR_VERSION
+    assert by["train_dora"].data == by["explore_dora"].data == (f"synthetic-hard v{version}",)
+    assert by["evaluate_synthetic"].data == (f"synthetic v{version}",)
+    assert by["evaluate_davis2016"].data == () and own[-2].data == ()
+    assert pipeline.synthetic_data("") == pipeline.synthetic_data("synthetic")
+    davis = by["evaluate_davis2016"]  # its fingerprint is the one it had before data counted
+    blob = json.dumps({"notebook": davis.notebook, "params": davis.params}, sort_keys=True)
+    assert davis.fingerprint == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    monkeypatch.setattr(pipeline, "GENERATOR_VERSION", version + 1)  # the generator changed
+    newer = {s.name: s for s in plan(cfg)}
+    for name in ("train_dora", "train_dino", "explore_dora", "step_by_step", "evaluate_synthetic"):
+        assert newer[name].fingerprint != by[name].fingerprint, name  # run again
+    assert newer["evaluate_davis2016"].fingerprint == by["evaluate_davis2016"].fingerprint
 
 
 def test_report_names_the_hard_video() -> None:
