@@ -777,6 +777,7 @@ def _write_marker(stage: Stage, seconds: float, **extra: Any) -> None:
         "params": stage.params,
         "run_id": uuid.uuid4().hex,  # this run of the stage, for the stages that read it
         "inputs": _input_tokens(stage),  # the runs of the stages it read (redone_inputs)
+        "data": list(stage.data),  # the built-in videos it read (rerun_reason)
         **extra,
     }
     write_atomic(_marker(stage), json.dumps(info, indent=2, default=str).encode())
@@ -1021,10 +1022,37 @@ def _to_run(stage: Stage, head: str, force: bool, say: Callable[[str], None]) ->
         say(f"{head}: complete, skipped (use --force to rerun)")
         return False
     redone = redone_inputs(stage)
-    if not force and redone:
+    reason = None if force else rerun_reason(stage)
+    if reason:
+        say(f"{head}: runs again, {reason}")
+    elif not force and redone:
         which = ", ".join(redone) if len(redone) <= 4 else f"{len(redone)} of the stages it reads"
         say(f"{head}: runs again, {which} ran again since it was made")
     return True
+
+
+def rerun_reason(stage: Stage) -> str | None:
+    """Why a stage that finished before runs again although nothing it reads ran again: which of
+    its parameters changed, or the built-in video it read is generated differently now. None
+    where it has not finished or its fingerprint is the plan's."""
+    info = _read_marker(stage, stage.out_dir)
+    if info is None or info.get("fingerprint") == stage.fingerprint:
+        return None
+    old = info.get("params")
+    new = json.loads(json.dumps(stage.params, default=str))
+    if isinstance(old, dict) and old != new:
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed == ["labkit"]:  # the report's hash of labkit's code
+            return "labkit's code changed since it was made"
+        more = ", ..." if len(changed) > 4 else ""
+        return f"its parameters changed ({', '.join(changed[:4])}{more})"
+    data = ", ".join(stage.data)
+    if "data" not in info and stage.data:
+        return f"it was made before labkit recorded the built-in video it reads (now {data})"
+    if info.get("data") != list(stage.data):
+        was = ", ".join(info.get("data") or []) or "none"
+        return f"the built-in video it reads changed ({was} -> {data or 'none'})"
+    return "its parameters changed"
 
 
 class _StageProcessError(RuntimeError):

@@ -380,6 +380,68 @@ def test_a_stage_runs_again_when_a_stage_it_reads_ran_again(tmp_path: Path, monk
     assert "explore_dora" not in ran and "step_by_step" in ran
 
 
+def test_a_stage_says_why_it_runs_again(tmp_path: Path, monkeypatch) -> None:
+    """A finished stage that runs again names the parameters that changed, or the built-in
+    video that is generated differently now, or labkit's code (the report)."""
+    current = {"cfg": tiny(tmp_path, jobs=1, seeds=1)}
+    ran: list[str] = []
+
+    def fake(notebook, out_dir, params, **kwargs):
+        stage = next(s for s in plan(current["cfg"]) if s.out_dir == Path(out_dir))
+        ran.append(stage.name)
+        for name in stage.outputs:
+            (stage.out_dir / name).write_text("{}")
+        return SimpleNamespace(html=None)
+
+    def report(run_dir, _stages):
+        for name in ("report.html", "metrics.json"):
+            (Path(run_dir) / name).write_text("{}")
+
+    monkeypatch.setattr(pipeline, "run_notebook", fake)
+    monkeypatch.setattr(pipeline, "write_report", report)
+    said: list[str] = []
+
+    def run(**changes) -> dict[str, list[str]]:
+        said.clear()
+        run_pipeline(current["cfg"], progress=False, say=said.append, **changes)
+        lines: dict[str, list[str]] = {}
+        for m in said:
+            if "] " in m:
+                lines.setdefault(m.split("] ")[1].split(":")[0], []).append(m.split(": ", 1)[1])
+        return lines
+
+    run()
+    assert all(s.data or s.group == "report" for s in plan(current["cfg"]))  # all on synthetic
+    assert not any("runs again" in m for lines in run().values() for m in lines)
+    current["cfg"] = tiny(tmp_path, jobs=1, seeds=1, steps=4)
+    assert "runs again, its parameters changed (steps)" in run(only="train")["train_dora"]
+    version = pipeline.GENERATOR_VERSION
+    monkeypatch.setattr(pipeline, "GENERATOR_VERSION", version + 1)
+    said_now = run()
+    for name in ("train_dora", "explore_dora", "evaluate_synthetic"):
+        assert (
+            f"runs again, the built-in video it reads changed (synthetic v{version} -> "
+            f"synthetic v{version + 1})"
+        ) in said_now[name], name
+    # a marker from before labkit recorded the data
+    marker = next(s for s in plan(current["cfg"]) if s.name == "train_dino").out_dir / "stage.json"
+    info = json.loads(marker.read_text())
+    del info["data"]
+    info["fingerprint"] = "before-data-counted"
+    marker.write_text(json.dumps(info))
+    assert (
+        "runs again, it was made before labkit recorded the built-in video it reads "
+        f"(now synthetic v{version + 1})"
+    ) in run(only="train")["train_dino"]
+    report_stage = plan(current["cfg"])[-1]
+    assert pipeline.rerun_reason(report_stage) is None  # not made yet in this run folder
+    run()
+    info = json.loads((report_stage.out_dir / "report.json").read_text())
+    info["fingerprint"], info["params"]["labkit"] = "older", "other code"
+    (report_stage.out_dir / "report.json").write_text(json.dumps(info))
+    assert pipeline.rerun_reason(report_stage) == "labkit's code changed since it was made"
+
+
 def test_source_hash_follows_the_code(tmp_path: Path) -> None:
     """The report stage's parameters hold labkit's source hash: a report made by other code is
     made again (U: a rerun after an upgrade kept the old report)."""
