@@ -1032,9 +1032,9 @@ def _to_run(stage: Stage, head: str, force: bool, say: Callable[[str], None]) ->
 
 
 def rerun_reason(stage: Stage) -> str | None:
-    """Why a stage that finished before runs again although nothing it reads ran again: which of
-    its parameters changed, or the built-in video it read is generated differently now. None
-    where it has not finished or its fingerprint is the plan's."""
+    """Why a finished stage's record no longer matches the plan (its fingerprint differs): which
+    of its parameters changed, or that the built-in video it read is generated differently now.
+    None where it has no record or its fingerprint is the plan's."""
     info = _read_marker(stage, stage.out_dir)
     if info is None or info.get("fingerprint") == stage.fingerprint:
         return None
