@@ -67,6 +67,14 @@ if TYPE_CHECKING:
 __all__ = ["ExploreConfig", "Exploration", "explore", "save_exploration", "clip_indices_for"]
 
 
+def block_words(layer: int) -> str:
+    """A block index as a figure says it: ``-1`` is "the last block", ``-2`` "block -2 (from
+    the end)", ``3`` "block 3" (counted from 0, as the ``layer`` parameter)."""
+    if layer == -1:
+        return "the last block"
+    return f"block {layer} (from the end)" if layer < 0 else f"block {layer}"
+
+
 @dataclass(frozen=True)
 class ExploreConfig:
     """Parameters of the attention explorer; the notebook's parameters cell uses the same names."""
@@ -369,7 +377,8 @@ class Exploration:
         cfg, T = self.config, len(self.indices)
         titles = [
             f"frame ({self._input_words()})",
-            f"heads {cfg.heads[0]}, {cfg.heads[1]}, {cfg.heads[2]} as R, G, B (block {cfg.layer})",
+            f"heads {cfg.heads[0]}, {cfg.heads[1]}, {cfg.heads[2]} as R, G, B "
+            f"({block_words(cfg.layer)})",
             f"k-means of the {self.config.facet} over the clip, k={cfg.k}",
         ]
         info = [
@@ -404,7 +413,7 @@ class Exploration:
             rows,
             row_titles=["frame", f"heads {h[0]},{h[1]},{h[2]} as RGB", "over the frame"],
             col_titles=[self._titles()[c] for c in cols],
-            suptitle=self._suptitle(f"[CLS] attention, block {self.config.layer}"),
+            suptitle=self._suptitle(f"[CLS] attention, {block_words(self.config.layer)}"),
         )
 
     def figure_all_heads(self, frame: int = 0) -> Figure:
@@ -462,7 +471,7 @@ class Exploration:
             ],
             col_titles=[self._titles()[c] for c in cols],
             suptitle=self._suptitle(
-                f"segments of the block {self.config.layer} {facet}, {self._input_words()}"
+                f"segments of {block_words(self.config.layer)}'s {facet}, {self._input_words()}"
             ),
         )
 
@@ -490,7 +499,7 @@ class Exploration:
     def _head_title(self, frame: int, what: str) -> str:
         return "\n".join(
             [
-                f"{what}, block {self.config.layer}, frame {int(self.indices[frame])}",
+                f"{what}, {block_words(self.config.layer)}, frame {int(self.indices[frame])}",
                 self.weights or self.config.model,
                 self._input_words(),
             ]

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.explore import Exploration, ExploreConfig, clip_indices_for, explore, save_exploration
+from labkit.explore import (
+    Exploration,
+    ExploreConfig,
+    block_words,
+    clip_indices_for,
+    explore,
+    save_exploration,
+)
 
 TINY = {"depth": 2, "embed_dim": 96, "num_heads": 3}
 
@@ -316,3 +323,9 @@ def test_compare_models_field() -> None:
     check_parameters("attention_explorer", {"compare_models": ["a=vit_small_patch16_224"]})
     with pytest.raises(ValueError, match="compare_models"):
         check_parameters("attention_explorer", {"compare_models": 3})
+
+
+def test_block_words() -> None:
+    assert block_words(-1) == "the last block"
+    assert block_words(-2) == "block -2 (from the end)"
+    assert block_words(0) == "block 0" and block_words(3) == "block 3"

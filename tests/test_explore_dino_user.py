@@ -70,7 +70,7 @@ def test_head_images_of_the_exploration(exploration: Exploration, tmp_path: Path
     np.testing.assert_array_equal(maps[:h, 0, 0], exp.attention[0, :, 0, 0].numpy())
     title = exp.figure_head_maps()._suptitle.get_text()
     assert exp.weights in title and "grid 4x6" in title and "input 64x96 px" in title
-    assert "block -1" in title
+    assert "the last block" in title and "block -1" not in title  # words, not an index
     written = save_exploration(exp, tmp_path)
     names = [f"head_{i:02d}" for i in range(h)] + ["head_mean", "heads_grid"]
     for name in names:
@@ -115,7 +115,7 @@ def test_facet_reaches_the_segments(small_video: Path, exploration: Exploration,
     expected = kmeans_segments(exp.features, 3, mode="clip", seed=0).labels
     assert torch.equal(exp.segments_clip, expected)
     assert not torch.equal(exp.features, exploration.features)  # not the tokens
-    assert f"block -1 {facet}" in exp.figure_segments()._suptitle.get_text()
+    assert f"the last block's {facet}" in exp.figure_segments()._suptitle.get_text()
     assert exp.metrics()["facet"] == facet
     with pytest.raises(ValueError, match="facet"):
         ExploreConfig(facet="attention")  # type: ignore[arg-type]
