@@ -1046,13 +1046,15 @@ def rerun_reason(stage: Stage) -> str | None:
             return "labkit's code changed since it was made"
         more = ", ..." if len(changed) > 4 else ""
         return f"its parameters changed ({', '.join(changed[:4])}{more})"
-    data = ", ".join(stage.data)
-    if "data" not in info and stage.data:
+    if info.get("notebook") != stage.notebook:
+        return f"its notebook changed ({info.get('notebook')} -> {stage.notebook})"
+    data, was = ", ".join(stage.data), info.get("data")
+    if was is None and stage.data:
         return f"it was made before labkit recorded the built-in video it reads (now {data})"
-    if info.get("data") != list(stage.data):
-        was = ", ".join(info.get("data") or []) or "none"
-        return f"the built-in video it reads changed ({was} -> {data or 'none'})"
-    return "its parameters changed"
+    if list(was or []) != list(stage.data):
+        before = ", ".join(was or []) or "none"
+        return f"the built-in video it reads changed ({before} -> {data or 'none'})"
+    return "its record does not match the plan"
 
 
 class _StageProcessError(RuntimeError):

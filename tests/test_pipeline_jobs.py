@@ -440,6 +440,15 @@ def test_a_stage_says_why_it_runs_again(tmp_path: Path, monkeypatch) -> None:
     info["fingerprint"], info["params"]["labkit"] = "older", "other code"
     (report_stage.out_dir / "report.json").write_text(json.dumps(info))
     assert pipeline.rerun_reason(report_stage) == "labkit's code changed since it was made"
+    # a stage without built-in data whose record differs in nothing it can name
+    info["params"]["labkit"] = report_stage.params["labkit"]
+    (report_stage.out_dir / "report.json").write_text(json.dumps(info))
+    assert pipeline.rerun_reason(report_stage) == "its record does not match the plan"
+    dino = next(s for s in plan(current["cfg"]) if s.name == "train_dino")
+    info = json.loads(marker.read_text())
+    info["fingerprint"], info["notebook"] = "older", "old_notebook"
+    marker.write_text(json.dumps(info))
+    assert pipeline.rerun_reason(dino) == "its notebook changed (old_notebook -> train_dora)"
 
 
 def test_source_hash_follows_the_code(tmp_path: Path) -> None:
