@@ -1070,11 +1070,11 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
             "cover every seed.</p>"
         )
     for stage in (s for s in stages if s.group == "explore"):
-        weights = (read_json(stage.out_dir / "metrics.json") or {}).get("weights")
+        explored = read_json(stage.out_dir / "metrics.json") or {}
+        weights = explored.get("weights")
         parts.append(f"<h3>{html.escape(stage.name)}</h3>")
         if weights:
             parts.append(f"<p class='muted'>weights: {html.escape(str(weights))}</p>")
-        explored = read_json(stage.out_dir / "metrics.json") or {}
         sinkhorn = explored.get("sinkhorn")
         if sinkhorn:  # DoRA's objects with and without Sinkhorn-Knopp (dora_step_by_step)
             rows, sentence = sinkhorn_rows(sinkhorn, explored.get("prototype_spread"))
@@ -1097,21 +1097,27 @@ def write_report(run_dir: str | Path, stages: Sequence[Any]) -> Path:
                 f"{stage.name}: animation: frame | heads | segments",
             )
         )
-        more = "".join(
-            _img(run_dir, stage.out_dir / name, f"{stage.name}: {alt}")
-            for name, alt in (
-                ("heads.png", "three heads as R, G, B"),
-                ("all_heads.png", "every head's attention"),
-                ("masks.png", "thresholded attention masks"),
-                ("segments.png", "k-means segments and PCA"),
-                ("objects.png", "DoRA objects: masks (Sinkhorn-Knopp)"),
-                ("artifacts.png", "high-norm tokens"),
+        extra = [
+            (name, alt, short)
+            for name, alt, short in (
+                ("heads.png", "three heads as R, G, B", "heads over 8 frames"),
+                ("all_heads.png", "every head's attention", "every head"),
+                ("masks.png", "thresholded attention masks", "masks"),
+                ("segments.png", "k-means segments and PCA", "segments"),
+                ("objects.png", "DoRA objects: masks (Sinkhorn-Knopp)", "DoRA objects' masks"),
+                ("artifacts.png", "high-norm tokens", "artifacts"),
             )
-        )
-        if more:
+            if (stage.out_dir / name).is_file()
+        ]
+        if extra:  # the summary names the figures it holds
+            more = "".join(
+                _img(run_dir, stage.out_dir / name, f"{stage.name}: {alt}")
+                for name, alt, _ in extra
+            )
+            shown = ", ".join(short for _, _, short in extra)
             parts.append(
-                f"<details><summary>more figures of {html.escape(stage.name)}: heads over 8 "
-                f"frames, every head, masks, segments, artifacts</summary>{more}</details>"
+                f"<details><summary>more figures of {html.escape(stage.name)}: "
+                f"{html.escape(shown)}</summary>{more}</details>"
             )
 
     # evaluation

@@ -237,6 +237,26 @@ def test_report_leads_with_the_verdict_and_shows_every_chart(tmp_path: Path):
     assert "<a href='train_dino/train_dora.html'>train_dora notebook (method dino)</a>" in page
 
 
+def test_more_figures_names_the_figures_it_holds(tmp_path: Path):
+    """The step-by-step stage has only the objects' masks: its "more figures" summary said
+    "heads over 8 frames, every head, masks, segments, artifacts" all the same."""
+    run = tmp_path / "run"
+    stages = [
+        _stage(run, "explore_dora", "explore", "attention_explorer"),
+        _stage(run, "step_by_step", "explore", "dora_step_by_step"),
+        _stage(run, "report", "report", None),
+    ]
+    for name in ("heads.png", "masks.png"):
+        _png(run / "explore_dora" / name)
+    _png(run / "step_by_step" / "objects.png")
+    page = write_report(run, stages).read_text()
+    summaries = re.findall(r"<summary>more figures of ([^<]*)</summary>", page)
+    assert summaries == [
+        "explore_dora: heads over 8 frames, masks",
+        "step_by_step: DoRA objects&#x27; masks",
+    ]
+
+
 # ------------------------------------------------------------------------------------ progress
 def test_progress_lines_pass_only_labkit_lines():
     from labkit.notebooks import _ProgressLines
